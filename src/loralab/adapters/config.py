@@ -1,0 +1,161 @@
+"""`LoraConfig`: what to adapt and how, validated when it is built.
+
+The field names follow the LoRA paper (Hu et al. 2021, §4): rank ``r`` and
+``alpha`` give the scale s = alpha / r of the update ΔW = s·B·A (rsLoRA,
+Kalajdzievski 2023: s = alpha / √r). ``dora=True`` adds DoRA's magnitude vector
+(Liu et al. 2024). Each field maps to one PEFT ``adapter_config.json`` field;
+`loralab.io.peft_format` holds that mapping.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, fields
+from typing import Optional, Union
+
+from loralab.errors import AdapterError
+
+INITS = ("default", "gaussian", "pissa")
+
+
+@dataclass
+class LoraConfig:
+    """A LoRA (or DoRA) adapter specification.
+
+    Attributes:
+        r: Rank of the update, r ≥ 1. A is (r, in), B is (out, r).
+        alpha: Scale numerator: s = alpha / r (or alpha / √r with ``rslora``).
+        dropout: Dropout probability on the input of the LoRA path only, in [0, 1).
+        targets: Which modules to adapt. A string is a regex that must match the
+            whole module name; a list matches a module whose name equals an entry
+            or ends with ``"." + entry``; ``"all-linear"`` means every Linear or
+            GPT-2 Conv1D except the output head (PEFT's semantics).
+        exclude: Modules never to adapt, in the same string/list form as ``targets``.
+        layers: Only adapt modules inside these transformer block indices
+            (the number after ``layer.``, ``layers.``, ``h.``, ``block.`` or ``blocks.``).
+        rank_pattern: ``{pattern: r}`` overriding ``r`` for modules whose name
+            ends with the regex ``pattern`` (first match wins).
+        alpha_pattern: ``{pattern: alpha}``, like ``rank_pattern`` for ``alpha``.
+        rslora: Use s = alpha / √r (rank-stabilised LoRA).
+        dora: Add a trainable magnitude vector (DoRA); Linear and Conv1D only.
+        init: ``"default"`` (A Kaiming-uniform, B = 0), ``"gaussian"``
+            (A ~ N(0, 1/r²), B = 0) or ``"pissa"`` (A, B from the top-r singular
+            directions of W; W keeps the residual, so outputs are unchanged).
+        modules_to_save: Modules (list form, as ``targets``) that train fully and
+            are saved with the adapter, e.g. a new classifier head.
+    """
+
+    r: int = 8
+    alpha: float = 8.0
+    dropout: float = 0.0
+    targets: Union[str, list[str]] = field(default_factory=lambda: ["query", "value"])
+    exclude: Optional[Union[str, list[str]]] = None
+    layers: Optional[list[int]] = None
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)
+    rslora: bool = False
+    dora: bool = False
+    init: str = "default"
+    modules_to_save: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _check_int("r", self.r)
+        _check_number("alpha", self.alpha)
+        _check_number("dropout", self.dropout)
+        if not 0.0 <= self.dropout < 1.0:
+            raise AdapterError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}; use 0.0 for no dropout.")
+        if isinstance(self.targets, tuple):
+            self.targets = list(self.targets)
+        _check_pattern("targets", self.targets, allow_none=False)
+        _check_pattern("exclude", self.exclude, allow_none=True)
+        if self.layers is not None:
+            if isinstance(self.layers, int) and not isinstance(self.layers, bool):
+                self.layers = [self.layers]
+            if not isinstance(self.layers, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.layers
+            ):
+                raise AdapterError(f"LoraConfig.layers must be a list of non-negative ints, got {self.layers!r}.")
+            self.layers = list(self.layers)
+        for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
+            if not isinstance(pattern, dict):
+                raise AdapterError(f"LoraConfig.{name} must be a dict {{regex: value}}, got {type(pattern).__name__}.")
+            for key, value in pattern.items():
+                _check_regex(f"{name} key", key)
+                (_check_int if name == "rank_pattern" else _check_number)(f"{name}[{key!r}]", value)
+        for name in ("rslora", "dora"):
+            if not isinstance(getattr(self, name), bool):
+                raise AdapterError(f"LoraConfig.{name} must be True or False, got {getattr(self, name)!r}.")
+        if self.init not in INITS:
+            raise AdapterError(f"LoraConfig.init must be one of {INITS}, got {self.init!r}.")
+        if isinstance(self.modules_to_save, str):
+            self.modules_to_save = [self.modules_to_save]
+        if not isinstance(self.modules_to_save, (list, tuple)) or not all(
+            isinstance(m, str) and m for m in self.modules_to_save
+        ):
+            raise AdapterError(
+                f"LoraConfig.modules_to_save must be a list of module names, got {self.modules_to_save!r}."
+            )
+        self.modules_to_save = list(self.modules_to_save)
+
+    def rank_for(self, module_name: str) -> int:
+        """The rank for one module: the first matching ``rank_pattern`` entry, else ``r``."""
+        key = _pattern_key(self.rank_pattern, module_name)
+        return self.r if key is None else int(self.rank_pattern[key])
+
+    def alpha_for(self, module_name: str) -> float:
+        """The alpha for one module: the first matching ``alpha_pattern`` entry, else ``alpha``."""
+        key = _pattern_key(self.alpha_pattern, module_name)
+        return self.alpha if key is None else float(self.alpha_pattern[key])
+
+    def scaling_for(self, module_name: str) -> float:
+        """s = alpha / r, or alpha / √r with rsLoRA (Kalajdzievski 2023, eq. 3)."""
+        r, alpha = self.rank_for(module_name), self.alpha_for(module_name)
+        return alpha / math.sqrt(r) if self.rslora else alpha / r
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _pattern_key(patterns: dict, module_name: str) -> Optional[str]:
+    """First key whose regex matches the end of ``module_name`` at a name boundary (PEFT rule)."""
+    for key in patterns:
+        if re.match(rf"(.*\.)?({key})$", module_name):
+            return key
+    return None
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise AdapterError(f"LoraConfig.{name} must be an int, got {type(value).__name__} {value!r}.")
+    if value <= 0:
+        raise AdapterError(f"LoraConfig.{name} must be ≥ 1, got {value}; a rank of 8 or 16 is a good start.")
+
+
+def _check_number(name: str, value) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise AdapterError(f"LoraConfig.{name} must be a finite number, got {type(value).__name__} {value!r}.")
+
+
+def _check_regex(name: str, pattern: str) -> None:
+    if not isinstance(pattern, str):
+        raise AdapterError(f"LoraConfig {name} must be a string, got {type(pattern).__name__}.")
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise AdapterError(f"LoraConfig {name} {pattern!r} is not a valid regex: {err}.") from None
+
+
+def _check_pattern(name: str, value, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, str):
+        if not value:
+            raise AdapterError(f"LoraConfig.{name} is an empty string; give module names like ['query', 'value'].")
+        _check_regex(name, value)
+        return
+    if isinstance(value, list) and value and all(isinstance(v, str) and v for v in value):
+        return
+    raise AdapterError(
+        f"LoraConfig.{name} must be a regex string or a non-empty list of module names, got {value!r}."
+    )

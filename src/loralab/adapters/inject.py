@@ -1,0 +1,170 @@
+"""Target matching and `inject`: put a named adapter into any `nn.Module`.
+
+Matching follows PEFT's semantics so configs move between the two tools:
+
+* ``targets`` as a string: a regex that must match the whole module name;
+* as a list: a module whose name equals an entry or ends with ``"." + entry``;
+* ``"all-linear"``: every Linear / Conv1D except the output head
+  (``get_output_embeddings()``) and classification heads (``classifier``, ``score``);
+* ``exclude`` removes matches (same forms); ``layers`` keeps only modules inside
+  the listed block indices (``...layer.3.``, ``...layers.3.``, ``...h.3.``, ``...blocks.3.``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterator, Optional, Union
+
+from torch import nn
+
+from loralab.adapters.config import LoraConfig
+from loralab.adapters.lora import LoraLayer, layer_kind
+from loralab.adapters.manage import set_active
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
+from loralab.adapters.saved import ModulesToSave
+from loralab.errors import AdapterError
+
+ALL_LINEAR = "all-linear"
+HEAD_NAMES = ("classifier", "score")
+_LAYER_INDEX = re.compile(r"(?:^|.*\.)(?:layers|layer|h|block|blocks)\.(\d+)\.")
+
+
+def name_matches(spec: Union[str, list[str]], name: str) -> bool:
+    """PEFT's rule: a string is a full-match regex; a list entry matches exactly or as a ``.suffix``."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == entry or name.endswith("." + entry) for entry in spec)
+
+
+def layer_index(name: str) -> Optional[int]:
+    """The transformer block index a module lives in, e.g. 3 for ``encoder.layer.3.attention.self.query``."""
+    found = _LAYER_INDEX.match(name)
+    return int(found.group(1)) if found else None
+
+
+def _candidate_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Named modules that may be targets: not the root, and not inside an adapter's own parts."""
+    inside: list[str] = []
+    for name, module in model.named_modules():
+        if not name or any(name.startswith(prefix + ".") for prefix in inside):
+            continue
+        if isinstance(module, (LoraLayer, ModulesToSave)):
+            inside.append(name)
+        yield name, module
+
+
+def _head_names(model: nn.Module) -> set[str]:
+    heads = set()
+    get_output = getattr(model, "get_output_embeddings", None)
+    output = get_output() if callable(get_output) else None
+    for name, module in model.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if (output is not None and module is output) or last in HEAD_NAMES:
+            heads.add(name)
+    return heads
+
+
+def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
+    """Names of the modules ``cfg`` adapts, in model order.
+
+    Raises:
+        AdapterError: nothing matches (the message lists module names that exist), or a
+            match is a module type LoRA does not support.
+    """
+    all_linear = cfg.targets == ALL_LINEAR
+    heads = _head_names(model) if all_linear else set()
+    saved = set(match_modules_to_save(model, cfg.modules_to_save, strict=False))
+    matched = []
+    for name, module in _candidate_modules(model):
+        if isinstance(module, ModulesToSave) or name in saved:
+            continue
+        if all_linear:
+            in_head = any(name == h or name.startswith(h + ".") for h in heads)
+            if in_head or layer_kind(module) not in ("linear", "conv1d"):
+                continue
+        elif not name_matches(cfg.targets, name):
+            continue
+        if cfg.exclude is not None and name_matches(cfg.exclude, name):
+            continue
+        if cfg.layers is not None and layer_index(name) not in cfg.layers:
+            continue
+        if layer_kind(module) is None:
+            raise AdapterError(
+                f"target {name!r} is a {type(module).__name__}, which LoRA does not support "
+                "(supported: Linear, Conv1D, Embedding); narrow targets to the layers inside it."
+            )
+        matched.append(name)
+    if not matched:
+        examples = [n for n, m in _candidate_modules(model) if layer_kind(m) is not None][:12]
+        raise AdapterError(
+            f"no module matches targets={cfg.targets!r} (exclude={cfg.exclude!r}, layers={cfg.layers!r}); "
+            f"some adaptable modules in this model: {examples}"
+        )
+    return matched
+
+
+def match_modules_to_save(model: nn.Module, specs: list[str], strict: bool = True) -> list[str]:
+    """Names of the modules in ``specs`` (list form: exact name or ``.suffix``)."""
+    if not specs:
+        return []
+    found = [name for name, _ in _candidate_modules(model) if name_matches(list(specs), name)]
+    if strict and not found:
+        examples = [n for n, _ in model.named_children()]
+        raise AdapterError(f"no module matches modules_to_save={specs!r}; top-level modules: {examples}")
+    return found
+
+
+def inject(
+    model: nn.Module, cfg: LoraConfig, name: str = "default", activate: bool = True, trainable: bool = True
+) -> list[str]:
+    """Add adapter ``name`` to the modules ``cfg`` targets; freeze everything else.
+
+    Args:
+        model: Any module; its matched layers are replaced by `LoraLayer` in place.
+        cfg: What to adapt and how.
+        name: Adapter name (PEFT's default is ``"default"``).
+        activate: Make this the only active adapter.
+        trainable: Leave the new adapter's parameters trainable (all others are frozen).
+
+    Returns:
+        The names of the adapted modules (modules_to_save not included).
+    """
+    if not isinstance(cfg, LoraConfig):
+        raise AdapterError(f"inject needs a loralab.LoraConfig, got {type(cfg).__name__}.")
+    check_adapter_name(model, name, new=True)
+    if any(layer.merged for _, layer in lora_layers(model)):
+        raise AdapterError("cannot inject while adapters are merged; call ll.unmerge(model) first.")
+    targets = match_targets(model, cfg)
+    saves = match_modules_to_save(model, cfg.modules_to_save)
+    for module_name in targets:  # check every layer before changing any
+        module = model.get_submodule(module_name)
+        if cfg.dora and layer_kind(module) == "embedding":
+            raise AdapterError(f"DoRA supports Linear and Conv1D layers; {module_name!r} is an Embedding.")
+    model.requires_grad_(False)
+    for module_name in targets:
+        layer = model.get_submodule(module_name)
+        if not isinstance(layer, LoraLayer):
+            layer = LoraLayer(layer)
+            model.set_submodule(module_name, layer)
+        layer.add_adapter(
+            name,
+            r=cfg.rank_for(module_name),
+            scaling=cfg.scaling_for(module_name),
+            dropout=cfg.dropout,
+            dora=cfg.dora,
+            init=cfg.init,
+        )
+    for module_name in saves:
+        wrapper = model.get_submodule(module_name)
+        if not isinstance(wrapper, ModulesToSave):
+            wrapper = ModulesToSave(wrapper)
+            model.set_submodule(module_name, wrapper)
+        wrapper.add_adapter(name)
+    adapter_configs(model)[name] = cfg
+    for _, module in adapter_modules(model):
+        if name in module.adapter_names:
+            for param in module.adapter_params(name):
+                param.requires_grad_(trainable)
+    if activate:
+        set_active(model, [name])
+    return targets

@@ -1,0 +1,284 @@
+"""`LoraLayer`: a Linear, GPT-2 Conv1D or Embedding with any number of named LoRA adapters.
+
+LoRA (Hu et al. 2021, §4.1) freezes W and learns ΔW = s·B·A:
+
+    h = W·x + b + s·B·A·dropout(x),     A (r, in), B (out, r), s = α/r (rsLoRA: α/√r)
+
+The layer keeps the base parameter names (``weight``, ``bias``), so a base
+checkpoint loads unchanged, and adds one entry per adapter name to ``lora_A``,
+``lora_B`` and, for DoRA, ``lora_magnitude``. ``weight`` keeps its native layout:
+(out, in) for Linear, (in, out) for Conv1D, (num_embeddings, dim) for Embedding;
+`weight_out_in` gives the (out, in) view that all the math uses. For an
+Embedding, "in" is the vocabulary: A is (r, num_embeddings), B is (dim, r).
+
+Merging is explicit (`merge` / `unmerge`) and never happens on ``train()`` or
+``eval()``. What unmerge needs for DoRA (the row norms at merge time) is kept in
+the ``dora_norm`` buffers, i.e. in the state dict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from loralab.adapters.dora import adapted_row_norm, dora_term
+from loralab.errors import AdapterError
+
+BASE = "__base__"  # routing name for "no adapter" in a mixed batch
+
+
+def conv1d_class():
+    """transformers' GPT-2 ``Conv1D`` (weight stored (in, out)), or None without transformers."""
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers is optional
+        return None
+    return Conv1D
+
+
+def layer_kind(module: nn.Module) -> Optional[str]:
+    """"linear", "conv1d", "embedding", or None when LoRA does not support the module."""
+    conv1d = conv1d_class()
+    if isinstance(module, LoraLayer):
+        return module.kind
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if conv1d is not None and isinstance(module, conv1d):
+        return "conv1d"
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    return None
+
+
+class TensorDict(nn.Module):
+    """Named buffers (saved in the state dict, never trained)."""
+
+    def set(self, name: str, value: torch.Tensor) -> None:
+        self.register_buffer(name, value)
+
+    def get(self, name: str) -> torch.Tensor:
+        return self._buffers[name]
+
+    def pop(self, name: str) -> torch.Tensor:
+        return self._buffers.pop(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._buffers
+
+
+class LoraLayer(nn.Module):
+    """A supported base layer plus named LoRA/DoRA adapters (see the module docstring)."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        kind = layer_kind(base)
+        if kind is None:
+            raise AdapterError(f"LoraLayer wraps Linear, Conv1D or Embedding, not {type(base).__name__}.")
+        self.kind = kind
+        self.training = base.training
+        self.weight = base.weight
+        self.bias = getattr(base, "bias", None)
+        if kind == "linear":
+            self.in_features, self.out_features = base.in_features, base.out_features
+        elif kind == "conv1d":
+            self.in_features, self.out_features = base.weight.shape
+            self.nf = base.nf
+        else:
+            self.in_features, self.out_features = base.num_embeddings, base.embedding_dim
+            self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
+            self.padding_idx, self.max_norm, self.norm_type = base.padding_idx, base.max_norm, base.norm_type
+            self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
+        self.lora_A = nn.ParameterDict()
+        self.lora_B = nn.ParameterDict()
+        self.lora_magnitude = nn.ParameterDict()
+        self.dora_norm = TensorDict()
+        self.scaling: dict[str, float] = {}
+        self.dropout: dict[str, float] = {}
+        self.active: list[str] = []
+        self.merged: list[str] = []
+        self.disabled = False
+        self.route: Optional[list[str]] = None
+
+    # ----- adapters -------------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.lora_A.keys())
+
+    def weight_out_in(self) -> torch.Tensor:
+        """W as (out, in): a view of ``weight`` (transposed for Conv1D and Embedding)."""
+        return self.weight if self.kind == "linear" else self.weight.T
+
+    def add_adapter(self, name: str, r: int, scaling: float, dropout: float, dora: bool, init: str) -> None:
+        """Create adapter ``name`` with rank ``r``: A (r, in), B (out, r) and, for DoRA, m (out,)."""
+        if dora and self.kind == "embedding":
+            raise AdapterError("DoRA supports Linear and Conv1D layers, not Embedding; drop the embedding from targets.")
+        if init == "pissa" and self.kind == "embedding":
+            raise AdapterError("init='pissa' supports Linear and Conv1D layers, not Embedding.")
+        if self.merged:
+            raise AdapterError("cannot add an adapter while adapters are merged; call ll.unmerge(model) first.")
+        ref = self.weight
+        lora_A = torch.empty(r, self.in_features, dtype=ref.dtype, device=ref.device)
+        lora_B = torch.zeros(self.out_features, r, dtype=ref.dtype, device=ref.device)
+        if self.kind == "embedding":  # PEFT's choice for embeddings: A = 0, B random
+            nn.init.zeros_(lora_A)
+            nn.init.normal_(lora_B)
+        elif init == "gaussian":
+            nn.init.normal_(lora_A, std=1.0 / r)
+        else:
+            nn.init.kaiming_uniform_(lora_A, a=math.sqrt(5))
+        self.lora_A[name] = nn.Parameter(lora_A)
+        self.lora_B[name] = nn.Parameter(lora_B)
+        self.scaling[name] = float(scaling)
+        self.dropout[name] = float(dropout)
+        if init == "pissa":
+            self._init_pissa(name)
+        if dora:
+            norm = adapted_row_norm(self.weight_out_in(), self.lora_A[name], self.lora_B[name], scaling)
+            self.lora_magnitude[name] = nn.Parameter(norm.clone())
+
+    @torch.no_grad()
+    def init_dora_magnitude(self, name: str) -> None:
+        """m = ‖W + s·B·A‖_row: call after loading new base weights so the adapter starts at W."""
+        norm = adapted_row_norm(self.weight_out_in(), self.lora_A[name], self.lora_B[name], self.scaling[name])
+        self.lora_magnitude[name].copy_(norm)
+
+    @torch.no_grad()
+    def _init_pissa(self, name: str) -> None:
+        """PiSSA (Meng et al. 2024, §3): s·B·A = U_r·S_r·V_rᵀ, W ← W − s·B·A, so W + s·B·A is unchanged."""
+        s, r = self.scaling[name], self.lora_A[name].shape[0]
+        weight = self.weight_out_in()
+        u, sv, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        root = (sv[:r] / s).sqrt()  # (r,)
+        self.lora_A[name].copy_(root[:, None] * vh[:r])  # (r, in)
+        self.lora_B[name].copy_(u[:, :r] * root[None, :])  # (out, r)
+        weight.sub_(self.delta_weight(name))
+
+    def delete_adapter(self, name: str) -> None:
+        if name in self.merged:
+            raise AdapterError(f"adapter {name!r} is merged; call ll.unmerge(model) before deleting it.")
+        for store in (self.lora_A, self.lora_B, self.lora_magnitude):
+            if name in store:
+                del store[name]
+        self.scaling.pop(name, None)
+        self.dropout.pop(name, None)
+        self.active = [a for a in self.active if a != name]
+
+    def delta_weight(self, name: str) -> torch.Tensor:
+        """ΔW = s·B·A, (out, in)."""
+        return (self.lora_B[name] @ self.lora_A[name]) * self.scaling[name]
+
+    def adapter_params(self, name: str) -> list[nn.Parameter]:
+        params = [self.lora_A[name], self.lora_B[name]]
+        if name in self.lora_magnitude:
+            params.append(self.lora_magnitude[name])
+        return params
+
+    # ----- merge ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge(self, names: list[str]) -> None:
+        """Fold adapters into W (in order): LoRA W ← W + ΔW; DoRA W ← m/‖W + ΔW‖ ⊙ (W + ΔW).
+
+        Raises AdapterError, leaving W untouched, when a result would be non-finite.
+        """
+        for name in names:
+            if name in self.merged:
+                continue
+            weight = self.weight_out_in()
+            new = weight + self.delta_weight(name)
+            if name in self.lora_magnitude:
+                norm = adapted_row_norm(weight, self.lora_A[name], self.lora_B[name], self.scaling[name])
+                new = (self.lora_magnitude[name] / norm)[:, None] * new
+                if not torch.isfinite(new).all():
+                    raise AdapterError(f"merging adapter {name!r} would make non-finite weights; weights left unchanged.")
+                self.dora_norm.set(name, norm)
+            elif not torch.isfinite(new).all():
+                raise AdapterError(f"merging adapter {name!r} would make non-finite weights; weights left unchanged.")
+            weight.copy_(new)
+            self.merged.append(name)
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Undo `merge` exactly (up to float rounding), last merged first."""
+        while self.merged:
+            name = self.merged[-1]
+            weight = self.weight_out_in()
+            if name in self.lora_magnitude:
+                norm = self.dora_norm.pop(name)
+                weight.mul_((norm / self.lora_magnitude[name])[:, None])
+            weight.sub_(self.delta_weight(name))
+            self.merged.pop()
+
+    # ----- forward --------------------------------------------------------------------------
+    def base_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, self.weight, self.bias)
+        if self.kind == "conv1d":
+            out = x @ self.weight
+            return out if self.bias is None else out + self.bias
+        return F.embedding(
+            x, self.weight, self.padding_idx, self.max_norm, self.norm_type, self.scale_grad_by_freq, self.sparse
+        )
+
+    def adapter_term(self, name: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
+        """What adapter ``name`` adds to the base output for input ``x``, (..., out)."""
+        lora_A, lora_B, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
+        if self.kind == "embedding":
+            hidden = F.embedding(x, lora_A.T, self.padding_idx)  # (..., r)
+            return (hidden @ lora_B.T) * s
+        p = self.dropout[name]
+        dropped = F.dropout(x, p, self.training) if p > 0 and self.training else x
+        lora_out = (dropped @ lora_A.T) @ lora_B.T  # (..., r) -> (..., out)
+        if name not in self.lora_magnitude:
+            return lora_out * s
+        weight = self.weight_out_in()
+        norm = adapted_row_norm(weight, lora_A, lora_B, s)
+        if dropped is x:
+            base_no_bias = base_out if self.bias is None else base_out - self.bias
+        else:
+            base_no_bias = F.linear(dropped, weight)
+        return dora_term(base_no_bias, lora_out, self.lora_magnitude[name], norm, s)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_forward(x)
+        if self.disabled or self.merged:
+            return out
+        if self.route is None:
+            for name in self.active:
+                out = out + self.adapter_term(name, x, out)
+            return out
+        if len(self.route) != x.shape[0]:
+            raise AdapterError(
+                f"routing names {len(self.route)} adapters but the batch has {x.shape[0]} examples; "
+                "give one adapter name (or '__base__') per example."
+            )
+        for name in dict.fromkeys(self.route):
+            if name == BASE or name not in self.lora_A:
+                continue
+            rows = torch.tensor([i for i, n in enumerate(self.route) if n == name], device=x.device)
+            sub_x, sub_out = x.index_select(0, rows), out.index_select(0, rows)
+            out = out.index_add(0, rows, self.adapter_term(name, sub_x, sub_out))
+        return out
+
+    def to_base_module(self) -> nn.Module:
+        """A plain Linear / Conv1D / Embedding sharing this layer's (possibly merged) weight and bias."""
+        if self.kind == "linear":
+            module = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
+        elif self.kind == "conv1d":
+            module = conv1d_class()(self.nf, self.in_features)
+        else:
+            module = nn.Embedding(
+                self.num_embeddings, self.embedding_dim, self.padding_idx, self.max_norm, self.norm_type,
+                self.scale_grad_by_freq, self.sparse, device="meta",
+            )
+        module.weight = self.weight
+        if self.bias is not None:
+            module.bias = self.bias
+        return module
+
+    def extra_repr(self) -> str:
+        ranks = {n: a.shape[0] for n, a in self.lora_A.items()}
+        return f"kind={self.kind}, in={self.in_features}, out={self.out_features}, ranks={ranks}, active={self.active}"

@@ -1,0 +1,1 @@
+"""Measurements of adaptation geometry."""

@@ -1,0 +1,10 @@
+"""The one exception type loralab raises for bad input.
+
+Every message says what is wrong, what was expected and what to do about it.
+`AdapterError` subclasses `ValueError`, so callers that already catch
+`ValueError` keep working.
+"""
+
+
+class AdapterError(ValueError):
+    """Bad adapter input: a config, a file, a tensor or a target that cannot be used."""

@@ -1,0 +1,326 @@
+"""The PEFT on-disk adapter format, both ways — the one place that knows its key names.
+
+A PEFT LoRA adapter directory holds ``adapter_config.json`` and
+``adapter_model.safetensors`` whose keys are, for a module at ``<path>``:
+
+=====================  ==============================================================
+Linear / Conv1D        ``base_model.model.<path>.lora_A.weight`` (r, in),
+                       ``base_model.model.<path>.lora_B.weight`` (out, r)
+DoRA                   ``base_model.model.<path>.lora_magnitude_vector`` (out,)
+Embedding              ``base_model.model.<path>.lora_embedding_A`` (r, vocab),
+                       ``base_model.model.<path>.lora_embedding_B`` (dim, r)
+modules_to_save        ``base_model.model.<path>.<key of the module's state dict>``
+=====================  ==============================================================
+
+Loading validates everything (config fields and types, keys, shapes, finiteness)
+before touching the model, so a bad file changes nothing. Pickle files
+(``adapter_model.bin``) are refused, never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from loralab.adapters.config import LoraConfig
+from loralab.adapters.inject import inject, match_modules_to_save, match_targets
+from loralab.adapters.lora import LoraLayer, layer_kind
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name
+from loralab.adapters.saved import ModulesToSave
+from loralab.errors import AdapterError
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
+PREFIX = "base_model.model."
+
+# PEFT config fields that change what the adapter computes and that loralab does not implement:
+# field -> the value that means "off".
+_UNSUPPORTED = {
+    "lora_bias": False,
+    "layer_replication": None,
+    "use_qalora": False,
+    "target_parameters": None,
+    "trainable_token_indices": None,
+    "alora_invocation_tokens": None,
+    "use_bdlora": None,
+}
+_KNOWN_LAYER_PATTERNS = (None, "layer", "layers", "h", "block", "blocks")
+
+
+# ----- keys -----------------------------------------------------------------------------------
+def lora_keys(path: str, kind: str, dora: bool) -> dict[str, str]:
+    """PEFT key for each of our tensors of one adapted module: {"A"|"B"|"m": key}."""
+    if kind == "embedding":
+        return {"A": f"{PREFIX}{path}.lora_embedding_A", "B": f"{PREFIX}{path}.lora_embedding_B"}
+    keys = {"A": f"{PREFIX}{path}.lora_A.weight", "B": f"{PREFIX}{path}.lora_B.weight"}
+    if dora:
+        keys["m"] = f"{PREFIX}{path}.lora_magnitude_vector"
+    return keys
+
+
+def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """Adapter ``name`` as a PEFT-keyed state dict (detached copies)."""
+    check_adapter_name(model, name, new=False)
+    tensors: dict[str, torch.Tensor] = {}
+    for path, module in adapter_modules(model):
+        if name not in module.adapter_names:
+            continue
+        if isinstance(module, LoraLayer):
+            keys = lora_keys(path, module.kind, dora=name in module.lora_magnitude)
+            tensors[keys["A"]] = module.lora_A[name]
+            tensors[keys["B"]] = module.lora_B[name]
+            if "m" in keys:
+                tensors[keys["m"]] = module.lora_magnitude[name]
+        else:
+            for key, value in module.modules_to_save[name].state_dict().items():
+                tensors[f"{PREFIX}{path}.{key}"] = value
+    return {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+
+
+# ----- config ---------------------------------------------------------------------------------
+def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
+    """A PEFT ``adapter_config.json`` dict. ``target_modules`` lists the adapted modules by full
+    name, so PEFT adapts exactly the same modules whatever the matching rule was."""
+    layers = {path: m for path, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
+    base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_name,
+        "r": cfg.r,
+        "lora_alpha": cfg.alpha,
+        "lora_dropout": cfg.dropout,
+        "target_modules": sorted(layers),
+        "exclude_modules": None,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": dict(cfg.rank_pattern),
+        "alpha_pattern": dict(cfg.alpha_pattern),
+        "use_rslora": cfg.rslora,
+        "use_dora": cfg.dora,
+        "fan_in_fan_out": any(m.kind == "conv1d" for m in layers.values()),
+        "modules_to_save": list(cfg.modules_to_save) or None,
+        "init_lora_weights": True,
+        "bias": "none",
+        "lora_bias": False,
+        "inference_mode": True,
+        "revision": None,
+    }
+
+
+def config_from_peft(data: dict, where: str) -> LoraConfig:
+    """Build a `LoraConfig` from a PEFT config dict, refusing what loralab cannot reproduce."""
+    if not isinstance(data, dict):
+        raise AdapterError(f"{where}: expected a JSON object, got {type(data).__name__}.")
+    if data.get("peft_type") != "LORA":
+        raise AdapterError(f"{where}: peft_type is {data.get('peft_type')!r}; loralab reads LoRA adapters (\"LORA\").")
+    for field_name in ("r", "target_modules"):
+        if field_name not in data:
+            raise AdapterError(f"{where}: required field {field_name!r} is missing.")
+    for field_name, off in _UNSUPPORTED.items():
+        if data.get(field_name, off) not in (off, [], {}):
+            raise AdapterError(f"{where}: {field_name}={data[field_name]!r} is not supported by loralab.")
+    if data.get("bias", "none") != "none":
+        raise AdapterError(f"{where}: bias={data['bias']!r} is not supported by loralab; only 'none'.")
+    if data.get("layers_pattern") not in _KNOWN_LAYER_PATTERNS:
+        raise AdapterError(f"{where}: layers_pattern={data['layers_pattern']!r}; loralab knows {_KNOWN_LAYER_PATTERNS[1:]}.")
+    layers = data.get("layers_to_transform")
+    try:
+        return LoraConfig(
+            r=data["r"],
+            alpha=data.get("lora_alpha", 8),
+            dropout=data.get("lora_dropout", 0.0),
+            targets=data["target_modules"],
+            exclude=data.get("exclude_modules"),
+            layers=layers,
+            rank_pattern=data.get("rank_pattern") or {},
+            alpha_pattern=data.get("alpha_pattern") or {},
+            rslora=data.get("use_rslora", False),
+            dora=data.get("use_dora", False),
+            modules_to_save=data.get("modules_to_save") or [],
+        )
+    except AdapterError as err:
+        raise AdapterError(f"{where}: {err}") from None
+
+
+# ----- save -----------------------------------------------------------------------------------
+def _atomic_write(path: Path, write) -> None:
+    """Write via a temp file in the same directory, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
+    """Write adapter ``name`` in PEFT format (loadable with ``PeftModel.from_pretrained``)."""
+    check_adapter_name(model, name, new=False)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = adapter_state_dict(model, name)
+    config = config_to_peft(model, name, adapter_configs(model)[name])
+    _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    _atomic_write(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    return out
+
+
+# ----- load -----------------------------------------------------------------------------------
+def read_adapter_dir(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str, torch.Tensor]]:
+    """Read and check a PEFT adapter directory without touching any model."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise AdapterError(f"adapter directory {str(root)!r} does not exist.")
+    weights, pickled = root / WEIGHTS_FILE, root / PICKLE_FILE
+    if not weights.exists():
+        if pickled.exists():
+            raise AdapterError(
+                f"{pickled} is a pickle file, which loralab never loads (unpickling can run code). "
+                "Convert it once, in an environment you trust: python -c \"import torch; "
+                "from safetensors.torch import save_file; "
+                f"save_file(torch.load('{pickled}', weights_only=True), '{weights}')\""
+            )
+        raise AdapterError(f"{root} has no {WEIGHTS_FILE}; a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    config_path = root / CONFIG_FILE
+    if not config_path.exists():
+        raise AdapterError(f"{root} has no {CONFIG_FILE}; a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}.")
+    try:
+        data = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{config_path} is not valid JSON ({err}); fix or re-save the adapter.") from None
+    cfg = config_from_peft(data, str(config_path))
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise AdapterError(f"{weights} is not a readable safetensors file ({err}).") from None
+    return cfg, tensors
+
+
+def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """The PEFT keys and shapes an adapter with ``cfg`` must have on ``model``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in match_targets(model, cfg):
+        module = model.get_submodule(path)
+        kind = layer_kind(module)
+        if isinstance(module, LoraLayer):
+            n_in, n_out = module.in_features, module.out_features
+        elif kind == "linear":
+            n_in, n_out = module.in_features, module.out_features
+        elif kind == "conv1d":
+            n_in, n_out = module.weight.shape
+        else:
+            n_in, n_out = module.num_embeddings, module.embedding_dim
+        if cfg.dora and kind == "embedding":
+            raise AdapterError(f"DoRA supports Linear and Conv1D layers; {path!r} is an Embedding.")
+        r = cfg.rank_for(path)
+        keys = lora_keys(path, kind, cfg.dora)
+        shapes[keys["A"]] = (r, n_in)
+        shapes[keys["B"]] = (n_out, r)
+        if "m" in keys:
+            shapes[keys["m"]] = (n_out,)
+    for path in match_modules_to_save(model, cfg.modules_to_save):
+        module = model.get_submodule(path)
+        if isinstance(module, ModulesToSave):
+            module = module.original_module
+        for key, value in module.state_dict().items():
+            shapes[f"{PREFIX}{path}.{key}"] = tuple(value.shape)
+    return shapes
+
+
+def base_weight_key(path: str) -> str:
+    """Key PEFT uses (``save_embedding_layers``) for a target's own base weight, e.g. a resized vocabulary."""
+    return f"{PREFIX}{path}.base_layer.weight"
+
+
+def _optional_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """Base weights of embedding targets, which PEFT may save alongside the adapter."""
+    shapes = {}
+    for path in match_targets(model, cfg):
+        module = model.get_submodule(path)
+        if layer_kind(module) == "embedding":
+            shapes[base_weight_key(path)] = tuple(module.weight.shape)
+    return shapes
+
+
+def _check_tensors(
+    tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], optional: dict[str, tuple[int, ...]], where: str
+) -> None:
+    missing = sorted(set(shapes) - set(tensors))
+    unknown = sorted(set(tensors) - set(shapes) - set(optional))
+    shapes = {**shapes, **{k: v for k, v in optional.items() if k in tensors}}
+    if missing:
+        raise AdapterError(f"{where}: {len(missing)} keys the config implies are missing, e.g. {missing[:4]}.")
+    if unknown:
+        raise AdapterError(
+            f"{where}: {len(unknown)} keys match no adapted module of this model, e.g. {unknown[:4]}; "
+            "is this adapter for another model?"
+        )
+    for key, shape in shapes.items():
+        if tuple(tensors[key].shape) != shape:
+            raise AdapterError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, this model needs {shape}.")
+        if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
+            raise AdapterError(f"{where}: {key} holds non-finite values (nan/inf); the adapter is corrupt.")
+
+
+def load_adapter(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    name: str = "default",
+    activate: bool = True,
+    trainable: bool = False,
+) -> list[str]:
+    """Load a PEFT-format adapter (saved by loralab or by PEFT) as adapter ``name``.
+
+    Everything is checked before the model changes. The adapter is injected, filled
+    with the file's tensors and (by default) made the only active adapter, frozen.
+
+    Returns:
+        The names of the adapted modules.
+    """
+    check_adapter_name(model, name, new=True)
+    cfg, tensors = read_adapter_dir(directory)
+    where = str(Path(directory) / WEIGHTS_FILE)
+    _check_tensors(tensors, expected_shapes(model, cfg), _optional_shapes(model, cfg), where)
+    targets = inject(model, cfg, name=name, activate=activate, trainable=trainable)
+    with torch.no_grad():
+        for path, module in adapter_modules(model):
+            if name not in module.adapter_names:
+                continue
+            if isinstance(module, LoraLayer):
+                keys = lora_keys(path, module.kind, dora=cfg.dora)
+                module.lora_A[name].copy_(tensors[keys["A"]])
+                module.lora_B[name].copy_(tensors[keys["B"]])
+                if "m" in keys:
+                    module.lora_magnitude[name].copy_(tensors[keys["m"]])
+                if base_weight_key(path) in tensors:
+                    module.weight.copy_(tensors[base_weight_key(path)])
+            else:
+                prefix = f"{PREFIX}{path}."
+                state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+                module.modules_to_save[name].load_state_dict(state)
+    return targets
+
+
+def peek_config(directory: str | os.PathLike) -> Optional[LoraConfig]:
+    """The `LoraConfig` of an adapter directory (validated), or None when it has no config."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        return config_from_peft(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as err:
+        raise AdapterError(f"{path} is not valid JSON ({err}); fix or re-save the adapter.") from None

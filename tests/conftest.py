@@ -1,0 +1,71 @@
+"""Tiny transformers models with fixed random weights, shared by the adapter tests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
+
+VOCAB = 64
+
+
+def build(arch: str, tied: bool = False) -> torch.nn.Module:
+    """The same tiny model (same weights) every call, in eval mode, dropout off.
+
+    GPT-2 ties its output head to the input embedding only with ``tied=True``.
+    """
+    torch.manual_seed(1234)
+    if arch == "bert":
+        cfg = BertConfig(
+            vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=32, num_labels=3, initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        )
+        model = BertForSequenceClassification(cfg)
+    elif arch == "gpt2":
+        cfg = GPT2Config(
+            vocab_size=VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, initializer_range=0.2,
+            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, tie_word_embeddings=tied,
+        )
+        model = GPT2LMHeadModel(cfg)
+    elif arch == "llama":
+        cfg = LlamaConfig(
+            vocab_size=VOCAB, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False, initializer_range=0.2,
+        )
+        model = LlamaForCausalLM(cfg)
+    else:
+        raise ValueError(arch)
+    return model.eval()
+
+
+def inputs(batch: int = 3, length: int = 7, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, VOCAB, (batch, length), generator=gen)
+
+
+def logits(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def train_step(model: torch.nn.Module, ids: torch.Tensor, lr: float = 1e-2) -> None:
+    """One real AdamW step on the trainable parameters, so B (and m) move away from init."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    model.train()
+    model(input_ids=ids).logits.square().mean().backward()
+    opt.step()
+    opt.zero_grad()
+    model.eval()
+
+
+@pytest.fixture
+def ids() -> torch.Tensor:
+    return inputs()

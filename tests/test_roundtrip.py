@@ -1,0 +1,85 @@
+"""Table-driven: every tiny model × adapter config goes through the whole adapter life cycle.
+
+After one real optimizer step (so B ≠ 0), the adapted, merged, unmerged, saved-and-reloaded
+and merge_and_unload outputs agree (atol 1e-5), all differ from the base, the disabled
+model equals the base, and unmerge restores the base weights.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import build, inputs, logits, train_step
+
+import loralab as ll
+
+ATOL = 1e-5
+
+TARGETS = {
+    "bert": (["query", "value"], ["word_embeddings", "key"], "classifier"),
+    "gpt2": (["c_attn"], ["wte", "c_fc"], None),
+    "llama": (["q_proj", "v_proj"], ["embed_tokens", "up_proj"], "lm_head"),
+}
+
+CONFIGS = {
+    "lora": lambda t: dict(targets=t[0]),
+    "rslora-dropout": lambda t: dict(targets=t[0], rslora=True, dropout=0.1),
+    "dora": lambda t: dict(targets=t[0], dora=True),
+    "embedding": lambda t: dict(targets=t[1]),
+    "all-linear": lambda t: dict(targets="all-linear"),
+    "gaussian-layer1": lambda t: dict(targets=t[0], init="gaussian", layers=[1]),
+    "pissa": lambda t: dict(targets=t[0], init="pissa"),
+    "pissa-dora": lambda t: dict(targets=t[0], init="pissa", dora=True),
+    "modules-to-save": lambda t: dict(targets=t[0], modules_to_save=[t[2]] if t[2] else []),
+}
+
+ROWS = [(arch, cfg) for arch in TARGETS for cfg in CONFIGS]
+
+
+def base_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora" not in n and "modules_to_save" not in n}
+
+
+@pytest.mark.parametrize("arch,config", ROWS, ids=[f"{a}-{c}" for a, c in ROWS])
+def test_adapter_life_cycle(arch, config, tmp_path):
+    ids = inputs()
+    model = build(arch)
+    base = logits(model, ids)
+    cfg = ll.LoraConfig(r=4, alpha=8, **CONFIGS[config](TARGETS[arch]))
+    names = ll.inject(model, cfg)
+    assert names and all(isinstance(model.get_submodule(n), ll.LoraLayer) for n in names)
+    if cfg.init == "pissa":
+        torch.testing.assert_close(logits(model, ids), base, atol=ATOL, rtol=0)  # PiSSA init is exact
+    before = base_weights(model)
+
+    train_step(model, ids)
+    adapted = logits(model, ids)
+    assert (adapted - base).abs().max() > 1e-3
+
+    with ll.disabled(model):
+        disabled_out = logits(model, ids)
+    if cfg.init != "pissa":  # PiSSA's base is the residual W − s·B·A, not W
+        torch.testing.assert_close(disabled_out, base, atol=ATOL, rtol=0)
+
+    ll.merge(model)
+    merged = logits(model, ids)
+    ll.merge(model)  # idempotent
+    torch.testing.assert_close(logits(model, ids), merged, atol=0, rtol=0)
+    torch.testing.assert_close(merged, adapted, atol=ATOL, rtol=0)
+    ll.unmerge(model)
+    torch.testing.assert_close(logits(model, ids), adapted, atol=ATOL, rtol=0)
+    for name, value in base_weights(model).items():
+        torch.testing.assert_close(value, before[name], atol=1e-6, rtol=0, msg=name)
+
+    ll.save_adapter(model, tmp_path)
+    fresh = build(arch)
+    if cfg.init == "pissa":  # a PiSSA adapter belongs with its residual base
+        fresh.load_state_dict({k: v for k, v in model.state_dict().items() if "lora" not in k}, strict=False)
+        for name in names:
+            fresh.get_submodule(name).weight.data.copy_(model.get_submodule(name).weight)
+    ll.load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(logits(fresh, ids), adapted, atol=ATOL, rtol=0)
+
+    plain = ll.merge_and_unload(model)
+    assert not any(isinstance(m, (ll.LoraLayer, ll.ModulesToSave)) for m in plain.modules())
+    torch.testing.assert_close(logits(plain, ids), adapted, atol=ATOL, rtol=0)
