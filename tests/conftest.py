@@ -25,7 +25,8 @@ def build(arch: str, tied: bool = False) -> torch.nn.Module:
     if arch == "bert":
         cfg = BertConfig(
             vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-            max_position_embeddings=32, num_labels=3, initializer_range=0.2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+            max_position_embeddings=32, num_labels=3, initializer_range=0.2,
+            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
         )
         model = BertForSequenceClassification(cfg)
     elif arch == "gpt2":

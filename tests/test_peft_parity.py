@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build, inputs, logits, train_step
 
 import loralab as ll
+from conftest import build, inputs, logits, train_step
 
 peft = pytest.importorskip("peft")
 ATOL = 1e-5
@@ -97,5 +97,5 @@ def test_merged_weights_match_peft_merge(tmp_path):
     ll.save_adapter(ours, tmp_path)
     theirs = peft.PeftModel.from_pretrained(build("gpt2"), tmp_path).merge_and_unload()
     ll.merge_and_unload(ours)
-    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)

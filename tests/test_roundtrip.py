@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build, inputs, logits, train_step
 
 import loralab as ll
+from conftest import build, inputs, logits, train_step
 
 ATOL = 1e-5
 

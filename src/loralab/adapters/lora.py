@@ -151,7 +151,7 @@ class LoraLayer(nn.Module):
         """PiSSA (Meng et al. 2024, §3): s·B·A = U_r·S_r·V_rᵀ, W ← W − s·B·A, so W + s·B·A is unchanged."""
         s, r = self.scaling[name], self.lora_A[name].shape[0]
         weight = self.weight_out_in()
-        u, sv, vh = torch.linalg.svd(weight.float(), full_matrices=False)
+        u, sv, vh = torch.linalg.svd(weight.to(torch.promote_types(weight.dtype, torch.float32)), full_matrices=False)
         root = (sv[:r] / s).sqrt()  # (r,)
         self.lora_A[name].copy_(root[:, None] * vh[:r])  # (r, in)
         self.lora_B[name].copy_(u[:, :r] * root[None, :])  # (out, r)
@@ -179,24 +179,40 @@ class LoraLayer(nn.Module):
 
     # ----- merge ----------------------------------------------------------------------------
     @torch.no_grad()
-    def merge(self, names: list[str]) -> None:
-        """Fold adapters into W (in order): LoRA W ← W + ΔW; DoRA W ← m/‖W + ΔW‖ ⊙ (W + ΔW).
+    def merged_weight(self, weight: torch.Tensor, name: str) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(W with adapter ``name`` folded in, the DoRA row norm or None); W is (out, in).
 
-        Raises AdapterError, leaving W untouched, when a result would be non-finite.
+        LoRA: W + s·B·A. DoRA: m/‖W + s·B·A‖ ⊙ (W + s·B·A).
+        Raises AdapterError when the result is non-finite.
         """
+        new = weight + self.delta_weight(name)
+        norm = None
+        if name in self.lora_magnitude:
+            norm = adapted_row_norm(weight, self.lora_A[name], self.lora_B[name], self.scaling[name])
+            new = (self.lora_magnitude[name] / norm)[:, None] * new
+        if not torch.isfinite(new).all():
+            raise AdapterError(f"merging adapter {name!r} would make non-finite weights; weights left unchanged.")
+        return new, norm
+
+    @torch.no_grad()
+    def check_merge(self, names: list[str]) -> None:
+        """Raise AdapterError if `merge` would fail, without changing anything."""
+        weight = self.weight_out_in()
+        for name in names:
+            if name not in self.merged:
+                weight, _ = self.merged_weight(weight, name)
+
+    @torch.no_grad()
+    def merge(self, names: list[str]) -> None:
+        """Fold adapters into W, in order (see `merged_weight`); already merged ones are skipped."""
+        self.check_merge(names)
         for name in names:
             if name in self.merged:
                 continue
             weight = self.weight_out_in()
-            new = weight + self.delta_weight(name)
-            if name in self.lora_magnitude:
-                norm = adapted_row_norm(weight, self.lora_A[name], self.lora_B[name], self.scaling[name])
-                new = (self.lora_magnitude[name] / norm)[:, None] * new
-                if not torch.isfinite(new).all():
-                    raise AdapterError(f"merging adapter {name!r} would make non-finite weights; weights left unchanged.")
+            new, norm = self.merged_weight(weight, name)
+            if norm is not None:
                 self.dora_norm.set(name, norm)
-            elif not torch.isfinite(new).all():
-                raise AdapterError(f"merging adapter {name!r} would make non-finite weights; weights left unchanged.")
             weight.copy_(new)
             self.merged.append(name)
 

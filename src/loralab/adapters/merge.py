@@ -44,15 +44,11 @@ def merge(model: nn.Module) -> None:
                 f"{path}.weight is tied to {others}; merging would change them too. Keep the adapter "
                 f"unmerged, or untie first, e.g. model.{others[0]}.weight = nn.Parameter(model.{others[0]}.weight.clone())."
             )
-    done: list[LoraLayer] = []
-    try:
-        for _, layer in lora_layers(model):
-            layer.merge([n for n in names if n in layer.adapter_names])
-            done.append(layer)
-    except AdapterError:
-        for layer in done:  # leave the whole model as it was
-            layer.unmerge()
-        raise
+    plan = [(layer, [n for n in names if n in layer.adapter_names]) for _, layer in lora_layers(model)]
+    for layer, layer_names in plan:  # every check first: a refused merge changes nothing
+        layer.check_merge(layer_names)
+    for layer, layer_names in plan:
+        layer.merge(layer_names)
 
 
 def unmerge(model: nn.Module) -> None:

@@ -1,0 +1,132 @@
+"""`LoraLayer` against the formulas, one layer at a time (float64, atol 1e-10 unless stated)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+import loralab as ll
+from loralab.adapters.dora import adapted_row_norm
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons: every tensor in this module is float64."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def adapted(base: nn.Module, **kw) -> nn.Module:
+    holder = nn.Sequential(base)
+    ll.inject(holder, ll.LoraConfig(targets=["0"], **kw))
+    layer = holder[0]
+    with torch.no_grad():
+        for name in layer.adapter_names:
+            layer.lora_B[name].normal_()
+            layer.lora_A[name].normal_()
+    return holder
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_linear_matches_formula(rslora):
+    torch.manual_seed(0)
+    model = adapted(nn.Linear(6, 5), r=3, alpha=7, rslora=rslora)
+    layer = model[0]
+    a, b = layer.lora_A["default"], layer.lora_B["default"]
+    s = 7 / math.sqrt(3) if rslora else 7 / 3
+    x = torch.randn(4, 2, 6)
+    expected = x @ layer.weight.T + layer.bias + s * (x @ a.T @ b.T)  # (4, 2, 5)
+    torch.testing.assert_close(model(x), expected, atol=1e-10, rtol=0)
+    torch.testing.assert_close(layer.delta_weight("default"), s * b @ a, atol=1e-12, rtol=0)
+
+
+def test_conv1d_matches_linear_with_transposed_weight():
+    torch.manual_seed(0)
+    conv = Conv1D(5, 6)  # nf=out=5, nx=in=6; weight (6, 5)
+    model = adapted(conv, r=2, alpha=4)
+    layer = model[0]
+    x = torch.randn(3, 6)
+    w = layer.weight.T  # (5, 6)
+    expected = x @ w.T + layer.bias + 2.0 * (x @ layer.lora_A["default"].T @ layer.lora_B["default"].T)
+    torch.testing.assert_close(model(x), expected, atol=1e-10, rtol=0)
+
+
+def test_embedding_matches_formula():
+    torch.manual_seed(0)
+    model = adapted(nn.Embedding(11, 4, padding_idx=0), r=3, alpha=6)
+    layer = model[0]
+    ids = torch.tensor([[0, 3, 10], [5, 5, 1]])
+    delta = (layer.lora_B["default"] @ layer.lora_A["default"]).T * 2.0  # (vocab, dim)
+    torch.testing.assert_close(model(ids), (layer.weight + delta)[ids], atol=1e-10, rtol=0)
+
+
+def test_dora_forward_and_gradients_match_reference():
+    """DoRA: h = m/‖W + sBA‖ ⊙ (W + sBA)x + b, the norm detached (§4.3), gradients included."""
+    torch.manual_seed(0)
+    model = adapted(nn.Linear(6, 5), r=2, alpha=4, dora=True)
+    layer = model[0]
+    with torch.no_grad():
+        layer.lora_magnitude["default"].mul_(torch.rand(5) + 0.5)
+    a, b, m = layer.lora_A["default"], layer.lora_B["default"], layer.lora_magnitude["default"]
+    x = torch.randn(3, 6)
+
+    ref = [t.detach().clone().requires_grad_() for t in (a, b, m)]
+    w_adapted = layer.weight + 2.0 * ref[1] @ ref[0]
+    norm = w_adapted.norm(dim=1).detach()
+    expected = (x @ w_adapted.T) * (ref[2] / norm) + layer.bias
+    out = model(x)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+    out.square().sum().backward()
+    expected.square().sum().backward()
+    for ours, theirs in zip((a, b, m), ref, strict=True):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-9, rtol=0)
+
+
+def test_row_norm_without_full_matrix():
+    torch.manual_seed(0)
+    w, a, b = torch.randn(7, 9), torch.randn(3, 9), torch.randn(7, 3)
+    torch.testing.assert_close(adapted_row_norm(w, a, b, 0.7), (w + 0.7 * b @ a).norm(dim=1), atol=1e-10, rtol=0)
+
+
+def test_dropout_only_on_lora_path():
+    torch.manual_seed(0)
+    model = adapted(nn.Linear(6, 5), r=2, alpha=4, dropout=0.5).train()
+    layer = model[0]
+    x = torch.randn(200, 6)
+    with ll.disabled(model):
+        torch.testing.assert_close(model(x), x @ layer.weight.T + layer.bias, atol=1e-10, rtol=0)
+    torch.manual_seed(1)
+    out = model(x)
+    torch.manual_seed(1)
+    mask = torch.nn.functional.dropout(torch.ones_like(x), 0.5, True)
+    expected = x @ layer.weight.T + layer.bias + 2.0 * ((x * mask) @ layer.lora_A["default"].T @ layer.lora_B["default"].T)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+
+
+def test_pissa_moves_top_singular_directions():
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    w0 = linear.weight.detach().clone()
+    holder = nn.Sequential(linear)
+    ll.inject(holder, ll.LoraConfig(r=2, alpha=4, targets=["0"], init="pissa"))
+    layer = holder[0]
+    torch.testing.assert_close(layer.weight + layer.delta_weight("default"), w0, atol=1e-10, rtol=0)
+    sv = torch.linalg.svdvals(w0)
+    torch.testing.assert_close(torch.linalg.svdvals(layer.delta_weight("default"))[:2], sv[:2], atol=1e-10, rtol=0)
+    torch.testing.assert_close(torch.linalg.svdvals(layer.weight)[:4], sv[2:], atol=1e-10, rtol=0)
+
+
+def test_rank_and_alpha_patterns_per_module():
+    cfg = ll.LoraConfig(r=8, alpha=16, rank_pattern={r"layer\.1\..*query": 2}, alpha_pattern={"value": 4})
+    assert cfg.rank_for("enc.layer.1.attention.query") == 2
+    assert cfg.rank_for("enc.layer.0.attention.query") == 8
+    assert cfg.scaling_for("enc.layer.1.attention.value") == 4 / 8
+    assert cfg.scaling_for("enc.layer.1.attention.query") == 16 / 2
+    assert cfg.rank_for("enc.layer.1.attention.myvalue") == 8  # patterns match at a name boundary
+    assert cfg.alpha_for("enc.layer.1.attention.myvalue") == 16
