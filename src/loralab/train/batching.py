@@ -1,0 +1,64 @@
+"""Tokenise a `Dataset` once, then pad each batch to its own longest sequence.
+
+Classification: ``input_ids``, ``attention_mask``, ``labels`` (class index).
+Causal LM: the prompt in the model's chat format followed by the response and the
+end-of-turn token; ``labels`` is -100 on the prompt, so the loss covers the response only.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loralab.data import Dataset
+
+IGNORE = -100
+
+
+def encode(dataset: Dataset, tokenizer, max_length: int) -> list[dict]:
+    """One dict of token lists per example."""
+    if dataset.task == "classification":
+        ids = tokenizer([e["text"] for e in dataset.examples], truncation=True, max_length=max_length)["input_ids"]
+        return [{"input_ids": i, "labels": e["label"]} for i, e in zip(ids, dataset.examples)]
+    rows = []
+    end = tokenizer.eos_token or ""
+    for example in dataset.examples:
+        prompt = chat_prompt(tokenizer, example["prompt"])
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(example["response"] + end, add_special_tokens=False)["input_ids"]
+        input_ids = (prompt_ids + response_ids)[:max_length]
+        labels = ([IGNORE] * len(prompt_ids) + response_ids)[:max_length]
+        rows.append({"input_ids": input_ids, "labels": labels})
+    return rows
+
+
+def chat_prompt(tokenizer, question: str) -> str:
+    """The user turn plus the assistant header, in the tokenizer's chat format when it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+    return f"Question: {question}\nAnswer: "
+
+
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad to the longest row of this batch (right padding)."""
+    length = max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    token_labels = not isinstance(rows[0]["labels"], int)
+    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long) if token_labels else torch.empty(len(rows), dtype=torch.long)
+    for i, row in enumerate(rows):
+        n = len(row["input_ids"])
+        input_ids[i, :n] = torch.tensor(row["input_ids"])
+        mask[i, :n] = 1
+        if token_labels:
+            labels[i, :n] = torch.tensor(row["labels"])
+        else:
+            labels[i] = row["labels"]
+    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The example order of one epoch: a permutation fixed by (seed, epoch), so resume needs no RNG state."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()

@@ -1,0 +1,175 @@
+"""The training path with real processes: CLI runs, SIGKILL + resume, torchrun DDP, failures.
+
+A tiny BERT (random weights, MiniLM's real tokenizer) saved as a local HF directory and
+a small slice of the real movie-review data keep each run to seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from loralab import data as datasets
+from loralab import models
+from loralab.errors import DataError
+
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny BERT directory and a 96/24/24-row CSV slice of the real movie data."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rows = datasets.load("movie", "train", seed=0, limit=180).examples
+    with open(root / "movie.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": ["negative", "positive"][r["label"]]} for r in rows)
+    return {"model": str(root / "model"), "data": str(root / "movie.csv"), "root": root}
+
+
+def train_args(tiny: dict, out: Path, *extra: str) -> list[str]:
+    return ["train", "--model", tiny["model"], "--data", tiny["data"], "--method", "lora", "--targets", "query,value",
+            "--epochs", "3", "--batch-size", "8", "--lr", "5e-3", "--max-length", "32", "--threads", "1",
+            "--out", str(out), *extra]
+
+
+def run_cli(args: list[str], check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "loralab", *args], capture_output=True, text=True, env=ENV, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"loralab {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def adapter_tensors(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(run / "adapter" / "adapter_model.safetensors"))
+
+
+def test_train_writes_result_metrics_and_a_peft_adapter(tiny, tmp_path):
+    run_cli(train_args(tiny, tmp_path / "run"))
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["method"] == "lora" and result["steps"] == 3 * 18  # 144 train rows / 8
+    assert 0 < result["trainable_params"] < result["total_params"] / 10
+    assert set(result["test"]) == {"loss", "accuracy", "macro_f1", "n"}
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines if x.get("split") == "validation"] == [1, 2, 3]
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    base = AutoModelForSequenceClassification.from_pretrained(tiny["model"])
+    model = peft.PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
+    assert model.peft_config["default"].modules_to_save == ["classifier"]
+    evaluated = json.loads(run_cli(["eval", "--run", str(tmp_path / "run")]).stdout)
+    assert evaluated["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"], abs=1e-9)
+
+
+def test_same_seed_same_result(tiny, tmp_path):
+    for name in ("a", "b"):
+        run_cli(train_args(tiny, tmp_path / name, "--epochs", "1"))
+    a, b = adapter_tensors(tmp_path / "a"), adapter_tensors(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path):
+    """Kill -9 at a random step, resume, and end with exactly the uninterrupted run's weights."""
+    run_cli(train_args(tiny, tmp_path / "whole", "--checkpoint-every", "1"))
+    kill_at = random.Random().randint(3, 40)  # 54 steps in all
+    args = train_args(tiny, tmp_path / "killed", "--checkpoint-every", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "loralab", *args], env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "killed" / "checkpoint" / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= kill_at:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / "killed" / "result.json").exists()
+    killed_step = json.loads(state.read_text())["step"]
+    run_cli(args + ["--resume"])
+    result = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert result["resumed_from_step"] == killed_step
+    whole, resumed = adapter_tensors(tmp_path / "whole"), adapter_tensors(tmp_path / "killed")
+    assert whole.keys() == resumed.keys()
+    for key in whole:
+        assert torch.equal(whole[key], resumed[key]), key
+    assert result["test"] == json.loads((tmp_path / "whole" / "result.json").read_text())["test"]
+
+
+def test_torchrun_two_processes_match_one(tiny, tmp_path):
+    """DDP (gloo, 2 processes × 4 examples) vs 1 process × 8 examples: same weights within atol 1e-5."""
+    single = train_args(tiny, tmp_path / "single", "--epochs", "1")
+    run_cli(single)
+    ddp = train_args(tiny, tmp_path / "ddp", "--epochs", "1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "loralab", *ddp]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert result["world_size"] == 2
+    one, two = adapter_tensors(tmp_path / "single"), adapter_tensors(tmp_path / "ddp")
+    assert one.keys() == two.keys()
+    moved = max(one[k].abs().max().item() for k in one if "lora_B" in k)
+    assert moved > 1e-3  # training really moved B away from its zero init
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tiny, tmp_path):
+    args = train_args(tiny, tmp_path / "nan", "--lr", "1e30", "--max-grad-norm", "0", "--checkpoint-every", "1",
+                      "--warmup", "0")
+    proc = run_cli(args, check=False)
+    assert proc.returncode == 2
+    assert "training loss is nan at step" in proc.stderr
+    assert "the last good checkpoint is" in proc.stderr and "resume with --resume" in proc.stderr
+    state = json.loads((tmp_path / "nan" / "checkpoint" / "checkpoint.json").read_text())
+    tensors = load_file(str(tmp_path / "nan" / "checkpoint" / state["tensor_file"]))
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("param."))
+
+
+def test_bad_data_files(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,score\nhello,1\n")
+    with pytest.raises(DataError, match=r"bad.csv has columns \['score', 'sentence'\]; it needs text,label"):
+        datasets.load(str(bad))
+    with pytest.raises(DataError, match=r"is neither a known name .* nor an existing file"):
+        datasets.load(str(tmp_path / "missing.csv"))
+    odd = tmp_path / "odd.csv"
+    odd.write_text("text,label\na,pos\nb,neg\nc,meh\n")
+    with pytest.raises(DataError, match=r"row 3 has unknown label 'meh'; expected one of \['pos', 'neg'\]"):
+        datasets.load(str(odd), labels=["pos", "neg"])
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"text": "a", "label": 1}\n{"text": \n')
+    with pytest.raises(DataError, match=r"broken.jsonl:2 is not valid JSON"):
+        datasets.load(str(broken))
+
+
+def test_bad_flags_are_reported(tiny, tmp_path):
+    proc = run_cli(train_args(tiny, tmp_path / "x", "--method", "qlora"), check=False)
+    assert proc.returncode == 2
+    assert "--method must be one of ('full', 'lora', 'dora'), got 'qlora'" in proc.stderr
+    proc = run_cli(train_args(tiny, tmp_path / "x", "--lr", "0"), check=False)
+    assert "--lr must be > 0; try 5e-4 for LoRA or 5e-5 for full fine-tuning" in proc.stderr
