@@ -46,7 +46,10 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     input_ids = torch.full((len(rows), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), length), dtype=torch.long)
     token_labels = not isinstance(rows[0]["labels"], int)
-    labels = torch.full((len(rows), length), IGNORE, dtype=torch.long) if token_labels else torch.empty(len(rows), dtype=torch.long)
+    if token_labels:
+        labels = torch.full((len(rows), length), IGNORE, dtype=torch.long)
+    else:
+        labels = torch.empty(len(rows), dtype=torch.long)
     for i, row in enumerate(rows):
         n = len(row["input_ids"])
         input_ids[i, :n] = torch.tensor(row["input_ids"])
