@@ -30,7 +30,7 @@ def adapted_row_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.T
     Returns:
         The detached row norms, (out,).
     """
-    w_sq = weight.pow(2).sum(dim=1)  # (out,)
+    w_sq = torch.linalg.vector_norm(weight, dim=1).square()  # (out,), no (out, in) temporary
     w_at = weight @ lora_A.T  # (out, r)
     gram = lora_A @ lora_A.T  # (r, r)
     cross = (lora_B * w_at).sum(dim=1)  # (out,)

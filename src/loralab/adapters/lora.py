@@ -258,10 +258,36 @@ class LoraLayer(nn.Module):
             base_no_bias = F.linear(dropped, weight)
         return dora_term(base_no_bias, lora_out, self.lora_magnitude[name], norm, s)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_forward(x)
-        if self.disabled or self.merged:
+    def single_adapter_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        """One Linear/Conv1D adapter, fused: W·x + b + s·B·A·x̃ for LoRA (x̃ = dropout(x)), or
+        m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x) + b for DoRA (no dropout active).
+
+        The LoRA product accumulates into the base output in place (``addmm_``), so the
+        step allocates no (tokens, out) temporaries beyond the output, and DoRA saves one
+        (tokens, out) activation for the magnitude gradient.
+        """
+        lora_A, lora_B, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
+        dora = name in self.lora_magnitude
+        p = self.dropout[name]
+        dropped = F.dropout(x, p, True) if p > 0 and self.training else x
+        weight = self.weight_out_in()
+        out = F.linear(x, weight, None if dora else self.bias)  # (..., out)
+        hidden = dropped @ lora_A.T  # (..., r)
+        out.view(-1, self.out_features).addmm_(hidden.reshape(-1, hidden.shape[-1]), lora_B.T, alpha=s)
+        if not dora:
             return out
+        scale = self.lora_magnitude[name] / adapted_row_norm(weight, lora_A, lora_B, s)  # (out,)
+        out = out * scale
+        return out if self.bias is None else out + self.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.disabled or self.merged or not (self.active or self.route):
+            return self.base_forward(x)
+        if self.route is None and len(self.active) == 1 and self.kind != "embedding":
+            name = self.active[0]
+            if name not in self.lora_magnitude or not (self.training and self.dropout[name] > 0):
+                return self.single_adapter_forward(x, name)
+        out = self.base_forward(x)
         if self.route is None:
             for name in self.active:
                 out = out + self.adapter_term(name, x, out)
