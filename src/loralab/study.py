@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 MODEL, DATA = "minilm", "movie"
-MAX_TRAIN, EPOCHS, MAX_LENGTH, BATCH = 2500, 2, 64, 16
+MAX_TRAIN, EPOCHS, MAX_LENGTH, BATCH = 3000, 2, 64, 16
 
 
 @dataclass
@@ -31,6 +31,8 @@ class StudyRun:
     label: str
 
 
+# Learning rates from a small sweep on the validation split (3,000 examples, 2 epochs, seed 0):
+# full FT 1e-4 (83.3%) beat 5e-5 (82.3%); LoRA q/v 2e-3 (82.3%) beat 1e-3 (81.5%).
 RUNS = [
     StudyRun("full", "full", "query,value", 1e-4, "full fine-tuning"),
     StudyRun("lora-qv-r8", "lora", "query,value", 2e-3, "LoRA r=8, query+value"),

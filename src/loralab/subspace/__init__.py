@@ -1,0 +1,1 @@
+"""Intrinsic-dimension training: random projections and the subspace reparameterisation."""
