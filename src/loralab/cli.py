@@ -35,7 +35,9 @@ def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig, skip=()) 
             parser.add_argument(flag, action="store_true", help=helps.get(f.name, ""))
             continue
         kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(str(f.type), str)
-        parser.add_argument(flag, type=kind, default=default, metavar=f.name.upper(),
+        default = "(per method)" if f.name == "targets" else default
+        parser.add_argument(flag, type=kind, default=None if default == "(per method)" else default,
+                            metavar=f.name.upper(),
                             help=f"{helps.get(f.name, '')} (default: {default})")
 
 

@@ -35,10 +35,16 @@ def load_trained(model: str, data: str, adapter: Optional[str | Path], full_mode
 
 
 def load_run(run: str | Path):
+    """(config, model ready to evaluate, tokenizer, labels, task) of a finished run."""
     cfg = read_run(run)
     run = Path(run)
     if cfg.method == "full":
         return cfg, *load_trained(cfg.model, cfg.data, None, full_model=run / "model")
+    if cfg.method in ("did", "said"):
+        from loralab.subspace.intrinsic import IntrinsicModel
+
+        net, tokenizer, labels, task = load_trained(cfg.model, cfg.data, None)
+        return cfg, IntrinsicModel.load(net, run / "intrinsic"), tokenizer, labels, task
     return cfg, *load_trained(cfg.model, cfg.data, run / "adapter")
 
 
@@ -68,7 +74,9 @@ def _evaluate(net, tokenizer, labels, task, data, seed, max_eval, max_length, ba
 def merge_run(run: str | Path, out: str | Path) -> Path:
     """Write a run's model with its adapter merged in as a plain HF model directory (safetensors)."""
     cfg, net, tokenizer, labels, task = load_run(run)
-    if cfg.method != "full":
+    if cfg.method in ("did", "said"):
+        net = net.merge_into_model()
+    elif cfg.method != "full":
         net = ll.merge_and_unload(net)
     if labels:
         net.config.id2label = dict(enumerate(labels))

@@ -23,23 +23,47 @@ import math
 import torch
 from torch import nn
 
+_HADAMARD: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+MAX_FACTOR_BITS = 6  # Hadamard factors of at most 64×64
+
+
+def hadamard(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The Sylvester Hadamard matrix H_n (n a power of two): H_2n = [[H_n, H_n], [H_n, −H_n]]."""
+    key = (n, dtype)
+    if key not in _HADAMARD:
+        h = torch.ones(1, 1, dtype=dtype)
+        while h.shape[0] < n:
+            h = torch.cat((torch.cat((h, h), 1), torch.cat((h, -h), 1)), 0)
+        _HADAMARD[key] = h
+    return _HADAMARD[key]
+
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised fast Walsh–Hadamard transform over the last dimension (a power of two).
+    """Unnormalised Walsh–Hadamard transform H_n·x over the last dimension (n a power of two).
 
-    H_n = [[H, H], [H, −H]] applied in log₂ n butterfly stages; H·H = n·I.
+    H_n = H_n1 ⊗ H_n2 ⊗ … (Sylvester order), so with x viewed row-major as (n1, n2, …)
+    the transform is one small dense matmul per factor: O(n·Σ n_i) work in a few passes
+    over memory instead of log₂ n butterfly passes. H·H = n·I and H is symmetric.
     """
     n = x.shape[-1]
     if n & (n - 1):
         raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    bits = n.bit_length() - 1
+    parts = [MAX_FACTOR_BITS] * (bits // MAX_FACTOR_BITS)
+    if bits % MAX_FACTOR_BITS:
+        parts.insert(0, bits % MAX_FACTOR_BITS)  # the small factor first: the last one runs as one GEMM
     lead = x.shape[:-1]
-    h = 1
-    while h < n:
-        x = x.reshape(*lead, n // (2 * h), 2, h)
-        a, b = x[..., 0, :], x[..., 1, :]
-        x = torch.stack((a + b, a - b), dim=-2)
-        h *= 2
-    return x.reshape(*lead, n)
+    rows = x.numel() // n
+    last = 1 << parts[-1]
+    y = (x.reshape(-1, last) @ hadamard(last, x.dtype).to(x.device)).reshape(rows, n)  # H symmetric
+    before = 1
+    for part in parts[:-1]:
+        size = 1 << part
+        after = n // (before * size)
+        h = hadamard(size, x.dtype).to(x.device)
+        y = (h @ y.reshape(rows * before, size, after)).reshape(rows, n)  # H on this factor's axis
+        before *= size
+    return y.reshape(*lead, n)
 
 
 class Projection(nn.Module):
@@ -99,11 +123,14 @@ class SparseProjection(Projection):
 
 
 class FastfoodProjection(Projection):
-    """Stacked Fastfood blocks (see the module docstring); buffers are length-D vectors only.
+    """Stacked Fastfood blocks with O(D) memory and no (D, d) matrix.
 
-    Block j maps u (zero-padded to n) to c·H·G_j·Π_j·H·B_j·u. Column i of block j has
-    squared norm n·Σ_k G_jk² (H·B·e_i is a ±1 vector, H·H = n·I), so c = (n·Σ_all G²)^(-1/2)
-    makes every column of the stacked P unit-norm (up to the rows cut off at D).
+    Block j maps u (zero-padded to n) to c·H·G_j·Π_j·H·B·u. The signs B are shared by
+    the blocks, so H·B·u is computed once (an n-vector); the per-block permutations Π_j
+    and Gaussians G_j make the blocks differ. Each column of a block has squared norm
+    n·Σ_k G_jk² (H·B·e_i is a ±1 vector, H·H = n·I), so c = (n·Σ_all G²)^(-1/2) makes
+    every column of the stacked P unit-norm (up to the rows cut off at D), and the
+    shared B keeps distinct columns orthogonal in expectation.
     """
 
     def __init__(self, full_dim: int, dim: int, seed: int):
@@ -112,29 +139,27 @@ class FastfoodProjection(Projection):
         blocks = math.ceil(full_dim / n)
         generator = torch.Generator().manual_seed(seed)
         self.n, self.blocks = n, blocks
-        self.register_buffer("signs", torch.randint(0, 2, (blocks, n), generator=generator).float() * 2 - 1,
-                             persistent=False)
+        self.register_buffer("signs", torch.randint(0, 2, (n,), generator=generator).float() * 2 - 1,
+                             persistent=False)  # B
         perm = torch.argsort(torch.rand(blocks, n, generator=generator), dim=1)
-        self.register_buffer("perm", perm.to(torch.int32 if n < 2**31 else torch.int64), persistent=False)
-        self.register_buffer("gauss", torch.randn(blocks, n, generator=generator), persistent=False)
-        # ‖H·G·Π·H·B·e_i‖² = n·Σ_k G_k² per block; stacked blocks add up.
-        self.scale = 1.0 / math.sqrt(n * float(self.gauss.square().sum()))
+        self.register_buffer("perm", perm.to(torch.int32).reshape(-1), persistent=False)  # Π_j, local indices
+        self.register_buffer("gauss", torch.randn(blocks, n, generator=generator), persistent=False)  # G_j
+        self.scale = 1.0 / math.sqrt(n * float(self.gauss.double().square().sum()))
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        x = torch.zeros(self.blocks, self.n, dtype=u.dtype, device=u.device)
-        x[:, : self.dim] = u  # every block sees the same padded u
-        x = fwht(x * self.signs)  # H·B·u, (blocks, n)
-        x = torch.gather(x, 1, self.perm.long())  # Π
-        x = fwht(x * self.gauss)  # H·G
-        return (x * self.scale).reshape(-1)[: self.full_dim]
+        w = torch.zeros(self.n, dtype=u.dtype, device=u.device)
+        w[: self.dim] = u
+        w = fwht(w * self.signs)  # H·B·u, (n,)
+        x = w.index_select(0, self.perm).reshape(self.blocks, self.n)  # Π_j·H·B·u for every block
+        x = fwht(x * self.gauss)  # H·G_j·…, (blocks, n)
+        return x.reshape(-1)[: self.full_dim] * self.scale
 
     def transpose(self, v: torch.Tensor) -> torch.Tensor:
         x = torch.zeros(self.blocks * self.n, dtype=v.dtype, device=v.device)
         x[: self.full_dim] = v
-        x = fwht(x.reshape(self.blocks, self.n)) * self.gauss  # Gᵀ·Hᵀ (H symmetric)
-        y = torch.zeros_like(x).scatter_(1, self.perm.long(), x)  # Πᵀ
-        y = fwht(y) * self.signs  # Bᵀ·Hᵀ
-        return (y.sum(dim=0) * self.scale)[: self.dim]
+        x = fwht(x.reshape(self.blocks, self.n)) * self.gauss  # G_jᵀ·Hᵀ (H symmetric)
+        z = torch.zeros(self.n, dtype=v.dtype, device=v.device).index_add_(0, self.perm, x.reshape(-1))  # Σ_j Π_jᵀ
+        return (fwht(z) * self.signs)[: self.dim] * self.scale  # Bᵀ·Hᵀ
 
 
 class _Project(torch.autograd.Function):

@@ -9,7 +9,8 @@ from typing import Optional
 
 from loralab.errors import DataError
 
-METHODS = ("full", "lora", "dora")
+METHODS = ("full", "lora", "dora", "did", "said")
+PROJECTIONS = ("fastfood", "dense", "sparse")
 
 
 @dataclass
@@ -19,12 +20,15 @@ class TrainConfig:
     Attributes:
         model: Model name (minilm, smollm2), a local HF model directory, or a hub id when online.
         data: Dataset name (movie, tweets, amazon, nyt, trec, sms, bbc, chat-qa) or a CSV/JSONL file.
-        method: full (every weight trains), lora, or dora.
+        method: full (every weight trains), lora, dora, or the intrinsic-subspace methods did and said.
         r: LoRA rank.
         alpha: LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with --rslora).
         dropout: Dropout on the LoRA input path.
-        targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex.
+        targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex. Default:
+            query,value for lora/dora; every tensor for did/said.
         rslora: Scale by alpha/sqrt(r) (rank-stabilised LoRA).
+        d: Subspace dimension for did/said (SAID's per-tensor scales count towards it).
+        projection: Random projection for did/said: fastfood, dense or sparse.
         epochs: Passes over the training split.
         lr: Peak learning rate (AdamW).
         batch_size: Examples per optimizer step and process group (the global batch).
@@ -50,8 +54,10 @@ class TrainConfig:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.0
-    targets: str = "query,value"
+    targets: Optional[str] = None
     rslora: bool = False
+    d: int = 1000
+    projection: str = "fastfood"
     epochs: int = 3
     lr: float = 5e-4
     batch_size: int = 16
@@ -73,7 +79,9 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise DataError(f"--method must be one of {METHODS}, got {self.method!r}.")
-        for name in ("r", "epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
+        if self.projection not in PROJECTIONS:
+            raise DataError(f"--projection must be one of {PROJECTIONS}, got {self.projection!r}.")
+        for name in ("r", "d", "epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
@@ -95,7 +103,10 @@ class TrainConfig:
             raise DataError(f"--dropout must be in [0, 1), got {self.dropout}.")
 
     def target_spec(self):
-        """``targets`` as LoraConfig wants it: 'all-linear', a regex, or a list of names."""
+        """``targets`` as LoraConfig wants it: 'all-linear', a regex, or a list of names
+        (None for did/said without --targets: every tensor moves)."""
+        if self.targets is None:
+            return None if self.method in ("did", "said") else ["query", "value"]
         text = self.targets.strip()
         if text == "all-linear" or re.search(r"[\\*()\[\]|^$+?]", text):
             return text

@@ -42,18 +42,25 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def prepare_model(model: nn.Module, cfg: TrainConfig, task: str) -> Optional[ll.LoraConfig]:
-    """Make the right parameters trainable: all (full) or a LoRA/DoRA adapter plus the task head."""
+def prepare_model(model: nn.Module, cfg: TrainConfig, task: str) -> tuple[nn.Module, Optional[ll.LoraConfig]]:
+    """(the module to train, its LoRA config): all weights (full), a LoRA/DoRA adapter plus the
+    task head, or the model inside a random subspace (did/said, head included)."""
     if cfg.method == "full":
         model.requires_grad_(True)
-        return None
+        return model, None
+    if cfg.method in ("did", "said"):
+        from loralab.subspace.intrinsic import IntrinsicModel
+
+        wrapped = IntrinsicModel(model, cfg.d, cfg.projection, said=cfg.method == "said", targets=cfg.target_spec(),
+                                 seed=cfg.seed)
+        return wrapped, None
     heads = models.head_names(model) if task == "classification" else []
     lora = ll.LoraConfig(
         r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.target_spec(), rslora=cfg.rslora,
         dora=cfg.method == "dora", modules_to_save=heads,
     )
     ll.inject(model, lora)
-    return lora
+    return model, lora
 
 
 def lr_schedule(total_steps: int, warmup_steps: int):
@@ -112,7 +119,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
              for s in datasets.SPLITS}
     task, labels = split["train"].task, split["train"].labels
     model, tokenizer = models.load(cfg.model, task, num_labels=len(labels) or None)
-    lora = prepare_model(model, cfg, task)
+    base_model = model
+    model, lora = prepare_model(model, cfg, task)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     trainable, total = ll.trainable_parameters(model)
     rows = {s: encode(d, tokenizer, cfg.max_length) for s, d in split.items()}
@@ -213,6 +221,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     result = {
         "method": cfg.method, "model": cfg.model, "data": cfg.data, "task": task, "labels": labels,
         "config": cfg.to_dict(), "lora": lora.to_dict() if lora else None,
+        "subspace": {"d": cfg.d, "projection": cfg.projection, "full_dim": model.full_dim}
+        if model is not base_model else None,
         "trainable_params": trainable, "total_params": total,
         "train_examples": n_train, "steps": state["step"], "best_epoch": state["best_epoch"],
         "validation": final["validation"], "test": final["test"], "history": state["history"],
@@ -223,6 +233,9 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     if main:
         if lora is not None:
             ll.save_adapter(model, out / "adapter")
+        elif model is not base_model:  # did / said: θ_d, λ and the new head's θ0
+            heads = [n for n, _ in base_model.named_parameters() if n.split(".")[0] in models.head_names(base_model)]
+            model.save(out / "intrinsic", extra_theta0=heads)
         else:
             model.save_pretrained(out / "model", safe_serialization=True)
             tokenizer.save_pretrained(out / "model")
