@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 import torch
 from transformers import (
@@ -70,3 +72,28 @@ def train_step(model: torch.nn.Module, ids: torch.Tensor, lr: float = 1e-2) -> N
 @pytest.fixture
 def ids() -> torch.Tensor:
     return inputs()
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny BERT directory (MiniLM tokenizer) and a 180-row CSV slice of the real movie data
+    (144 / 18 / 18 after the split)."""
+    from transformers import AutoTokenizer
+
+    from loralab import data as datasets
+    from loralab import models
+
+    root = tmp_path_factory.mktemp("tiny")
+    tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0, num_labels=2)
+    BertForSequenceClassification(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    rows = datasets.load("movie", "train", seed=0, limit=180).examples
+    with open(root / "movie.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": ["negative", "positive"][r["label"]]} for r in rows)
+    return {"model": str(root / "model"), "data": str(root / "movie.csv"), "root": root}

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build, inputs
 from torch.func import functional_call
 
+from conftest import build, inputs
 from loralab.errors import AdapterError
 from loralab.subspace.intrinsic import IntrinsicModel
 from loralab.subspace.projections import PROJECTIONS, fwht, hadamard, make_projection

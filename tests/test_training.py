@@ -6,7 +6,6 @@ a small slice of the real movie-review data keep each run to seconds.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import random
@@ -21,35 +20,13 @@ import torch
 from safetensors.torch import load_file
 
 from loralab import data as datasets
-from loralab import models
 from loralab.errors import DataError
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> dict:
-    """A tiny BERT directory and a 96/24/24-row CSV slice of the real movie data."""
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    root = tmp_path_factory.mktemp("tiny")
-    tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0, num_labels=2)
-    BertForSequenceClassification(config).save_pretrained(root / "model")
-    tokenizer.save_pretrained(root / "model")
-    rows = datasets.load("movie", "train", seed=0, limit=180).examples
-    with open(root / "movie.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, ["text", "label"])
-        writer.writeheader()
-        writer.writerows({"text": r["text"], "label": ["negative", "positive"][r["label"]]} for r in rows)
-    return {"model": str(root / "model"), "data": str(root / "movie.csv"), "root": root}
-
-
 def train_args(tiny: dict, out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", tiny["model"], "--data", tiny["data"], "--method", "lora", "--targets", "query,value",
+    return ["train", "--model", tiny["model"], "--data", tiny["data"], "--method", "lora",
             "--epochs", "3", "--batch-size", "8", "--lr", "5e-3", "--max-length", "32", "--threads", "1",
             "--out", str(out), *extra]
 

@@ -8,6 +8,7 @@ eval       metrics of a run, or of model + adapter      `loralab.runs.evaluate_r
 merge      a run's adapter merged into a plain HF dir   `loralab.runs.merge_run`
 info       an adapter's config and per-layer ‖ΔW‖       `loralab.analysis.summary.adapter_summary`
 study      the main study (full FT vs LoRA vs DoRA)     `loralab.study.run_study`
+intrinsic  d90 sweep: SAID/DID over d and seeds         `loralab.subspace.sweep.run_sweep`
 =========  ===========================================  =================================
 """
 
@@ -115,12 +116,41 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
 
+def cmd_intrinsic(args: argparse.Namespace) -> int:
+    from loralab.subspace.sweep import SweepConfig, run_sweep
+
+    values = {f.name: getattr(args, f.name) for f in fields(SweepConfig) if getattr(args, f.name, None) is not None}
+    for name in ("dims", "seeds"):
+        if isinstance(values.get(name), str):
+            try:
+                values[name] = [int(v) for v in values[name].split(",") if v.strip()]
+            except ValueError:
+                raise DataError(f"--{'d' if name == 'dims' else name} takes comma-separated integers, "
+                                f"got {values[name]!r}.") from None
+    run_sweep(SweepConfig(**values))
+    return 0
+
+
+def intrinsic_flags(parser: argparse.ArgumentParser) -> None:
+    from loralab.subspace.sweep import SweepConfig
+
+    helps = field_help(SweepConfig)
+    for f in fields(SweepConfig):
+        flag = "--d" if f.name == "dims" else "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        kind = {"int": int, "float": float, "Optional[int]": int}.get(str(f.type), str)
+        parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
+                            help=f"{helps.get(f.name, '')} (default: {shown})")
+
+
 COMMANDS = {
     "train": (cmd_train, add_config_flags, "fine-tune a model: full, lora or dora"),
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
     "merge": (cmd_merge, merge_flags, "merge a run's adapter into a plain Hugging Face model directory"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
     "study": (cmd_study, study_flags, "the main study: full FT vs LoRA vs DoRA on MiniLM/movie, with a report"),
+    "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),
 }
 
 

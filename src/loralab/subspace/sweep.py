@@ -1,0 +1,258 @@
+"""d90: the smallest subspace dimension reaching 90% of full fine-tuning (Aghajanyan et al. 2021, §4).
+
+`run_sweep` trains a full-FT baseline (unless given one) and SAID (or DID) at every d
+of a grid and seed, refines d90 by bisection (geometric midpoints) between the last grid
+point below the threshold and the first above it, and writes ``intrinsic.json``,
+``intrinsic.md`` and ``intrinsic.png`` (metric vs d, log x, seed spread, the 90% line).
+
+The decision uses the mean over seeds of the best-epoch validation accuracy; test
+accuracy is reported beside it. SAID spends one of the d values on each of the m moving
+tensors, so grid points with d ≤ m run DID and are marked as such. Each run is its own
+process; a run directory with a finished ``result.json`` of the same config is reused,
+so an interrupted sweep continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loralab.errors import DataError
+
+
+@dataclass
+class SweepConfig:
+    """An intrinsic-dimension sweep.
+
+    Attributes:
+        model: Model name or directory.
+        data: Classification dataset name or file.
+        dims: The grid of d values.
+        seeds: Seeds per d (projection, head init and data order).
+        out: Output directory (runs go to out/runs).
+        method: said or did.
+        projection: fastfood, dense or sparse.
+        lr: Learning rate of the subspace runs.
+        full_lr: Learning rate of the full fine-tuning baseline.
+        baseline: An existing full-FT run directory to use instead of training one.
+        epochs: Epochs per run.
+        max_train: Training examples per run.
+        max_eval: Validation/test examples per run.
+        max_length: Token limit.
+        batch_size: Batch size.
+        refine: Bisection steps between grid points.
+        threshold: Fraction of the full-FT metric that defines d90.
+    """
+
+    model: str = "minilm"
+    data: str = "movie"
+    dims: list[int] = field(default_factory=lambda: [10, 30, 100, 300, 1000, 3000])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "runs/intrinsic"
+    method: str = "said"
+    projection: str = "fastfood"
+    lr: float = 2e-2
+    full_lr: float = 1e-4
+    baseline: Optional[str] = None
+    epochs: int = 2
+    max_train: int = 1500
+    max_eval: Optional[int] = None
+    max_length: int = 64
+    batch_size: int = 16
+    refine: int = 2
+    threshold: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.method not in ("said", "did"):
+            raise DataError(f"--method must be said or did, got {self.method!r}.")
+        if not self.dims or any(d < 1 for d in self.dims):
+            raise DataError(f"--d needs positive dimensions, got {self.dims}.")
+        if not self.seeds:
+            raise DataError("--seeds needs at least one seed.")
+        if not 0 < self.threshold <= 1:
+            raise DataError(f"--threshold is a fraction in (0, 1], got {self.threshold}.")
+
+
+def moving_tensors(model: str, data: str) -> int:
+    """m: how many parameter tensors a subspace run moves (SAID needs d > m)."""
+    from loralab import data as datasets
+    from loralab import models
+
+    task, labels, _ = datasets.read_all(data)
+    if task != "classification":
+        raise DataError(f"d90 needs a classification dataset; {data!r} is {task}.")
+    net, _ = models.load(model, task, num_labels=len(labels))
+    return sum(1 for _ in net.parameters())
+
+
+def train_args(cfg: SweepConfig, method: str, seed: int, out: Path, d: Optional[int] = None) -> list[str]:
+    args = ["train", "--model", cfg.model, "--data", cfg.data, "--method", method, "--seed", str(seed),
+            "--epochs", str(cfg.epochs), "--max-train", str(cfg.max_train), "--max-length", str(cfg.max_length),
+            "--batch-size", str(cfg.batch_size), "--out", str(out),
+            "--lr", str(cfg.full_lr if method == "full" else cfg.lr)]
+    if cfg.max_eval:
+        args += ["--max-eval", str(cfg.max_eval)]
+    if d is not None:
+        args += ["--d", str(d), "--projection", cfg.projection, "--warmup", "0.1"]
+    return args
+
+
+def run_once(args: list[str], out: Path) -> dict:
+    """Train in a fresh process unless ``out`` already holds a finished run of the same arguments."""
+    stamp = out / "sweep_args.json"
+    result = out / "result.json"
+    if result.exists() and stamp.exists() and json.loads(stamp.read_text()) == args:
+        print(f"  reusing {out}", flush=True)
+        return json.loads(result.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(args))
+    subprocess.run([sys.executable, "-m", "loralab", *args], check=True)
+    return json.loads(result.read_text())
+
+
+class Sweep:
+    """Runs and remembers the (d, seed) results of one sweep."""
+
+    def __init__(self, cfg: SweepConfig, m: int):
+        self.cfg, self.m = cfg, m
+        self.points: dict[int, dict] = {}
+
+    def method_for(self, d: int) -> str:
+        return "did" if self.cfg.method == "said" and d <= self.m else self.cfg.method
+
+    def measure(self, d: int) -> dict:
+        if d in self.points:
+            return self.points[d]
+        method = self.method_for(d)
+        runs = []
+        for seed in self.cfg.seeds:
+            out = Path(self.cfg.out) / "runs" / f"{method}-d{d}-s{seed}"
+            print(f"d={d} seed={seed} ({method})", flush=True)
+            result = run_once(train_args(self.cfg, method, seed, out, d), out)
+            runs.append({"seed": seed, "validation": result["validation"]["accuracy"],
+                         "test": result["test"]["accuracy"], "wall_time_s": result["wall_time_s"]})
+        vals, tests = [r["validation"] for r in runs], [r["test"] for r in runs]
+        self.points[d] = {
+            "d": d, "method": method, "runs": runs,
+            "validation_mean": statistics.mean(vals), "validation_min": min(vals), "validation_max": max(vals),
+            "test_mean": statistics.mean(tests), "test_min": min(tests), "test_max": max(tests),
+        }
+        return self.points[d]
+
+
+def find_d90(sweep: Sweep, threshold_value: float) -> tuple[Optional[int], Optional[int]]:
+    """(d90, largest d known to miss the threshold) after grid + bisection; d90 None if no d reaches it."""
+    grid = sorted(sweep.cfg.dims)
+    for d in grid:
+        sweep.measure(d)
+    passing = [d for d in grid if sweep.points[d]["validation_mean"] >= threshold_value]
+    if not passing:
+        return None, grid[-1]
+    hi = passing[0]
+    below = [d for d in grid if d < hi]
+    lo = below[-1] if below else None
+    for _ in range(sweep.cfg.refine if lo else 0):
+        mid = round(math.sqrt(lo * hi))
+        if mid in (lo, hi):
+            break
+        if sweep.measure(mid)["validation_mean"] >= threshold_value:
+            hi = mid
+        else:
+            lo = mid
+    return hi, lo
+
+
+def plot(report: dict, path: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    points = sorted(report["points"], key=lambda p: p["d"])
+    ds = [p["d"] for p in points]
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.fill_between(ds, [p["validation_min"] for p in points], [p["validation_max"] for p in points],
+                    alpha=0.2, label="seed range (validation)")
+    ax.plot(ds, [p["validation_mean"] for p in points], marker="o", label="validation accuracy (mean over seeds)")
+    ax.plot(ds, [p["test_mean"] for p in points], marker="s", linestyle=":", label="test accuracy (mean)")
+    for p in points:
+        ax.scatter([p["d"]] * len(p["runs"]), [r["validation"] for r in p["runs"]], s=10, color="grey", zorder=3)
+    full = report["full"]["validation"]
+    ax.axhline(full, color="black", linewidth=1, label=f"full fine-tuning ({full:.3f})")
+    ax.axhline(report["threshold_value"], color="red", linestyle="--", linewidth=1,
+               label=f"{report['threshold']:.0%} of full FT")
+    if report["d90"]:
+        ax.axvline(report["d90"], color="red", linewidth=1, alpha=0.6, label=f"d90 = {report['d90']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("subspace dimension d (log)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{report['config']['method'].upper()} on {report['config']['model']} / {report['config']['data']}")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def markdown(report: dict) -> str:
+    cfg = report["config"]
+    d90 = report["d90"]
+    lines = [
+        f"# Intrinsic dimension: {cfg['model']} on {cfg['data']}",
+        "",
+        f"{cfg['method'].upper()} with a {cfg['projection']} projection, seeds {cfg['seeds']}, {cfg['max_train']} "
+        f"training examples, {cfg['epochs']} epochs, lr {cfg['lr']:g} (full FT lr {cfg['full_lr']:g}). "
+        f"Full fine-tuning: validation accuracy {report['full']['validation']:.4f}, test {report['full']['test']:.4f}; "
+        f"threshold {report['threshold']:.0%} = {report['threshold_value']:.4f}. SAID needs d > m = {report['m']} "
+        "(one scale per moving tensor); smaller d run DID.",
+        "",
+        f"**d90 = {d90}**" if d90 else f"**d90 > {max(cfg['dims'])}: no d of the grid reached the threshold**",
+        "" if not d90 else f"(bracket: d = {report['d90_below']} misses, d = {d90} reaches it)",
+        "",
+        "| d | method | validation mean | min | max | test mean | reaches threshold |",
+        "|---:|---|---:|---:|---:|---:|---|",
+    ]
+    for p in sorted(report["points"], key=lambda q: q["d"]):
+        ok = "yes" if p["validation_mean"] >= report["threshold_value"] else "no"
+        lines.append(f"| {p['d']} | {p['method']} | {p['validation_mean']:.4f} | {p['validation_min']:.4f} | "
+                     f"{p['validation_max']:.4f} | {p['test_mean']:.4f} | {ok} |")
+    lines += ["", "![accuracy vs d](intrinsic.png)", "", f"Sweep time {report['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    started = time.time()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    m = moving_tensors(cfg.model, cfg.data)
+    if cfg.baseline:
+        full = json.loads((Path(cfg.baseline) / "result.json").read_text())
+    else:
+        print(f"full fine-tuning baseline (seed {cfg.seeds[0]})", flush=True)
+        base_dir = out / "runs" / f"full-s{cfg.seeds[0]}"
+        full = run_once(train_args(cfg, "full", cfg.seeds[0], base_dir), base_dir)
+    threshold_value = cfg.threshold * full["validation"]["accuracy"]
+    sweep = Sweep(cfg, m)
+    d90, below = find_d90(sweep, threshold_value)
+    report = {
+        "config": cfg.__dict__, "m": m, "threshold": cfg.threshold, "threshold_value": threshold_value,
+        "full": {"validation": full["validation"]["accuracy"], "test": full["test"]["accuracy"],
+                 "trainable_params": full["trainable_params"]},
+        "d90": d90, "d90_below": below, "points": [sweep.points[d] for d in sorted(sweep.points)],
+        "seconds": time.time() - started,
+    }
+    (out / "intrinsic.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot(report, out / "intrinsic.png")
+    text = markdown(report)
+    (out / "intrinsic.md").write_text(text)
+    print(text)
+    return report

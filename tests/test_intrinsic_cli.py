@@ -1,0 +1,41 @@
+"""SAID through the trainer and the d90 sweep end to end, on the tiny BERT and real data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from test_training import ENV, run_cli, train_args
+
+
+def test_said_trains_saves_and_reloads(tiny, tmp_path):
+    run = tmp_path / "said"
+    run_cli(train_args(tiny, run, "--method", "said", "--d", "300", "--lr", "5e-2", "--epochs", "1"))
+    result = json.loads((run / "result.json").read_text())
+    assert result["trainable_params"] == 300
+    assert result["subspace"]["full_dim"] == result["total_params"] - 300
+    assert sorted(p.name for p in (run / "intrinsic").iterdir()) == ["intrinsic.json", "intrinsic.safetensors"]
+    evaluated = json.loads(run_cli(["eval", "--run", str(run)]).stdout)
+    assert evaluated["test"]["accuracy"] == result["test"]["accuracy"]
+    run_cli(["merge", "--run", str(run), "--out", str(tmp_path / "merged")])
+    merged = json.loads(run_cli(["eval", "--model", str(tmp_path / "merged"), "--data", tiny["data"]]).stdout)
+    assert abs(merged["test"]["loss"] - result["test"]["loss"]) < 1e-5
+
+
+def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "loralab", "intrinsic", "--model", tiny["model"], "--data", tiny["data"],
+           "--d", "20,400", "--seeds", "0", "--epochs", "1", "--max-train", "144", "--lr", "5e-2",
+           "--full-lr", "5e-3", "--refine", "1", "--threshold", "0.5", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "intrinsic.json").read_text())
+    assert report["m"] > 20  # d=20 ≤ m runs DID
+    methods = {p["d"]: p["method"] for p in report["points"]}
+    assert methods[20] == "did" and methods[400] == "said"
+    assert report["threshold_value"] == 0.5 * report["full"]["validation"]
+    reached = [p["d"] for p in report["points"] if p["validation_mean"] >= report["threshold_value"]]
+    assert report["d90"] == (min(reached) if reached else None)
+    assert (out / "intrinsic.png").stat().st_size > 10_000
+    assert "d90" in (out / "intrinsic.md").read_text()
