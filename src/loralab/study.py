@@ -118,6 +118,7 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Optional[Pat
                       xytext=(6, 4), fontsize=8)
         history = [h for h in results[r["run"]]["history"] if h.get("split") == "validation"]
         right.plot([h["epoch"] for h in history], [h["accuracy"] for h in history], marker="o", label=r["label"])
+        right.set_xticks([h["epoch"] for h in history])
     full = next((r for r in rows if r["run"] == "full"), None)
     if full:
         left.axhline(0.98 * full["test_accuracy"], color="grey", linestyle="--", linewidth=1, label="98% of full FT")

@@ -58,15 +58,15 @@ class SweepConfig:
     out: str = "runs/intrinsic"
     method: str = "said"
     projection: str = "fastfood"
-    lr: float = 2e-2
+    lr: float = 0.3
     full_lr: float = 1e-4
     baseline: Optional[str] = None
     epochs: int = 2
-    max_train: int = 1500
-    max_eval: Optional[int] = None
+    max_train: int = 1000
+    max_eval: Optional[int] = 500
     max_length: int = 64
     batch_size: int = 16
-    refine: int = 2
+    refine: int = 1
     threshold: float = 0.9
 
     def __post_init__(self) -> None:
