@@ -53,30 +53,23 @@ def snapshot(model):
     return {k: v.clone() for k, v in model.state_dict().items()}, [type(m).__name__ for m in model.modules()]
 
 
-def test_no_target_matches_lists_existing_modules():
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(targets=["q_proj"]), r"no module matches targets=\['q_proj'\].*some adaptable modules in this "
+                                   r"model: \['bert.embeddings.word_embeddings'"),
+        (dict(targets=["embeddings.LayerNorm"]), r"target 'bert.embeddings.LayerNorm' is a LayerNorm, which LoRA does "
+                                                 r"not support \(supported: Linear, Conv1D, Embedding\)"),
+        (dict(targets=["query", "word_embeddings"], dora=True),
+         r"DoRA supports Linear and Conv1D layers; 'bert.embeddings.word_embeddings' is an Embedding"),
+    ],
+    ids=["no-match", "unsupported-type", "dora-embedding"],
+)
+def test_bad_targets_refused_before_any_change(kwargs, message):
     model = build("bert")
     state, modules = snapshot(model)
-    with pytest.raises(AdapterError, match=r"no module matches targets=\['q_proj'\].*some adaptable modules in this "
-                                           r"model: \['bert.embeddings.word_embeddings'"):
-        ll.inject(model, ll.LoraConfig(targets=["q_proj"]))
-    unchanged(model, state, modules)
-
-
-def test_target_of_unsupported_type():
-    model = build("bert")
-    state, modules = snapshot(model)
-    with pytest.raises(AdapterError, match=r"target 'bert.embeddings.LayerNorm' is a LayerNorm, which LoRA does not "
-                                           r"support \(supported: Linear, Conv1D, Embedding\)"):
-        ll.inject(model, ll.LoraConfig(targets=["embeddings.LayerNorm"]))
-    unchanged(model, state, modules)
-
-
-def test_dora_on_embedding_refused_before_any_change():
-    model = build("bert")
-    state, modules = snapshot(model)
-    with pytest.raises(AdapterError, match=r"DoRA supports Linear and Conv1D layers; 'bert.embeddings.word_embeddings' "
-                                           r"is an Embedding"):
-        ll.inject(model, ll.LoraConfig(targets=["query", "word_embeddings"], dora=True))
+    with pytest.raises(AdapterError, match=message):
+        ll.inject(model, ll.LoraConfig(**kwargs))
     unchanged(model, state, modules)
 
 

@@ -170,12 +170,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
                 if world > 1:
                     dist.all_reduce(value, op=dist.ReduceOp.AVG)
                 if not torch.isfinite(value):
-                    where = (f"the last good checkpoint is {ckpt_dir} (step {resumed_or_saved(ckpt_dir)})"
-                             if has_checkpoint(ckpt_dir) else "no checkpoint was written yet")
-                    raise TrainingError(
-                        f"training loss is {value.item()} at step {state['step'] + 1} (epoch {epoch + 1}); stopped. "
-                        f"{where}. Lower --lr (now {cfg.lr}) or --max-grad-norm, then resume with --resume."
-                    )
+                    raise non_finite_loss(value.item(), state["step"] + 1, epoch + 1, ckpt_dir, cfg)
                 (loss / group_size).backward()
             running += value.item() / group_size
             if not last_of_group:
@@ -231,14 +226,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
         "torch": torch.__version__,
     }
     if main:
-        if lora is not None:
-            ll.save_adapter(model, out / "adapter")
-        elif model is not base_model:  # did / said: θ_d, λ and the new head's θ0
-            heads = [n for n, _ in base_model.named_parameters() if n.split(".")[0] in models.head_names(base_model)]
-            model.save(out / "intrinsic", extra_theta0=heads)
-        else:
-            model.save_pretrained(out / "model", safe_serialization=True)
-            tokenizer.save_pretrained(out / "model")
+        save_trained(model, base_model, lora, tokenizer, out)
         log.write({"type": "eval", "split": "test", "step": state["step"], **final["test"]})
         (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     if world > 1:
@@ -246,6 +234,24 @@ def train(cfg: TrainConfig, progress: bool = True) -> dict:
     return result
 
 
-def resumed_or_saved(ckpt_dir: Path) -> int:
-    """The step of the checkpoint on disk."""
-    return json.loads((ckpt_dir / "checkpoint.json").read_text())["step"]
+def non_finite_loss(value: float, step: int, epoch: int, ckpt_dir: Path, cfg: TrainConfig) -> TrainingError:
+    """The error for a nan/inf loss: where the last good checkpoint is and what to change."""
+    if has_checkpoint(ckpt_dir):
+        saved = json.loads((ckpt_dir / "checkpoint.json").read_text())["step"]
+        where = f"the last good checkpoint is {ckpt_dir} (step {saved})"
+    else:
+        where = "no checkpoint was written yet"
+    return TrainingError(f"training loss is {value} at step {step} (epoch {epoch}); stopped. {where}. "
+                         f"Lower --lr (now {cfg.lr}) or --max-grad-norm, then resume with --resume.")
+
+
+def save_trained(model: nn.Module, base_model: nn.Module, lora, tokenizer, out: Path) -> None:
+    """The trained result: a PEFT adapter, the subspace (θ_d, λ, the new head's θ0), or the whole model."""
+    if lora is not None:
+        ll.save_adapter(model, out / "adapter")
+    elif model is not base_model:
+        heads = [n for n, _ in base_model.named_parameters() if n.split(".")[0] in models.head_names(base_model)]
+        model.save(out / "intrinsic", extra_theta0=heads)
+    else:
+        model.save_pretrained(out / "model", safe_serialization=True)
+        tokenizer.save_pretrained(out / "model")
