@@ -23,7 +23,6 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -314,13 +313,3 @@ def load_adapter(
                 module.modules_to_save[name].load_state_dict(state)
     return targets
 
-
-def peek_config(directory: str | os.PathLike) -> Optional[LoraConfig]:
-    """The `LoraConfig` of an adapter directory (validated), or None when it has no config."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.exists():
-        return None
-    try:
-        return config_from_peft(json.loads(path.read_text()), str(path))
-    except json.JSONDecodeError as err:
-        raise AdapterError(f"{path} is not valid JSON ({err}); fix or re-save the adapter.") from None
