@@ -136,18 +136,18 @@ def alternate(fns: dict, warmup: int, steps: int) -> dict[str, float]:
 
 # ----- measurements ---------------------------------------------------------------------------------
 def bench_train(shape: str, warmup: int, steps: int) -> dict:
+    """Median step time of every configuration, all stepped round-robin so drift hits all alike."""
     base = build(shape)
     ids = inputs(base)
-    results = {}
-    floor_and_full = {
+    steps_by_name = {
         "floor": Trainer(frozen_floor(copy.deepcopy(base)), ids, floor=True).step,
         "full": Trainer(copy.deepcopy(base), ids).step,
     }
-    results.update(alternate(floor_and_full, warmup, steps))
     for config in CONFIGS:
-        pair = {lib: Trainer(adapt(copy.deepcopy(base), shape, config, lib), ids).step for lib in ("loralab", "peft")}
-        for lib, value in alternate(pair, warmup, steps).items():
-            results[f"{config}/{lib}"] = value
+        for lib in ("loralab", "peft"):
+            steps_by_name[f"{config}/{lib}"] = Trainer(adapt(copy.deepcopy(base), shape, config, lib), ids).step
+    results = alternate(steps_by_name, warmup, steps)
+    for config in CONFIGS:
         print(f"  {shape} {config}: loralab {results[f'{config}/loralab']:.3f}s  peft {results[f'{config}/peft']:.3f}s",
               flush=True)
     return results
@@ -178,10 +178,12 @@ def bench_inject(repeats: int) -> dict:
 
     times: dict[str, list[float]] = {"loralab": [], "peft": []}
     cfg = {"r": RANK, "targets": ["query", "key", "value", "dense"]}
-    for _ in range(repeats):
+    for _ in range(repeats):  # collect first: garbage left by earlier parts must not be timed
         model = build("bert-large")
+        gc.collect()
         times["loralab"].append(timed(lambda: ll.inject(model, ll.LoraConfig(r=cfg["r"], targets=cfg["targets"]))))
         model = build("bert-large")
+        gc.collect()
         times["peft"].append(timed(lambda: peft.get_peft_model(
             model, peft.LoraConfig(r=cfg["r"], target_modules=cfg["targets"]))))
     return {k: statistics.median(v) for k, v in times.items()}
@@ -307,7 +309,7 @@ def main() -> None:
         results["models"][shape] = res
     if "inject" not in skip:
         print("inject: 24-layer BERT-large", flush=True)
-        results["inject"] = bench_inject(repeats=3)
+        results["inject"] = bench_inject(repeats=5)
     results["seconds"] = time.time() - started
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))

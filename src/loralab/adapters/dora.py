@@ -59,3 +59,4 @@ def dora_term(
     """
     scale = magnitude / weight_norm  # (out,)
     return (scale - 1.0) * base_no_bias + scale * (lora_out * scaling)
+

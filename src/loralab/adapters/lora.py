@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from loralab.adapters.dora import adapted_row_norm, dora_term
+from loralab.adapters.fused import DoraLinear, LoraLinear
 from loralab.errors import AdapterError
 
 BASE = "__base__"  # routing name for "no adapter" in a mixed batch
@@ -262,23 +263,18 @@ class LoraLayer(nn.Module):
         """One Linear/Conv1D adapter, fused: W·x + b + s·B·A·x̃ for LoRA (x̃ = dropout(x)), or
         m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x) + b for DoRA (no dropout active).
 
-        The LoRA product accumulates into the base output in place (``addmm_``), so the
-        step allocates no (tokens, out) temporaries beyond the output, and DoRA saves one
-        (tokens, out) activation for the magnitude gradient.
+        Each runs as one autograd node (`LoraLinear`, `DoraLinear` in ``fused.py``): the LoRA
+        product accumulates into the base output in place, the input gradient is one buffer,
+        and DoRA saves its output rather than the pre-scale activation.
         """
         lora_A, lora_B, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
-        dora = name in self.lora_magnitude
-        p = self.dropout[name]
-        dropped = F.dropout(x, p, True) if p > 0 and self.training else x
         weight = self.weight_out_in()
-        out = F.linear(x, weight, None if dora else self.bias)  # (..., out)
-        hidden = dropped @ lora_A.T  # (..., r)
-        out.view(-1, self.out_features).addmm_(hidden.reshape(-1, hidden.shape[-1]), lora_B.T, alpha=s)
-        if not dora:
-            return out
-        scale = self.lora_magnitude[name] / adapted_row_norm(weight, lora_A, lora_B, s)  # (out,)
-        out = out * scale
-        return out if self.bias is None else out + self.bias
+        if name in self.lora_magnitude:
+            norm = adapted_row_norm(weight, lora_A, lora_B, s)  # (out,), detached
+            return DoraLinear.apply(x, weight, self.bias, lora_A, lora_B, self.lora_magnitude[name], norm, s)
+        p = self.dropout[name]
+        dropped = F.dropout(x, p, True) if p > 0 and self.training else None
+        return LoraLinear.apply(x, dropped, weight, self.bias, lora_A, lora_B, s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled or self.merged or not (self.active or self.route):
