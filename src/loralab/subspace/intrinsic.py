@@ -11,8 +11,9 @@ trainable scale, counted in d:
     θ_i = θ0_i + λ_i·(P·θ_{d−m})_i,     λ ∈ R^m.
 
 θ_d starts at 0 and λ at 1, so training starts from the pretrained model. The model's
-own parameters stay untouched as θ0; each forward pass builds θ with `torch.func.functional_call`,
-and gradients reach θ_d through Pᵀ (`projections.project`), so nothing of size D×d exists.
+own parameters stay untouched as θ0; each forward pass builds θ (`_Assemble`, one autograd
+node for all tensors) and runs the model on it with `torch.func.functional_call`;
+gradients reach θ_d through Pᵀ, so nothing of size D×d exists.
 """
 
 from __future__ import annotations
@@ -28,7 +29,43 @@ from torch.func import functional_call
 
 from loralab.adapters.inject import name_matches
 from loralab.errors import AdapterError
-from loralab.subspace.projections import make_projection, project
+from loralab.subspace.projections import Projection, make_projection
+
+
+class _Assemble(torch.autograd.Function):
+    """θ_i = θ0_i + λ_i·(P·θ_d)_i for every moving tensor i (λ_i = 1 for DID), in one node.
+
+    Forward: one projection into a buffer (D,) (padded for Fastfood) and one fused add per
+    tensor. Backward, with g_i = ∂L/∂θ_i: ∂L/∂λ_i = ⟨g_i, (P·θ_d)_i⟩, then the same buffer
+    is overwritten with λ_i·g_i and handed to Pᵀ. Composed from autograd ops, the step would
+    allocate about ten D-sized temporaries; here it is the projection's scratch only.
+    """
+
+    @staticmethod
+    def forward(ctx, theta_d, said_lambda, projection: Projection, theta0: list, sizes: list):
+        buffer = projection.forward_buffer(theta_d)  # P·θ_d in the first D entries
+        scales = said_lambda.tolist() if said_lambda is not None else [1.0] * len(theta0)
+        chunks = buffer[: projection.full_dim].split(sizes)
+        out = tuple(torch.add(t0, chunk.view(t0.shape), alpha=lam) for t0, chunk, lam in zip(theta0, chunks, scales))
+        ctx.buffer, ctx.projection, ctx.sizes, ctx.scales = buffer, projection, sizes, scales
+        ctx.said = said_lambda is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, *grads):
+        buffer, projection = ctx.buffer, ctx.projection
+        ctx.buffer = None
+        chunks = buffer[: projection.full_dim].split(ctx.sizes)
+        grad_lambda = buffer.new_zeros(len(chunks)) if ctx.said else None
+        for index, (chunk, grad, lam) in enumerate(zip(chunks, grads, ctx.scales)):
+            if grad is None:
+                chunk.zero_()
+                continue
+            grad = grad.reshape(-1)
+            if grad_lambda is not None:
+                grad_lambda[index] = torch.dot(grad, chunk)  # before the chunk is overwritten
+            torch.mul(grad, lam, out=chunk)
+        return projection.transpose_(buffer), grad_lambda, None, None, None
 
 
 class IntrinsicModel(nn.Module):
@@ -76,15 +113,10 @@ class IntrinsicModel(nn.Module):
 
     def parameters_now(self) -> dict[str, torch.Tensor]:
         """θ for every moving tensor: θ0 + λ·(P·θ_d) reshaped, by parameter name."""
-        offset = project(self.projection, self.theta_d)  # (D,)
         params = dict(self.model.named_parameters())
-        out = {}
-        for index, (name, chunk) in enumerate(zip(self.names, offset.split(self.sizes))):
-            delta = chunk.view(self.shapes[index])
-            if self.said_lambda is not None:
-                delta = delta * self.said_lambda[index]
-            out[name] = params[name] + delta
-        return out
+        theta0 = [params[name] for name in self.names]
+        theta = _Assemble.apply(self.theta_d, self.said_lambda, self.projection, theta0, self.sizes)
+        return dict(zip(self.names, theta))
 
     def forward(self, *args, **kwargs):
         if torch.is_grad_enabled():

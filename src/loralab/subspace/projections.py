@@ -38,36 +38,59 @@ def hadamard(n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     return _HADAMARD[key]
 
 
-def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh–Hadamard transform H_n·x over the last dimension (n a power of two).
-
-    H_n = H_n1 ⊗ H_n2 ⊗ … (Sylvester order), so with x viewed row-major as (n1, n2, …)
-    the transform is one small dense matmul per factor: O(n·Σ n_i) work in a few passes
-    over memory instead of log₂ n butterfly passes. H·H = n·I and H is symmetric.
-    """
-    n = x.shape[-1]
-    if n & (n - 1):
+def _factor_bits(n: int) -> list[int]:
+    """log₂ of the Hadamard factors of H_n, the small factor first (the last one runs as one GEMM)."""
+    if n < 1 or n & (n - 1):
         raise ValueError(f"fwht needs a power-of-two length, got {n}")
     bits = n.bit_length() - 1
     parts = [MAX_FACTOR_BITS] * (bits // MAX_FACTOR_BITS)
-    if bits % MAX_FACTOR_BITS:
-        parts.insert(0, bits % MAX_FACTOR_BITS)  # the small factor first: the last one runs as one GEMM
-    lead = x.shape[:-1]
+    if bits % MAX_FACTOR_BITS or not parts:
+        parts.insert(0, bits % MAX_FACTOR_BITS)
+    return parts
+
+
+def fwht_(x: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """H_n·x over the last dimension, computed in ``x`` and ``work`` (same size; both overwritten).
+
+    H_n = H_n1 ⊗ H_n2 ⊗ … (Sylvester order), so with x viewed row-major as (n1, n2, …)
+    the transform is one small dense matmul per factor: O(n·Σ n_i) work, one pass over
+    memory per factor, and no allocation of x's size (a fresh D-sized buffer costs more
+    than the matmul on CPU: its pages fault in). Returns whichever of the two holds H·x.
+    """
+    n = x.shape[-1]
+    parts = _factor_bits(n)
     rows = x.numel() // n
+    src, dst = x.reshape(-1), work.reshape(-1)
     last = 1 << parts[-1]
-    y = (x.reshape(-1, last) @ hadamard(last, x.dtype).to(x.device)).reshape(rows, n)  # H symmetric
+    torch.mm(src.view(-1, last), hadamard(last, x.dtype).to(x.device), out=dst.view(-1, last))  # H symmetric
+    src, dst = dst, src
     before = 1
     for part in parts[:-1]:
         size = 1 << part
         after = n // (before * size)
         h = hadamard(size, x.dtype).to(x.device)
-        y = (h @ y.reshape(rows * before, size, after)).reshape(rows, n)  # H on this factor's axis
+        torch.matmul(h, src.view(rows * before, size, after), out=dst.view(rows * before, size, after))
+        src, dst = dst, src
         before *= size
-    return y.reshape(*lead, n)
+    return src.view(x.shape)
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Unnormalised Walsh–Hadamard transform H_n·x over the last dimension (n a power of two).
+
+    H·H = n·I and H is symmetric. ``x`` is left unchanged (see `fwht_` for the in-place form).
+    """
+    return fwht_(x.clone(), torch.empty_like(x))
 
 
 class Projection(nn.Module):
-    """P: R^d → R^D. Subclasses implement `forward` (P·u) and `transpose` (Pᵀ·v)."""
+    """P: R^d → R^D. Subclasses implement `forward` (P·u) and `transpose` (Pᵀ·v).
+
+    `forward_buffer` and `transpose_` are the allocation-lean pair the training step uses:
+    the first returns a buffer whose first D entries are P·u (Fastfood pads it to whole
+    blocks), the second takes such a buffer holding v in its first D entries and may
+    overwrite all of it.
+    """
 
     def __init__(self, full_dim: int, dim: int, seed: int):
         super().__init__()
@@ -77,6 +100,12 @@ class Projection(nn.Module):
 
     def transpose(self, v: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def forward_buffer(self, u: torch.Tensor) -> torch.Tensor:
+        return self(u)
+
+    def transpose_(self, buffer: torch.Tensor) -> torch.Tensor:
+        return self.transpose(buffer[: self.full_dim])
 
     def extra_repr(self) -> str:
         return f"D={self.full_dim}, d={self.dim}, seed={self.seed}"
@@ -130,7 +159,8 @@ class FastfoodProjection(Projection):
     and Gaussians G_j make the blocks differ. Each column of a block has squared norm
     n·Σ_k G_jk² (H·B·e_i is a ±1 vector, H·H = n·I), so c = (n·Σ_all G²)^(-1/2) makes
     every column of the stacked P unit-norm (up to the rows cut off at D), and the
-    shared B keeps distinct columns orthogonal in expectation.
+    shared B keeps distinct columns orthogonal in expectation. The buffer ``gauss`` holds
+    c·G_j (the constant folded in), (blocks, n).
     """
 
     def __init__(self, full_dim: int, dim: int, seed: int):
@@ -143,23 +173,35 @@ class FastfoodProjection(Projection):
                              persistent=False)  # B
         perm = torch.argsort(torch.rand(blocks, n, generator=generator), dim=1)
         self.register_buffer("perm", perm.to(torch.int32).reshape(-1), persistent=False)  # Π_j, local indices
-        self.register_buffer("gauss", torch.randn(blocks, n, generator=generator), persistent=False)  # G_j
-        self.scale = 1.0 / math.sqrt(n * float(self.gauss.double().square().sum()))
+        gauss = torch.randn(blocks, n, generator=generator)  # G_j
+        self.scale = 1.0 / math.sqrt(n * float(gauss.double().square().sum()))
+        self.register_buffer("gauss", gauss * self.scale, persistent=False)  # c·G_j
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def forward_buffer(self, u: torch.Tensor) -> torch.Tensor:
+        """(blocks·n,): P·u in the first D entries."""
         w = torch.zeros(self.n, dtype=u.dtype, device=u.device)
         w[: self.dim] = u
         w = fwht(w * self.signs)  # H·B·u, (n,)
-        x = w.index_select(0, self.perm).reshape(self.blocks, self.n)  # Π_j·H·B·u for every block
-        x = fwht(x * self.gauss)  # H·G_j·…, (blocks, n)
-        return x.reshape(-1)[: self.full_dim] * self.scale
+        x = w.index_select(0, self.perm).view(self.blocks, self.n)  # Π_j·H·B·u for every block
+        x.mul_(self.gauss.to(u.dtype))  # c·G_j·…
+        return fwht_(x, torch.empty_like(x)).reshape(-1)  # H·…
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return self.forward_buffer(u)[: self.full_dim]
+
+    def transpose_(self, buffer: torch.Tensor) -> torch.Tensor:
+        """Pᵀ·v for v in the first D entries of a (blocks·n,) buffer (overwritten)."""
+        buffer[self.full_dim :].zero_()
+        x = buffer.view(self.blocks, self.n)
+        x = fwht_(x, torch.empty_like(x)).mul_(self.gauss.to(buffer.dtype))  # (c·G_j)ᵀ·Hᵀ (H symmetric)
+        z = torch.zeros(self.n, dtype=buffer.dtype, device=buffer.device)
+        z.index_add_(0, self.perm, x.reshape(-1))  # Σ_j Π_jᵀ
+        return (fwht(z) * self.signs)[: self.dim]  # Bᵀ·Hᵀ
 
     def transpose(self, v: torch.Tensor) -> torch.Tensor:
-        x = torch.zeros(self.blocks * self.n, dtype=v.dtype, device=v.device)
-        x[: self.full_dim] = v
-        x = fwht(x.reshape(self.blocks, self.n)) * self.gauss  # G_jᵀ·Hᵀ (H symmetric)
-        z = torch.zeros(self.n, dtype=v.dtype, device=v.device).index_add_(0, self.perm, x.reshape(-1))  # Σ_j Π_jᵀ
-        return (fwht(z) * self.signs)[: self.dim] * self.scale  # Bᵀ·Hᵀ
+        buffer = torch.empty(self.blocks * self.n, dtype=v.dtype, device=v.device)
+        buffer[: self.full_dim] = v
+        return self.transpose_(buffer)
 
 
 class _Project(torch.autograd.Function):
