@@ -54,12 +54,12 @@ def dense_matrix(projection) -> torch.Tensor:
     return torch.stack([projection(e) for e in torch.eye(projection.dim, dtype=torch.float64)], dim=1)
 
 
-@pytest.mark.parametrize("said", [False, True])
-def test_gradients_match_a_dense_reference(said):
+@pytest.mark.parametrize(("said", "kind"), [(False, "fastfood"), (True, "fastfood"), (True, "sparse"), (True, "dense")])
+def test_gradients_match_a_dense_reference(said, kind):
     torch.manual_seed(0)
     model = build("bert").double()
     ids = inputs()
-    wrapped = IntrinsicModel(model, dim=64, projection="fastfood", said=said, seed=5).double()
+    wrapped = IntrinsicModel(model, dim=64, projection=kind, said=said, seed=5).double()
     with torch.no_grad():
         wrapped.theta_d.normal_(std=0.1)
         if said:

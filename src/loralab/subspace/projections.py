@@ -12,8 +12,8 @@ columns, so ‖P·u‖ ≈ ‖u‖ (exactly in expectation over the seed):
   permutation, G Gaussian and H the Walsh–Hadamard matrix applied by the fast transform.
   O(D) memory (three length-D vectors, no (D, d) matrix) and O(D log n) time.
 
-Each has ``forward(u)`` = P·u and ``transpose(v)`` = Pᵀ·v (exact adjoint); ``project``
-wraps them in an autograd function whose backward is the transpose.
+Each has ``forward(u)`` = P·u and ``transpose(v)`` = Pᵀ·v (exact adjoint); the training
+step (`intrinsic._Assemble`) uses the buffer-reusing pair ``forward_buffer`` / ``transpose_``.
 """
 
 from __future__ import annotations
@@ -202,22 +202,6 @@ class FastfoodProjection(Projection):
         buffer = torch.empty(self.blocks * self.n, dtype=v.dtype, device=v.device)
         buffer[: self.full_dim] = v
         return self.transpose_(buffer)
-
-
-class _Project(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u: torch.Tensor, projection: Projection) -> torch.Tensor:
-        ctx.projection = projection
-        return projection(u)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return ctx.projection.transpose(grad), None
-
-
-def project(projection: Projection, u: torch.Tensor) -> torch.Tensor:
-    """P·u, differentiable in u; the backward pass is Pᵀ·grad (nothing of size D×d is saved)."""
-    return _Project.apply(u, projection)
 
 
 PROJECTIONS = {"dense": DenseProjection, "sparse": SparseProjection, "fastfood": FastfoodProjection}
