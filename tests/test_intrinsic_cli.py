@@ -39,3 +39,18 @@ def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
     assert report["d90"] == (min(reached) if reached else None)
     assert (out / "intrinsic.png").stat().st_size > 10_000
     assert "d90" in (out / "intrinsic.md").read_text()
+
+
+def test_lr_scales_with_d_only_when_asked():
+    """lr·√(lr_ref_d/d): 0.3 at d=300 becomes 0.15 at d=1200; without lr_ref_d every d gets lr."""
+    from pathlib import Path
+
+    from loralab.subspace.sweep import SweepConfig, subspace_lr
+    from loralab.subspace.sweep import train_args as sweep_train_args
+
+    scaled = SweepConfig(lr=0.3, lr_ref_d=300)
+    assert subspace_lr(scaled, 1200) == 0.15
+    assert subspace_lr(scaled, None) == 0.3  # the full-FT baseline is not a subspace run
+    assert subspace_lr(SweepConfig(lr=0.3), 1200) == 0.3
+    args = sweep_train_args(scaled, "said", 0, Path("x"), d=3000)
+    assert args[args.index("--lr") + 1] == "0.09487"

@@ -40,6 +40,8 @@ class SweepConfig:
         method: said or did.
         projection: fastfood, dense or sparse.
         lr: Learning rate of the subspace runs.
+        lr_ref_d: If set, the lr at d is lr·√(lr_ref_d/d): Adam moves every coordinate of θ_d
+            by about lr per step, so ‖P·Δθ_d‖ ≈ lr·√d grows with d unless the lr shrinks.
         full_lr: Learning rate of the full fine-tuning baseline.
         baseline: An existing full-FT run directory to use instead of training one.
         epochs: Epochs per run.
@@ -59,6 +61,7 @@ class SweepConfig:
     method: str = "said"
     projection: str = "fastfood"
     lr: float = 0.3
+    lr_ref_d: Optional[int] = None
     full_lr: float = 1e-4
     baseline: Optional[str] = None
     epochs: int = 2
@@ -92,11 +95,18 @@ def moving_tensors(model: str, data: str) -> int:
     return sum(1 for _ in net.parameters())
 
 
+def subspace_lr(cfg: SweepConfig, d: Optional[int]) -> float:
+    """The lr of a subspace run at d (scaled by √(lr_ref_d/d) when lr_ref_d is set)."""
+    if cfg.lr_ref_d is None or d is None:
+        return cfg.lr
+    return float(f"{cfg.lr * math.sqrt(cfg.lr_ref_d / d):.4g}")
+
+
 def train_args(cfg: SweepConfig, method: str, seed: int, out: Path, d: Optional[int] = None) -> list[str]:
     args = ["train", "--model", cfg.model, "--data", cfg.data, "--method", method, "--seed", str(seed),
             "--epochs", str(cfg.epochs), "--max-train", str(cfg.max_train), "--max-length", str(cfg.max_length),
             "--batch-size", str(cfg.batch_size), "--out", str(out),
-            "--lr", str(cfg.full_lr if method == "full" else cfg.lr)]
+            "--lr", str(cfg.full_lr if method == "full" else subspace_lr(cfg, d))]
     if cfg.max_eval:
         args += ["--max-eval", str(cfg.max_eval)]
     if d is not None:
@@ -210,7 +220,9 @@ def markdown(report: dict) -> str:
         f"# Intrinsic dimension: {cfg['model']} on {cfg['data']}",
         "",
         f"{cfg['method'].upper()} with a {cfg['projection']} projection, seeds {cfg['seeds']}, {cfg['max_train']} "
-        f"training examples, {cfg['epochs']} epochs, lr {cfg['lr']:g} (full FT lr {cfg['full_lr']:g}). "
+        f"training examples, {cfg['epochs']} epochs, lr {cfg['lr']:g}"
+        + (f"·√({cfg['lr_ref_d']}/d)" if cfg.get("lr_ref_d") else "")
+        + f" (full FT lr {cfg['full_lr']:g}). "
         f"Full fine-tuning: validation accuracy {report['full']['validation']:.4f}, test {report['full']['test']:.4f}; "
         f"threshold {report['threshold']:.0%} = {report['threshold_value']:.4f}. SAID needs d > m = {report['m']} "
         "(one scale per moving tensor); smaller d run DID.",
