@@ -202,6 +202,8 @@ def plot(report: dict, path: Path) -> Optional[Path]:
                label=f"{report['threshold']:.0%} of full FT")
     if report["d90"]:
         ax.axvline(report["d90"], color="red", linewidth=1, alpha=0.6, label=f"d90 = {report['d90']}")
+    low, high = ax.get_ylim()
+    ax.set_ylim(low, max(high, full + 0.02))  # keep the full-FT line off the frame
     ax.set_xscale("log")
     ax.set_xlabel("subspace dimension d (log)")
     ax.set_ylabel("accuracy")
