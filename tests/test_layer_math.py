@@ -88,6 +88,16 @@ def test_dora_forward_and_gradients_match_reference():
         torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-9, rtol=0)
 
 
+def assert_same_values_and_gradients(out, expected, ours, theirs) -> None:
+    """out = expected (atol 1e-10), and a random linear loss gives every input the same gradient (atol 1e-9)."""
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+    weights = torch.randn(out.shape)
+    (out * weights).sum().backward()
+    (expected * weights).sum().backward()
+    for mine, reference in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(mine.grad, reference.grad, atol=1e-9, rtol=0)
+
+
 @pytest.mark.parametrize("kind", ["linear", "conv1d"])
 def test_dora_node_gradients_for_every_input(kind):
     """`DoraLinear` saves its output, not W·x + s·B·A·x; every gradient must still equal the formula's:
@@ -112,12 +122,7 @@ def test_dora_node_gradients_for_every_input(kind):
     w_adapted = w_out_in + 2.0 * b @ a
     expected = (ref_x @ w_adapted.T) * (m / w_adapted.norm(dim=1).detach()) + bias
     out = model(x)
-    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
-    weights = torch.randn(out.shape)
-    (out * weights).sum().backward()
-    (expected * weights).sum().backward()
-    for ours, theirs in zip([*params, x], [*ref, ref_x], strict=True):
-        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-9, rtol=0)
+    assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
 
 
 def test_row_norm_without_full_matrix():
@@ -188,9 +193,4 @@ def test_lora_node_gradients_for_every_input(kind, dropout):
     dropped = torch.nn.functional.dropout(ref_x, dropout, True)
     w_out_in = w if kind == "linear" else w.T
     expected = ref_x @ w_out_in.T + bias + 2.0 * (dropped @ a.T @ b.T)
-    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
-    weights = torch.randn(out.shape)
-    (out * weights).sum().backward()
-    (expected * weights).sum().backward()
-    for ours, theirs in zip([*params, x], [*ref, ref_x], strict=True):
-        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-9, rtol=0)
+    assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
