@@ -59,4 +59,3 @@ def dora_term(
     """
     scale = magnitude / weight_norm  # (out,)
     return (scale - 1.0) * base_no_bias + scale * (lora_out * scaling)
-

@@ -94,7 +94,6 @@ class IntrinsicModel(nn.Module):
                 raise AdapterError(f"no parameter matches targets={targets!r}; parameters look like {examples}")
         self.names = names
         params = dict(model.named_parameters())
-        self.shapes = [params[n].shape for n in names]
         self.sizes = [params[n].numel() for n in names]
         self.full_dim = sum(self.sizes)
         self.said = said
