@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from test_training import ENV, run_cli, train_args
 
 
@@ -45,6 +46,7 @@ def test_lr_scales_with_d_only_when_asked():
     """lr·√(lr_ref_d/d): 0.3 at d=300 becomes 0.15 at d=1200; without lr_ref_d every d gets lr."""
     from pathlib import Path
 
+    from loralab.errors import DataError
     from loralab.subspace.sweep import SweepConfig, subspace_lr
     from loralab.subspace.sweep import train_args as sweep_train_args
 
@@ -54,3 +56,5 @@ def test_lr_scales_with_d_only_when_asked():
     assert subspace_lr(SweepConfig(lr=0.3), 1200) == 0.3
     args = sweep_train_args(scaled, "said", 0, Path("x"), d=3000)
     assert args[args.index("--lr") + 1] == "0.09487"
+    with pytest.raises(DataError, match=r"--lr-ref-d is the d at which --lr applies, a positive integer; got 0\."):
+        SweepConfig(lr_ref_d=0)

@@ -79,6 +79,8 @@ class SweepConfig:
             raise DataError(f"--d needs positive dimensions, got {self.dims}.")
         if not self.seeds:
             raise DataError("--seeds needs at least one seed.")
+        if self.lr_ref_d is not None and self.lr_ref_d < 1:
+            raise DataError(f"--lr-ref-d is the d at which --lr applies, a positive integer; got {self.lr_ref_d}.")
         if not 0 < self.threshold <= 1:
             raise DataError(f"--threshold is a fraction in (0, 1], got {self.threshold}.")
 
