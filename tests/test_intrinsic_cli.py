@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from test_training import ENV, run_cli, train_args
 
 
