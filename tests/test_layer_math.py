@@ -98,27 +98,31 @@ def assert_same_values_and_gradients(out, expected, ours, theirs) -> None:
         torch.testing.assert_close(mine.grad, reference.grad, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
 def test_dora_node_gradients_for_every_input(kind):
     """`DoraLinear` saves its output, not W·x + s·B·A·x; every gradient must still equal the formula's:
     3-D input, a trainable weight and bias, and a zero magnitude row (recomputed exactly)."""
     torch.manual_seed(0)
-    base = nn.Linear(6, 5) if kind == "linear" else Conv1D(5, 6)
+    base = Conv1D(5, 6) if kind == "conv1d" else nn.Linear(6, 5, bias=kind == "linear")
     model = adapted(base, r=2, alpha=4, dora=True)
     layer = model[0]
     with torch.no_grad():
         layer.lora_magnitude["default"].mul_(torch.rand(5) + 0.5)
         layer.lora_magnitude["default"][3] = 0.0
         layer.lora_B["default"].normal_()
-        layer.bias.mul_(10.0)
-    layer.weight.requires_grad_(True)
-    layer.bias.requires_grad_(True)
-    params = [layer.lora_A["default"], layer.lora_B["default"], layer.lora_magnitude["default"], layer.weight, layer.bias]
+    params = [layer.lora_A["default"], layer.lora_B["default"], layer.lora_magnitude["default"], layer.weight]
+    if layer.bias is not None:
+        with torch.no_grad():
+            layer.bias.mul_(10.0)
+        params.append(layer.bias)
+    for p in params[3:]:
+        p.requires_grad_(True)
     x = torch.randn(2, 3, 6, requires_grad=True)
     ref = [t.detach().clone().requires_grad_() for t in params]
     ref_x = x.detach().clone().requires_grad_()
-    a, b, m, w, bias = ref
-    w_out_in = w if kind == "linear" else w.T
+    a, b, m, w = ref[:4]
+    bias = ref[4] if len(ref) > 4 else 0.0
+    w_out_in = w.T if kind == "conv1d" else w
     w_adapted = w_out_in + 2.0 * b @ a
     expected = (ref_x @ w_adapted.T) * (m / w_adapted.norm(dim=1).detach()) + bias
     out = model(x)
@@ -169,28 +173,31 @@ def test_rank_and_alpha_patterns_per_module():
     assert cfg.alpha_for("enc.layer.1.attention.myvalue") == 16
 
 
-@pytest.mark.parametrize("kind", ["linear", "conv1d"])
+@pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_lora_node_gradients_for_every_input(kind, dropout):
     """`LoraLinear` writes its own backward; every gradient must equal the formula's (3-D input,
     trainable weight and bias, with and without dropout on the LoRA path)."""
     torch.manual_seed(0)
-    base = nn.Linear(6, 5) if kind == "linear" else Conv1D(5, 6)
+    base = Conv1D(5, 6) if kind == "conv1d" else nn.Linear(6, 5, bias=kind == "linear")
     model = adapted(base, r=2, alpha=4, dropout=dropout).train()
     layer = model[0]
     with torch.no_grad():
         layer.lora_B["default"].normal_()
-    layer.weight.requires_grad_(True)
-    layer.bias.requires_grad_(True)
-    params = [layer.lora_A["default"], layer.lora_B["default"], layer.weight, layer.bias]
+    params = [layer.lora_A["default"], layer.lora_B["default"], layer.weight]
+    if layer.bias is not None:
+        params.append(layer.bias)
+    for p in params[2:]:
+        p.requires_grad_(True)
     x = torch.randn(2, 3, 6, requires_grad=True)
     ref = [t.detach().clone().requires_grad_() for t in params]
     ref_x = x.detach().clone().requires_grad_()
-    a, b, w, bias = ref
+    a, b, w = ref[:3]
+    bias = ref[3] if len(ref) > 3 else 0.0
     torch.manual_seed(1)
     out = model(x)
     torch.manual_seed(1)
     dropped = torch.nn.functional.dropout(ref_x, dropout, True)
-    w_out_in = w if kind == "linear" else w.T
+    w_out_in = w.T if kind == "conv1d" else w
     expected = ref_x @ w_out_in.T + bias + 2.0 * (dropped @ a.T @ b.T)
     assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
