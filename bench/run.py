@@ -200,6 +200,9 @@ def memory_probe(shape: str, config: str, lib: str) -> dict:
         trainer = Trainer(base, ids)
     else:
         trainer = Trainer(adapt(base, shape, config, lib), ids)
+    with torch.no_grad():  # page in weights memory-mapped from safetensors, in every config alike
+        for param in trainer.model.parameters():
+            param.sum()
     gc.collect()
     reset_peak_rss()
     loaded = proc_status_mb("VmRSS")
