@@ -21,6 +21,16 @@ from __future__ import annotations
 import torch
 
 
+def linear_plus_low_rank(x2d, weight, bias, hidden_t, lora_term):
+    """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden_t (r, T), L (r, out).
+
+    The rank-r term (with the bias) is written first and the big GEMM accumulates into it:
+    one pass over the (T, out) output fewer than adding the rank-r term afterwards.
+    """
+    out2d = hidden_t.T @ lora_term if bias is None else torch.addmm(bias, hidden_t.T, lora_term)
+    return out2d.addmm_(x2d, weight.T)
+
+
 class LoraLinear(torch.autograd.Function):
     """z = W·x + b + s·B·(A·x̃), x̃ = dropout(x) (x̃ is x when dropout is off; Hu et al. 2021, §4.1).
 
@@ -37,11 +47,7 @@ class LoraLinear(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
         hidden_t = lora_A @ lora_in.T  # (r, T)
-        # The LoRA term is written first (with the bias), then the big GEMM accumulates into
-        # it: one pass over the (T, out) output fewer than adding s·B·A·x afterwards.
-        lora_term = lora_B.T * scaling  # (r, out)
-        out2d = hidden_t.T @ lora_term if bias is None else torch.addmm(bias, hidden_t.T, lora_term)
-        out2d.addmm_(x2d, weight.T)
+        out2d = linear_plus_low_rank(x2d, weight, bias, hidden_t, lora_B.T * scaling)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling = scaling
         ctx.save_for_backward(x, dropped, hidden_t, weight, bias, lora_A, lora_B)
@@ -101,12 +107,9 @@ class DoraLinear(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         col_scale = magnitude / norm  # (out,)
         hidden_t = lora_A @ x2d.T  # (r, T)
-        # m/n folded into the (out, in) and (out, r) factors rather than applied to the
-        # (T, out) output: the LoRA term and the bias are written first, then the big GEMM
-        # accumulates into them, so the output is touched once besides the GEMM.
+        # m/n is folded into the (out, in) and (out, r) factors, not applied to the output
         lora_term = (lora_B * (col_scale * scaling)[:, None]).T  # (r, out)
-        out2d = hidden_t.T @ lora_term if bias is None else torch.addmm(bias, hidden_t.T, lora_term)
-        out2d.addmm_(x2d, (weight * col_scale[:, None]).T)
+        out2d = linear_plus_low_rank(x2d, weight * col_scale[:, None], bias, hidden_t, lora_term)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling = scaling
         ctx.save_for_backward(x, hidden_t, weight, bias, lora_A, lora_B, magnitude, norm, out)
