@@ -9,6 +9,9 @@ random weights), batch 16 × 128 tokens, 2 threads:
 * train step (forward + backward + AdamW) for LoRA r=8 on q/v and on all linear layers,
   DoRA r=8 the same — loralab and PEFT alternating step by step so drift hits both;
 * the floor: every weight frozen but gradients flowing to the inputs; and full fine-tuning;
+* "floor + inputs": the floor, but each layer a config adapts also keeps its input until its
+  backward, as LoRA's ∂L/∂A = s·(g·B)ᵀ·x must. Its rise over the floor is the memory cost
+  of LoRA without its arithmetic; LoRA over it is the cost of the rank-r products;
 * peak memory of each configuration, each in a fresh subprocess: the peak RSS of 3 train
   steps after the model is built (peak reset through /proc/self/clear_refs), and its rise
   above the loaded model ("step MB": activations, gradients, optimizer state);
@@ -95,6 +98,31 @@ def frozen_floor(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+class KeepInput(torch.autograd.Function):
+    """Identity on a layer's output that holds the layer's input until the backward reaches it."""
+
+    @staticmethod
+    def forward(ctx, out, x):
+        ctx.save_for_backward(x)
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def floor_keeping_inputs(model: torch.nn.Module, shape: str, config: str) -> torch.nn.Module:
+    """The frozen floor where every layer `config` would adapt keeps its input for the backward."""
+    from loralab.adapters.inject import match_targets
+
+    frozen_floor(model)
+    names = set(match_targets(model, ll.LoraConfig(r=RANK, targets=targets(shape, config))))
+    for name, module in model.named_modules():
+        if name in names:
+            module.register_forward_hook(lambda _module, args, out: KeepInput.apply(out, args[0]))
+    return model
+
+
 # ----- one step -----------------------------------------------------------------------------------
 class Trainer:
     """A model and its AdamW; `step()` runs forward + backward + optimizer step."""
@@ -143,6 +171,9 @@ def bench_train(shape: str, warmup: int, steps: int) -> dict:
         "floor": Trainer(frozen_floor(copy.deepcopy(base)), ids, floor=True).step,
         "full": Trainer(copy.deepcopy(base), ids).step,
     }
+    for config in ("lora-qv", "lora-all"):
+        model = floor_keeping_inputs(copy.deepcopy(base), shape, config)
+        steps_by_name[f"floor+inputs/{config}"] = Trainer(model, ids, floor=True).step
     for config in CONFIGS:
         for lib in ("loralab", "peft"):
             steps_by_name[f"{config}/{lib}"] = Trainer(adapt(copy.deepcopy(base), shape, config, lib), ids).step
@@ -255,14 +286,18 @@ def table(results: dict) -> str:
     for shape, res in results["models"].items():
         t, m = res["train"], res.get("memory", {})
         lines.append(f"\n## {shape}: train step (median s), batch {BATCH} × {SEQ}")
-        lines.append(f"floor {t['floor']:.3f}s   full FT {t['full']:.3f}s")
+        lines.append(f"floor {t['floor']:.3f}s   full FT {t['full']:.3f}s   floor + inputs kept: "
+                     f"q/v {t['floor+inputs/lora-qv']:.3f}s ({t['floor+inputs/lora-qv'] / t['floor']:.3f}), "
+                     f"all {t['floor+inputs/lora-all']:.3f}s ({t['floor+inputs/lora-all'] / t['floor']:.3f})")
         lines.append(f"{'config':<10} {'loralab':>8} {'peft':>8} {'ours/peft':>9} {'ours/floor':>10} "
-                     f"{'step MB ours':>12} {'step MB peft':>12}")
+                     f"{'ours/floor+inputs':>17} {'step MB ours':>12} {'step MB peft':>12}")
         for config in CONFIGS:
             ours, theirs = t[f"{config}/loralab"], t[f"{config}/peft"]
+            kept = t["floor+inputs/lora-" + config.split("-")[1]]
             mo, mp = m.get(f"{config}/loralab", {}), m.get(f"{config}/peft", {})
             lines.append(f"{config:<10} {ours:>8.3f} {theirs:>8.3f} {ours / theirs:>9.3f} {ours / t['floor']:>10.3f} "
-                         f"{mo.get('step_mb', float('nan')):>12.0f} {mp.get('step_mb', float('nan')):>12.0f}")
+                         f"{ours / kept:>17.3f} {mo.get('step_mb', float('nan')):>12.0f} "
+                         f"{mp.get('step_mb', float('nan')):>12.0f}")
         for kind in ("qv", "all"):
             dora, lora = t[f"dora-{kind}/loralab"], t[f"lora-{kind}/loralab"]
             line = f"DoRA/LoRA ({kind}) step {dora / lora:.3f}"

@@ -25,7 +25,8 @@ def linear_plus_low_rank(x2d, weight, bias, hidden_t, lora_term):
     """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden_t (r, T), L (r, out).
 
     The rank-r term (with the bias) is written first and the big GEMM accumulates into it:
-    one pass over the (T, out) output fewer than adding the rank-r term afterwards.
+    one pass over the (T, out) output fewer than adding the rank-r term afterwards. The
+    backward's input gradient g·W + (g·B)·A has the same form (x → g, W → Wᵀ, L → A).
     """
     out2d = hidden_t.T @ lora_term if bias is None else torch.addmm(bias, hidden_t.T, lora_term)
     return out2d.addmm_(x2d, weight.T)
@@ -62,10 +63,8 @@ class LoraLinear(torch.autograd.Function):
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
         g_hidden_t = (lora_B.T @ g.T).mul_(s)  # (r, T)
         grad_x = grad_dropped = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = g @ weight  # (T, in)
-            if dropped is None:
-                grad_x.addmm_(g_hidden_t.T, lora_A)
+        if ctx.needs_input_grad[0]:  # (T, in)
+            grad_x = g @ weight if dropped is not None else linear_plus_low_rank(g, weight.T, None, g_hidden_t, lora_A)
             grad_x = grad_x.view(x.shape)
         if dropped is not None and ctx.needs_input_grad[1]:
             grad_dropped = (g_hidden_t.T @ lora_A).view(x.shape)
@@ -126,7 +125,8 @@ class DoraLinear(torch.autograd.Function):
         g_hidden_t = (lora_B * (col_scale * s)[:, None]).T @ g.T  # s·(g̃·B)ᵀ, (r, T)
         grad_x = grad_w = grad_b = grad_m = None
         if ctx.needs_input_grad[0]:
-            grad_x = (g @ (weight * col_scale[:, None])).addmm_(g_hidden_t.T, lora_A).view(x.shape)
+            scaled_weight_t = (weight * col_scale[:, None]).T
+            grad_x = linear_plus_low_rank(g, scaled_weight_t, None, g_hidden_t, lora_A).view(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = (g.T @ x2d).mul_(col_scale[:, None])
         g_sum = g.sum(0) if bias is not None else None  # (out,)
