@@ -11,15 +11,19 @@ from transformers.pytorch_utils import Conv1D
 
 import loralab as ll
 from loralab.adapters.dora import adapted_row_norm
+from loralab.adapters.fused import token_chunks
 
 
 @pytest.fixture(autouse=True)
-def float64():
-    """Exact comparisons: every tensor in this module is float64."""
-    old = torch.get_default_dtype()
+def float64_three_threads():
+    """Exact comparisons: every tensor in this module is float64. Three threads, so the fused
+    nodes cut their 6 test tokens into 3 slices (`token_chunks`) on any machine."""
+    old_dtype, old_threads = torch.get_default_dtype(), torch.get_num_threads()
     torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(3)
     yield
-    torch.set_default_dtype(old)
+    torch.set_default_dtype(old_dtype)
+    torch.set_num_threads(old_threads)
 
 
 def adapted(base: nn.Module, **kw) -> nn.Module:
@@ -201,3 +205,10 @@ def test_lora_node_gradients_for_every_input(kind, dropout):
     w_out_in = w.T if kind == "conv1d" else w
     expected = ref_x @ w_out_in.T + bias + 2.0 * (dropped @ a.T @ b.T)
     assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
+
+
+def test_rank_r_products_run_on_equal_token_slices():
+    """k = the thread count when it divides T, else its largest divisor below; a prime T runs whole."""
+    assert torch.get_num_threads() == 3  # the module's fixture
+    assert [token_chunks(t) for t in (2048, 6, 7, 1)] == [2, 3, 1, 1]
+

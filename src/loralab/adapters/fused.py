@@ -7,11 +7,15 @@ DoRA saves its pre-scale activation. One node per layer does each step once. Sha
 (..., in), W (out, in) (a transposed view for Conv1D), b (out,) or None, A (r, in),
 B (out, r), m and n (out,), T = number of tokens.
 
-Two rules keep the rank-r products cheap on CPU (measured with MKL, T = 2048, r = 8):
+Three rules keep the rank-r products cheap on CPU (measured with MKL, T = 2048, r = 8):
 
 * every product with r in it is written as (r, ·) @ (·, ·), i.e. A·xᵀ, Bᵀ·gᵀ, (A·x)ᵀ·g,
   giving (r, T) or (r, out) results. The (T, out)ᵀ @ (T, r) form of ∂L/∂B ran 3-5x slower
   (3.9 ms against 1.1 ms for out = 1536), and g @ B about 2x slower than Bᵀ @ gᵀ;
+* the tokens are cut into k equal slices, k = the thread count (`token_chunks`), and each
+  product is one batched GEMM over the slices, so every thread works on its own slice: a
+  single GEMM with 8 output rows gains only 1.3x from a second thread. A·x is kept as
+  (k, r, T/k) from the forward to the backward;
 * per-row factors (s, DoRA's m/n) are folded into the (out, r) and (out, in) matrices,
   never applied to a (T, out) activation or gradient.
 """
@@ -21,15 +25,47 @@ from __future__ import annotations
 import torch
 
 
-def linear_plus_low_rank(x2d, weight, bias, hidden_t, lora_term):
-    """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden_t (r, T), L (r, out).
+def token_chunks(tokens: int) -> int:
+    """How many equal token slices the rank-r products run as: the thread count, or the largest
+    divisor of T below it (1 for a prime T)."""
+    chunks = max(1, min(torch.get_num_threads(), tokens))
+    while tokens % chunks:
+        chunks -= 1
+    return chunks
+
+
+def rank_r_rows(factor, rows):
+    """factor·rowsᵀ per token slice: factor (r, n), rows (k, T/k, n) → (k, r, T/k).
+
+    A·xᵀ and Bᵀ·gᵀ as one batched product over k token slices: each thread takes a slice.
+    One (r, n) @ (n, T) GEMM splits poorly over threads when r = 8 (1.3x from 2 threads);
+    the batched form runs 1.3-1.5x faster (0.107 against 0.149 ms for n = 384, T = 2048).
+    """
+    return torch.bmm(factor.expand(rows.shape[0], -1, -1), rows.transpose(1, 2))
+
+
+def rank_r_grad(hidden, rows):
+    """Σ over token slices of hidden·rows: hidden (k, r, T/k), rows (k, T/k, n) → (r, n).
+
+    ∂A = s·(g·B)ᵀ·x and ∂Bᵀ = s·(A·x)ᵀ·g, contracted over tokens; batched over slices and
+    then summed, 1.2-1.6x faster than one (r, T) @ (T, n) GEMM on 2 threads.
+    """
+    return torch.bmm(hidden, rows).sum(0)
+
+
+def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
+    """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden (k, r, T/k), L (r, out).
 
     The rank-r term (with the bias) is written first and the big GEMM accumulates into it:
     one pass over the (T, out) output fewer than adding the rank-r term afterwards. The
     backward's input gradient g·W + (g·B)·A has the same form (x → g, W → Wᵀ, L → A).
     """
-    out2d = hidden_t.T @ lora_term if bias is None else torch.addmm(bias, hidden_t.T, lora_term)
-    return out2d.addmm_(x2d, weight.T)
+    terms = lora_term.expand(hidden.shape[0], -1, -1)
+    if bias is None:
+        out3d = torch.bmm(hidden.transpose(1, 2), terms)  # (k, T/k, out)
+    else:
+        out3d = torch.baddbmm(bias, hidden.transpose(1, 2), terms)
+    return out3d.view(x2d.shape[0], -1).addmm_(x2d, weight.T)
 
 
 class LoraLinear(torch.autograd.Function):
@@ -40,40 +76,42 @@ class LoraLinear(torch.autograd.Function):
         ∂L/∂B = s·gᵀ·(A·x̃)      ∂L/∂A = s·(g·B)ᵀ·x̃      ∂L/∂x = g·W  (+ s·(g·B)·A when x̃ is x)
         ∂L/∂x̃ = s·(g·B)·A        ∂L/∂W = gᵀ·x            ∂L/∂b = Σ_tokens g
 
-    Saves x, x̃ and the (r, T) product A·x̃ᵀ; no (T, out) tensor.
+    Saves x, x̃ and the product A·x̃ᵀ ((k, r, T/k), see `token_chunks`); no (T, out) tensor.
     """
 
     @staticmethod
     def forward(ctx, x, dropped, weight, bias, lora_A, lora_B, scaling: float):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
-        hidden_t = lora_A @ lora_in.T  # (r, T)
-        out2d = linear_plus_low_rank(x2d, weight, bias, hidden_t, lora_B.T * scaling)
+        ctx.chunks = token_chunks(x2d.shape[0])
+        hidden = rank_r_rows(lora_A, lora_in.view(ctx.chunks, -1, x.shape[-1]))  # A·x̃ᵀ, (k, r, T/k)
+        out2d = linear_plus_low_rank(x2d, weight, bias, hidden, lora_B.T * scaling)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling = scaling
-        ctx.save_for_backward(x, dropped, hidden_t, weight, bias, lora_A, lora_B)
+        ctx.save_for_backward(x, dropped, hidden, weight, bias, lora_A, lora_B)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, dropped, hidden_t, weight, bias, lora_A, lora_B = ctx.saved_tensors
-        s = ctx.scaling
+        x, dropped, hidden, weight, bias, lora_A, lora_B = ctx.saved_tensors
+        s, chunks = ctx.scaling, ctx.chunks
         g = grad_out.reshape(-1, weight.shape[0])  # (T, out)
         x2d = x.reshape(-1, x.shape[-1])
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
-        g_hidden_t = (lora_B.T @ g.T).mul_(s)  # (r, T)
+        g_slices = g.view(chunks, -1, g.shape[-1])  # (k, T/k, out)
+        g_hidden = rank_r_rows(lora_B.T * s, g_slices)  # s·(g·B)ᵀ per slice, (k, r, T/k)
         grad_x = grad_dropped = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # (T, in)
-            grad_x = g @ weight if dropped is not None else linear_plus_low_rank(g, weight.T, None, g_hidden_t, lora_A)
+            grad_x = g @ weight if dropped is not None else linear_plus_low_rank(g, weight.T, None, g_hidden, lora_A)
             grad_x = grad_x.view(x.shape)
         if dropped is not None and ctx.needs_input_grad[1]:
-            grad_dropped = (g_hidden_t.T @ lora_A).view(x.shape)
+            grad_dropped = torch.bmm(g_hidden.transpose(1, 2), lora_A.expand(chunks, -1, -1)).view(x.shape)
         if ctx.needs_input_grad[2]:
             grad_w = g.T @ x2d
         if bias is not None and ctx.needs_input_grad[3]:
             grad_b = g.sum(0)
-        grad_a = g_hidden_t @ lora_in  # (r, in)
-        grad_bmat = (hidden_t @ g).mul_(s).T  # (out, r)
+        grad_a = rank_r_grad(g_hidden, lora_in.view(chunks, -1, lora_in.shape[-1]))  # (r, in)
+        grad_bmat = rank_r_grad(hidden, g_slices).mul_(s).T  # (out, r)
         return grad_x, grad_dropped, grad_w, grad_b, grad_a, grad_bmat, None
 
 
@@ -105,35 +143,37 @@ class DoraLinear(torch.autograd.Function):
     def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scaling: float):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         col_scale = magnitude / norm  # (out,)
-        hidden_t = lora_A @ x2d.T  # (r, T)
+        ctx.chunks = token_chunks(x2d.shape[0])
+        hidden = rank_r_rows(lora_A, x2d.view(ctx.chunks, -1, x2d.shape[-1]))  # A·xᵀ, (k, r, T/k)
         # m/n is folded into the (out, in) and (out, r) factors, not applied to the output
         lora_term = (lora_B * (col_scale * scaling)[:, None]).T  # (r, out)
-        out2d = linear_plus_low_rank(x2d, weight * col_scale[:, None], bias, hidden_t, lora_term)
+        out2d = linear_plus_low_rank(x2d, weight * col_scale[:, None], bias, hidden, lora_term)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling = scaling
-        ctx.save_for_backward(x, hidden_t, weight, bias, lora_A, lora_B, magnitude, norm, out)
+        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, hidden_t, weight, bias, lora_A, lora_B, magnitude, norm, out = ctx.saved_tensors
-        s = ctx.scaling
+        x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out = ctx.saved_tensors
+        s, chunks = ctx.scaling, ctx.chunks
         n_out = weight.shape[0]
         g = grad_out.reshape(-1, n_out)  # (T, out)
         x2d, z = x.reshape(-1, x.shape[-1]), out.view(-1, n_out)
+        g_slices = g.view(chunks, -1, n_out)  # (k, T/k, out)
         col_scale = magnitude / norm  # (out,); g̃ = g ⊙ m/n is never formed
-        g_hidden_t = (lora_B * (col_scale * s)[:, None]).T @ g.T  # s·(g̃·B)ᵀ, (r, T)
+        g_hidden = rank_r_rows((lora_B * (col_scale * s)[:, None]).T, g_slices)  # s·(g̃·B)ᵀ, (k, r, T/k)
         grad_x = grad_w = grad_b = grad_m = None
         if ctx.needs_input_grad[0]:
             scaled_weight_t = (weight * col_scale[:, None]).T
-            grad_x = linear_plus_low_rank(g, scaled_weight_t, None, g_hidden_t, lora_A).view(x.shape)
+            grad_x = linear_plus_low_rank(g, scaled_weight_t, None, g_hidden, lora_A).view(x.shape)
         if ctx.needs_input_grad[1]:
             grad_w = (g.T @ x2d).mul_(col_scale[:, None])
         g_sum = g.sum(0) if bias is not None else None  # (out,)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_b = g_sum
-        grad_a = g_hidden_t @ x2d  # (r, in)
-        grad_bmat = (hidden_t @ g).mul_(col_scale * s).T  # (out, r)
+        grad_a = rank_r_grad(g_hidden, x2d.view(chunks, -1, x2d.shape[-1]))  # (r, in)
+        grad_bmat = rank_r_grad(hidden, g_slices).mul_(col_scale * s).T  # (out, r)
         if ctx.needs_input_grad[5]:
             g_dot_z = torch.linalg.vecdot(g.T, z.T)  # Σ_t g·z, (out,)
             if bias is not None:
@@ -141,6 +181,7 @@ class DoraLinear(torch.autograd.Function):
             grad_m = g_dot_z / magnitude
             zero = (magnitude == 0).nonzero().flatten()
             if zero.numel():  # y/n cannot be recovered from z there: recompute those rows
+                hidden_t = hidden.transpose(0, 1).reshape(hidden.shape[1], -1)  # (r, T)
                 y = x2d @ weight[zero].T + s * (hidden_t.T @ lora_B[zero].T)  # (T, k)
                 grad_m[zero] = torch.linalg.vecdot(g[:, zero].T, y.T) / norm[zero]
         return grad_x, grad_w, grad_b, grad_a, grad_bmat, grad_m, None, None
