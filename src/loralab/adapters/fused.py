@@ -182,6 +182,6 @@ class DoraLinear(torch.autograd.Function):
             zero = (magnitude == 0).nonzero().flatten()
             if zero.numel():  # y/n cannot be recovered from z there: recompute those rows
                 hidden_t = hidden.transpose(0, 1).reshape(hidden.shape[1], -1)  # (r, T)
-                y = x2d @ weight[zero].T + s * (hidden_t.T @ lora_B[zero].T)  # (T, k)
+                y = x2d @ weight[zero].T + s * (hidden_t.T @ lora_B[zero].T)  # (T, number of zero rows)
                 grad_m[zero] = torch.linalg.vecdot(g[:, zero].T, y.T) / norm[zero]
         return grad_x, grad_w, grad_b, grad_a, grad_bmat, grad_m, None, None
