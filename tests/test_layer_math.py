@@ -211,4 +211,3 @@ def test_rank_r_products_run_on_equal_token_slices():
     """k = the thread count when it divides T, else its largest divisor below; a prime T runs whole."""
     assert torch.get_num_threads() == 3  # the module's fixture
     assert [token_chunks(t) for t in (2048, 6, 7, 1)] == [2, 3, 1, 1]
-

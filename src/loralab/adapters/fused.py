@@ -34,6 +34,11 @@ def token_chunks(tokens: int) -> int:
     return chunks
 
 
+def token_slices(t2d, chunks: int):
+    """(T, n) → (k, T/k, n), a view: slice i holds tokens i·T/k … (i+1)·T/k − 1."""
+    return t2d.view(chunks, -1, t2d.shape[-1])
+
+
 def rank_r_rows(factor, rows):
     """factor·rowsᵀ per token slice: factor (r, n), rows (k, T/k, n) → (k, r, T/k).
 
@@ -53,6 +58,11 @@ def rank_r_grad(hidden, rows):
     return torch.bmm(hidden, rows).sum(0)
 
 
+def rank_r_term(hidden, factor):
+    """hᵀ·L over all tokens, (T, n), for hidden (k, r, T/k) and L (r, n): B·(A·x) or (g·B)·A."""
+    return torch.bmm(hidden.transpose(1, 2), factor.expand(hidden.shape[0], -1, -1)).view(-1, factor.shape[-1])
+
+
 def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
     """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden (k, r, T/k), L (r, out).
 
@@ -60,12 +70,12 @@ def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
     one pass over the (T, out) output fewer than adding the rank-r term afterwards. The
     backward's input gradient g·W + (g·B)·A has the same form (x → g, W → Wᵀ, L → A).
     """
-    terms = lora_term.expand(hidden.shape[0], -1, -1)
     if bias is None:
-        out3d = torch.bmm(hidden.transpose(1, 2), terms)  # (k, T/k, out)
+        out2d = rank_r_term(hidden, lora_term)
     else:
-        out3d = torch.baddbmm(bias, hidden.transpose(1, 2), terms)
-    return out3d.view(x2d.shape[0], -1).addmm_(x2d, weight.T)
+        terms = lora_term.expand(hidden.shape[0], -1, -1)
+        out2d = torch.baddbmm(bias, hidden.transpose(1, 2), terms).view(x2d.shape[0], -1)
+    return out2d.addmm_(x2d, weight.T)
 
 
 class LoraLinear(torch.autograd.Function):
@@ -84,7 +94,7 @@ class LoraLinear(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
         ctx.chunks = token_chunks(x2d.shape[0])
-        hidden = rank_r_rows(lora_A, lora_in.view(ctx.chunks, -1, x.shape[-1]))  # A·x̃ᵀ, (k, r, T/k)
+        hidden = rank_r_rows(lora_A, token_slices(lora_in, ctx.chunks))  # A·x̃ᵀ, (k, r, T/k)
         out2d = linear_plus_low_rank(x2d, weight, bias, hidden, lora_B.T * scaling)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling = scaling
@@ -98,19 +108,19 @@ class LoraLinear(torch.autograd.Function):
         g = grad_out.reshape(-1, weight.shape[0])  # (T, out)
         x2d = x.reshape(-1, x.shape[-1])
         lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
-        g_slices = g.view(chunks, -1, g.shape[-1])  # (k, T/k, out)
+        g_slices = token_slices(g, chunks)  # (k, T/k, out)
         g_hidden = rank_r_rows(lora_B.T * s, g_slices)  # s·(g·B)ᵀ per slice, (k, r, T/k)
         grad_x = grad_dropped = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # (T, in)
             grad_x = g @ weight if dropped is not None else linear_plus_low_rank(g, weight.T, None, g_hidden, lora_A)
             grad_x = grad_x.view(x.shape)
         if dropped is not None and ctx.needs_input_grad[1]:
-            grad_dropped = torch.bmm(g_hidden.transpose(1, 2), lora_A.expand(chunks, -1, -1)).view(x.shape)
+            grad_dropped = rank_r_term(g_hidden, lora_A).view(x.shape)
         if ctx.needs_input_grad[2]:
             grad_w = g.T @ x2d
         if bias is not None and ctx.needs_input_grad[3]:
             grad_b = g.sum(0)
-        grad_a = rank_r_grad(g_hidden, lora_in.view(chunks, -1, lora_in.shape[-1]))  # (r, in)
+        grad_a = rank_r_grad(g_hidden, token_slices(lora_in, chunks))  # (r, in)
         grad_bmat = rank_r_grad(hidden, g_slices).mul_(s).T  # (out, r)
         return grad_x, grad_dropped, grad_w, grad_b, grad_a, grad_bmat, None
 
@@ -144,7 +154,7 @@ class DoraLinear(torch.autograd.Function):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         col_scale = magnitude / norm  # (out,)
         ctx.chunks = token_chunks(x2d.shape[0])
-        hidden = rank_r_rows(lora_A, x2d.view(ctx.chunks, -1, x2d.shape[-1]))  # A·xᵀ, (k, r, T/k)
+        hidden = rank_r_rows(lora_A, token_slices(x2d, ctx.chunks))  # A·xᵀ, (k, r, T/k)
         # m/n is folded into the (out, in) and (out, r) factors, not applied to the output
         lora_term = (lora_B * (col_scale * scaling)[:, None]).T  # (r, out)
         out2d = linear_plus_low_rank(x2d, weight * col_scale[:, None], bias, hidden, lora_term)
@@ -160,7 +170,7 @@ class DoraLinear(torch.autograd.Function):
         n_out = weight.shape[0]
         g = grad_out.reshape(-1, n_out)  # (T, out)
         x2d, z = x.reshape(-1, x.shape[-1]), out.view(-1, n_out)
-        g_slices = g.view(chunks, -1, n_out)  # (k, T/k, out)
+        g_slices = token_slices(g, chunks)  # (k, T/k, out)
         col_scale = magnitude / norm  # (out,); g̃ = g ⊙ m/n is never formed
         g_hidden = rank_r_rows((lora_B * (col_scale * s)[:, None]).T, g_slices)  # s·(g̃·B)ᵀ, (k, r, T/k)
         grad_x = grad_w = grad_b = grad_m = None
@@ -172,7 +182,7 @@ class DoraLinear(torch.autograd.Function):
         g_sum = g.sum(0) if bias is not None else None  # (out,)
         if bias is not None and ctx.needs_input_grad[2]:
             grad_b = g_sum
-        grad_a = rank_r_grad(g_hidden, x2d.view(chunks, -1, x2d.shape[-1]))  # (r, in)
+        grad_a = rank_r_grad(g_hidden, token_slices(x2d, chunks))  # (r, in)
         grad_bmat = rank_r_grad(hidden, g_slices).mul_(col_scale * s).T  # (out, r)
         if ctx.needs_input_grad[5]:
             g_dot_z = torch.linalg.vecdot(g.T, z.T)  # Σ_t g·z, (out,)
@@ -181,7 +191,6 @@ class DoraLinear(torch.autograd.Function):
             grad_m = g_dot_z / magnitude
             zero = (magnitude == 0).nonzero().flatten()
             if zero.numel():  # y/n cannot be recovered from z there: recompute those rows
-                hidden_t = hidden.transpose(0, 1).reshape(hidden.shape[1], -1)  # (r, T)
-                y = x2d @ weight[zero].T + s * (hidden_t.T @ lora_B[zero].T)  # (T, number of zero rows)
+                y = x2d @ weight[zero].T + s * rank_r_term(hidden, lora_B[zero].T)  # (T, number of zero rows)
                 grad_m[zero] = torch.linalg.vecdot(g[:, zero].T, y.T) / norm[zero]
         return grad_x, grad_w, grad_b, grad_a, grad_bmat, grad_m, None, None
