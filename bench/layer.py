@@ -6,7 +6,7 @@
 Per shape (tokens × in → out, r = 8, 2 threads), alternating step by step, median of N:
 
 * floor: the frozen layer with the gradient flowing to its input (two GEMMs);
-* loralab LoRA and DoRA (`LoraLinear`, `DoraLinear`) and PEFT's LoRA layer;
+* loralab LoRA and DoRA (`LoraLinearFunction`, `DoraLinearFunction`) and PEFT's LoRA layer;
 * the achieved GFLOP/s of the frozen GEMMs (2·2·T·in·out FLOPs) and of the rank-r work LoRA
   adds (2·T·r·(3·in + 3·out) FLOPs: A·x, B·h, Bᵀ·g, (g·B)·A, ∂A, ∂B), which says whether the
   overhead is the arithmetic or the skinny products' efficiency.

@@ -102,35 +102,61 @@ def assert_same_values_and_gradients(out, expected, ours, theirs) -> None:
         torch.testing.assert_close(mine.grad, reference.grad, atol=1e-9, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
-def test_dora_node_gradients_for_every_input(kind):
-    """`DoraLinear` saves its output, not W·x + s·B·A·x; every gradient must still equal the formula's:
-    3-D input, a trainable weight and bias, and a zero magnitude row (recomputed exactly)."""
+def adapted_layer_with_references(kind: str, **kw):
+    """A layer of ``kind`` with a random adapter (B ≠ 0, DoRA's m scaled, bias × 10), its weight and
+    bias trainable; returns (model, our parameters + x, reference copies + x, the copies by name)."""
     torch.manual_seed(0)
     base = Conv1D(5, 6) if kind == "conv1d" else nn.Linear(6, 5, bias=kind == "linear")
-    model = adapted(base, r=2, alpha=4, dora=True)
+    model = adapted(base, r=2, alpha=4, **kw)
     layer = model[0]
+    params = {"A": layer.lora_A["default"], "B": layer.lora_B["default"], "W": layer.weight}
     with torch.no_grad():
-        layer.lora_magnitude["default"].mul_(torch.rand(5) + 0.5)
-        layer.lora_magnitude["default"][3] = 0.0
         layer.lora_B["default"].normal_()
-    params = [layer.lora_A["default"], layer.lora_B["default"], layer.lora_magnitude["default"], layer.weight]
-    if layer.bias is not None:
-        with torch.no_grad():
+        if "default" in layer.lora_magnitude:
+            params["m"] = layer.lora_magnitude["default"]
+            params["m"].mul_(torch.rand(5) + 0.5)
+        if layer.bias is not None:
             layer.bias.mul_(10.0)
-        params.append(layer.bias)
-    for p in params[3:]:
+            params["b"] = layer.bias
+    for p in params.values():
         p.requires_grad_(True)
     x = torch.randn(2, 3, 6, requires_grad=True)
-    ref = [t.detach().clone().requires_grad_() for t in params]
-    ref_x = x.detach().clone().requires_grad_()
-    a, b, m, w = ref[:4]
-    bias = ref[4] if len(ref) > 4 else 0.0
-    w_out_in = w.T if kind == "conv1d" else w
-    w_adapted = w_out_in + 2.0 * b @ a
-    expected = (ref_x @ w_adapted.T) * (m / w_adapted.norm(dim=1).detach()) + bias
-    out = model(x)
-    assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
+    ref = {k: t.detach().clone().requires_grad_() for k, t in params.items()}
+    ref["x"] = x.detach().clone().requires_grad_()
+    ref["W_out_in"] = ref["W"].T if kind == "conv1d" else ref["W"]
+    ours = [*params.values(), x]
+    return model, ours, [ref[k] for k in params] + [ref["x"]], ref
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
+def test_dora_node_gradients_for_every_input(kind):
+    """`DoraLinearFunction` saves its output, not W·x + s·B·A·x; every gradient must still equal the formula's:
+    3-D input, a trainable weight and bias, and a zero magnitude row (recomputed exactly)."""
+    model, ours, theirs, ref = adapted_layer_with_references(kind, dora=True)
+    with torch.no_grad():
+        model[0].lora_magnitude["default"][3] = 0.0
+        ref["m"][3] = 0.0
+    w_adapted = ref["W_out_in"] + 2.0 * ref["B"] @ ref["A"]
+    expected = (ref["x"] @ w_adapted.T) * (ref["m"] / w_adapted.norm(dim=1).detach()) + ref.get("b", 0.0)
+    assert_same_values_and_gradients(model(ours[-1]), expected, ours, theirs)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
+def test_dora_with_dropout_matches_formula(kind):
+    """DoRA with dropout in training (the composed path), PEFT's formula with x̃ = dropout(x), n detached:
+    h = W·x + b + (m/n − 1) ⊙ W·x̃ + m/n ⊙ s·B·A·x̃."""
+    model, ours, theirs, ref = adapted_layer_with_references(kind, dora=True, dropout=0.5)
+    model.train()
+    torch.manual_seed(1)
+    out = model(ours[-1])
+    torch.manual_seed(1)
+    dropped = torch.nn.functional.dropout(ref["x"], 0.5, True)
+    w = ref["W_out_in"]
+    scale = ref["m"] / (w + 2.0 * ref["B"] @ ref["A"]).norm(dim=1).detach()
+    expected = (ref["x"] @ w.T + ref.get("b", 0.0) + (scale - 1) * (dropped @ w.T)
+                + scale * 2.0 * (dropped @ ref["A"].T @ ref["B"].T))
+    assert (dropped == 0).any() and (out - model.eval()(ours[-1])).abs().max() > 1e-3  # dropout really acted
+    assert_same_values_and_gradients(out, expected, ours, theirs)
 
 
 def test_row_norm_without_full_matrix():
@@ -180,31 +206,16 @@ def test_rank_and_alpha_patterns_per_module():
 @pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_lora_node_gradients_for_every_input(kind, dropout):
-    """`LoraLinear` writes its own backward; every gradient must equal the formula's (3-D input,
+    """`LoraLinearFunction` writes its own backward; every gradient must equal the formula's (3-D input,
     trainable weight and bias, with and without dropout on the LoRA path)."""
-    torch.manual_seed(0)
-    base = Conv1D(5, 6) if kind == "conv1d" else nn.Linear(6, 5, bias=kind == "linear")
-    model = adapted(base, r=2, alpha=4, dropout=dropout).train()
-    layer = model[0]
-    with torch.no_grad():
-        layer.lora_B["default"].normal_()
-    params = [layer.lora_A["default"], layer.lora_B["default"], layer.weight]
-    if layer.bias is not None:
-        params.append(layer.bias)
-    for p in params[2:]:
-        p.requires_grad_(True)
-    x = torch.randn(2, 3, 6, requires_grad=True)
-    ref = [t.detach().clone().requires_grad_() for t in params]
-    ref_x = x.detach().clone().requires_grad_()
-    a, b, w = ref[:3]
-    bias = ref[3] if len(ref) > 3 else 0.0
+    model, ours, theirs, ref = adapted_layer_with_references(kind, dropout=dropout)
+    model.train()
     torch.manual_seed(1)
-    out = model(x)
+    out = model(ours[-1])
     torch.manual_seed(1)
-    dropped = torch.nn.functional.dropout(ref_x, dropout, True)
-    w_out_in = w.T if kind == "conv1d" else w
-    expected = ref_x @ w_out_in.T + bias + 2.0 * (dropped @ a.T @ b.T)
-    assert_same_values_and_gradients(out, expected, [*params, x], [*ref, ref_x])
+    dropped = torch.nn.functional.dropout(ref["x"], dropout, True)
+    expected = ref["x"] @ ref["W_out_in"].T + ref.get("b", 0.0) + 2.0 * (dropped @ ref["A"].T @ ref["B"].T)
+    assert_same_values_and_gradients(out, expected, ours, theirs)
 
 
 def test_rank_r_products_run_on_equal_token_slices():

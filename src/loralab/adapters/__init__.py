@@ -13,7 +13,7 @@ from loralab.adapters.manage import (
     trainable_parameters,
 )
 from loralab.adapters.merge import merge, merge_and_unload, unmerge
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.modules_to_save import ModulesToSave
 
 __all__ = [
     "LoraConfig", "LoraLayer", "ModulesToSave", "inject", "match_targets", "active_adapters", "delete_adapter",

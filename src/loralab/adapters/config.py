@@ -61,7 +61,7 @@ class LoraConfig:
 
     def __post_init__(self) -> None:
         _check_int("r", self.r)
-        _check_number("alpha", self.alpha)
+        check_alpha(self.alpha, "LoraConfig.alpha")
         _check_number("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
             raise AdapterError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}; use 0.0 for no dropout.")
@@ -82,7 +82,10 @@ class LoraConfig:
                 raise AdapterError(f"LoraConfig.{name} must be a dict {{regex: value}}, got {type(pattern).__name__}.")
             for key, value in pattern.items():
                 _check_regex(f"{name} key", key)
-                (_check_int if name == "rank_pattern" else _check_number)(f"{name}[{key!r}]", value)
+                if name == "rank_pattern":
+                    _check_int(f"{name}[{key!r}]", value)
+                else:
+                    check_alpha(value, f"LoraConfig.{name}[{key!r}]")
         for name in ("rslora", "dora"):
             if not isinstance(getattr(self, name), bool):
                 raise AdapterError(f"LoraConfig.{name} must be True or False, got {getattr(self, name)!r}.")
@@ -115,6 +118,16 @@ class LoraConfig:
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def check_alpha(alpha, where: str, error=AdapterError) -> None:
+    """alpha must be finite and > 0: 0 trains an adapter that does nothing, and a negative alpha silently
+    flips the update's sign. Scaling or negating an adapter is composition, done explicitly."""
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0:
+        return
+    raise error(f"{where} must be a finite number > 0, got {alpha!r}. The update is scaled by alpha/r (2·r is a "
+                "common choice); to scale or negate a trained adapter, combine it with a weight instead: "
+                "loralab compose --adapters DIR --weights -1 --out NEW.")
 
 
 def _pattern_key(patterns: dict, module_name: str) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""Fused autograd nodes for the common case: one active LoRA or DoRA adapter on a Linear/Conv1D.
+"""Fused autograd Functions for the common case: one active LoRA or DoRA adapter on a Linear/Conv1D.
 
 Composing the LoRA path from autograd ops costs more than the math needs: the in-place
 accumulation into the base output goes through a view (autograd then copies the whole
@@ -7,15 +7,16 @@ DoRA saves its pre-scale activation. One node per layer does each step once. Sha
 (..., in), W (out, in) (a transposed view for Conv1D), b (out,) or None, A (r, in),
 B (out, r), m and n (out,), T = number of tokens.
 
-Three rules keep the rank-r products cheap on CPU (measured with MKL, T = 2048, r = 8):
+Three rules keep the rank-r products cheap on CPU (measurements: docs/results.md and
+docs/adapters.md):
 
 * every product with r in it is written as (r, ·) @ (·, ·), i.e. A·xᵀ, Bᵀ·gᵀ, (A·x)ᵀ·g,
-  giving (r, T) or (r, out) results. The (T, out)ᵀ @ (T, r) form of ∂L/∂B ran 3-5x slower
-  (3.9 ms against 1.1 ms for out = 1536), and g @ B about 2x slower than Bᵀ @ gᵀ;
+  giving (r, T) or (r, out) results; MKL runs the (T, out)ᵀ @ (T, r) form of ∂L/∂B and
+  g @ B several times slower;
 * the tokens are cut into k equal slices, k = the thread count (`token_chunks`), and each
-  product is one batched GEMM over the slices, so every thread works on its own slice: a
-  single GEMM with 8 output rows gains only 1.3x from a second thread. A·x is kept as
-  (k, r, T/k) from the forward to the backward;
+  product is one batched GEMM over the slices, so every thread works on its own slice (a
+  single GEMM with r output rows splits poorly over threads). A·x is kept as (k, r, T/k)
+  from the forward to the backward;
 * per-row factors (s, DoRA's m/n) are folded into the (out, r) and (out, in) matrices,
   never applied to a (T, out) activation or gradient.
 """
@@ -42,9 +43,8 @@ def token_slices(t2d, chunks: int):
 def rank_r_rows(factor, rows):
     """factor·rowsᵀ per token slice: factor (r, n), rows (k, T/k, n) → (k, r, T/k).
 
-    A·xᵀ and Bᵀ·gᵀ as one batched product over k token slices: each thread takes a slice.
-    One (r, n) @ (n, T) GEMM splits poorly over threads when r = 8 (1.3x from 2 threads);
-    the batched form runs 1.3-1.5x faster (0.107 against 0.149 ms for n = 384, T = 2048).
+    A·xᵀ and Bᵀ·gᵀ as one batched product over k token slices: each thread takes a slice,
+    where one (r, n) @ (n, T) GEMM with small r splits poorly over threads.
     """
     return torch.bmm(factor.expand(rows.shape[0], -1, -1), rows.transpose(1, 2))
 
@@ -53,7 +53,7 @@ def rank_r_grad(hidden, rows):
     """Σ over token slices of hidden·rows: hidden (k, r, T/k), rows (k, T/k, n) → (r, n).
 
     ∂A = s·(g·B)ᵀ·x and ∂Bᵀ = s·(A·x)ᵀ·g, contracted over tokens; batched over slices and
-    then summed, 1.2-1.6x faster than one (r, T) @ (T, n) GEMM on 2 threads.
+    then summed, for the same reason as `rank_r_rows`.
     """
     return torch.bmm(hidden, rows).sum(0)
 
@@ -78,7 +78,7 @@ def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
     return out2d.addmm_(x2d, weight.T)
 
 
-class LoraLinear(torch.autograd.Function):
+class LoraLinearFunction(torch.autograd.Function):
     """z = W·x + b + s·B·(A·x̃), x̃ = dropout(x) (x̃ is x when dropout is off; Hu et al. 2021, §4.1).
 
     Backward (g = ∂L/∂z, (T, out)):
@@ -125,7 +125,7 @@ class LoraLinear(torch.autograd.Function):
         return grad_x, grad_dropped, grad_w, grad_b, grad_a, grad_bmat, None
 
 
-class DoraLinear(torch.autograd.Function):
+class DoraLinearFunction(torch.autograd.Function):
     """DoRA in one node (Liu et al. 2024, §4.3; dropout inactive):
 
         z = m/n ⊙ (W·x + s·B·(A·x)) + b,       n = ‖W + s·B·A‖_row, detached (§4.3)

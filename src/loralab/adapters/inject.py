@@ -18,10 +18,10 @@ from typing import Iterator, Optional, Union
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.lora import LoraLayer, layer_kind
+from loralab.adapters.lora import LoraLayer, check_supported, layer_kind
 from loralab.adapters.manage import set_active
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
 
 ALL_LINEAR = "all-linear"
@@ -68,8 +68,8 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Names of the modules ``cfg`` adapts, in model order.
 
     Raises:
-        AdapterError: nothing matches (the message lists module names that exist), or a
-            match is a module type LoRA does not support.
+        AdapterError: nothing matches (the message lists module names that exist), a match
+            is a module type LoRA does not support, or one the config's DoRA/PiSSA cannot use.
     """
     all_linear = cfg.targets == ALL_LINEAR
     heads = _head_names(model) if all_linear else set()
@@ -93,6 +93,7 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
                 f"target {name!r} is a {type(module).__name__}, which LoRA does not support "
                 "(supported: Linear, Conv1D, Embedding); narrow targets to the layers inside it."
             )
+        check_supported(layer_kind(module), cfg.dora, cfg.init, repr(name))
         matched.append(name)
     if not matched:
         examples = [n for n, m in _candidate_modules(model) if layer_kind(m) is not None][:12]
@@ -136,10 +137,6 @@ def inject(
         raise AdapterError("cannot inject while adapters are merged; call ll.unmerge(model) first.")
     targets = match_targets(model, cfg)
     saves = match_modules_to_save(model, cfg.modules_to_save)
-    for module_name in targets:  # check every layer before changing any
-        module = model.get_submodule(module_name)
-        if cfg.dora and layer_kind(module) == "embedding":
-            raise AdapterError(f"DoRA supports Linear and Conv1D layers; {module_name!r} is an Embedding.")
     model.requires_grad_(False)
     for module_name in targets:
         layer = model.get_submodule(module_name)

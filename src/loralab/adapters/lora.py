@@ -26,10 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from loralab.adapters.dora import adapted_row_norm, dora_term
-from loralab.adapters.fused import DoraLinear, LoraLinear
+from loralab.adapters.fused import DoraLinearFunction, LoraLinearFunction
+from loralab.adapters.host import BASE, AdapterHost
 from loralab.errors import AdapterError
-
-BASE = "__base__"  # routing name for "no adapter" in a mixed batch
 
 
 def conv1d_class():
@@ -55,7 +54,32 @@ def layer_kind(module: nn.Module) -> Optional[str]:
     return None
 
 
-class TensorDict(nn.Module):
+def layer_shape(module: nn.Module) -> tuple[int, int]:
+    """(in, out) of a supported layer as its adapter sees it: A is (r, in), B is (out, r).
+
+    Linear: (in_features, out_features). Conv1D stores its weight (in, out). Embedding: "in" is
+    the vocabulary, (num_embeddings, embedding_dim), as in PEFT.
+    """
+    kind = layer_kind(module)
+    if isinstance(module, LoraLayer) or kind == "linear":
+        return module.in_features, module.out_features
+    if kind == "conv1d":
+        return tuple(module.weight.shape)
+    if kind == "embedding":
+        return module.num_embeddings, module.embedding_dim
+    raise AdapterError(f"LoRA wraps Linear, Conv1D or Embedding, not {type(module).__name__}.")
+
+
+def check_supported(kind: str, dora: bool, init: str, where: str) -> None:
+    """DoRA and PiSSA work on Linear and Conv1D layers only; ``where`` names the layer in the message."""
+    if dora and kind == "embedding":
+        raise AdapterError(f"DoRA supports Linear and Conv1D layers; {where} is an Embedding. Drop it from the "
+                           "targets, or use plain LoRA for it in a second adapter.")
+    if init == "pissa" and kind == "embedding":
+        raise AdapterError(f"init='pissa' supports Linear and Conv1D layers; {where} is an Embedding.")
+
+
+class BufferDict(nn.Module):
     """Named buffers (saved in the state dict, never trained)."""
 
     def set(self, name: str, value: torch.Tensor) -> None:
@@ -71,7 +95,7 @@ class TensorDict(nn.Module):
         return name in self._buffers
 
 
-class LoraLayer(nn.Module):
+class LoraLayer(AdapterHost):
     """A supported base layer plus named LoRA/DoRA adapters (see the module docstring)."""
 
     def __init__(self, base: nn.Module):
@@ -83,26 +107,20 @@ class LoraLayer(nn.Module):
         self.training = base.training
         self.weight = base.weight
         self.bias = getattr(base, "bias", None)
-        if kind == "linear":
-            self.in_features, self.out_features = base.in_features, base.out_features
-        elif kind == "conv1d":
-            self.in_features, self.out_features = base.weight.shape
+        self.in_features, self.out_features = layer_shape(base)
+        if kind == "conv1d":
             self.nf = base.nf
-        else:
-            self.in_features, self.out_features = base.num_embeddings, base.embedding_dim
+        elif kind == "embedding":
             self.num_embeddings, self.embedding_dim = base.num_embeddings, base.embedding_dim
             self.padding_idx, self.max_norm, self.norm_type = base.padding_idx, base.max_norm, base.norm_type
             self.scale_grad_by_freq, self.sparse = base.scale_grad_by_freq, base.sparse
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         self.lora_magnitude = nn.ParameterDict()
-        self.dora_norm = TensorDict()
+        self.dora_norm = BufferDict()
         self.scaling: dict[str, float] = {}
         self.dropout: dict[str, float] = {}
-        self.active: list[str] = []
         self.merged: list[str] = []
-        self.disabled = False
-        self.route: Optional[list[str]] = None
 
     # ----- adapters -------------------------------------------------------------------------
     @property
@@ -115,10 +133,7 @@ class LoraLayer(nn.Module):
 
     def add_adapter(self, name: str, r: int, scaling: float, dropout: float, dora: bool, init: str) -> None:
         """Create adapter ``name`` with rank ``r``: A (r, in), B (out, r) and, for DoRA, m (out,)."""
-        if dora and self.kind == "embedding":
-            raise AdapterError("DoRA supports Linear and Conv1D layers, not Embedding; drop the embedding from targets.")
-        if init == "pissa" and self.kind == "embedding":
-            raise AdapterError("init='pissa' supports Linear and Conv1D layers, not Embedding.")
+        check_supported(self.kind, dora, init, "this layer")
         if self.merged:
             raise AdapterError("cannot add an adapter while adapters are merged; call ll.unmerge(model) first.")
         ref = self.weight
@@ -263,7 +278,7 @@ class LoraLayer(nn.Module):
         """One Linear/Conv1D adapter, fused: W·x + b + s·B·A·x̃ for LoRA (x̃ = dropout(x)), or
         m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x) + b for DoRA (no dropout active).
 
-        Each runs as one autograd node (`LoraLinear`, `DoraLinear` in ``fused.py``): the LoRA
+        Each runs as one autograd node (`LoraLinearFunction`, `DoraLinearFunction` in ``fused.py``): the LoRA
         product accumulates into the base output in place, the input gradient is one buffer,
         and DoRA saves its output rather than the pre-scale activation.
         """
@@ -271,10 +286,10 @@ class LoraLayer(nn.Module):
         weight = self.weight_out_in()
         if name in self.lora_magnitude:
             norm = adapted_row_norm(weight, lora_A, lora_B, s)  # (out,), detached
-            return DoraLinear.apply(x, weight, self.bias, lora_A, lora_B, self.lora_magnitude[name], norm, s)
+            return DoraLinearFunction.apply(x, weight, self.bias, lora_A, lora_B, self.lora_magnitude[name], norm, s)
         p = self.dropout[name]
         dropped = F.dropout(x, p, True) if p > 0 and self.training else None
-        return LoraLinear.apply(x, dropped, weight, self.bias, lora_A, lora_B, s)
+        return LoraLinearFunction.apply(x, dropped, weight, self.bias, lora_A, lora_B, s)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled or self.merged or not (self.active or self.route):
@@ -288,15 +303,9 @@ class LoraLayer(nn.Module):
             for name in self.active:
                 out = out + self.adapter_term(name, x, out)
             return out
-        if len(self.route) != x.shape[0]:
-            raise AdapterError(
-                f"routing names {len(self.route)} adapters but the batch has {x.shape[0]} examples; "
-                "give one adapter name (or '__base__') per example."
-            )
-        for name in dict.fromkeys(self.route):
+        for name, rows in self.route_groups(x.shape[0], x.device):
             if name == BASE or name not in self.lora_A:
                 continue
-            rows = torch.tensor([i for i, n in enumerate(self.route) if n == name], device=x.device)
             sub_x, sub_out = x.index_select(0, rows), out.index_select(0, rows)
             out = out.index_add(0, rows, self.adapter_term(name, sub_x, sub_out))
         return out

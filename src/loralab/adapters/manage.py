@@ -7,9 +7,10 @@ from typing import Iterator, Union
 
 from torch import nn
 
-from loralab.adapters.lora import BASE, LoraLayer
+from loralab.adapters.host import BASE
+from loralab.adapters.lora import LoraLayer
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
 
 

@@ -14,7 +14,7 @@ from torch import nn
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import active_adapters
 from loralab.adapters.registry import adapter_configs, adapter_modules, lora_layers
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
 
 

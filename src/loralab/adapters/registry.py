@@ -7,15 +7,16 @@ from typing import Iterator, Union
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.lora import BASE, LoraLayer
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.host import BASE, AdapterHost
+from loralab.adapters.lora import LoraLayer
+from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
 
 
 def adapter_modules(model: nn.Module) -> Iterator[tuple[str, Union[LoraLayer, ModulesToSave]]]:
     """Every adapted module of ``model`` with its name."""
     for name, module in model.named_modules():
-        if isinstance(module, (LoraLayer, ModulesToSave)):
+        if isinstance(module, AdapterHost):
             yield name, module
 
 

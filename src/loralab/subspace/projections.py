@@ -4,8 +4,10 @@ All are seeded and deterministic, and have approximately unit-norm, nearly ortho
 columns, so ‖P·u‖ ≈ ‖u‖ (exactly in expectation over the seed):
 
 * `DenseProjection` — i.i.d. N(0, 1/D) entries, a stored (D, d) matrix: the reference.
-* `SparseProjection` — Li, Hastie & Church (2006) very sparse projection: each entry is
-  ±1/√(D·ρ) with probability ρ/2 each (ρ = 1/√D), else 0; stored as (row, col, sign).
+* `SparseProjection` — a very sparse projection in the spirit of Li, Hastie & Church (2006):
+  each column has k = round(√D) non-zeros at rows drawn uniformly (with replacement), each
+  ±1/√k with a random sign, so every column has unit norm in expectation (exactly, unless two
+  draws hit the same row); stored as (row, col, value) triples.
 * `FastfoodProjection` — Le, Sarlós & Smola (2013), as used for intrinsic dimension by
   Li et al. (2018) and Aghajanyan et al. (2021): blocks of V = H·G·Π·H·B of size
   n = 2^⌈log₂ d⌉, stacked until they cover D rows, with B random signs, Π a random
@@ -128,7 +130,7 @@ class DenseProjection(Projection):
 
 
 class SparseProjection(Projection):
-    """Very sparse random projection: about d·√D non-zeros of ±(D·ρ)^(-1/2), ρ = 1/√D."""
+    """Very sparse random projection: k = round(√D) entries ±1/√k per column at uniformly drawn rows."""
 
     def __init__(self, full_dim: int, dim: int, seed: int):
         super().__init__(full_dim, dim, seed)

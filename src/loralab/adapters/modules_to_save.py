@@ -9,16 +9,14 @@ On disk the copy is saved under the original module's path, without the wrapper.
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import torch
 from torch import nn
 
-from loralab.adapters.lora import BASE
-from loralab.errors import AdapterError
+from loralab.adapters.host import BASE, AdapterHost
 
 
-class ModulesToSave(nn.Module):
+class ModulesToSave(AdapterHost):
     """Frozen ``original_module`` plus a trainable copy per adapter in ``modules_to_save``."""
 
     def __init__(self, original: nn.Module):
@@ -26,9 +24,6 @@ class ModulesToSave(nn.Module):
         self.training = original.training
         self.original_module = original
         self.modules_to_save = nn.ModuleDict()
-        self.active: list[str] = []
-        self.disabled = False
-        self.route: Optional[list[str]] = None
 
     @property
     def adapter_names(self) -> list[str]:
@@ -57,15 +52,9 @@ class ModulesToSave(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if self.route is None or self.disabled:
             return self.current()(x, *args, **kwargs)
-        if len(self.route) != x.shape[0]:
-            raise AdapterError(
-                f"routing names {len(self.route)} adapters but the batch has {x.shape[0]} examples; "
-                "give one adapter name (or '__base__') per example."
-            )
         out = None
-        for name in dict.fromkeys(self.route):
+        for name, rows in self.route_groups(x.shape[0], x.device):
             module = self.modules_to_save[name] if name != BASE and name in self.modules_to_save else self.original_module
-            rows = torch.tensor([i for i, n in enumerate(self.route) if n == name], device=x.device)
             part = module(x.index_select(0, rows), *args, **kwargs)
             if out is None:
                 out = part.new_zeros((x.shape[0],) + part.shape[1:])

@@ -1,0 +1,42 @@
+"""`AdapterHost`: the state every adapted module shares — active adapters, a disabled switch, routing.
+
+`LoraLayer` (a layer with low-rank adapters) and `ModulesToSave` (a module with one trainable
+copy per adapter) both hold named adapters; `manage.py` switches, disables and routes them
+through this common state.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import torch
+from torch import nn
+
+from loralab.errors import AdapterError
+
+BASE = "__base__"  # routing name for "no adapter" in a mixed batch
+
+
+class AdapterHost(nn.Module):
+    """Base class of adapted modules: ``active`` adapters run, unless ``disabled``; ``route`` (set by
+    `loralab.routing`) names one adapter per example of the batch instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.active: list[str] = []
+        self.disabled = False
+        self.route: Optional[list[str]] = None
+
+    @property
+    def adapter_names(self) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def route_groups(self, batch: int, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+        """(adapter name or BASE, indices of its examples) for each name in ``route``, in first-seen order."""
+        if len(self.route) != batch:
+            raise AdapterError(
+                f"routing names {len(self.route)} adapters but the batch has {batch} examples; "
+                "give one adapter name (or '__base__') per example."
+            )
+        for name in dict.fromkeys(self.route):
+            yield name, torch.tensor([i for i, n in enumerate(self.route) if n == name], device=device)
