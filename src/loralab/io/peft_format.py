@@ -21,20 +21,20 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import inject, match_modules_to_save, match_targets
-from loralab.adapters.lora import LoraLayer, layer_kind
+from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name
-from loralab.adapters.saved import ModulesToSave
+from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
+from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -66,6 +66,50 @@ def lora_keys(path: str, kind: str, dora: bool) -> dict[str, str]:
     return keys
 
 
+_SUFFIXES = {  # key suffix → (part, embedding?)
+    ".lora_A.weight": ("A", False), ".lora_B.weight": ("B", False), ".lora_magnitude_vector": ("m", False),
+    ".lora_embedding_A": ("A", True), ".lora_embedding_B": ("B", True),
+}
+
+
+def split_adapter_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, dict], dict[str, torch.Tensor]]:
+    """PEFT-keyed tensors → ({module path: {"A", "B", ["m"], "embedding"}}, {other key without prefix: tensor}).
+
+    The other keys are the ``modules_to_save`` copies (e.g. ``classifier.weight``) and saved base weights.
+    """
+    modules: dict[str, dict] = {}
+    others: dict[str, torch.Tensor] = {}
+    for key, value in tensors.items():
+        path = key[len(PREFIX):] if key.startswith(PREFIX) else key
+        suffix = next((sfx for sfx in _SUFFIXES if path.endswith(sfx)), None)
+        if suffix is None:
+            others[path] = value
+            continue
+        part, embedding = _SUFFIXES[suffix]
+        entry = modules.setdefault(path[: -len(suffix)], {"embedding": embedding})
+        entry[part] = value
+    return modules, others
+
+
+def write_adapter_dir(directory: str | os.PathLike, config: dict, modules: dict[str, dict],
+                      others: dict[str, torch.Tensor]) -> Path:
+    """Write a PEFT adapter directory from per-module parts (the inverse of `split_adapter_tensors`).
+
+    ``config`` is a full adapter_config.json dict (see `peft_config_dict`).
+    """
+    tensors = {}
+    for path, parts in modules.items():
+        keys = lora_keys(path, "embedding" if parts.get("embedding") else "linear", dora="m" in parts)
+        for part, key in keys.items():
+            tensors[key] = parts[part]
+    tensors.update({f"{PREFIX}{key}": value for key, value in others.items()})
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(out / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return out
+
+
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Adapter ``name`` as a PEFT-keyed state dict (detached copies)."""
     check_adapter_name(model, name, new=False)
@@ -91,6 +135,10 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
     name, so PEFT adapts exactly the same modules whatever the matching rule was."""
     layers = {path: m for path, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+    return peft_config_dict(cfg, sorted(layers), any(m.kind == "conv1d" for m in layers.values()), base_name)
+
+
+def peft_config_dict(cfg: LoraConfig, target_modules: list[str], fan_in_fan_out: bool, base_name) -> dict:
     return {
         "peft_type": "LORA",
         "task_type": None,
@@ -98,7 +146,7 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
         "r": cfg.r,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": sorted(layers),
+        "target_modules": target_modules,
         "exclude_modules": None,
         "layers_to_transform": None,
         "layers_pattern": None,
@@ -106,7 +154,7 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
         "alpha_pattern": dict(cfg.alpha_pattern),
         "use_rslora": cfg.rslora,
         "use_dora": cfg.dora,
-        "fan_in_fan_out": any(m.kind == "conv1d" for m in layers.values()),
+        "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(cfg.modules_to_save) or None,
         "init_lora_weights": True,
         "bias": "none",
@@ -152,19 +200,6 @@ def config_from_peft(data: dict, where: str) -> LoraConfig:
 
 
 # ----- save -----------------------------------------------------------------------------------
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same directory, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
     """Write adapter ``name`` in PEFT format (loadable with ``PeftModel.from_pretrained``)."""
     check_adapter_name(model, name, new=False)
@@ -172,9 +207,8 @@ def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "de
     out.mkdir(parents=True, exist_ok=True)
     tensors = adapter_state_dict(model, name)
     config = config_to_peft(model, name, adapter_configs(model)[name])
-    _atomic_write(out / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _atomic_write(out / CONFIG_FILE, lambda tmp: Path(tmp).write_text(text))
+    atomic_save_tensors(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
+    atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
     return out
 
 
@@ -198,8 +232,8 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str
     if not config_path.exists():
         raise AdapterError(f"{root} has no {CONFIG_FILE}; a PEFT adapter directory holds {CONFIG_FILE} and {WEIGHTS_FILE}.")
     try:
-        data = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
+        data = json.loads(config_path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise AdapterError(f"{config_path} is not valid JSON ({err}); fix or re-save the adapter.") from None
     cfg = config_from_peft(data, str(config_path))
     try:
@@ -215,16 +249,7 @@ def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, .
     for path in match_targets(model, cfg):
         module = model.get_submodule(path)
         kind = layer_kind(module)
-        if isinstance(module, LoraLayer):
-            n_in, n_out = module.in_features, module.out_features
-        elif kind == "linear":
-            n_in, n_out = module.in_features, module.out_features
-        elif kind == "conv1d":
-            n_in, n_out = module.weight.shape
-        else:
-            n_in, n_out = module.num_embeddings, module.embedding_dim
-        if cfg.dora and kind == "embedding":
-            raise AdapterError(f"DoRA supports Linear and Conv1D layers; {path!r} is an Embedding.")
+        n_in, n_out = layer_shape(module)
         r = cfg.rank_for(path)
         keys = lora_keys(path, kind, cfg.dora)
         shapes[keys["A"]] = (r, n_in)
@@ -238,6 +263,16 @@ def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, .
         for key, value in module.state_dict().items():
             shapes[f"{PREFIX}{path}.{key}"] = tuple(value.shape)
     return shapes
+
+
+def integer_keys(model: nn.Module, cfg: LoraConfig) -> set[str]:
+    """The modules_to_save keys whose tensors are not floating point in the model (e.g. int buffers)."""
+    keys = set()
+    for path in match_modules_to_save(model, cfg.modules_to_save):
+        module = model.get_submodule(path)
+        module = module.original_module if isinstance(module, ModulesToSave) else module
+        keys |= {f"{PREFIX}{path}.{k}" for k, v in module.state_dict().items() if not v.is_floating_point()}
+    return keys
 
 
 def base_weight_key(path: str) -> str:
@@ -255,9 +290,8 @@ def _optional_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, 
     return shapes
 
 
-def _check_tensors(
-    tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]], optional: dict[str, tuple[int, ...]], where: str
-) -> None:
+def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
+                   optional: dict[str, tuple[int, ...]], integers: set[str], where: str) -> None:
     missing = sorted(set(shapes) - set(tensors))
     unknown = sorted(set(tensors) - set(shapes) - set(optional))
     shapes = {**shapes, **{k: v for k, v in optional.items() if k in tensors}}
@@ -271,6 +305,10 @@ def _check_tensors(
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
             raise AdapterError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, this model needs {shape}.")
+        if tensors[key].is_floating_point() == (key in integers):
+            wanted = "integer" if key in integers else "floating point (float32, float16 or bfloat16)"
+            raise AdapterError(f"{where}: {key} holds {tensors[key].dtype} values; this model needs {wanted} values "
+                               "there. Re-save the adapter.")
         if tensors[key].is_floating_point() and not torch.isfinite(tensors[key]).all():
             raise AdapterError(f"{where}: {key} holds non-finite values (nan/inf); the adapter is corrupt.")
 
@@ -293,7 +331,7 @@ def load_adapter(
     check_adapter_name(model, name, new=True)
     cfg, tensors = read_adapter_dir(directory)
     where = str(Path(directory) / WEIGHTS_FILE)
-    _check_tensors(tensors, expected_shapes(model, cfg), _optional_shapes(model, cfg), where)
+    _check_tensors(tensors, expected_shapes(model, cfg), _optional_shapes(model, cfg), integer_keys(model, cfg), where)
     targets = inject(model, cfg, name=name, activate=activate, trainable=trainable)
     with torch.no_grad():
         for path, module in adapter_modules(model):
