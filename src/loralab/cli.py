@@ -1,81 +1,143 @@
-"""The `loralab` command line. Each command is a plain function of the Python API:
+"""The `loralab` command line. Each command is a plain function of the Python API (`COMMANDS`).
 
-=========  ===========================================  =================================
-command    what it does                                 function
-=========  ===========================================  =================================
-train      fine-tune (full, lora, dora)                 `loralab.train.train`
-eval       metrics of a run, or of model + adapter      `loralab.runs.evaluate_run` / `evaluate_adapter`
-merge      a run's adapter merged into a plain HF dir   `loralab.runs.merge_run`
-info       an adapter's config and per-layer ‖ΔW‖       `loralab.analysis.summary.adapter_summary`
-study      the main study (full FT vs LoRA vs DoRA)     `loralab.study.run_study`
-intrinsic  d90 sweep: SAID/DID over d and seeds         `loralab.subspace.sweep.run_sweep`
-=========  ===========================================  =================================
+Config-shaped commands (``train``, ``intrinsic``) get one flag per dataclass field, with the
+field's docstring line as help; ``train --config FILE`` reads the fields from JSON first.
+Errors loralab raises on purpose print as one line and exit 2; Ctrl-C during ``train`` prints
+where the last checkpoint is and the command that resumes it, and exits 130.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 from typing import Optional
 
-from loralab.errors import AdapterError, DataError, TrainingError
+from loralab.errors import ConfigError, LoralabError
 from loralab.train.config import TrainConfig, field_help
 
+INTERRUPTED = 130
 
-def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig, skip=()) -> None:
-    """One flag per dataclass field, with the field's docstring line as help."""
-    helps = field_help(cls)
+
+# ----- dataclass ↔ flags ---------------------------------------------------------------------------
+def int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def field_default(f):
+    return f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, extra_help: Optional[dict] = None) -> None:
+    """One flag per field of ``cls``. Defaults are shown in the help but not set on ``args``, so
+    `dataclass_values` can tell a given flag from an omitted one."""
+    helps = {**field_help(cls), **(extra_help or {})}
     for f in fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else None
+        flag, default, text = "--" + f.name.replace("_", "-"), field_default(f), helps.get(f.name, "")
         if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", help=helps.get(f.name, ""))
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
             continue
-        kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float}.get(str(f.type), str)
-        default = "(per method)" if f.name == "targets" else default
-        parser.add_argument(flag, type=kind, default=None if default == "(per method)" else default,
-                            metavar=f.name.upper(),
-                            help=f"{helps.get(f.name, '')} (default: {default})")
+        kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float,
+                "list[int]": int_list}.get(str(f.type), str)
+        if default is not None:
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            text = f"{text} (default: {shown})"
+        parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig):
-    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+def dataclass_values(cls, args: argparse.Namespace, base: Optional[dict] = None) -> dict:
+    """``base`` (e.g. a --config file) updated with the flags given on the command line."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(base or {}) - names)
+    if unknown:
+        raise ConfigError(f"unknown fields {unknown} in the config file; known: {sorted(names)}.")
+    return {**(base or {}), **{k: v for k, v in vars(args).items() if k in names}}
+
+
+# ----- commands ------------------------------------------------------------------------------------
+def train_flags(parser: argparse.ArgumentParser) -> None:
+    from loralab.methods import get_method, method_names
+
+    listed = "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
+    add_dataclass_flags(parser, TrainConfig, {"method": f"How to fine-tune — {listed}."})
+    parser.add_argument("--config", help="a JSON file of these fields (flags given here override it)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loralab.train import train
 
-    result = train(config_from_args(args))
+    cfg = TrainConfig(**dataclass_values(TrainConfig, args, read_config_file(args.config)))
+    try:
+        result = train(cfg)
+    except KeyboardInterrupt:
+        print(interrupted_message(cfg, args.argv), file=sys.stderr)
+        return INTERRUPTED
     test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()}
-    print(json.dumps({"out": args.out, "trainable_params": result["trainable_params"], "test": test,
+    print(json.dumps({"out": cfg.out, "trainable_params": result["trainable_params"], "test": test,
                       "wall_time_s": round(result["wall_time_s"], 1)}))
     return 0
+
+
+def read_config_file(path: Optional[str]) -> Optional[dict]:
+    if path is None:
+        return None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot read it as JSON ({err}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path}: expected a JSON object of train fields, got {type(data).__name__}.")
+    return data
+
+
+def interrupted_message(cfg: TrainConfig, argv: list[str]) -> str:
+    """Where the last checkpoint is and the exact command that resumes from it."""
+    from loralab.train.checkpoint import STATE_FILE, has_checkpoint
+
+    ckpt = Path(cfg.out) / "checkpoint"
+    if not has_checkpoint(ckpt):
+        return ("loralab train: interrupted before the first checkpoint (one is written at the end of every epoch, "
+                "or every --checkpoint-every N steps); nothing to resume. Run the same command again to start over.")
+    step = json.loads((ckpt / STATE_FILE).read_text())["step"]
+    command = [a for a in argv if a != "--overwrite"]
+    command += [] if "--resume" in command else ["--resume"]
+    return (f"loralab train: interrupted. The last checkpoint is {ckpt} (step {step}); continue with:\n"
+            f"  loralab {shlex.join(command)}")
+
+
+def eval_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", help="a `loralab train --out` directory")
+    parser.add_argument("--model", help="model name or directory (with --data, without --run)")
+    parser.add_argument("--adapter", help="a PEFT-format adapter directory to load on --model")
+    parser.add_argument("--data", help="dataset name or file (with --run: evaluate the run on this data instead)")
+    parser.add_argument("--seed", type=int, default=None, help="split seed (default: the run's, or 0)")
+    parser.add_argument("--max-eval", type=int, default=None, help="at most this many examples per split")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from loralab import runs
 
     if args.run:
-        result = runs.evaluate_run(args.run)
+        if args.model or args.adapter:
+            raise ConfigError("--run evaluates a finished run; --model and --adapter go without --run.")
+        result = runs.evaluate_run(args.run, data=args.data, seed=args.seed, max_eval=args.max_eval)
     elif args.model and args.data:
-        result = runs.evaluate_adapter(args.model, args.data, args.adapter, seed=args.seed, max_eval=args.max_eval)
+        result = runs.evaluate_adapter(args.model, args.data, args.adapter, seed=args.seed or 0, max_eval=args.max_eval)
     else:
-        raise DataError("give --run DIR, or --model and --data (and --adapter DIR) to evaluate.")
+        raise ConfigError("give --run DIR, or --model and --data (and --adapter DIR) to evaluate.")
     print(json.dumps(result, indent=2))
     return 0
 
 
-def eval_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", help="a `loralab train --out` directory")
-    parser.add_argument("--model", help="model name or directory (with --data)")
-    parser.add_argument("--adapter", help="a PEFT-format adapter directory to load on --model")
-    parser.add_argument("--data", help="dataset name or file (with --model)")
-    parser.add_argument("--seed", type=int, default=0, help="split seed (default: 0)")
-    parser.add_argument("--max-eval", type=int, default=None, help="at most this many examples per split")
+def merge_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="a `loralab train --out` directory")
+    parser.add_argument("--out", required=True, help="a new directory for the merged HF model (outside the run)")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
@@ -85,26 +147,15 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
-def merge_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="a `loralab train --out` directory")
-    parser.add_argument("--out", required=True, help="where to write the merged HF model directory")
+def info_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors)")
+    parser.add_argument("--model", help="the base model (needed for DoRA's ΔW; default: the adapter's base_model_name_or_path)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from loralab.analysis.summary import adapter_summary
 
-    print(json.dumps(adapter_summary(args.adapter), indent=2))
-    return 0
-
-
-def info_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors)")
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from loralab.study import run_study
-
-    run_study(out=args.out, runs_dir=args.runs, max_train=args.max_train, epochs=args.epochs, seed=args.seed)
+    print(json.dumps(adapter_summary(args.adapter, model=args.model), indent=2))
     return 0
 
 
@@ -116,40 +167,32 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
 
 
-def cmd_intrinsic(args: argparse.Namespace) -> int:
-    from loralab.subspace.sweep import SweepConfig, run_sweep
+def cmd_study(args: argparse.Namespace) -> int:
+    from loralab.experiments.study import run_study
 
-    values = {f.name: getattr(args, f.name) for f in fields(SweepConfig) if getattr(args, f.name, None) is not None}
-    for name in ("dims", "seeds"):
-        if isinstance(values.get(name), str):
-            try:
-                values[name] = [int(v) for v in values[name].split(",") if v.strip()]
-            except ValueError:
-                raise DataError(f"--{'d' if name == 'dims' else name} takes comma-separated integers, "
-                                f"got {values[name]!r}.") from None
-    run_sweep(SweepConfig(**values))
+    run_study(out=args.out, runs_dir=args.runs, max_train=args.max_train, epochs=args.epochs, seed=args.seed)
     return 0
 
 
 def intrinsic_flags(parser: argparse.ArgumentParser) -> None:
-    from loralab.subspace.sweep import SweepConfig
+    from loralab.experiments.d90_sweep import SweepConfig
 
-    helps = field_help(SweepConfig)
-    for f in fields(SweepConfig):
-        flag = "--d" if f.name == "dims" else "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not MISSING else f.default_factory()
-        shown = ",".join(map(str, default)) if isinstance(default, list) else default
-        kind = {"int": int, "float": float, "Optional[int]": int}.get(str(f.type), str)
-        parser.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(),
-                            help=f"{helps.get(f.name, '')} (default: {shown})")
+    add_dataclass_flags(parser, SweepConfig)
+
+
+def cmd_intrinsic(args: argparse.Namespace) -> int:
+    from loralab.experiments.d90_sweep import SweepConfig, run_sweep
+
+    run_sweep(SweepConfig(**dataclass_values(SweepConfig, args)))
+    return 0
 
 
 COMMANDS = {
-    "train": (cmd_train, add_config_flags, "fine-tune a model: full, lora or dora"),
+    "train": (cmd_train, train_flags, "fine-tune a model: full, lora, dora, did or said"),
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
-    "merge": (cmd_merge, merge_flags, "merge a run's adapter into a plain Hugging Face model directory"),
+    "merge": (cmd_merge, merge_flags, "merge a run's update into a plain Hugging Face model directory"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
-    "study": (cmd_study, study_flags, "the main study: full FT vs LoRA vs DoRA on MiniLM/movie, with a report"),
+    "study": (cmd_study, study_flags, "the quick study: full FT vs LoRA vs DoRA on MiniLM/movie, with a report"),
     "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),
 }
 
@@ -161,18 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, add_flags, help_text) in COMMANDS.items():
-        child = sub.add_parser(name, help=help_text, description=help_text)
-        add_flags(child)
+        add_flags(sub.add_parser(name, help=help_text, description=help_text))
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return COMMANDS[args.command][0](args)
-    except (AdapterError, DataError, TrainingError) as err:
+    except LoralabError as err:
         print(f"loralab {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"loralab {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Fine-tuning: config, batching, the loop, checkpoints, evaluation."""
+"""Fine-tuning: config, batching, the loop and its hooks, checkpoints, evaluation."""
 
+from loralab.train.callbacks import Callback
 from loralab.train.config import TrainConfig
-from loralab.train.loop import train
+from loralab.train.loop import Trainer, train
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["Callback", "TrainConfig", "Trainer", "train"]

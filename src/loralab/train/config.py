@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 from typing import Optional
 
-from loralab.errors import DataError
+from loralab.adapters.config import check_alpha
+from loralab.errors import ConfigError
 
-METHODS = ("full", "lora", "dora", "did", "said")
 PROJECTIONS = ("fastfood", "dense", "sparse")
+PRECISIONS = ("fp32", "bf16")
+# Fields that change how a run is carried out or logged but not what it computes: --resume may differ in these.
+RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every")
 
 
 @dataclass
@@ -20,12 +24,12 @@ class TrainConfig:
     Attributes:
         model: Model name (minilm, smollm2), a local HF model directory, or a hub id when online.
         data: Dataset name (movie, tweets, amazon, nyt, trec, sms, bbc, chat-qa) or a CSV/JSONL file.
-        method: full (every weight trains), lora, dora, or the intrinsic-subspace methods did and said.
+        method: How to fine-tune; one of the registered methods (`loralab train --help` lists them).
         r: LoRA rank.
-        alpha: LoRA alpha; the update is scaled by alpha/r (alpha/sqrt(r) with --rslora).
+        alpha: LoRA alpha (> 0); the update is scaled by alpha/r (alpha/sqrt(r) with --rslora).
         dropout: Dropout on the LoRA input path.
-        targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex. Default:
-            query,value for lora/dora; every tensor for did/said.
+        targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex. Default: the
+            attention query and value projections for lora/dora, every tensor for did/said.
         rslora: Scale by alpha/sqrt(r) (rank-stabilised LoRA).
         d: Subspace dimension for did/said (SAID's per-tensor scales count towards it).
         projection: Random projection for did/said: fastfood, dense or sparse.
@@ -40,12 +44,17 @@ class TrainConfig:
         max_eval: Use at most this many validation and test examples.
         max_length: Truncate sequences to this many tokens.
         eval_batch_size: Batch size for evaluation.
+        precision: fp32, or bf16 (torch.autocast; adapter and optimizer state stay fp32).
         seed: Seed for the split, the initialisation, the data order and dropout.
-        out: Run directory: metrics.jsonl, result.json, the adapter (or model), checkpoints.
+        out: Run directory: metrics.jsonl, result.json, the adapter (or model), checkpoints. Must be new or
+            empty unless --resume or --overwrite.
+        overwrite: Delete what --out holds before training.
         checkpoint_every: Also checkpoint every this many optimizer steps (0: only at epoch ends).
-        resume: Continue from the run directory's last checkpoint.
+        resume: Continue the run in --out from its last checkpoint (the config must match).
         log_every: Write the training loss to metrics.jsonl every this many steps.
-        threads: torch CPU threads (default: torch's choice).
+        analysis_every: Every this many steps, log each adapted layer's effective rank and norm of ΔW
+            to metrics.jsonl (0: off).
+        threads: torch CPU threads (torch's choice when not given).
     """
 
     model: str = "minilm"
@@ -69,48 +78,69 @@ class TrainConfig:
     max_eval: Optional[int] = None
     max_length: int = 128
     eval_batch_size: int = 64
+    precision: str = "fp32"
     seed: int = 0
     out: str = "runs/run"
+    overwrite: bool = False
     checkpoint_every: int = 0
     resume: bool = False
     log_every: int = 10
+    analysis_every: int = 0
     threads: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise DataError(f"--method must be one of {METHODS}, got {self.method!r}.")
-        if self.projection not in PROJECTIONS:
-            raise DataError(f"--projection must be one of {PROJECTIONS}, got {self.projection!r}.")
+        from loralab.methods import get_method
+
+        method = get_method(self.method)
+        _check_choice("projection", self.projection, PROJECTIONS)
+        _check_choice("precision", self.precision, PRECISIONS)
         for name in ("r", "d", "epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
+            _check_int(name, getattr(self, name), minimum=1)
         for name in ("max_train", "max_eval", "threads"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        for name in ("checkpoint_every", "analysis_every"):
+            _check_int(name, getattr(self, name), minimum=0)
+        check_alpha(self.alpha, "--alpha")
+        for name in ("lr", "weight_decay", "max_grad_norm", "warmup", "dropout"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}.")
-        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
-            raise DataError(f"--checkpoint-every must be ≥ 0, got {self.checkpoint_every!r}.")
-        for name in ("lr", "alpha", "weight_decay", "max_grad_norm", "warmup", "dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise DataError(f"--{name.replace('_', '-')} must be a finite number ≥ 0, got {value!r}.")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"--{flag(name)} must be a finite number ≥ 0, got {value!r}.")
         if self.lr == 0:
-            raise DataError("--lr must be > 0; try 5e-4 for LoRA or 5e-5 for full fine-tuning.")
+            raise ConfigError("--lr must be > 0; try 5e-4 for LoRA or 5e-5 for full fine-tuning.")
         if self.warmup >= 1:
-            raise DataError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}.")
+            raise ConfigError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}.")
         if self.dropout >= 1:
-            raise DataError(f"--dropout must be in [0, 1), got {self.dropout}.")
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        if self.resume and self.overwrite:
+            raise ConfigError("--resume continues the run in --out and --overwrite deletes it; give one of them.")
+        method.check(self)
 
     def target_spec(self):
-        """``targets`` as LoraConfig wants it: 'all-linear', a regex, or a list of names
-        (None for did/said without --targets: every tensor moves)."""
+        """``targets`` as LoraConfig wants it: 'all-linear', a regex, a list of names, or None (the method's default)."""
         if self.targets is None:
-            return None if self.method in ("did", "said") else ["query", "value"]
+            return None
         text = self.targets.strip()
         if text == "all-linear" or re.search(r"[\\*()\[\]|^$+?]", text):
             return text
         return [t.strip() for t in text.split(",") if t.strip()]
+
+    def with_absolute_paths(self) -> "TrainConfig":
+        """The same config with ``data`` and ``model`` made absolute where they are local paths, so a
+        run directory can be evaluated or resumed from anywhere."""
+        changes = {}
+        for name in ("data", "model"):
+            value = getattr(self, name)
+            if Path(value).exists() and not Path(value).is_absolute():
+                changes[name] = str(Path(value).resolve())
+        changes["out"] = str(Path(self.out).resolve())
+        return replace(self, **changes)
+
+    def differences(self, other: "TrainConfig") -> dict[str, tuple]:
+        """{field: (self's value, other's value)} for fields that change the result (see RESUME_MAY_CHANGE)."""
+        mine, theirs = self.with_absolute_paths(), other.with_absolute_paths()
+        return {f.name: (getattr(mine, f.name), getattr(theirs, f.name)) for f in fields(self)
+                if f.name not in RESUME_MAY_CHANGE and getattr(mine, f.name) != getattr(theirs, f.name)}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +149,21 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"--{flag(name)} must be one of {choices}, got {value!r}.")
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer ≥ {minimum}"
+        raise ConfigError(f"--{flag(name)} must be {kind}, got {value!r}.")
 
 
 def field_help(cls=TrainConfig) -> dict[str, str]:

@@ -1,11 +1,12 @@
-"""The training loop: full fine-tuning, LoRA and DoRA share it.
+"""The training loop, one `Trainer` for every method, in named steps with hooks.
 
-AdamW with linear warm-up then linear decay to zero, gradient clipping and
-accumulation, evaluation on the validation split after every epoch, the best epoch
-kept (accuracy for classification, loss for causal LM) and tested at the end.
-Checkpoints (`checkpoint.py`) let a killed run resume to bit-identical weights.
-Under ``torchrun`` it trains with DistributedDataParallel (gloo on CPU): every
-global batch of ``batch_size`` examples is split evenly over the processes.
+AdamW with linear warm-up then linear decay to zero, gradient clipping and accumulation,
+evaluation on the validation split after every epoch, the best epoch kept (accuracy for
+classification, loss for causal LM) and tested at the end. What is trained comes from the
+method (`loralab.methods`); what is measured along the way comes from callbacks
+(`loralab.train.callbacks`). Checkpoints (`checkpoint.py`) let a killed run resume to
+bit-identical weights. Under ``torchrun`` it trains with DistributedDataParallel (gloo on
+CPU): every global batch of ``batch_size`` examples is split evenly over the processes.
 """
 
 from __future__ import annotations
@@ -16,51 +17,40 @@ import math
 import os
 import resource
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm.auto import tqdm
 
 import loralab as ll
 from loralab import data as datasets
 from loralab import models
-from loralab.errors import TrainingError
+from loralab.io.atomic import atomic_write_json
+from loralab.methods import get_method
+from loralab.progress import progress
+from loralab.train import run_dir
 from loralab.train.batching import collate, encode, epoch_order
-from loralab.train.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
+from loralab.train.callbacks import Callback, standard_callbacks
+from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from loralab.train.config import TrainConfig
 from loralab.train.evaluate import evaluate
+from loralab.errors import TrainingError
 
 
-def init_distributed() -> tuple[int, int]:
-    """(rank, world size); starts a gloo process group when launched by torchrun with > 1 process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+@dataclass
+class TrainState:
+    """Where training is; saved in every checkpoint."""
 
-
-def prepare_model(model: nn.Module, cfg: TrainConfig, task: str) -> tuple[nn.Module, Optional[ll.LoraConfig]]:
-    """(the module to train, its LoRA config): all weights (full), a LoRA/DoRA adapter plus the
-    task head, or the model inside a random subspace (did/said, head included)."""
-    if cfg.method == "full":
-        model.requires_grad_(True)
-        return model, None
-    if cfg.method in ("did", "said"):
-        from loralab.subspace.intrinsic import IntrinsicModel
-
-        wrapped = IntrinsicModel(model, cfg.d, cfg.projection, said=cfg.method == "said", targets=cfg.target_spec(),
-                                 seed=cfg.seed)
-        return wrapped, None
-    heads = models.head_names(model) if task == "classification" else []
-    lora = ll.LoraConfig(
-        r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, targets=cfg.target_spec(), rslora=cfg.rslora,
-        dora=cfg.method == "dora", modules_to_save=heads,
-    )
-    ll.inject(model, lora)
-    return model, lora
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs finished
+    micro: int = 0  # micro-batches done in the current epoch
+    best_metric: Optional[float] = None
+    best_epoch: Optional[int] = None
+    history: list = field(default_factory=list)  # validation records, one per epoch
+    elapsed: float = 0.0  # wall seconds before the last resume
 
 
 def lr_schedule(total_steps: int, warmup_steps: int):
@@ -74,14 +64,16 @@ def lr_schedule(total_steps: int, warmup_steps: int):
     return factor
 
 
-def is_better(metrics: dict, best: Optional[float], task: str) -> bool:
-    value = metrics["accuracy"] if task == "classification" else -metrics["loss"]
-    return best is None or value > best
-
-
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def autocast(precision: str):
+    """bf16 autocast for --precision bf16 (weights, adapters and optimizer state stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 class MetricsLog:
@@ -101,157 +93,218 @@ class MetricsLog:
                 handle.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> dict:
-    """Run one fine-tuning job; returns (and writes to ``<out>/result.json``) its result."""
-    rank, world = init_distributed()
-    if cfg.threads or world > 1:
-        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // world))
-    if cfg.batch_size % world:
-        raise TrainingError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes.")
-    main = rank == 0
-    out = Path(cfg.out)
-    ckpt_dir = out / "checkpoint"
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
+class Trainer:
+    """One fine-tuning run of ``cfg``: call `run()`. Hooks: ``callbacks`` (see `Callback`)."""
 
-    torch.manual_seed(cfg.seed)
-    split = {s: datasets.load(cfg.data, s, cfg.seed, cfg.max_train if s == "train" else cfg.max_eval)
-             for s in datasets.SPLITS}
-    task, labels = split["train"].task, split["train"].labels
-    model, tokenizer = models.load(cfg.model, task, num_labels=len(labels) or None)
-    base_model = model
-    model, lora = prepare_model(model, cfg, task)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    trainable, total = ll.trainable_parameters(model)
-    rows = {s: encode(d, tokenizer, cfg.max_length) for s, d in split.items()}
-    pad_id = tokenizer.pad_token_id
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True):
+        self.cfg, self.method, self.show_progress = cfg, get_method(cfg.method), progress
+        self.callbacks = [*callbacks, *standard_callbacks(cfg)]
+        self.state, self.best = TrainState(), None
+        self.resumed_from: Optional[int] = None
 
-    n_train = len(rows["train"])
-    micro_per_epoch = n_train // cfg.batch_size if world > 1 else math.ceil(n_train / cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum)
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW([p for _, p in named], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total_steps, round(cfg.warmup * total_steps)))
-    net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # ----- the run, step by step ---------------------------------------------------------------
+    def run(self) -> dict:
+        self.setup_processes()
+        self.out = run_dir.check_out(self.cfg)
+        self.barrier()
+        created = run_dir.create_out(self.cfg, self.out) if self.main else False
+        try:
+            self.load_data_and_model()
+            self.build_optimizer()
+            self.restore()
+            self.emit("on_train_begin")
+            self.run_epochs()
+            return self.finish()
+        except BaseException:
+            if self.main:
+                run_dir.discard_if_empty(self.out, created)
+            raise
 
-    state = {"step": 0, "epoch": 0, "micro": 0, "best_metric": None, "best_epoch": None, "history": [], "elapsed": 0.0}
-    best: Optional[dict[str, torch.Tensor]] = None
-    resumed_from = None
-    if cfg.resume and has_checkpoint(ckpt_dir):
-        state, best = load_checkpoint(ckpt_dir, named, optimizer, scheduler)
-        resumed_from = state["step"]
-    elif main:
-        (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    log = MetricsLog(out / "metrics.jsonl", main, resumed_from)
+    def setup_processes(self) -> None:
+        """Rank and world size; a gloo process group when launched by torchrun with > 1 process."""
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        self.main = self.rank == 0
+        if self.cfg.threads or self.world > 1:
+            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.world))
+        if self.cfg.batch_size % self.world:
+            raise TrainingError(f"--batch-size {self.cfg.batch_size} must be divisible by the {self.world} processes.")
 
-    prior_time = state.get("elapsed", 0.0)  # wall time spent before a resume
+    def load_data_and_model(self) -> None:
+        """Seeded splits, the base model, the method's trainable module and the encoded rows."""
+        cfg = self.cfg
+        self.started = time.time()
+        torch.manual_seed(cfg.seed)
+        split = {s: datasets.load(cfg.data, s, cfg.seed, cfg.max_train if s == "train" else cfg.max_eval)
+                 for s in datasets.SPLITS}
+        self.task, self.labels = split["train"].task, split["train"].labels
+        base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None)
+        self.model = self.method.prepare(base, cfg, self.task)
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.trainable, self.total = ll.trainable_parameters(self.model)
+        self.rows = {s: encode(d, self.tokenizer, cfg.max_length) for s, d in split.items()}
+        self.pad_id = self.tokenizer.pad_token_id
+        self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
 
-    def checkpoint() -> None:
-        if main:
-            record = {**state, "elapsed": prior_time + time.time() - started, "config": cfg.to_dict()}
-            save_checkpoint(ckpt_dir, named, optimizer, scheduler, best, record)
+    def build_optimizer(self) -> None:
+        cfg = self.cfg
+        self.n_train = len(self.rows["train"])
+        per_epoch = self.n_train // cfg.batch_size if self.world > 1 else math.ceil(self.n_train / cfg.batch_size)
+        self.micro_per_epoch = per_epoch
+        self.total_steps = math.ceil(per_epoch / cfg.grad_accum) * cfg.epochs
+        self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        warmup_steps = round(cfg.warmup * self.total_steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(self.total_steps, warmup_steps))
 
-    bar = tqdm(total=total_steps, initial=state["step"], desc=f"{cfg.method} {cfg.model}/{cfg.data}",
-               disable=not (progress and main), dynamic_ncols=True)
-    running = 0.0
-    for epoch in range(state["epoch"], cfg.epochs):
-        order = epoch_order(n_train, cfg.seed, epoch)
-        micro = [order[i : i + cfg.batch_size] for i in range(0, micro_per_epoch * cfg.batch_size, cfg.batch_size)]
-        net.train()
-        for index in range(state["micro"] if epoch == state["epoch"] else 0, len(micro)):
+    def restore(self) -> None:
+        """Load the checkpoint on --resume; otherwise record the config (absolute paths) in the run."""
+        if self.cfg.resume:
+            record, self.best = load_checkpoint(self.out / "checkpoint", self.named, self.optimizer, self.scheduler)
+            self.state = TrainState(**{k: record[k] for k in asdict(TrainState())})
+            self.resumed_from = self.state.step
+        elif self.main:
+            atomic_write_json(self.out / run_dir.CONFIG_FILE, self.cfg.with_absolute_paths().to_dict())
+        self.log = MetricsLog(self.out / "metrics.jsonl", self.main, self.resumed_from)
+
+    def run_epochs(self) -> None:
+        self.bar = progress(self.total_steps, f"{self.cfg.method} {self.cfg.model}/{self.cfg.data}",
+                            enabled=self.show_progress and self.main, initial=self.state.step)
+        for epoch in range(self.state.epoch, self.cfg.epochs):
+            self.train_epoch(epoch)
+            self.validate(epoch)
+            self.state.epoch, self.state.micro = epoch + 1, 0
+            self.checkpoint()
+        self.bar.close()
+
+    def train_epoch(self, epoch: int) -> None:
+        """Micro-batches of this epoch's fixed order, from where a resumed run stopped."""
+        cfg = self.cfg
+        order = epoch_order(self.n_train, cfg.seed, epoch)
+        micro = [order[i : i + cfg.batch_size] for i in range(0, self.micro_per_epoch * cfg.batch_size, cfg.batch_size)]
+        self.net.train()
+        running = 0.0
+        for index in range(self.state.micro if epoch == self.state.epoch else 0, len(micro)):
             group_start = index - index % cfg.grad_accum
             group_size = min(cfg.grad_accum, len(micro) - group_start)
             last_of_group = index == group_start + group_size - 1
-            batch = collate([rows["train"][i] for i in micro[index][rank::world]], pad_id)
-            sync = contextlib.nullcontext() if world == 1 or last_of_group else net.no_sync()
-            with sync:
-                loss = net(**batch).loss
-                value = loss.detach().clone()
-                if world > 1:
-                    dist.all_reduce(value, op=dist.ReduceOp.AVG)
-                if not torch.isfinite(value):
-                    raise non_finite_loss(value.item(), state["step"] + 1, epoch + 1, ckpt_dir, cfg)
-                (loss / group_size).backward()
-            running += value.item() / group_size
-            if not last_of_group:
-                continue
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_([p for _, p in named], cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state["step"] += 1
-            state["micro"] = index + 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{running:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            if state["step"] % cfg.log_every == 0:
-                log.write({"type": "train", "step": state["step"], "epoch": epoch + 1, "loss": running,
-                           "lr": scheduler.get_last_lr()[0]})
-            running = 0.0
-            if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                checkpoint()
-        metrics = evaluate(model, rows["validation"], task, len(labels), pad_id, cfg.eval_batch_size,
-                           desc="validation", progress=progress and main)
-        record = {"type": "eval", "split": "validation", "step": state["step"], "epoch": epoch + 1, **metrics}
-        state["history"].append(record)
-        log.write(record)
-        if is_better(metrics, state["best_metric"], task):
-            state["best_metric"] = metrics["accuracy"] if task == "classification" else -metrics["loss"]
-            state["best_epoch"] = epoch + 1
-            best = {n: p.detach().clone() for n, p in named}
-        state["epoch"], state["micro"] = epoch + 1, 0
-        checkpoint()
-    bar.close()
+            running += self.forward_backward(micro[index], group_size, last_of_group, epoch) / group_size
+            if last_of_group:
+                self.optimizer_step(epoch, index, running)
+                running = 0.0
 
-    if best is not None:
-        with torch.no_grad():
-            for name, param in named:
-                param.copy_(best[name])
-    best_record = next(h for h in state["history"] if h["epoch"] == state["best_epoch"])
-    final = {
-        "validation": {k: v for k, v in best_record.items() if k not in ("type", "split", "step", "epoch")},
-        "test": evaluate(model, rows["test"], task, len(labels), pad_id, cfg.eval_batch_size, desc="test",
-                         progress=progress and main),
-    }
-    result = {
-        "method": cfg.method, "model": cfg.model, "data": cfg.data, "task": task, "labels": labels,
-        "config": cfg.to_dict(), "lora": lora.to_dict() if lora else None,
-        "subspace": {"d": cfg.d, "projection": cfg.projection, "full_dim": model.full_dim}
-        if model is not base_model else None,
-        "trainable_params": trainable, "total_params": total,
-        "train_examples": n_train, "steps": state["step"], "best_epoch": state["best_epoch"],
-        "validation": final["validation"], "test": final["test"], "history": state["history"],
-        "wall_time_s": prior_time + time.time() - started,
-        "peak_memory_mb": peak_memory_mb(), "world_size": world, "resumed_from_step": resumed_from,
-        "torch": torch.__version__,
-    }
-    if main:
-        save_trained(model, base_model, lora, tokenizer, out)
-        log.write({"type": "eval", "split": "test", "step": state["step"], **final["test"]})
-        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    if world > 1:
-        dist.barrier()
-    return result
+    def forward_backward(self, batch_ids: list[int], group_size: int, sync: bool, epoch: int) -> float:
+        """Loss of one micro-batch (this process's share), backward scaled for accumulation."""
+        batch = collate([self.rows["train"][i] for i in batch_ids[self.rank :: self.world]], self.pad_id)
+        no_sync = contextlib.nullcontext() if self.world == 1 or sync else self.net.no_sync()
+        with no_sync:
+            with autocast(self.cfg.precision):
+                loss = self.net(**batch).loss
+            value = loss.detach().float().clone()
+            if self.world > 1:
+                dist.all_reduce(value, op=dist.ReduceOp.AVG)
+            if not torch.isfinite(value):
+                raise self.non_finite_loss(value.item(), epoch)
+            (loss / group_size).backward()
+        return value.item()
+
+    def optimizer_step(self, epoch: int, index: int, loss: float) -> None:
+        cfg, state = self.cfg, self.state
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for _, p in self.named], cfg.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        state.micro = index + 1
+        lr = self.scheduler.get_last_lr()[0]
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+        if state.step % cfg.log_every == 0:
+            self.log.write({"type": "train", "step": state.step, "epoch": epoch + 1, "loss": loss, "lr": lr})
+        self.emit("on_step", loss=loss)
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+            self.checkpoint()
+
+    def validate(self, epoch: int) -> None:
+        metrics = self.evaluate("validation")
+        record = {"type": "eval", "split": "validation", "step": self.state.step, "epoch": epoch + 1, **metrics}
+        self.state.history.append(record)
+        self.log.write(record)
+        value = metrics["accuracy"] if self.task == "classification" else -metrics["loss"]
+        if self.state.best_metric is None or value > self.state.best_metric:
+            self.state.best_metric, self.state.best_epoch = value, epoch + 1
+            self.best = {n: p.detach().clone() for n, p in self.named}
+        self.emit("on_eval", record=record)
+
+    def evaluate(self, split: str) -> dict:
+        with autocast(self.cfg.precision):
+            return evaluate(self.model, self.rows[split], self.task, len(self.labels), self.pad_id,
+                            self.cfg.eval_batch_size, desc=split, progress=self.show_progress and self.main)
+
+    def checkpoint(self) -> None:
+        if not self.main:
+            return
+        record = {**asdict(self.state), "elapsed": self.state.elapsed + time.time() - self.started,
+                  "config": self.cfg.to_dict()}
+        path = save_checkpoint(self.out / "checkpoint", self.named, self.optimizer, self.scheduler, self.best, record)
+        self.emit("on_checkpoint", path=path)
+
+    def finish(self) -> dict:
+        """Restore the best epoch's parameters, test them, write the trained model and result.json."""
+        if self.best is not None:
+            with torch.no_grad():
+                for name, param in self.named:
+                    param.copy_(self.best[name])
+        best_record = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
+        test = self.evaluate("test")
+        result = self.result({k: v for k, v in best_record.items() if k not in ("type", "split", "step", "epoch")}, test)
+        if self.main:
+            self.method.save(self.model, self.tokenizer, self.out)
+            self.log.write({"type": "eval", "split": "test", "step": self.state.step, **test})
+            atomic_write_json(self.out / "result.json", result)
+        self.emit("on_train_end", result=result)
+        self.barrier()
+        return result
+
+    def result(self, validation: dict, test: dict) -> dict:
+        cfg = self.cfg
+        return {
+            "method": cfg.method, "model": cfg.model, "data": cfg.data, "task": self.task, "labels": self.labels,
+            "config": cfg.to_dict(), "lora": None, "subspace": None, **self.method.describe(self.model, cfg),
+            "trainable_params": self.trainable, "total_params": self.total,
+            "train_examples": self.n_train, "steps": self.state.step, "best_epoch": self.state.best_epoch,
+            "validation": validation, "test": test, "history": self.state.history,
+            "wall_time_s": self.state.elapsed + time.time() - self.started,
+            "peak_memory_mb": peak_memory_mb(), "world_size": self.world, "resumed_from_step": self.resumed_from,
+            "torch": torch.__version__,
+        }
+
+    # ----- helpers -----------------------------------------------------------------------------
+    def emit(self, hook: str, **kwargs) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, **kwargs)
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def last_checkpoint(self) -> Optional[tuple[Path, int]]:
+        """(checkpoint directory, its step), or None when none was written."""
+        ckpt = Path(self.cfg.out) / "checkpoint"
+        if not has_checkpoint(ckpt):
+            return None
+        return ckpt, json.loads((ckpt / STATE_FILE).read_text())["step"]
+
+    def non_finite_loss(self, value: float, epoch: int) -> TrainingError:
+        """The error for a nan/inf loss: where the last good checkpoint is and what to change."""
+        last = self.last_checkpoint()
+        where = f"the last good checkpoint is {last[0]} (step {last[1]})" if last else "no checkpoint was written yet"
+        return TrainingError(f"training loss is {value} at step {self.state.step + 1} (epoch {epoch + 1}); stopped. "
+                             f"{where}. Lower --lr (now {self.cfg.lr}) or --max-grad-norm, then resume with --resume.")
 
 
-def non_finite_loss(value: float, step: int, epoch: int, ckpt_dir: Path, cfg: TrainConfig) -> TrainingError:
-    """The error for a nan/inf loss: where the last good checkpoint is and what to change."""
-    if has_checkpoint(ckpt_dir):
-        saved = json.loads((ckpt_dir / "checkpoint.json").read_text())["step"]
-        where = f"the last good checkpoint is {ckpt_dir} (step {saved})"
-    else:
-        where = "no checkpoint was written yet"
-    return TrainingError(f"training loss is {value} at step {step} (epoch {epoch}); stopped. {where}. "
-                         f"Lower --lr (now {cfg.lr}) or --max-grad-norm, then resume with --resume.")
-
-
-def save_trained(model: nn.Module, base_model: nn.Module, lora, tokenizer, out: Path) -> None:
-    """The trained result: a PEFT adapter, the subspace (θ_d, λ, the new head's θ0), or the whole model."""
-    if lora is not None:
-        ll.save_adapter(model, out / "adapter")
-    elif model is not base_model:
-        heads = [n for n, _ in base_model.named_parameters() if n.split(".")[0] in models.head_names(base_model)]
-        model.save(out / "intrinsic", extra_theta0=heads)
-    else:
-        model.save_pretrained(out / "model", safe_serialization=True)
-        tokenizer.save_pretrained(out / "model")
+def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True) -> dict:
+    """Run one fine-tuning job; returns (and writes to ``<out>/result.json``) its result."""
+    return Trainer(cfg, callbacks, progress).run()

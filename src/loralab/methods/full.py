@@ -1,0 +1,36 @@
+"""Full fine-tuning: every weight trains; the run keeps the whole model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from torch import nn
+
+from loralab.methods.base import TrainingMethod, register
+
+
+@register
+class FullFineTuning(TrainingMethod):
+    """Every weight trains; the run keeps the whole model (safetensors) and its tokenizer."""
+
+    name = "full"
+    summary = "every weight trains (the reference)"
+    saved_as = "model"
+
+    def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
+        model.requires_grad_(True)
+        return model
+
+    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
+        from loralab.io.atomic import atomic_directory
+
+        with atomic_directory(out / self.saved_as) as staging:
+            trained.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+        return out / self.saved_as
+
+    def load(self, cfg, run_dir: Path, task: str, num_labels: Optional[int]):
+        from loralab import models
+
+        return models.load(str(run_dir / self.saved_as), task, num_labels=num_labels)

@@ -1,0 +1,71 @@
+"""LoRA and DoRA: a low-rank adapter (plus DoRA's magnitude vector) and a fully trained task head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+import loralab as ll
+from loralab.adapters.registry import adapter_configs
+from loralab.errors import ConfigError
+from loralab.methods.base import TrainingMethod, register
+
+# Attention query/value projections by architecture family, tried in order when --targets is not given.
+DEFAULT_TARGETS = (["query", "value"], ["q_proj", "v_proj"], ["c_attn"])
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The query/value projections of ``model`` (BERT, Llama/Mistral, GPT-2 naming)."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    for candidate in DEFAULT_TARGETS:
+        if set(candidate) <= leaf_names:
+            return list(candidate)
+    raise ConfigError(f"this model has none of the usual attention projections {DEFAULT_TARGETS}; "
+                      "name the layers to adapt with --targets (e.g. --targets all-linear).")
+
+
+@register
+class Lora(TrainingMethod):
+    """LoRA (Hu et al. 2021, §4.1): W' = W + s·B·A on the targets, s = alpha/r; the classification head
+    (``modules_to_save``) trains fully. The run keeps a PEFT-format adapter."""
+
+    name = "lora"
+    summary = "low-rank update ΔW = s·B·A on the targets, task head trained fully"
+    saved_as = "adapter"
+    dora = False
+
+    def adapter_config(self, model: nn.Module, cfg, task: str) -> ll.LoraConfig:
+        from loralab import models
+
+        return ll.LoraConfig(
+            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora,
+            targets=cfg.target_spec() or default_targets(model),
+            modules_to_save=models.head_names(model) if task == "classification" else [],
+        )
+
+    def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
+        ll.inject(model, self.adapter_config(model, cfg, task))
+        return model
+
+    def describe(self, trained: nn.Module, cfg) -> dict:
+        return {"lora": adapter_configs(trained)["default"].to_dict()}
+
+    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
+        return ll.save_adapter(trained, out / self.saved_as)
+
+    def attach(self, model: nn.Module, cfg, saved: Path) -> nn.Module:
+        ll.load_adapter(model, saved)
+        return model
+
+    def merge(self, trained: nn.Module) -> nn.Module:
+        return ll.merge_and_unload(trained)
+
+
+@register
+class Dora(Lora):
+    """DoRA (Liu et al. 2024, §4): W' = m ⊙ (W + s·B·A)/‖W + s·B·A‖_row with a trained magnitude m."""
+
+    name = "dora"
+    summary = "LoRA plus a trained magnitude vector per output (Liu et al. 2024)"
+    dora = True

@@ -1,0 +1,51 @@
+"""DID and SAID: every weight moves inside a random d-dimensional subspace (Aghajanyan et al. 2021)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from loralab.methods.base import TrainingMethod, register
+
+
+@register
+class DirectIntrinsic(TrainingMethod):
+    """DID (Li et al. 2018; Aghajanyan et al. 2021, §3): θ = θ0 + P·θ_d, P a seeded random projection.
+    The run keeps θ_d and what rebuilds P (`IntrinsicModel.save`)."""
+
+    name = "did"
+    summary = "θ = θ0 + P·θ_d, only θ_d (d values) trains"
+    saved_as = "intrinsic"
+    said = False
+
+    def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
+        from loralab.subspace.intrinsic import IntrinsicModel
+
+        return IntrinsicModel(model, cfg.d, cfg.projection, said=self.said, targets=cfg.target_spec(), seed=cfg.seed)
+
+    def describe(self, trained: nn.Module, cfg) -> dict:
+        return {"subspace": {"d": cfg.d, "projection": cfg.projection, "full_dim": trained.full_dim}}
+
+    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
+        from loralab import models
+
+        heads = [n for n, _ in trained.model.named_parameters() if n.split(".")[0] in models.head_names(trained.model)]
+        return trained.save(out / self.saved_as, extra_theta0=heads)
+
+    def attach(self, model: nn.Module, cfg, saved: Path) -> nn.Module:
+        from loralab.subspace.intrinsic import IntrinsicModel
+
+        return IntrinsicModel.load(model, saved)
+
+    def merge(self, trained: nn.Module) -> nn.Module:
+        return trained.merge_into_model()
+
+
+@register
+class StructureAwareIntrinsic(DirectIntrinsic):
+    """SAID (Aghajanyan et al. 2021, §3): θ_i = θ0_i + λ_i·(P·θ_{d−m})_i, one scale λ_i per tensor."""
+
+    name = "said"
+    summary = "DID plus one trainable scale per weight tensor (counted in d)"
+    said = True
