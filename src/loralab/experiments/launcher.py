@@ -1,0 +1,186 @@
+"""Run many trainings as cached units, in parallel worker processes or on a Ray cluster.
+
+An experiment describes each training it needs as a `Unit` (a readable name and a full
+`TrainConfig`) and hands the list to `run_units`. Every unit trains in its own process
+(``loralab train --config``), so its peak memory and thread count are its own. Its run
+directory is ``<root>/<name>-<key>``, where the key hashes everything that changes the result
+(the config and the code version of the training path, `code_version`). Hence:
+
+* a unit whose directory holds ``result.json`` is not run again;
+* a unit killed half-way resumes from its last checkpoint (``--resume``);
+* changing a learning rate, a seed or the training code makes a new directory, never a mix.
+
+Executors: ``local`` runs ``workers`` units at a time on this machine, splitting its cores
+between them; ``ray`` submits each unit as a Ray task (``ray.init(address)`` when an address
+is given, a local Ray otherwise; the run root must be on storage every node sees).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Optional
+
+from loralab.errors import ConfigError, TrainingError
+from loralab.progress import progress
+from loralab.train.config import RESUME_MAY_CHANGE, TrainConfig
+
+# Packages whose code decides what a training run computes.
+TRAINING_PATH = ("adapters", "data", "methods", "models", "subspace", "train")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training run of an experiment."""
+
+    name: str  # readable, unique within the experiment, e.g. "movie-lora-r8-s0"
+    config: TrainConfig  # ``out`` is chosen by `run_units`
+
+
+def code_version() -> str:
+    """A hash of the training path's source files (12 hex digits)."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for package in TRAINING_PATH:
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(str(path.relative_to(root)).encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def unit_key(cfg: TrainConfig, version: str) -> str:
+    """10 hex digits fixed by every result-changing field of ``cfg`` and the code version."""
+    fields = {k: v for k, v in cfg.with_absolute_paths().to_dict().items() if k not in RESUME_MAY_CHANGE}
+    return hashlib.sha256(json.dumps([fields, version], sort_keys=True).encode()).hexdigest()[:10]
+
+
+def unit_dir(root: Path, unit: Unit, version: str) -> Path:
+    return root / f"{unit.name}-{unit_key(unit.config, version)}"
+
+
+def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
+    """Train one unit in a fresh ``loralab train`` process (resuming a killed one); return result.json.
+
+    Runs in whichever process the executor uses (a thread of this one, or a Ray worker).
+    """
+    from loralab.train.checkpoint import has_checkpoint
+
+    out = Path(cfg_dict["out"])
+    if (out / "result.json").exists():
+        return json.loads((out / "result.json").read_text())
+    resume = has_checkpoint(out / "checkpoint")
+    cfg = {**cfg_dict, "resume": resume, "overwrite": out.exists() and not resume}
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(cfg, handle)
+    try:
+        with open(log_path, "a") as log:
+            code = subprocess.call([sys.executable, "-m", "loralab", "train", "--config", handle.name],
+                                   stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    finally:
+        os.unlink(handle.name)
+    if code != 0 or not (out / "result.json").exists():
+        tail = Path(log_path).read_text()[-1500:]
+        raise TrainingError(f"run {out.name} failed (exit code {code}); its log is {log_path}:\n{tail}")
+    return json.loads((out / "result.json").read_text())
+
+
+class LocalExecutor:
+    """``workers`` units at a time on this machine, each with cores // workers threads."""
+
+    def __init__(self, workers: int = 1, threads: Optional[int] = None):
+        if workers < 1:
+            raise ConfigError(f"--workers must be ≥ 1, got {workers}.")
+        self.workers = workers
+        self.threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
+
+    def submit_all(self, jobs: list[tuple[dict, str]]):
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers)
+        futures = [pool.submit(train_in_subprocess, cfg, log) for cfg, log in jobs]
+        pool.shutdown(wait=False)
+        return futures, concurrent.futures.as_completed
+
+
+class RayExecutor:
+    """Each unit is a Ray task needing ``threads`` CPUs; Ray schedules them over the cluster."""
+
+    def __init__(self, workers: int = 1, threads: Optional[int] = None, address: Optional[str] = None):
+        try:
+            import ray
+        except ImportError:
+            raise ConfigError("--executor ray needs Ray: pip install 'loralab[ray]'.") from None
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
+                     log_to_driver=False)
+        self.threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
+        self.remote = ray.remote(num_cpus=self.threads)(train_in_subprocess)
+
+    def submit_all(self, jobs: list[tuple[dict, str]]):
+        refs = [self.remote.remote(cfg, log) for cfg, log in jobs]
+        futures = [ref.future() for ref in refs]
+        return futures, concurrent.futures.as_completed
+
+
+EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+
+
+def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] = None,
+                  address: Optional[str] = None):
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {tuple(EXECUTORS)}, got {kind!r}.")
+    if kind == "ray":
+        return RayExecutor(workers, threads, address)
+    return LocalExecutor(workers, threads)
+
+
+def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs") -> dict[str, dict]:
+    """Train every unit not yet finished under ``root``; return {unit name: result.json}.
+
+    Finished units are read back, not run. A failed unit does not stop the others; the first
+    failure is raised once every unit has ended.
+    """
+    units = list(units)
+    names = [u.name for u in units]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"unit names must be unique; repeated: {sorted({n for n in names if names.count(n) > 1})}")
+    root = Path(root)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor()
+    version = code_version()
+    results, jobs, pending = {}, [], []
+    for unit in units:
+        out = unit_dir(root, unit, version)
+        if (out / "result.json").exists():
+            results[unit.name] = json.loads((out / "result.json").read_text())
+            continue
+        cfg = replace(unit.config, out=str(out.resolve()), threads=executor.threads, resume=False, overwrite=False)
+        jobs.append((cfg.to_dict(), str((root / "logs" / f"{out.name}.log").resolve())))
+        pending.append(unit.name)
+    if jobs:
+        print(f"{desc}: {len(results)} of {len(units)} already done; running {len(jobs)}", flush=True)
+        results.update(_collect(executor, jobs, pending, desc))
+    return {name: results[name] for name in names}
+
+
+def _collect(executor, jobs: list, pending: list[str], desc: str) -> dict[str, dict]:
+    futures, as_completed = executor.submit_all(jobs)
+    name_of = {id(f): n for f, n in zip(futures, pending)}
+    bar = progress(len(futures), desc)
+    done, failures = {}, []
+    for future in as_completed(futures):
+        try:
+            done[name_of[id(future)]] = future.result()
+        except Exception as err:  # noqa: BLE001 - reported below, after the other runs end
+            failures.append(err)
+        bar.update(1)
+    bar.close()
+    if failures:
+        raise failures[0] if isinstance(failures[0], TrainingError) else TrainingError(str(failures[0]))
+    return done
