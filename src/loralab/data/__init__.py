@@ -20,6 +20,7 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,16 @@ HUTTO = {
     "nyt": "nytEditorialSnippets_GroundTruth.txt",
 }
 NAMES = (*HUTTO, "trec", "sms", "bbc", "chat-qa")
+DESCRIPTIONS = {
+    "movie": "movie-review snippets, binary sentiment",
+    "tweets": "tweets, binary sentiment",
+    "amazon": "Amazon review snippets, binary sentiment",
+    "nyt": "New York Times editorial snippets, binary sentiment",
+    "trec": "TREC questions, 6 coarse question types",
+    "sms": "SMS messages, spam or ham",
+    "bbc": "BBC News articles, 5 topics",
+    "chat-qa": "English question → answer pairs (causal LM)",
+}
 
 
 @dataclass
@@ -138,37 +149,111 @@ def _read_chat_qa() -> tuple[str, list[str], list[dict]]:
     return "causal_lm", [], rows
 
 
-def _read_file(path: Path, labels: Optional[list[str]]) -> tuple[str, list[str], list[dict]]:
+def _read_text(path: Path) -> str:
+    """The file as text: UTF-8, a byte-order mark dropped; other encodings are refused with the line."""
     if not path.exists():
         raise DataError(f"dataset {str(path)!r} is neither a known name {NAMES} nor an existing file.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{number} is not valid JSON ({err}).") from None
-    elif path.suffix == ".csv":
-        rows = list(csv.DictReader(io.StringIO(text)))
-    else:
+    if path.suffix not in (".csv", ".jsonl"):
         raise DataError(f"{path}: use a .csv or .jsonl file with columns text,label or prompt,response.")
-    if not rows:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line} is not UTF-8 (byte {raw[err.start]:#04x}); re-save the file as UTF-8, "
+                        f"e.g. iconv -f latin1 -t utf-8 {path.name} > fixed{path.suffix}") from None
+
+
+def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, record) for every non-empty row of a CSV or JSONL file."""
+    records = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}:{number} is not valid JSON ({err}).") from None
+            if not isinstance(record, dict):
+                raise DataError(f"{path}:{number} is a JSON {type(record).__name__}; each line must be an object "
+                                'like {"text": ..., "label": ...}.')
+            records.append((number, record))
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        for record in reader:
+            records.append((reader.line_num, {k: v for k, v in record.items() if k is not None}))
+    if not records:
         raise DataError(f"{path} has no rows.")
-    columns = set(rows[0])
+    return records
+
+
+def canonical_label(value) -> Optional[str]:
+    """A label as one canonical string: 1, 1.0 and "1" are the same class; None for a missing label."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DataError(f"label {value!r} is not a finite number; labels are names or finite numbers.")
+    if isinstance(value, (int, float)) or _is_number(value):
+        number = float(value)
+        return str(int(number)) if number.is_integer() else repr(number)
+    if isinstance(value, str):
+        return value.strip()
+    raise DataError(f"label {value!r} is a {type(value).__name__}; labels are names or numbers.")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _required_text(path: Path, number: int, record: dict, column: str) -> str:
+    value = record.get(column)
+    if value is None or not str(value).strip():
+        raise DataError(f"{path}:{number} has no {column}; every row needs a non-empty {column!r}.")
+    return str(value)
+
+
+def _classification_rows(path: Path, records: list, labels: Optional[list[str]]) -> tuple[list[str], list[dict]]:
+    names = []
+    for number, record in records:
+        _required_text(path, number, record, "text")
+        name = canonical_label(record.get("label"))
+        if name is None:
+            raise DataError(f"{path}:{number} has no label; every row needs one (or drop the row).")
+        names.append(name)
+    kinds = {_is_number(n) for n in names}
+    if len(kinds) > 1 and not labels:
+        numeric = next(n for n in names if _is_number(n))
+        named = next(n for n in names if not _is_number(n))
+        raise DataError(f"{path}: labels mix numbers ({numeric!r}) and names ({named!r}); use one kind for every row.")
+    classes = [canonical_label(c) for c in labels] if labels else sorted(
+        set(names), key=lambda n: (0, float(n), "") if _is_number(n) else (1, 0.0, n))
+    if len(classes) < 2:
+        raise DataError(f"{path}: every row has the label {classes[0]!r}; classification needs at least 2 classes.")
+    rows = []
+    for (number, record), name in zip(records, names):
+        if name not in classes:
+            raise DataError(f"{path}:{number} has unknown label {name!r}; expected one of {classes}.")
+        rows.append({"text": str(record["text"]), "label": classes.index(name)})
+    return classes, rows
+
+
+def _read_file(path: Path, labels: Optional[list[str]]) -> tuple[str, list[str], list[dict]]:
+    records = _read_records(path, _read_text(path))
+    columns = set().union(*(record.keys() for _, record in records))
     if {"prompt", "response"} <= columns:
-        return "causal_lm", [], [{"prompt": str(r["prompt"]), "response": str(r["response"])} for r in rows]
+        rows = [{"prompt": _required_text(path, n, r, "prompt"), "response": _required_text(path, n, r, "response")}
+                for n, r in records]
+        return "causal_lm", [], rows
     if not {"text", "label"} <= columns:
         raise DataError(f"{path} has columns {sorted(columns)}; it needs text,label (classification) or prompt,response.")
-    names = [str(r["label"]) for r in rows]
-    classes = list(labels) if labels else sorted(set(names), key=lambda n: (len(n), n) if n.isdigit() else (0, n))
-    out = []
-    for number, (row, label) in enumerate(zip(rows, names), 1):
-        if label not in classes:
-            raise DataError(f"{path}: row {number} has unknown label {label!r}; expected one of {classes}.")
-        out.append({"text": str(row["text"]), "label": classes.index(label)})
-    return "classification", classes, out
+    classes, rows = _classification_rows(path, records, labels)
+    return "classification", classes, rows
 
 
 def read_all(name: str, labels: Optional[list[str]] = None) -> tuple[str, list[str], list[dict]]:
@@ -212,7 +297,12 @@ def load(
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}.")
     task, classes, rows = read_all(name, labels)
-    chosen = split_indices(rows, task, seed)[split]
+    parts = split_indices(rows, task, seed)
+    empty = [s for s in SPLITS if not parts[s]]
+    if empty:
+        raise DataError(f"{name} has {len(rows)} rows: too few for the 80/10/10 split (the {', '.join(empty)} "
+                        f"split{'s are' if len(empty) > 1 else ' is'} empty); give at least 10 rows per class.")
+    chosen = parts[split]
     if limit is not None:
         chosen = chosen[:limit]
     return Dataset(name=name, task=task, labels=classes, examples=[rows[i] for i in chosen])

@@ -14,7 +14,8 @@ unless the directory has one) or ``"causal_lm"``.
 from __future__ import annotations
 
 import os
-import tempfile
+import re
+import socket
 from pathlib import Path
 from typing import Optional
 
@@ -22,6 +23,7 @@ from torch import nn
 
 from loralab.data import package_dir
 from loralab.errors import DataError
+from loralab.io.atomic import atomic_directory
 
 TASKS = ("classification", "causal_lm")
 IM_END = "<|im_end|>"
@@ -57,11 +59,9 @@ def smollm2_dir() -> Path:
     fix_chat_tokenizer(tokenizer)
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    os.replace(staging, target)  # atomic: a half-written cache is never seen
+    with atomic_directory(target) as staging:  # a half-written cache is never seen
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
     return target
 
 
@@ -72,12 +72,58 @@ def fix_chat_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = IM_END
 
 
+PACKAGED = ("minilm", "smollm2")
+DESCRIPTIONS = {"minilm": "all-MiniLM-L6-v2, BERT 6×384", "smollm2": "SmolLM2-135M-Instruct, Llama architecture"}
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+MODEL_DIR_NEEDS = "config.json, model.safetensors (or sharded safetensors) and the tokenizer files"
+
+
 def resolve(name_or_path: str) -> str:
+    """A loadable directory (or, online, a hub id) for a packaged name, a local directory or a hub id.
+
+    Raises DataError at once, without any network attempt, for a path that is not a model directory
+    and for an unknown name; a hub id (``org/name``) is tried only when the hub is reachable.
+    """
     if name_or_path == "minilm":
         return str(minilm_dir())
     if name_or_path == "smollm2":
         return str(smollm2_dir())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        check_model_dir(path)
+        return str(path)
+    if path.exists():
+        raise DataError(f"model {name_or_path!r} is a file; give a model directory holding {MODEL_DIR_NEEDS}.")
+    if not HUB_ID.match(name_or_path) or name_or_path.startswith((".", "~")):
+        raise DataError(f"model {name_or_path!r} is not a packaged model {PACKAGED} nor an existing directory "
+                        f"(a Hugging Face model directory holds {MODEL_DIR_NEEDS}); a hub id looks like org/name.")
+    if not hub_reachable():
+        raise DataError(f"model {name_or_path!r} looks like a hub id, but the hub is out of reach (offline, or "
+                        f"HF_HUB_OFFLINE is set). Use a packaged model {PACKAGED} or a local model directory.")
     return name_or_path
+
+
+def check_model_dir(path: Path) -> None:
+    """A Hugging Face model directory needs config.json and safetensors weights (pickle files are never loaded)."""
+    if not (path / "config.json").exists():
+        raise DataError(f"{path} is not a Hugging Face model directory: it has no config.json (it needs "
+                        f"{MODEL_DIR_NEEDS}).")
+    if not any(path.glob("*.safetensors")) and not any(path.glob("*.safetensors.index.json")):
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        hint = (f" It holds {pickled}: pickle files, which loralab never loads (unpickling can run code); convert them "
+                "to safetensors once, in an environment you trust.") if pickled else ""
+        raise DataError(f"{path} has no safetensors weights (it needs {MODEL_DIR_NEEDS}).{hint}")
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or huggingface.co cannot be reached within ``timeout`` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def load(name_or_path: str, task: str, num_labels: Optional[int] = None) -> tuple[nn.Module, object]:
@@ -96,14 +142,14 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None) -> tupl
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "classification":
-            model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels)
+            labels = {} if num_labels is None else {"num_labels": num_labels}  # HF's default: 2
+            model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **labels)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path)
-    except OSError as err:
-        raise DataError(
-            f"cannot load model {name_or_path!r}: {err}. Use 'minilm', 'smollm2', a local HF model directory, "
-            "or a hub id while online."
-        ) from None
+            model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise DataError(f"cannot load model {name_or_path!r}: {first}. Use a packaged model {PACKAGED}, a local "
+                        f"model directory (holding {MODEL_DIR_NEEDS}), or a hub id while online.") from None
     finally:
         hf_logging.set_verbosity(verbosity)
     if name_or_path == "smollm2" or IM_END in tokenizer.get_vocab():
