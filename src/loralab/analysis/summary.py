@@ -1,30 +1,38 @@
-"""What an adapter directory holds: config, parameter count and ‖ΔW‖ per module."""
+"""What an adapter directory holds: config, parameter count and the real ‖ΔW‖ of each layer."""
 
 from __future__ import annotations
 
 import os
+from typing import Optional
 
-from loralab.io.peft_format import PREFIX, read_adapter_dir
+import torch
+
+from loralab.analysis.factors import adapter_meta, base_weights, delta_weight, factors
+from loralab.io.peft_format import read_adapter_dir
 
 
-def adapter_summary(directory: str | os.PathLike) -> dict:
-    """Config fields, tensor counts and per-module Frobenius norms ‖ΔW‖_F = s·‖B·A‖_F.
+def low_rank_norm(A: torch.Tensor, B: torch.Tensor, scale: float) -> float:
+    """‖s·B·A‖_F from the factors alone: ‖BA‖_F² = tr((BᵀB)(AAᵀ)), two (r, r) Gram matrices."""
+    a, b = A.double(), B.double()
+    return float(abs(scale) * torch.trace((b.T @ b) @ (a @ a.T)).clamp_min(0).sqrt())
 
-    Works from the files alone (no base model needed), so it also reads PEFT's adapters.
+
+def adapter_summary(directory: str | os.PathLike, model: Optional[str] = None) -> dict:
+    """Config fields, tensor counts and per-layer rank, scale and ‖ΔW‖_F.
+
+    LoRA layers need no base model (‖s·B·A‖_F from the factors). DoRA's change is
+    m/‖W0 + sBA‖ ⊙ (W0 + sBA) − W0, so its layers read W0 from ``model`` (default: the
+    adapter's ``base_model_name_or_path``). Works for loralab's and PEFT's adapters alike.
     """
     cfg, tensors = read_adapter_dir(directory)
-    modules: dict[str, dict] = {}
-    for key in sorted(tensors):
-        path = key[len(PREFIX):]
-        for suffix, part in ((".lora_A.weight", "A"), (".lora_B.weight", "B"),
-                             (".lora_embedding_A", "A"), (".lora_embedding_B", "B")):
-            if path.endswith(suffix):
-                modules.setdefault(path[: -len(suffix)], {})[part] = tensors[key]
+    fs = factors(directory)
+    dora = {path: f for path, f in fs.items() if f.magnitude is not None}
+    base = base_weights(model or adapter_meta(directory).get("base_model_name_or_path") or "", dora) if dora else {}
     per_module = {}
-    for path, parts in modules.items():
-        a, b = parts["A"].float(), parts["B"].float()
-        s = cfg.scaling_for(path)
-        per_module[path] = {"rank": a.shape[0], "scaling": s, "delta_norm": float(s * (b @ a).norm())}
+    for path, f in fs.items():
+        norm = float(delta_weight(f, base[path]).norm()) if path in dora else low_rank_norm(f.A, f.B, f.scale)
+        per_module[path] = {"kind": f.kind, "rank": f.rank, "scaling": f.scale, "dora": path in dora,
+                            "delta_norm": norm}
     return {
         "config": cfg.to_dict(),
         "parameters": int(sum(t.numel() for t in tensors.values())),
