@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-all study bench clean
+.PHONY: venv test test-all fuzz study bench clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ test: venv
 
 test-all: venv
 	$(BIN)/python -m pytest -q
+
+fuzz: venv
+	LORALAB_FUZZ=1200 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
 
 study: venv
 	$(BIN)/python -m loralab study --out reports

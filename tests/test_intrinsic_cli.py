@@ -28,7 +28,7 @@ def test_said_trains_saves_and_reloads(tiny, tmp_path):
 def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "loralab", "intrinsic", "--model", tiny["model"], "--data", tiny["data"],
-           "--d", "20,400", "--seeds", "0", "--epochs", "1", "--max-train", "144", "--lr", "5e-2",
+           "--dims", "20,400", "--seeds", "0", "--epochs", "1", "--max-train", "144", "--lr", "5e-2",
            "--full-lr", "5e-3", "--refine", "1", "--threshold", "0.5", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -45,17 +45,13 @@ def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
 
 def test_lr_scales_with_d_only_when_asked():
     """lr·√(lr_ref_d/d): 0.3 at d=300 becomes 0.15 at d=1200; without lr_ref_d every d gets lr."""
-    from pathlib import Path
-
-    from loralab.errors import DataError
-    from loralab.subspace.sweep import SweepConfig, subspace_lr
-    from loralab.subspace.sweep import train_args as sweep_train_args
+    from loralab.errors import ConfigError
+    from loralab.experiments.d90_sweep import SweepConfig, run_config, subspace_lr
 
     scaled = SweepConfig(lr=0.3, lr_ref_d=300)
     assert subspace_lr(scaled, 1200) == 0.15
     assert subspace_lr(scaled, None) == 0.3  # the full-FT baseline is not a subspace run
     assert subspace_lr(SweepConfig(lr=0.3), 1200) == 0.3
-    args = sweep_train_args(scaled, "said", 0, Path("x"), d=3000)
-    assert args[args.index("--lr") + 1] == "0.09487"
-    with pytest.raises(DataError, match=r"--lr-ref-d is the d at which --lr applies, a positive integer; got 0\."):
+    assert run_config(scaled, "said", 0, d=3000).lr == 0.09487
+    with pytest.raises(ConfigError, match=r"--lr-ref-d is the d at which --lr applies, a positive integer; got 0\."):
         SweepConfig(lr_ref_d=0)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from loralab import data as datasets
-from loralab.errors import DataError
+from loralab.errors import ConfigError, DataError
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -67,10 +67,15 @@ def test_same_seed_same_result(tiny, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+KILL_SEED = int(os.environ.get("LORALAB_KILL_SEED", "20261123"))
+
+
 def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path):
-    """Kill -9 at a random step, resume, and end with exactly the uninterrupted run's weights."""
+    """Kill -9 at a seeded step (LORALAB_KILL_SEED picks another), resume, and end with exactly the
+    uninterrupted run's weights. A failure names the seed and step, so it can be rerun."""
     run_cli(train_args(tiny, tmp_path / "whole", "--checkpoint-every", "1"))
-    kill_at = random.Random().randint(3, 40)  # 54 steps in all
+    kill_at = random.Random(KILL_SEED).randint(3, 40)  # 54 steps in all
+    where = f"(LORALAB_KILL_SEED={KILL_SEED}, kill at step ≥ {kill_at})"
     args = train_args(tiny, tmp_path / "killed", "--checkpoint-every", "1")
     proc = subprocess.Popen([sys.executable, "-m", "loralab", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -84,7 +89,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path):
             pass
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    assert proc.wait() == -signal.SIGKILL, f"the run finished before it could be killed {where}"
     assert not (tmp_path / "killed" / "result.json").exists()
     killed_step = json.loads(state.read_text())["step"]
     run_cli(args + ["--resume"])
@@ -93,7 +98,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path):
     whole, resumed = adapter_tensors(tmp_path / "whole"), adapter_tensors(tmp_path / "killed")
     assert whole.keys() == resumed.keys()
     for key in whole:
-        assert torch.equal(whole[key], resumed[key]), key
+        assert torch.equal(whole[key], resumed[key]), f"{key} {where}"
     assert result["test"] == json.loads((tmp_path / "whole" / "result.json").read_text())["test"]
 
 
@@ -136,7 +141,7 @@ def test_bad_data_files(tmp_path):
         datasets.load(str(tmp_path / "missing.csv"))
     odd = tmp_path / "odd.csv"
     odd.write_text("text,label\na,pos\nb,neg\nc,meh\n")
-    with pytest.raises(DataError, match=r"row 3 has unknown label 'meh'; expected one of \['pos', 'neg'\]"):
+    with pytest.raises(DataError, match=r"odd.csv:4 has unknown label 'meh'; expected one of \['pos', 'neg'\]"):
         datasets.load(str(odd), labels=["pos", "neg"])
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"text": "a", "label": 1}\n{"text": \n')

@@ -1,0 +1,56 @@
+"""What a user reads: help texts and progress lines in a log file."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+
+from loralab.cli import build_parser
+from loralab.methods import method_names
+from loralab.progress import PlainProgress
+
+
+def help_text(command: str) -> str:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return " ".join(sub.format_help().split())
+
+
+def test_train_help_lists_every_registered_method():
+    text = help_text("train")
+    assert method_names() == ("full", "lora", "dora", "did", "said")
+    for name in method_names():
+        assert f"{name}: " in text
+    assert "(default: lora)" in text
+
+
+def test_no_default_shown_twice_or_as_a_placeholder():
+    text = help_text("train")
+    assert "(default: None)" not in text and "(per method)" not in text
+    threads = re.search(r"--threads THREADS (.*?) --", text).group(1)
+    assert threads.count("default") == 0 and "torch's choice when not given" in threads
+    assert "--dims DIMS" in help_text("intrinsic") and "--d D" not in help_text("intrinsic")
+
+
+def test_plain_progress_prints_one_line_per_ten_percent():
+    stream = io.StringIO()
+    bar = PlainProgress(total=50, desc="lora minilm/movie", stream=stream)
+    for _ in range(50):
+        bar.update(1)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 10
+    assert lines[0].startswith("lora minilm/movie: 10% (5/50)") and "ETA" in lines[0]
+    assert lines[-1].startswith("lora minilm/movie: 100% (50/50)")
+    assert "\r" not in stream.getvalue() and "\x1b" not in stream.getvalue()
+
+
+@pytest.mark.parametrize("initial", [0, 23])
+def test_plain_progress_after_resume_starts_at_the_next_mark(initial):
+    stream = io.StringIO()
+    bar = PlainProgress(total=50, desc="x", initial=initial, stream=stream)
+    for _ in range(50 - initial):
+        bar.update(1)
+    first = stream.getvalue().splitlines()[0]
+    assert first.startswith("x: 10% (5/50)" if initial == 0 else "x: 50% (25/50)")

@@ -1,0 +1,199 @@
+"""A run is never lost or mixed up: --out, --resume, --overwrite, merge --out, eval flags, Ctrl-C.
+
+Each test reproduces a way the old command line lost or mixed up work, then checks the new
+behaviour: a refusal whose message names the problem and the fix, and nothing changed on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from loralab.cli import main
+from test_training import ENV, adapter_tensors, train_args
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    """In-process runs set torch's thread count (--threads 1); give the next test its own back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def quick(tiny, out, *extra):
+    """A one-epoch tiny run's arguments (18 optimizer steps)."""
+    return train_args(tiny, out, "--epochs", "1", *extra)
+
+
+def run(args, capsys):
+    """(exit code, stdout, stderr) of `loralab ARGS` run in this process."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def listing(path: Path) -> dict[str, float]:
+    return {str(p.relative_to(path)): p.stat().st_mtime_ns for p in sorted(path.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """One finished tiny LoRA run (shared, read-only)."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(quick(tiny, out)) == 0
+    return out
+
+
+def test_existing_out_is_refused_and_untouched(tiny, finished, capsys):
+    before = listing(finished)
+    code, _, err = run(quick(tiny, finished, "--method", "full"), capsys)
+    assert code == 2
+    assert f"--out {finished} is not empty (it holds ['adapter', 'checkpoint', 'config.json', 'metrics.jsonl', " \
+           "'result.json']); give a new --out, add --resume to continue the run there, or --overwrite" in err
+    assert listing(finished) == before
+
+
+def test_overwrite_clears_the_old_run_first(tiny, finished, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(quick(tiny, out)) == 0
+    assert run(quick(tiny, out, "--method", "full", "--overwrite"), capsys)[0] == 0
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl", "model", "result.json"]
+    assert json.loads((out / "result.json").read_text())["method"] == "full"
+
+
+def test_resume_refuses_a_different_config(tiny, finished, capsys):
+    before = listing(finished)
+    code, _, err = run(quick(tiny, finished, "--resume", "--lr", "1e-2", "--r", "4", "--threads", "2"), capsys)
+    assert code == 2
+    assert (f"--resume: the run in {finished} was started with a different config (--r was 8, now 4; --lr was 0.005, "
+            "now 0.01). Resume with the original values, or start a new run with a new --out.") in err
+    assert listing(finished) == before
+
+
+def test_resume_may_change_threads_and_logging(tiny, finished, tmp_path, capsys):
+    """Resuming a finished run with other --threads / --log-every re-tests it and reproduces its result."""
+    out = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(finished), str(out)], check=True)
+    (out / "config.json").write_text((finished / "config.json").read_text().replace(str(finished), str(out)))
+    code, _, _ = run(quick(tiny, out, "--resume", "--threads", "2", "--log-every", "3"), capsys)
+    assert code == 0
+    assert json.loads((out / "result.json").read_text())["test"] == json.loads((finished / "result.json").read_text())["test"]
+
+
+def test_resume_without_a_checkpoint_is_refused(tiny, tmp_path, capsys):
+    code, _, err = run(quick(tiny, tmp_path / "typo", "--resume"), capsys)
+    assert code == 2
+    assert f"--resume: {tmp_path / 'typo'} has no checkpoint to resume from (is --out spelled right?). To start a new " \
+           "run there, drop --resume." in err
+    assert not (tmp_path / "typo").exists()
+
+
+def test_failed_run_leaves_no_directory(tiny, tmp_path, capsys):
+    code, _, err = run(quick(tiny, tmp_path / "bad", "--targets", "q_proj"), capsys)
+    assert code == 2 and "no module matches targets=['q_proj']" in err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_out_that_is_a_file(tiny, tmp_path, capsys):
+    afile = tmp_path / "afile.txt"
+    afile.write_text("keep me")
+    code, _, err = run(quick(tiny, afile), capsys)
+    assert code == 2 and f"--out {afile} is a file; give a directory for the run" in err
+    assert afile.read_text() == "keep me"
+    code, _, err = run(quick(tiny, afile / "run"), capsys)
+    assert code == 2 and f"--out {afile / 'run'}: {afile} is a file, so the run directory cannot be made there" in err
+
+
+def test_out_that_is_unwritable(tiny, tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.access(locked, os.W_OK):
+        pytest.skip("running as a user who can write anywhere")
+    code, _, err = run(quick(tiny, locked / "run"), capsys)
+    assert code == 2 and f"cannot write in {locked}" in err
+
+
+@pytest.mark.parametrize("where", ["non-empty", "run-itself", "inside-run", "a-file"])
+def test_merge_out_refusals(tiny, finished, tmp_path, where, capsys):
+    target = {"non-empty": tmp_path / "mine", "run-itself": finished, "inside-run": finished / "merged",
+              "a-file": tmp_path / "afile.txt"}[where]
+    if where == "non-empty":
+        target.mkdir()
+        (target / "notes.txt").write_text("mine")
+    if where == "a-file":
+        target.write_text("mine")
+    before = listing(tmp_path), listing(finished)
+    code, _, err = run(["merge", "--run", finished, "--out", target], capsys)
+    assert code == 2
+    expected = {"non-empty": f"--out {target} is not empty; give a new directory",
+                "run-itself": f"--out {target} is the run directory {finished}, inside it or above it",
+                "inside-run": f"--out {target} is the run directory {finished}, inside it or above it",
+                "a-file": f"--out {target} is a file; give a new directory"}[where]
+    assert expected in err
+    assert (listing(tmp_path), listing(finished)) == before
+
+
+def test_merge_writes_a_whole_directory(finished, tmp_path, capsys):
+    assert run(["merge", "--run", finished, "--out", tmp_path / "merged"], capsys)[0] == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in (tmp_path / "merged").iterdir()}
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_eval_honours_data_seed_and_max_eval(tiny, finished, tmp_path, capsys):
+    code, out, _ = run(["eval", "--run", finished, "--max-eval", "5", "--seed", "3"], capsys)
+    assert code == 0 and json.loads(out)["test"]["n"] == 5
+    other = tmp_path / "three.csv"
+    other.write_text("text,label\n" + "".join(f"row {i},{'abc'[i % 3]}\n" for i in range(60)))
+    code, _, err = run(["eval", "--run", finished, "--data", other], capsys)
+    assert code == 2 and "has task classification with labels ['a', 'b', 'c']" in err
+    assert "was trained for classification with labels ['negative', 'positive']" in err
+
+
+def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(Path(tiny["data"]).parent)
+    out = tmp_path / "rel"
+    assert main(quick(tiny, out, "--data", Path(tiny["data"]).name)) == 0
+    capsys.readouterr()
+    assert json.loads((out / "config.json").read_text())["data"] == tiny["data"]
+    monkeypatch.chdir(tmp_path)
+    code, text, _ = run(["eval", "--run", out], capsys)
+    assert code == 0 and json.loads(text)["test"]["n"] == 18
+
+
+def test_ctrl_c_prints_the_resume_command_and_resume_is_bit_identical(tiny, finished, tmp_path):
+    """SIGINT at a checkpointed step: exit 130, the message names the checkpoint and the exact command."""
+    args = quick(tiny, tmp_path / "int", "--checkpoint-every", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "loralab", *args], env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "int" / "checkpoint" / "checkpoint.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if json.loads(state.read_text())["step"] >= 5:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    step = json.loads(state.read_text())["step"]
+    assert f"loralab train: interrupted. The last checkpoint is {tmp_path / 'int' / 'checkpoint'} (step {step}); " \
+           "continue with:" in err
+    command = err.strip().splitlines()[-1].strip()
+    assert command.startswith("loralab train ") and command.endswith("--resume") and "Traceback" not in err
+    resumed = subprocess.run([sys.executable, "-m", "loralab", *shlex.split(command)[1:]], env=ENV,
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    whole, again = adapter_tensors(finished), adapter_tensors(tmp_path / "int")
+    assert whole.keys() == again.keys() and all((whole[k] == again[k]).all() for k in whole)
