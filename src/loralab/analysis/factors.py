@@ -111,15 +111,22 @@ def delta_weight(f: Factors, base: Optional[torch.Tensor] = None) -> torch.Tenso
     return adapted * (f.magnitude.double() / adapted.norm(dim=1))[:, None] - w0
 
 
-def base_weights(source: Union[nn.Module, str, os.PathLike], fs: dict[str, Factors]) -> dict[str, torch.Tensor]:
-    """{path: W0 (out, in)} for the layers of ``fs``, from a live model or a model name/directory.
+def layer_specs(fs: dict[str, Factors]) -> dict[str, tuple[str, tuple[int, int]]]:
+    """{path: (kind, (out, in))} of factors, what `base_weights` needs to find and orient W0."""
+    return {path: (f.kind, f.shape) for path, f in fs.items()}
+
+
+def base_weights(source: Union[nn.Module, str, os.PathLike],
+                 specs: dict[str, tuple[str, tuple[int, int]]]) -> dict[str, torch.Tensor]:
+    """{path: W (out, in)} for the layers of ``specs`` (see `layer_specs`), from a live model or a model
+    name/directory.
 
     A live model's adapted layers give their unmerged weight. From files, only the needed tensors
     are read (``<path>.weight``, with or without the model's leading prefix such as ``bert.``) and
     turned to (out, in) by the layer kind (Conv1D and Embedding store the transpose).
     """
     if isinstance(source, nn.Module):
-        return {path: _live_base(source.get_submodule(path)) for path in fs}
+        return {path: _live_base(source.get_submodule(path)) for path in specs}
     from safetensors import safe_open
 
     from loralab import models
@@ -130,14 +137,14 @@ def base_weights(source: Union[nn.Module, str, os.PathLike], fs: dict[str, Facto
         with safe_open(str(file), "pt") as handle:
             index.update({key: file for key in handle.keys()})
     out = {}
-    for path, f in fs.items():
+    for path, (kind, shape) in specs.items():
         key = _find_key(index, path + ".weight")
         with safe_open(str(index[key]), "pt") as handle:
             weight = handle.get_tensor(key)
-        out[path] = weight.T if f.kind != "linear" else weight
-        if tuple(out[path].shape) != f.shape:
+        out[path] = weight.T if kind != "linear" else weight
+        if tuple(out[path].shape) != tuple(shape):
             raise AdapterError(f"base weight {key} has shape {tuple(weight.shape)}; the adapter's {path} needs "
-                               f"(out, in) = {f.shape}. Is this adapter for another model?")
+                               f"(out, in) = {tuple(shape)}. Is this adapter for another model?")
     return out
 
 

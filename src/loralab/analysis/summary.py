@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from loralab.analysis.factors import adapter_meta, base_weights, delta_weight, factors
+from loralab.analysis.factors import adapter_meta, base_weights, delta_weight, factors, layer_specs
 from loralab.io.peft_format import read_adapter_dir
 
 
@@ -27,7 +27,8 @@ def adapter_summary(directory: str | os.PathLike, model: Optional[str] = None) -
     cfg, tensors = read_adapter_dir(directory)
     fs = factors(directory)
     dora = {path: f for path, f in fs.items() if f.magnitude is not None}
-    base = base_weights(model or adapter_meta(directory).get("base_model_name_or_path") or "", dora) if dora else {}
+    base = base_weights(model or adapter_meta(directory).get("base_model_name_or_path") or "",
+                                 layer_specs(dora)) if dora else {}
     per_module = {}
     for path, f in fs.items():
         norm = float(delta_weight(f, base[path]).norm()) if path in dora else low_rank_norm(f.A, f.B, f.scale)

@@ -1,0 +1,149 @@
+"""Plots and the Markdown report of ``loralab analyze`` (on top of `report.analyze`'s JSON)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from loralab.plotting import pyplot, save
+
+
+def short_name(path: str) -> str:
+    found = re.search(r"(?:layers?|h|blocks?)\.(\d+)\.", path)
+    leaf = path.rsplit(".", 1)[-1]
+    return f"{found.group(1)}.{leaf}" if found else leaf
+
+
+def safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_spectra(result: dict, path: Path) -> Path:
+    """σ_i/σ_1 against i, the median over layers, one line per source (log-log)."""
+    import statistics
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, report in result["sources"].items():
+        spectra = [row["spectrum"]["singular_values"] for row in report["layers"].values()]
+        n = min(len(s) for s in spectra)
+        curve = [statistics.median(s[i] / s[0] for s in spectra if s[0] > 0) for i in range(n)]
+        k90 = report["summary"]["k90_median"]
+        ax.plot(range(1, n + 1), curve, marker=".", label=f"{name} (median k@90 = {k90:g})")
+    ax.set(xscale="log", yscale="log", xlabel="singular value index i", ylabel="σ_i / σ_1 (median over layers)",
+           title="Singular spectrum of ΔW")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Path:
+    """Grouped bars: one group per layer, one bar per source."""
+    plt = pyplot()
+    names = list(result["sources"])
+    layers = list(next(iter(result["sources"].values()))["layers"])
+    for report in result["sources"].values():
+        layers += [p for p in report["layers"] if p not in layers]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.28 * len(layers) * len(names)), 4))
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        rows = result["sources"][name]["layers"]
+        values = [getter(rows[p]) if p in rows and getter(rows[p]) is not None else 0 for p in layers]
+        ax.bar([i + index * width for i in range(len(layers))], values, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], [short_name(p) for p in layers], rotation=90,
+                  fontsize=6)
+    ax.set(ylabel=label, title=f"{label} per layer")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_phi(pair: dict, path: Path) -> Path:
+    """Heatmap of the mean φ(i, j) over layers, and φ(i, i), φ(1, j) against the random baseline."""
+    import torch
+
+    plt = pyplot()
+    phi, base = torch.tensor(pair["mean_phi"]), torch.tensor(pair["baseline"])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1.4, 1]})
+    image = left.imshow(phi.numpy(), aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
+                        extent=(0.5, phi.shape[1] + 0.5, 0.5, phi.shape[0] + 0.5))
+    fig.colorbar(image, ax=left, label="φ(i, j)")
+    left.set(xlabel=f"j (top directions of {pair['second']})", ylabel=f"i (top directions of {pair['first']})",
+             title=f"φ, mean over {len(pair['layers'])} layers (random: ≤ {float(base.max()):.3f})")
+    left.grid(False)
+    diagonal = min(phi.shape)
+    right.plot(range(1, diagonal + 1), [float(phi[i, i]) for i in range(diagonal)], marker="o", label="φ(i, i)")
+    right.plot(range(1, phi.shape[1] + 1), phi[0].tolist(), marker=".", label="φ(1, j)")
+    right.plot(range(1, phi.shape[1] + 1), base[0].tolist(), linestyle="--", color="grey",
+               label="random subspaces, E φ = max(i, j)/n")
+    right.set(xscale="log", ylim=(0, 1.02), xlabel="i or j", ylabel="φ", title=f"{pair['first']} vs {pair['second']}")
+    right.legend(fontsize=7)
+    return save(fig, path)
+
+
+def plot_magnitude_direction(result: dict, path: Path) -> Path:
+    """DoRA Fig. 2: ΔD (x) against ΔM (y) per layer, over the logged steps when there is a trajectory."""
+    plt = pyplot()
+    names = list(result["sources"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        report = result["sources"][name]
+        points = [(layer["delta_d"], layer["delta_m"], record["step"]) for record in report["trajectory"]
+                  for layer in record["layers"].values() if "delta_m" in layer]
+        if not points:
+            points = [(r["magnitude_direction"]["delta_d"], r["magnitude_direction"]["delta_m"], 0)
+                      for r in report["layers"].values() if "magnitude_direction" in r]
+        if points:
+            xs, ys, steps = zip(*points)
+            dots = ax.scatter(xs, ys, c=steps, s=10, cmap="plasma")
+            if len(set(steps)) > 1:
+                fig.colorbar(dots, ax=ax, label="step")
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ‖row‖|)", title=f"{name} ({report['kind']})")
+        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    return save(fig, path)
+
+
+def markdown(result: dict, images: dict[str, str]) -> str:
+    lines = ["# Analysis of weight updates", "", "| source | kind | layers | median k@90 | median effective rank | "
+             "median amplification | intruders (top-10, ε=0.5) | median ΔM | median ΔD |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, report in result["sources"].items():
+        s = report["summary"]
+        fmt = (lambda v, f: "–" if v is None else format(v, f))
+        lines.append(f"| {name} | {report['kind']} | {s['layers']} | {fmt(s['k90_median'], 'g')} | "
+                     f"{fmt(s['effective_rank_median'], '.2f')} | {fmt(s['amplification_median'], '.1f')} | "
+                     f"{s['intruders_total']} | {fmt(s['delta_m_median'], '.3g')} | {fmt(s['delta_d_median'], '.3g')} |")
+    lines += ["", "Amplification (LoRA §7.3): ‖ΔW‖_F / ‖UᵀW0V‖_F with U, V the update's top-r singular vectors; "
+              "next to ‖UᵀW0V‖_F for W0's own top-r directions and for random ones (medians over layers):", "",
+              "| source | r | ‖ΔW‖_F | ΔW directions | W0's own | random | amplification |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, report in result["sources"].items():
+        rows = [r["amplification"] for r in report["layers"].values() if "amplification" in r]
+        if rows:
+            med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}
+            lines.append(f"| {name} | {med['r']} | {med['delta_frobenius']:.3g} | {med['w_on_delta_directions']:.3g} | "
+                         f"{med['w_on_own_directions']:.3g} | {med['w_on_random_directions']:.3g} | "
+                         f"{med['amplification']:.1f} |")
+    if result["pairs"]:
+        lines += ["", "Subspace similarity of input directions (LoRA §7.2), mean over shared layers:", "",
+                  "| pair | layers | φ(1,1) | random E φ(1,1) |", "|---|---:|---:|---:|"]
+        for key, pair in result["pairs"].items():
+            lines.append(f"| {key} | {len(pair['layers'])} | {pair['mean_top_phi']:.3f} | {pair['baseline'][0][0]:.4f} |")
+    lines += [""] + [f"![{title}]({file})" for title, file in images.items()] + [""]
+    return "\n".join(lines)
+
+
+def write_report(result: dict, out: Path) -> dict[str, str]:
+    """Every plot and analysis.md under ``out``; returns {title: file name}."""
+    images = {"singular spectra": plot_spectra(result, out / "spectra.png").name}
+    images["effective rank per layer"] = plot_per_layer(
+        result, "effective_rank", "entropy effective rank", out / "effective_rank.png",
+        lambda r: r["spectrum"]["effective_rank"]).name
+    images["k@90 per layer"] = plot_per_layer(result, "k90", "k@90 (rank holding 90% of ‖ΔW‖²)", out / "k90.png",
+                                              lambda r: r["spectrum"]["k90"]).name
+    if any("intruders" in r for s in result["sources"].values() for r in s["layers"].values()):
+        images["intruder dimensions"] = plot_per_layer(
+            result, "intruders", "intruder dimensions (top-10)", out / "intruders.png",
+            lambda r: r.get("intruders", {}).get("count")).name
+        images["magnitude vs direction"] = plot_magnitude_direction(result, out / "magnitude_direction.png").name
+    for key, pair in result["pairs"].items():
+        images[f"φ {key}"] = plot_phi(pair, out / f"phi_{safe(pair['first'])}__{safe(pair['second'])}.png").name
+    (out / "analysis.md").write_text(markdown(result, images))
+    return images

@@ -1,0 +1,135 @@
+"""``loralab analyze``: every measurement of this package on one or more runs or adapters.
+
+    analyze(["runs/full", "runs/lora-r8", "runs/lora-r64"], out="analysis/")
+
+For each source: per-layer spectra (`spectra`), amplification, intruder dimensions and ΔM/ΔD
+(`geometry`), and the ΔM/ΔD trajectory if the run logged telemetry (``--analysis-every``). For
+each pair of sources with layers in common: the φ grid of their input subspaces (`similarity`)
+with the random baseline. Writes ``analysis.json``; `plots.write_report` adds PNGs and
+``analysis.md``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from loralab.analysis import geometry, similarity, spectra
+from loralab.analysis.updates import LayerUpdate, load_updates
+
+
+def source_label(source: str) -> str:
+    path = Path(source)
+    return path.parent.name if path.name == "adapter" else path.name
+
+
+class BaseSpectra:
+    """W0's SVD per layer, computed once and shared by every source on the same base."""
+
+    def __init__(self):
+        self.cache: dict[tuple, spectra.SVD] = {}
+
+    def get(self, path: str, base: torch.Tensor) -> spectra.SVD:
+        key = (path, tuple(base.shape), float(base.double().norm()))
+        if key not in self.cache:
+            self.cache[key] = spectra.dense_svd(base)
+        return self.cache[key]
+
+
+def layer_report(update: LayerUpdate, svd: spectra.SVD, base_svd: Optional[spectra.SVD], rank: int,
+                 intruder_k: int, epsilon: float) -> dict:
+    row = {"rank": rank, "spectrum": spectra.summarize(svd)}
+    if update.base is not None:
+        tuned = update.tuned()
+        row["amplification"] = geometry.amplification(update.base, svd, rank, w_svd=base_svd)
+        row["intruders"] = geometry.intruder_dimensions(update.base, tuned, intruder_k, epsilon, base_u=base_svd.U)
+        row["magnitude_direction"] = geometry.magnitude_direction(update.base, tuned)
+    return row
+
+
+def trajectory(source: str) -> list[dict]:
+    """The telemetry records of a run's metrics.jsonl (empty when it logged none)."""
+    metrics = Path(source) / "metrics.jsonl"
+    if not metrics.exists():
+        return []
+    lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    return [r for r in lines if r.get("type") == "analysis"]
+
+
+def analyze_source(source: str, model: Optional[str], rank: Optional[int], bases: BaseSpectra,
+                   intruder_k: int, epsilon: float) -> tuple[dict, dict[str, spectra.SVD]]:
+    updates = load_updates(source, model)
+    svds, layers = {}, {}
+    for path, update in updates.items():
+        svds[path] = update.svd()
+        r = update.factors.rank if update.factors is not None else (rank or 8)
+        base_svd = bases.get(path, update.base) if update.base is not None else None
+        layers[path] = layer_report(update, svds[path], base_svd, r, intruder_k, epsilon)
+    kind = "full" if any(u.dense is not None for u in updates.values()) else (
+        "dora" if any(u.factors.magnitude is not None for u in updates.values()) else "lora")
+    return {"source": str(source), "kind": kind, "layers": layers, "trajectory": trajectory(source),
+            "summary": summarize_layers(layers)}, svds
+
+
+def summarize_layers(layers: dict) -> dict:
+    """Medians over layers of the headline numbers."""
+    def median(getter):
+        values = [getter(row) for row in layers.values() if getter(row) is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        "layers": len(layers),
+        "k90_median": median(lambda r: r["spectrum"]["k90"]),
+        "effective_rank_median": median(lambda r: r["spectrum"]["effective_rank"]),
+        "amplification_median": median(lambda r: r.get("amplification", {}).get("amplification")),
+        "intruders_total": sum(r.get("intruders", {}).get("count", 0) for r in layers.values()),
+        "delta_m_median": median(lambda r: r.get("magnitude_direction", {}).get("delta_m")),
+        "delta_d_median": median(lambda r: r.get("magnitude_direction", {}).get("delta_d")),
+    }
+
+
+def compare_sources(a: dict[str, spectra.SVD], b: dict[str, spectra.SVD], max_k: int = 64) -> Optional[dict]:
+    """φ on the input side for the layers both have: per layer, and the mean grid over layers."""
+    shared = [p for p in a if p in b and a[p].shape == b[p].shape]
+    if not shared:
+        return None
+    k1 = min(min(len(a[p].S) for p in shared), max_k)
+    k2 = min(min(len(b[p].S) for p in shared), max_k)
+    per_layer = {p: similarity.compare(a[p], b[p], "input", k1, k2) for p in shared}
+    mean = torch.tensor([per_layer[p]["phi"] for p in shared], dtype=torch.float64).mean(0)
+    return {"layers": shared, "k1": k1, "k2": k2, "mean_phi": mean.tolist(),
+            "baseline": per_layer[shared[0]]["baseline"],
+            "top_phi": {p: per_layer[p]["top"] for p in shared}, "mean_top_phi": float(mean[0, 0]),
+            "per_layer_phi": {p: per_layer[p]["phi"] for p in shared}}
+
+
+def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, names: Optional[list[str]] = None,
+            rank: Optional[int] = None, intruder_k: int = 10, epsilon: float = 0.5, plots: bool = True) -> dict:
+    """Measure every source, compare every pair, write analysis.json (and the report with ``plots``)."""
+    started = time.time()
+    names = names or [source_label(s) for s in sources]
+    bases, reports, svds = BaseSpectra(), {}, {}
+    for name, source in zip(names, sources):
+        reports[name], svds[name] = analyze_source(source, model, rank, bases, intruder_k, epsilon)
+    pairs = {}
+    for first, second in itertools.combinations(names, 2):
+        found = compare_sources(svds[first], svds[second])
+        if found:
+            pairs[f"{first} vs {second}"] = {"first": first, "second": second, **found}
+    result = {"sources": reports, "pairs": pairs, "intruder_k": intruder_k, "epsilon": epsilon,
+              "seconds": time.time() - started}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
+    if plots:
+        from loralab.analysis.plots import write_report
+
+        write_report(result, out)
+    result["seconds"] = time.time() - started
+    return result

@@ -1,0 +1,69 @@
+"""The analysis toolkit on real (tiny) runs: telemetry during training, the probe, analyze on runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from loralab.analysis.probe import ProbeConfig, run_probe
+from loralab.analysis.report import analyze
+from loralab.cli import main
+from test_training import train_args
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny, tmp_path_factory):
+    """Full FT, LoRA r=2 and r=8, DoRA r=4 on the tiny BERT, with telemetry every 6 steps."""
+    root = tmp_path_factory.mktemp("runs")
+    for name, extra in {"full": ["--method", "full", "--lr", "1e-3"], "r2": ["--r", "2"], "r8": ["--r", "8"],
+                        "dora": ["--method", "dora", "--r", "4"]}.items():
+        assert main(train_args(tiny, root / name, "--epochs", "1", "--analysis-every", "6", *extra)) == 0
+    return root
+
+
+def telemetry(run) -> list[dict]:
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    return [x for x in lines if x["type"] == "analysis"]
+
+
+@pytest.mark.parametrize("name,layers", [("r8", 4), ("dora", 4), ("full", 13)])
+def test_telemetry_logs_every_layer_every_n_steps(runs, name, layers):
+    records = telemetry(runs / name)
+    assert [r["step"] for r in records] == [6, 12, 18]
+    for record in records:
+        assert len(record["layers"]) == layers  # q/v of 2 blocks; full FT: 6 linear layers × 2 blocks + the pooler
+        for row in record["layers"].values():
+            assert set(row) == {"effective_rank", "delta_norm", "delta_m", "delta_d"}
+            assert row["delta_norm"] > 0 and row["effective_rank"] >= 1
+    if name == "r8":
+        assert all(r["effective_rank"] <= 8 for rec in records for r in rec["layers"].values())
+
+
+def test_analyze_runs_of_every_kind(runs, tiny, tmp_path):
+    result = analyze([str(runs / n) for n in ("full", "r2", "r8", "dora")], tmp_path, model=tiny["model"])
+    kinds = {name: report["kind"] for name, report in result["sources"].items()}
+    assert kinds == {"full": "full", "r2": "lora", "r8": "lora", "dora": "dora"}
+    assert result["sources"]["r2"]["summary"]["k90_median"] <= 2
+    assert set(result["pairs"]) >= {"r2 vs r8", "full vs r8"}
+    assert len(result["pairs"]["full vs r8"]["layers"]) == 4  # full FT's q/v layers meet the adapter's
+    assert len(result["sources"]["dora"]["trajectory"]) == 3
+    text = (tmp_path / "analysis.md").read_text()
+    assert "| r8 | lora | 4 |" in text and "phi_r2__r8.png" in text
+
+
+def test_probe_predicts_ranks_per_layer(tiny):
+    result = run_probe(ProbeConfig(model=tiny["model"], data=tiny["data"], batches=4, batch_size=8, head_steps=20))
+    assert result["examples"] == 32 and len(result["layers"]) == 4
+    for ranks in result["layers"].values():
+        assert set(ranks) == {"gradient", "gradient_covariance", "activation"}
+        assert 1 <= ranks["gradient"] <= 32 and 1 <= ranks["activation"] <= 32
+    assert set(result["predicted_rank"]) == {"gradient", "gradient_covariance", "activation"}
