@@ -1,0 +1,71 @@
+"""How two adapters' updates relate, layer by layer — the geometry behind interference.
+
+For ΔW_1, ΔW_2 of one layer (out, in):
+
+* cosine ⟨ΔW_1, ΔW_2⟩_F / (‖ΔW_1‖_F‖ΔW_2‖_F), from the factors:
+  ⟨s_1B_1A_1, s_2B_2A_2⟩_F = s_1s_2·Σ (B_1ᵀB_2) ⊙ (A_1A_2ᵀ), (r_1, r_2) matrices only;
+* principal angles between the input subspaces (row spaces of A_1, A_2): cos θ_k are the singular
+  values of Q_1ᵀQ_2, Q_i an orthonormal basis of A_iᵀ; reported as the largest cosine and the mean;
+* sign-conflict rate (TIES, Yadav et al. 2023, §3): among the entries in both updates' top
+  ``density`` fraction by magnitude, the share whose signs differ (dense, per layer).
+
+`random_like` gives the baseline: factors of the same shapes and norms with random directions.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from loralab.analysis.factors import Factors
+from loralab.compose.task_arithmetic import trim
+
+
+def cosine(f1: Factors, f2: Factors) -> float:
+    a1, b1, a2, b2 = (t.double() for t in (f1.A, f1.B, f2.A, f2.B))
+    inner = f1.scale * f2.scale * float(((b1.T @ b2) * (a1 @ a2.T)).sum())
+    n1 = abs(f1.scale) * float(torch.trace((b1.T @ b1) @ (a1 @ a1.T)).clamp_min(0).sqrt())
+    n2 = abs(f2.scale) * float(torch.trace((b2.T @ b2) @ (a2 @ a2.T)).clamp_min(0).sqrt())
+    return inner / (n1 * n2) if n1 > 0 and n2 > 0 else 0.0
+
+
+def principal_cosines(f1: Factors, f2: Factors) -> torch.Tensor:
+    """cos θ_k between the input subspaces of the two updates, descending."""
+    q1 = torch.linalg.qr(f1.A.double().T)[0]
+    q2 = torch.linalg.qr(f2.A.double().T)[0]
+    return torch.linalg.svdvals(q1.T @ q2)
+
+
+def sign_conflicts(f1: Factors, f2: Factors, density: float = 0.2) -> float:
+    d1 = trim(f1.scale * f1.B.double() @ f1.A.double(), density)
+    d2 = trim(f2.scale * f2.B.double() @ f2.A.double(), density)
+    both = (d1 != 0) & (d2 != 0)
+    return float((d1.sign() != d2.sign())[both].double().mean()) if both.any() else 0.0
+
+
+def pair_geometry(f1: Factors, f2: Factors, density: float = 0.2) -> dict:
+    cosines = principal_cosines(f1, f2)
+    return {"cosine": cosine(f1, f2), "max_principal_cosine": float(cosines[0]),
+            "mean_principal_cosine": float(cosines.mean()), "sign_conflict": sign_conflicts(f1, f2, density)}
+
+
+def random_like(f: Factors, generator: torch.Generator) -> Factors:
+    """Random directions with f's shapes and the same ‖A‖_F, ‖B‖_F and scale."""
+    a = torch.randn(f.A.shape, generator=generator, dtype=torch.float64)
+    b = torch.randn(f.B.shape, generator=generator, dtype=torch.float64)
+    return Factors(a * f.A.double().norm() / a.norm(), b * f.B.double().norm() / b.norm(), f.scale, None, f.kind)
+
+
+def adapters_geometry(first: dict[str, Factors], second: dict[str, Factors], density: float = 0.2,
+                      seed: int = 0) -> dict:
+    """Per shared layer: the pair's geometry and a random baseline of the same shapes; plus medians."""
+    import statistics
+
+    generator = torch.Generator().manual_seed(seed)
+    shared = [p for p in first if p in second]
+    layers = {p: {"pair": pair_geometry(first[p], second[p], density),
+                  "random": pair_geometry(random_like(first[p], generator), random_like(second[p], generator), density)}
+              for p in shared}
+    keys = ("cosine", "max_principal_cosine", "mean_principal_cosine", "sign_conflict")
+    summary = {f"{which}_{k}": statistics.median(layers[p][which][k] for p in shared) for which in ("pair", "random")
+               for k in keys} if shared else {}
+    return {"layers": layers, "summary": summary}

@@ -1,0 +1,163 @@
+"""``loralab interference``: what combining adapters costs on the tasks themselves, and why.
+
+Given LoRA runs trained on different tasks (each with its own classification head), every task is
+evaluated on its test split with its own head and, for the encoder, with:
+
+* its own adapter; the base model (no encoder update);
+* each other adapter alone; each pair containing it and all adapters together, summed exactly
+  (`compose.combine.cat`) at w = 1 and at w = 1/n;
+* **negation** (task arithmetic, Ilharco et al. 2023, §3): its own adapter subtracted (w = −1),
+  which should move the task toward chance, while a control task keeps its own adapter and also
+  gets the negated one — it should stay within ``tolerance`` of its own score.
+
+Next to the metrics, the geometry of every pair (`compose.geometry`: cosine of ΔWs, principal
+angles of input subspaces, TIES sign conflicts, each against a random baseline of equal shapes),
+and which of them tracks the measured interference (Spearman over ordered pairs; n is small and
+said so). Writes interference.json, interference.md and interference.png.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import loralab as ll
+from loralab import data as datasets
+from loralab import models
+from loralab.compose import compose
+from loralab.compose.adapters import read_source
+from loralab.compose.geometry import adapters_geometry
+from loralab.errors import ConfigError
+from loralab.runs import read_run
+from loralab.train.batching import encode
+from loralab.train.evaluate import evaluate
+
+TOLERANCE = 0.02  # a control task "stays" when within 2 accuracy points of its own adapter
+
+
+class Task:
+    """One run's task: its config, data, base model (loaded once) and test rows."""
+
+    def __init__(self, index: int, run: Path, max_eval: Optional[int]):
+        self.index, self.run = index, run
+        self.cfg = read_run(run)
+        self.name = Path(self.cfg.data).stem
+        task, self.labels, _ = datasets.read_all(self.cfg.data)
+        if task != "classification":
+            raise ConfigError(f"{run}: interference is measured on classification runs, not {task}.")
+        self.model, tokenizer = models.load(self.cfg.model, task, num_labels=len(self.labels))
+        split = datasets.load(self.cfg.data, "test", self.cfg.seed, max_eval or self.cfg.max_eval)
+        self.rows, self.pad = encode(split, tokenizer, self.cfg.max_length), tokenizer.pad_token_id
+
+    def accuracy(self, sources: list[Path], weights: list[float]) -> float:
+        """Test accuracy with Σ w_i·ΔW_i on the encoder and this task's own head."""
+        with tempfile.TemporaryDirectory() as tmp:
+            compose(sources, weights, Path(tmp) / "a", method="cat", head=f"keep:{self.index}")
+            ll.load_adapter(self.model, Path(tmp) / "a", name="probe")
+        try:
+            return evaluate(self.model, self.rows, "classification", len(self.labels), self.pad, 64,
+                            progress=False)["accuracy"]
+        finally:
+            ll.delete_adapter(self.model, "probe")
+
+
+def task_table(task: Task, tasks: list[Task], sources: list[Path]) -> dict:
+    n, me = len(tasks), task.index
+    only = lambda i, w=1.0: [w if j == i else 0.0 for j in range(n)]  # noqa: E731
+    row = {"own": task.accuracy(sources, only(me)), "base": task.accuracy(sources, [0.0] * n),
+           "negated": task.accuracy(sources, only(me, -1.0)),
+           "all_w1": task.accuracy(sources, [1.0] * n), "all_w1/n": task.accuracy(sources, [1.0 / n] * n),
+           "others_alone": {}, "pairs_w1": {}, "pairs_w1/2": {}}
+    for other in tasks:
+        if other.index == me:
+            continue
+        row["others_alone"][other.name] = task.accuracy(sources, only(other.index))
+        for key, w in (("pairs_w1", 1.0), ("pairs_w1/2", 0.5)):
+            weights = [w if j in (me, other.index) else 0.0 for j in range(n)]
+            row[key][other.name] = task.accuracy(sources, weights)
+    row["chance"] = majority_rate(task)
+    return row
+
+
+def majority_rate(task: Task) -> float:
+    """Accuracy of always answering the most frequent test label: "chance" for negation."""
+    counts: dict[int, int] = {}
+    for r in task.rows:
+        counts[r["labels"]] = counts.get(r["labels"], 0) + 1
+    return max(counts.values()) / len(task.rows)
+
+
+def negation(tasks: list[Task], sources: list[Path]) -> list[dict]:
+    """For each (negated task t, control c): c with τ_c alone and with τ_c − τ_t."""
+    rows = []
+    for t, c in itertools.permutations(tasks, 2):
+        weights = [1.0 if j == c.index else (-1.0 if j == t.index else 0.0) for j in range(len(tasks))]
+        own = c.accuracy(sources, [1.0 if j == c.index else 0.0 for j in range(len(tasks))])
+        with_negation = c.accuracy(sources, weights)
+        rows.append({"negated": t.name, "control": c.name, "control_own": own, "control_with_negation": with_negation,
+                     "stays": abs(with_negation - own) <= TOLERANCE})
+    return rows
+
+
+def spearman(xs: list[float], ys: list[float]) -> Optional[float]:
+    """Spearman's ρ (average ranks for ties); None for fewer than 3 points or a constant series."""
+    if len(xs) < 3:
+        return None
+
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        out = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    norm = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+    return cov / norm if norm else None
+
+
+def predictors(table: dict, geometry: dict) -> dict:
+    """Spearman between each pair's interference (own − pair at w=1, on each task) and each geometry measure."""
+    drops, measures = [], {k: [] for k in ("cosine", "max_principal_cosine", "mean_principal_cosine", "sign_conflict")}
+    for task, row in table.items():
+        for other, acc in row["pairs_w1"].items():
+            g = geometry.get(f"{task} vs {other}") or geometry.get(f"{other} vs {task}")
+            drops.append(row["own"] - acc)
+            for key in measures:
+                measures[key].append(g["summary"][f"pair_{key}"])
+    return {"n_ordered_pairs": len(drops), "interference": drops,
+            "spearman": {k: spearman(v, drops) for k, v in measures.items()}}
+
+
+def run_interference(runs: list[str], out: str | Path, max_eval: Optional[int] = None) -> dict:
+    started = time.time()
+    if len(runs) < 2:
+        raise ConfigError("give at least two runs (--runs A B) to measure interference.")
+    sources = [Path(r) / "adapter" for r in runs]
+    tasks = [Task(i, Path(r), max_eval) for i, r in enumerate(runs)]
+    table = {t.name: task_table(t, tasks, sources) for t in tasks}
+    factor_sets = {t.name: read_source(s)[0] for t, s in zip(tasks, sources)}
+    geometry = {f"{a} vs {b}": adapters_geometry(factor_sets[a], factor_sets[b])
+                for a, b in itertools.combinations(factor_sets, 2)}
+    result = {"runs": runs, "table": table, "negation": negation(tasks, sources), "tolerance": TOLERANCE,
+              "geometry": {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in geometry.items()},
+              "predictors": predictors(table, geometry), "seconds": time.time() - started}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "interference.json").write_text(json.dumps(result, indent=1) + "\n")
+    from loralab.experiments.interference_report import write_report
+
+    write_report(result, out)
+    return result

@@ -1,0 +1,70 @@
+"""`loralab interference` and `loralab compose` end to end, on two tiny runs of real data (movie, tweets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from loralab import data as datasets
+from loralab.cli import main
+from loralab.experiments.interference import spearman
+from test_training import train_args
+
+
+@pytest.fixture(autouse=True)
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def task_runs(tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tasks")
+    tweets = root / "tweets.csv"
+    with open(tweets, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": r["text"], "label": ["negative", "positive"][r["label"]]}
+                         for r in datasets.load("tweets", "train", seed=0, limit=180).examples)
+    for name, data in (("movie", tiny["data"]), ("tweets", str(tweets))):
+        assert main(train_args(tiny, root / name, "--epochs", "1", "--data", data, "--lr", "2e-2")) == 0
+    return root
+
+
+def test_interference_table_negation_and_geometry(task_runs, tmp_path, capsys):
+    assert main(["interference", "--runs", str(task_runs / "movie"), str(task_runs / "tweets"),
+                 "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "interference.json").read_text())
+    assert set(result["table"]) == {"movie", "tweets"}
+    movie = result["table"]["movie"]
+    own = json.loads((task_runs / "movie" / "result.json").read_text())["test"]["accuracy"]
+    assert movie["own"] == pytest.approx(own, abs=1e-9)  # the composed own adapter is the run's adapter
+    assert set(movie["others_alone"]) == {"tweets"} and set(movie["pairs_w1"]) == {"tweets"}
+    assert len(result["negation"]) == 2 and result["predictors"]["n_ordered_pairs"] == 2
+    summary = result["geometry"]["movie vs tweets"]["summary"]
+    assert -1 <= summary["pair_cosine"] <= 1 and 0 <= summary["pair_sign_conflict"] <= 1
+    assert (tmp_path / "interference.png").stat().st_size > 10_000
+    assert "| movie |" in (tmp_path / "interference.md").read_text()
+
+
+def test_compose_command_writes_a_loadable_adapter(task_runs, tiny, tmp_path, capsys):
+    code = main(["compose", "--adapters", str(task_runs / "movie"), str(task_runs / "tweets"), "--weights", "1", "-1",
+                 "--method", "svd", "--rank", "4", "--head", "keep:0", "--out", str(tmp_path / "c")])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["ranks"] == [4] and 0 < printed["max_relative_error"] < 1
+    code = main(["eval", "--model", tiny["model"], "--adapter", str(tmp_path / "c"), "--data", tiny["data"]])
+    assert code == 0
+    assert main(["compose", "--adapters", str(task_runs / "movie"), "--method", "ties", "--out", str(tmp_path / "t")]) == 2
+    assert "--method ties re-factors a dense ΔW: give --rank R or --energy E" in capsys.readouterr().err
+
+
+def test_spearman_known_values():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 1, 1]) is None and spearman([1, 2], [2, 1]) is None
+    assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)
