@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "loralab"
-ALWAYS = {"errors", "progress", "io.atomic"}
+ALWAYS = {"errors", "progress", "plotting", "io.atomic"}
 ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS and itself)
     "errors": set(), "progress": set(),
     "adapters": set(),

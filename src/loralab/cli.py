@@ -187,6 +187,90 @@ def cmd_intrinsic(args: argparse.Namespace) -> int:
     return 0
 
 
+def analyze_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sources", nargs="+", help="runs (`loralab train --out`) or adapter directories (ours or PEFT's)")
+    parser.add_argument("--out", required=True, help="where to write analysis.json, analysis.md and the plots")
+    parser.add_argument("--model", help="the base model (default: each run's model or adapter's base_model_name_or_path)")
+    parser.add_argument("--names", help="comma-separated labels for the sources (default: their directory names)")
+    parser.add_argument("--rank", type=int, default=None,
+                        help="top directions for amplification of dense updates (default: 8; adapters use their rank)")
+    parser.add_argument("--intruder-k", type=int, default=10, help="top singular vectors checked for intruders (default: 10)")
+    parser.add_argument("--epsilon", type=float, default=0.5, help="intruder cosine threshold (default: 0.5)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from loralab.analysis.report import analyze
+
+    names = args.names.split(",") if args.names else None
+    if names and len(names) != len(args.sources):
+        raise ConfigError(f"--names gives {len(names)} labels for {len(args.sources)} sources; give one per source.")
+    result = analyze(args.sources, args.out, model=args.model, names=names, rank=args.rank,
+                     intruder_k=args.intruder_k, epsilon=args.epsilon)
+    print(json.dumps({name: report["summary"] for name, report in result["sources"].items()}, indent=2))
+    print(f"wrote {Path(args.out) / 'analysis.md'} ({result['seconds']:.1f} s)")
+    return 0
+
+
+def probe_flags(parser: argparse.ArgumentParser) -> None:
+    from loralab.analysis.probe import ProbeConfig
+
+    add_dataclass_flags(parser, ProbeConfig)
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from loralab.analysis.probe import ProbeConfig, write_probe
+
+    result = write_probe(ProbeConfig(**dataclass_values(ProbeConfig, args)))
+    print(json.dumps({"predicted_rank": result["predicted_rank"], "seconds": round(result["seconds"], 1)}, indent=2))
+    return 0
+
+
+def compose_flags(parser: argparse.ArgumentParser) -> None:
+    from loralab.compose.adapters import METHODS
+
+    parser.add_argument("--adapters", nargs="+", required=True, help="adapter directories (or runs), ours or PEFT's")
+    parser.add_argument("--weights", nargs="+", type=float, default=None,
+                        help="one weight per adapter; negative subtracts (default: all 1)")
+    parser.add_argument("--method", default="svd", choices=METHODS,
+                        help="cat: exact, rank Σr; svd: exact sum re-ranked by a small SVD; ties, dare: on ΔW, re-factored "
+                             "(default: svd)")
+    parser.add_argument("--rank", type=int, default=None, help="rank of the result (svd, ties, dare)")
+    parser.add_argument("--energy", type=float, default=None, help="or keep this fraction of Σσ² per layer (svd, ties, dare)")
+    parser.add_argument("--head", default=None, help="modules_to_save heads: sum, keep:N or none (required when present)")
+    parser.add_argument("--density", type=float, default=0.2, help="TIES: fraction of entries kept (default: 0.2)")
+    parser.add_argument("--drop", type=float, default=0.5, help="DARE: drop probability (default: 0.5)")
+    parser.add_argument("--seed", type=int, default=0, help="DARE's masks (default: 0)")
+    parser.add_argument("--out", required=True, help="a new directory for the combined adapter")
+
+
+def cmd_compose(args: argparse.Namespace) -> int:
+    from loralab.compose import compose
+
+    weights = args.weights or [1.0] * len(args.adapters)
+    if args.method in ("ties", "dare") and args.rank is None and args.energy is None:
+        raise ConfigError(f"--method {args.method} re-factors a dense ΔW: give --rank R or --energy E.")
+    report = compose(args.adapters, weights, args.out, method=args.method, rank=args.rank, energy=args.energy,
+                     head=args.head, density=args.density, drop=args.drop, seed=args.seed)
+    print(json.dumps({k: report[k] for k in ("method", "weights", "max_relative_error")} |
+                     {"ranks": sorted(set(report["ranks"].values())), "out": args.out}))
+    return 0
+
+
+def interference_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", nargs="+", required=True, help="LoRA runs trained on different tasks")
+    parser.add_argument("--out", required=True, help="where to write interference.json/.md/.png")
+    parser.add_argument("--max-eval", type=int, default=None, help="test examples per task (default: each run's)")
+
+
+def cmd_interference(args: argparse.Namespace) -> int:
+    from loralab.experiments.interference import run_interference
+
+    result = run_interference(args.runs, args.out, args.max_eval)
+    print((Path(args.out) / "interference.md").read_text())
+    print(f"({result['seconds']:.0f} s)")
+    return 0
+
+
 COMMANDS = {
     "train": (cmd_train, train_flags, "fine-tune a model: full, lora, dora, did or said"),
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
@@ -194,6 +278,10 @@ COMMANDS = {
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
     "study": (cmd_study, study_flags, "the quick study: full FT vs LoRA vs DoRA on MiniLM/movie, with a report"),
     "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),
+    "analyze": (cmd_analyze, analyze_flags, "spectra, subspace similarity, amplification, intruders, ΔM/ΔD of updates"),
+    "probe": (cmd_probe, probe_flags, "predict the rank a task needs from the pretrained model, before training"),
+    "compose": (cmd_compose, compose_flags, "combine adapters exactly (cat, svd) or by TIES/DARE into one adapter"),
+    "interference": (cmd_interference, interference_flags, "what combining task adapters costs, with the geometry"),
 }
 
 

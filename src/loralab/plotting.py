@@ -1,4 +1,4 @@
-"""Shared plotting setup for experiment reports (matplotlib, headless)."""
+"""Shared plotting setup for reports and experiments (matplotlib, headless, one style)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,13 @@ def pyplot():
     plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "axes.spines.top": False,
                          "axes.spines.right": False, "font.size": 9})
     return plt
+
+
+def save(fig, path, dpi: int = 120):
+    """Lay out, write and close a figure; returns ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path

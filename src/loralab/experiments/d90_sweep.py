@@ -145,7 +145,7 @@ def summarise_point(d: int, method: str, runs: list[dict]) -> dict:
 
 
 def plot(report: dict, path: Path) -> Optional[Path]:
-    from loralab.experiments.plotting import pyplot
+    from loralab.plotting import pyplot, save
 
     plt = pyplot()
     points = sorted(report["points"], key=lambda p: p["d"])
@@ -170,10 +170,7 @@ def plot(report: dict, path: Path) -> Optional[Path]:
     ax.set_ylabel("accuracy")
     ax.set_title(f"{report['config']['method'].upper()} on {report['config']['model']} / {report['config']['data']}")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def markdown(report: dict) -> str:

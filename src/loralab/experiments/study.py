@@ -113,7 +113,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Path:
-    from loralab.experiments.plotting import pyplot
+    from loralab.plotting import pyplot, save
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -133,10 +133,7 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Path:
     left.set(xlabel="trainable parameters (log)", ylabel="test accuracy", title="accuracy vs trainable parameters")
     right.set(xlabel="epoch", ylabel="validation accuracy", title="validation accuracy per epoch")
     right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def run_study(out: str = "reports", runs_dir: str = "runs/study", max_train: Optional[int] = None,

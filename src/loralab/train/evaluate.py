@@ -6,8 +6,8 @@ import math
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from loralab.progress import progress as progress_bar
 from loralab.train.batching import IGNORE, collate
 
 
@@ -34,7 +34,8 @@ def evaluate(
     predictions, labels = [], []
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    for batch_ids in tqdm(batches, desc=desc, leave=False, disable=not progress):
+    bar = progress_bar(len(batches), desc, enabled=progress, plain_when_piped=False)
+    for batch_ids in batches:
         batch = collate([rows[i] for i in batch_ids], pad_id)
         out = model(**batch)
         if task == "classification":
@@ -46,6 +47,8 @@ def evaluate(
             tokens = int((batch["labels"][:, 1:] != IGNORE).sum())
             total_loss += out.loss.item() * tokens
             total_weight += tokens
+        bar.update(1)
+    bar.close()
     model.train(was_training)
     loss = total_loss / max(total_weight, 1)
     if task == "classification":
