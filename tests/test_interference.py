@@ -10,7 +10,7 @@ import torch
 
 from loralab import data as datasets
 from loralab.cli import main
-from loralab.experiments.interference import spearman
+from loralab.experiments.stats import mean_ci, paired, spearman, verdict
 from test_training import train_args
 
 
@@ -68,3 +68,13 @@ def test_spearman_known_values():
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [1, 1, 1]) is None and spearman([1, 2], [2, 1]) is None
     assert spearman([1, 2, 2, 3], [1, 3, 2, 4]) == pytest.approx(0.9486832980505138)
+
+
+def test_intervals_and_verdicts():
+    ci = mean_ci([0.80, 0.82, 0.84])  # mean 0.82, sd 0.02, t(2) = 4.303
+    assert ci["mean"] == pytest.approx(0.82) and ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.02 / 3**0.5)
+    ratio = paired({0: 0.80, 1: 0.90, 2: 0.70}, {0: 0.80, 1: 0.90, 2: 0.70}, op="ratio")
+    assert ratio["mean"] == 1.0 and ratio["low"] == ratio["high"] == 1.0
+    assert verdict({"low": 0.985, "high": 0.99}, 0.98) == "holds"
+    assert verdict({"low": 0.97, "high": 0.99}, 0.98) == "inconclusive at this n"
+    assert verdict({"low": 0.90, "high": 0.97}, 0.98) == "does not hold"

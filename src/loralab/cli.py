@@ -160,17 +160,37 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def study_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="reports", help="report directory (default: reports)")
-    parser.add_argument("--runs", default="runs/study", help="run directories (default: runs/study)")
-    parser.add_argument("--max-train", type=int, default=None, help="training examples per run (default: the study's)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: the study's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    parser.add_argument("--full", action="store_true",
+                        help="run every claim on four tasks with seeds (hours); default: the quick study (claim 1)")
+    parser.add_argument("--claims", help="with --full: comma-separated claim numbers 1-11 (default: all)")
+    parser.add_argument("--tasks", help="with --full: comma-separated subset of movie,tweets,trec,sms (default: all)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="runs at a time, cores split between them (default: 2 with --full, else 1)")
+    parser.add_argument("--executor", default="local", choices=("local", "ray"),
+                        help="local worker processes, or Ray (pip install 'loralab[ray]') (default: local)")
+    parser.add_argument("--address", help="with --executor ray: the cluster address (default: a local Ray)")
+    parser.add_argument("--out", default=None, help="report directory (default: reports, or reports/full)")
+    parser.add_argument("--runs", default=None, help="run directories (default: runs/study, or runs/full_study)")
+    parser.add_argument("--max-train", type=int, default=None, help="quick study: training examples per run")
+    parser.add_argument("--epochs", type=int, default=None, help="quick study: epochs per run")
+    parser.add_argument("--seed", type=int, default=0, help="quick study: seed (default: 0)")
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    if args.full:
+        from loralab.experiments.full_study import run_full_study
+
+        run_full_study(out=args.out or "reports/full", runs=args.runs or "runs/full_study", tasks=args.tasks,
+                       claims=args.claims, workers=args.workers or 2, executor=args.executor, address=args.address)
+        return 0
+    if args.claims or args.tasks:
+        raise ConfigError("--claims and --tasks choose parts of the full study; add --full.")
+    from loralab.experiments.launcher import make_executor
     from loralab.experiments.study import run_study
 
-    run_study(out=args.out, runs_dir=args.runs, max_train=args.max_train, epochs=args.epochs, seed=args.seed)
+    executor = make_executor(args.executor, args.workers or 1, address=args.address)
+    run_study(out=args.out or "reports", runs_dir=args.runs or "runs/study", max_train=args.max_train,
+              epochs=args.epochs, seed=args.seed, executor=executor)
     return 0
 
 
@@ -276,7 +296,7 @@ COMMANDS = {
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
     "merge": (cmd_merge, merge_flags, "merge a run's update into a plain Hugging Face model directory"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
-    "study": (cmd_study, study_flags, "the quick study: full FT vs LoRA vs DoRA on MiniLM/movie, with a report"),
+    "study": (cmd_study, study_flags, "the quick study (claim 1 on MiniLM/movie), or --full: every claim, with a report"),
     "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),
     "analyze": (cmd_analyze, analyze_flags, "spectra, subspace similarity, amplification, intruders, ΔM/ΔD of updates"),
     "probe": (cmd_probe, probe_flags, "predict the rank a task needs from the pretrained model, before training"),

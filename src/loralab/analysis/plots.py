@@ -62,12 +62,13 @@ def plot_phi(pair: dict, path: Path) -> Path:
 
     plt = pyplot()
     phi, base = torch.tensor(pair["mean_phi"]), torch.tensor(pair["baseline"])
+    over = pair.get("over") or f"{len(pair['layers'])} layers"
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [1.4, 1]})
     image = left.imshow(phi.numpy(), aspect="auto", origin="lower", vmin=0, vmax=1, cmap="viridis",
                         extent=(0.5, phi.shape[1] + 0.5, 0.5, phi.shape[0] + 0.5))
     fig.colorbar(image, ax=left, label="φ(i, j)")
     left.set(xlabel=f"j (top directions of {pair['second']})", ylabel=f"i (top directions of {pair['first']})",
-             title=f"φ, mean over {len(pair['layers'])} layers (random: ≤ {float(base.max()):.3f})")
+             title=f"φ, mean over {over} (random: ≤ {float(base.max()):.3f})")
     left.grid(False)
     diagonal = min(phi.shape)
     right.plot(range(1, diagonal + 1), [float(phi[i, i]) for i in range(diagonal)], marker="o", label="φ(i, i)")

@@ -80,12 +80,12 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
     root = Path(source)
     if (root / "config.json").exists() and (root / "result.json").exists():
         config = json.loads((root / "config.json").read_text())
-        if config["method"] == "full":
+        if (root / "adapter").is_dir():  # what the run saved decides: an adapter, or a whole tuned model
+            return load_updates(root / "adapter", model or config["model"], with_base)
+        if (root / "model").is_dir():
             return full_updates(root / "model", model or config["model"])
-        if not (root / "adapter").is_dir():
-            raise AdapterError(f"{root} is a {config['method']} run; analysis reads adapters and full fine-tuning "
-                               "runs (merge a subspace run with `loralab merge` and compare the merged model).")
-        return load_updates(root / "adapter", model or config["model"], with_base)
+        raise AdapterError(f"{root} is a {config['method']} run with neither adapter/ nor model/; analysis reads "
+                           "adapters and fully tuned models (merge a subspace run with `loralab merge` first).")
     fs = factors(root)
     needs_base = with_base or any(f.magnitude is not None for f in fs.values())
     base_source = model or json.loads((root / "adapter_config.json").read_text()).get("base_model_name_or_path")

@@ -32,6 +32,7 @@ from loralab.compose import compose
 from loralab.compose.adapters import read_source
 from loralab.compose.geometry import adapters_geometry
 from loralab.errors import ConfigError
+from loralab.experiments.stats import spearman
 from loralab.runs import read_run
 from loralab.train.batching import encode
 from loralab.train.evaluate import evaluate
@@ -101,31 +102,6 @@ def negation(tasks: list[Task], sources: list[Path]) -> list[dict]:
         rows.append({"negated": t.name, "control": c.name, "control_own": own, "control_with_negation": with_negation,
                      "stays": abs(with_negation - own) <= TOLERANCE})
     return rows
-
-
-def spearman(xs: list[float], ys: list[float]) -> Optional[float]:
-    """Spearman's ρ (average ranks for ties); None for fewer than 3 points or a constant series."""
-    if len(xs) < 3:
-        return None
-
-    def ranks(values):
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
-
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    norm = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / norm if norm else None
 
 
 def predictors(table: dict, geometry: dict) -> dict:

@@ -35,11 +35,23 @@ class Lora(TrainingMethod):
     saved_as = "adapter"
     dora = False
 
+    def check(self, cfg) -> None:
+        """The adapter fields LoraConfig would refuse, refused now with the flag names."""
+        from loralab.errors import AdapterError
+
+        try:
+            ll.LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rank_pattern=cfg.pattern("rank_pattern"),
+                          alpha_pattern=cfg.pattern("alpha_pattern"))
+        except AdapterError as err:
+            raise ConfigError(str(err).replace("LoraConfig.rank_pattern", "--rank-pattern")
+                              .replace("LoraConfig.alpha_pattern", "--alpha-pattern")) from None
+
     def adapter_config(self, model: nn.Module, cfg, task: str) -> ll.LoraConfig:
         from loralab import models
 
         return ll.LoraConfig(
             r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora,
+            rank_pattern=cfg.pattern("rank_pattern"), alpha_pattern=cfg.pattern("alpha_pattern"),
             targets=cfg.target_spec() or default_targets(model),
             modules_to_save=models.head_names(model) if task == "classification" else [],
         )

@@ -142,7 +142,8 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None) -> tupl
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "classification":
-            labels = {} if num_labels is None else {"num_labels": num_labels}  # HF's default: 2
+            # a head for another number of labels is replaced by a new one (HF's default without num_labels: 2)
+            labels = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
             model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, **labels)
         else:
             model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True)

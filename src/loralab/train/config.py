@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import asdict, dataclass, fields, replace
@@ -30,6 +31,9 @@ class TrainConfig:
         dropout: Dropout on the LoRA input path.
         targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex. Default: the
             attention query and value projections for lora/dora, every tensor for did/said.
+        rank_pattern: JSON object {regex: rank} overriding --r for modules whose name ends with the regex
+            (PEFT's rank_pattern), e.g. '{"output\\.dense": 4}'.
+        alpha_pattern: JSON object {regex: alpha}, like --rank-pattern for --alpha.
         rslora: Scale by alpha/sqrt(r) (rank-stabilised LoRA).
         d: Subspace dimension for did/said (SAID's per-tensor scales count towards it).
         projection: Random projection for did/said: fastfood, dense or sparse.
@@ -64,6 +68,8 @@ class TrainConfig:
     alpha: float = 16.0
     dropout: float = 0.0
     targets: Optional[str] = None
+    rank_pattern: Optional[str] = None
+    alpha_pattern: Optional[str] = None
     rslora: bool = False
     d: int = 1000
     projection: str = "fastfood"
@@ -112,6 +118,8 @@ class TrainConfig:
             raise ConfigError(f"--warmup is a fraction of the steps in [0, 1), got {self.warmup}.")
         if self.dropout >= 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
+        for name in ("rank_pattern", "alpha_pattern"):
+            self.pattern(name)
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite deletes it; give one of them.")
         method.check(self)
@@ -124,6 +132,19 @@ class TrainConfig:
         if text == "all-linear" or re.search(r"[\\*()\[\]|^$+?]", text):
             return text
         return [t.strip() for t in text.split(",") if t.strip()]
+
+    def pattern(self, name: str) -> dict:
+        """--rank-pattern / --alpha-pattern as a dict ({} when not given)."""
+        text = getattr(self, name)
+        if text is None:
+            return {}
+        try:
+            value = json.loads(text) if isinstance(text, str) else text
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--{flag(name)} must be a JSON object like '{{\"query\": 4}}', got {text!r} ({err}).") from None
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"--{flag(name)} must be a JSON object {{regex: number}}, got {text!r}.")
+        return value
 
     def with_absolute_paths(self) -> "TrainConfig":
         """The same config with ``data`` and ``model`` made absolute where they are local paths, so a

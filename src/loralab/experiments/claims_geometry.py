@@ -1,0 +1,144 @@
+"""Claims 6–11 of the full study: the geometry of updates, forgetting, predicting the rank, composing."""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from loralab.experiments import study_plan as plan
+from loralab.experiments.context import Context, claim
+from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE, combine_verdicts, pearson, spearman
+
+
+def random_k90(shape: tuple[int, int], seed: int = 0) -> int:
+    """k@90 of a Gaussian matrix of this shape: the baseline a 'low-rank' update must beat."""
+    from loralab.analysis.spectra import energy_rank
+
+    gen = torch.Generator().manual_seed(seed)
+    return energy_rank(torch.linalg.svdvals(torch.randn(*shape, generator=gen, dtype=torch.float64)), 0.9)
+
+
+@claim(6, "Full fine-tuning updates are effectively low-rank")
+def claim_6(ctx: Context) -> dict:
+    from loralab.analysis.spectra import summarize
+    from loralab.analysis.updates import load_updates
+
+    rows, verdicts = [], []
+    for task in ctx.tasks:
+        updates = load_updates(ctx.run_dir(plan.full_unit(task, ctx.sizes, 0, ctx.lr("full"))))
+        layers = {}
+        for path, u in updates.items():
+            s = summarize(u.svd(), keep=8)
+            layers[path] = {"k90": s["k90"], "noise_rank": s["noise_rank"], "shape": s["shape"],
+                            "random_k90": random_k90(tuple(s["shape"])), "effective_rank": s["effective_rank"]}
+        ratio = statistics.median(v["k90"] / v["random_k90"] for v in layers.values())
+        verdicts.append(HOLDS if ratio <= 0.5 else FAILS)
+        rows.append({"task": task, "layers": layers, "median_k90": statistics.median(v["k90"] for v in layers.values()),
+                     "median_k90_over_random": ratio, "verdict": verdicts[-1]})
+    return {"verdict": combine_verdicts(verdicts), "rows": rows,
+            "summary": "median over layers of k@90(ΔW_full) / k@90(Gaussian matrix of the same shape): " + ", ".join(
+                f"{r['task']} {r['median_k90_over_random']:.2f} (median k@90 {r['median_k90']:g})" for r in rows)
+            + "; low-rank means ≤ 0.5 of the random matrix's."}
+
+
+@claim(7, "Top directions are shared across ranks (φ, LoRA §7.2)")
+def claim_7(ctx: Context) -> dict:
+    from loralab.analysis.report import compare_sources
+    from loralab.analysis.updates import load_updates
+
+    rows = []
+    for task in ctx.tasks:
+        svds = {name: {p: u.svd() for p, u in load_updates(ctx.run_dir(unit), with_base=False).items()}
+                for name, unit in {"r8": plan.lora_unit(task, ctx.sizes, 0, ctx.lr("lora"), r=8),
+                                   "r64": plan.lora_unit(task, ctx.sizes, 0, ctx.lr("lora"), r=64),
+                                   "r8_seed1": plan.lora_unit(task, ctx.sizes, 1, ctx.lr("lora"), r=8)}.items()}
+        ranks = compare_sources(svds["r8"], svds["r64"])
+        seeds = compare_sources(svds["r8"], svds["r8_seed1"])
+        rows.append({"task": task, "r8_vs_r64": {k: ranks[k] for k in ("mean_phi", "baseline", "mean_top_phi", "k1", "k2")},
+                     "r8_seed0_vs_seed1": {k: seeds[k] for k in ("mean_top_phi", "mean_phi")}})
+    top = statistics.fmean(r["r8_vs_r64"]["mean_top_phi"] for r in rows)
+    baseline = rows[0]["r8_vs_r64"]["baseline"][0][0]
+    final = HOLDS if top > 0.5 else (INCONCLUSIVE if top > 10 * baseline else FAILS)
+    return {"verdict": final, "mean_top_phi": top, "baseline_top": baseline, "rows": rows,
+            "summary": f"φ(1, 1) between the input subspaces of r=8 and r=64 (mean over q/v layers and tasks): {top:.3f}"
+                       f" against {baseline:.4f} for random subspaces; the LoRA paper reports > 0.5."}
+
+
+@claim(8, "LoRA forgets less than full fine-tuning (SmolLM2 on chat-qa)")
+def claim_8(ctx: Context) -> dict:
+    from loralab.experiments.forgetting_runs import smollm2_forgetting
+
+    rows = smollm2_forgetting(ctx)
+    full = next(r for r in rows if r["method"] == "full")
+    loras = [r for r in rows if r["method"] != "full"]
+    less = [r["forgetting"]["loss_increase"] < full["forgetting"]["loss_increase"] for r in loras]
+    final = HOLDS if all(less) else (FAILS if not any(less) else INCONCLUSIVE)
+    return {"verdict": final, "rows": rows, "seeds": 1,
+            "summary": "held-out chat-qa loss gain vs loss increase on BBC news text (one seed): " + ", ".join(
+                f"{r['name']} gain {r['gain']:.3f}, forgetting {r['forgetting']['loss_increase']:+.3f} "
+                f"(KL {r['forgetting']['kl_base_tuned']:.3f})" for r in rows) + "."}
+
+
+@claim(9, "The needed rank can be predicted before training (the rank probe)")
+def claim_9(ctx: Context) -> dict:
+    from loralab.experiments.probe_runs import allocated_vs_uniform, probe_tasks
+
+    needed = {r["task"]: r["needed_rank"] for r in ctx.outcome(2)["rows"]}
+    probes = probe_tasks(ctx)
+    tasks = [t for t in ctx.tasks if needed[t] is not None]
+    rho = {k: spearman([probes[t]["predicted_rank"][k] for t in tasks], [needed[t] for t in tasks])
+           for k in ("gradient", "gradient_covariance", "activation")}
+    primary = rho["gradient"]
+    final = HOLDS if primary is not None and primary >= 0.999 else (FAILS if primary is None or primary <= 0 else INCONCLUSIVE)
+    allocation = allocated_vs_uniform(ctx, probes)
+    return {"verdict": final, "spearman": rho, "n_tasks": len(tasks), "needed": needed, "allocation": allocation,
+            "probes": {t: {k: probes[t][k] for k in ("predicted_rank", "seconds", "epoch_seconds", "cost_fraction",
+                                                       "layers")} for t in probes},
+            "summary": f"Spearman ρ between predicted and needed rank over n = {len(tasks)} tasks: " + ", ".join(
+                f"{k} {v:+.2f}" if v is not None else f"{k} n/a" for k, v in rho.items())
+            + f" (the gradient predictor was fixed beforehand; with n = {len(tasks)} only ρ = 1 is significant at 5%); "
+            f"probe-allocated ranks − uniform r=8 at 96 rank units: {allocation['pooled']['mean']:+.4f} "
+            f"[{allocation['pooled']['low']:+.4f}, {allocation['pooled']['high']:+.4f}]."}
+
+
+@claim(10, "Adapters compose but interfere")
+def claim_10(ctx: Context) -> dict:
+    from loralab.experiments.interference import run_interference
+
+    tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
+    runs = [str(ctx.run_dir(plan.lora_unit(t, ctx.sizes, 0, ctx.lr("lora")))) for t in tasks]
+    result = run_interference(runs, ctx.out / "interference")
+    table = result["table"]
+    composes = all(r["all_w1"] > r["chance"] + 0.5 * (r["own"] - r["chance"]) for r in table.values())
+    interferes = statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) > 0
+    negation = all(r["negated"] < r["own"] for r in table.values())
+    final = HOLDS if composes and interferes else FAILS
+    return {"verdict": final, "composes": composes, "interferes": interferes, "negation_moves_toward_chance": negation,
+            "controls_stay": [n["stays"] for n in result["negation"]], "interference": result,
+            "summary": "all adapters summed (w=1) vs own, per task: " + ", ".join(
+                f"{t} {r['all_w1']:.3f} vs {r['own']:.3f}" for t, r in table.items())
+            + f"; negation lowers every task: {negation}; controls within {result['tolerance']:.0%}: "
+              f"{sum(n['stays'] for n in result['negation'])}/{len(result['negation'])}."}
+
+
+@claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")
+def claim_11(ctx: Context) -> dict:
+    from loralab.analysis.report import trajectory
+
+    rows = {}
+    for name, unit in {"full": plan.full_unit("movie", ctx.sizes, 0, ctx.lr("full")),
+                       "lora": plan.lora_unit("movie", ctx.sizes, 0, ctx.lr("lora")),
+                       "dora": plan.lora_unit("movie", ctx.sizes, 0, ctx.lr("dora"), "dora")}.items():
+        points = [(layer["delta_d"], layer["delta_m"], record["step"], path)
+                  for record in trajectory(ctx.run_dir(unit)) for path, layer in record["layers"].items()
+                  if path.endswith(("query", "value"))]
+        rows[name] = {"points": points, "pearson": pearson([p[0] for p in points], [p[1] for p in points]),
+                      "spearman": spearman([p[0] for p in points], [p[1] for p in points])}
+    lora, dora = rows["lora"]["pearson"], rows["dora"]["pearson"]
+    final = HOLDS if lora is not None and dora is not None and lora > 0 > dora else (
+        INCONCLUSIVE if lora is not None and dora is not None and dora < lora else FAILS)
+    return {"verdict": final, "rows": rows,
+            "summary": "correlation of ΔD and ΔM over q/v layers × logged steps (movie, seed 0): " + ", ".join(
+                f"{k} Pearson {v['pearson']:+.2f}" for k, v in rows.items() if v["pearson"] is not None)
+            + "; the DoRA paper finds LoRA positive, full FT and DoRA negative."}

@@ -1,0 +1,140 @@
+"""Claims 1–5 of the full study: what training with each method reaches (accuracy is test accuracy;
+every choice — learning rates, d90's threshold — uses the validation split)."""
+
+from __future__ import annotations
+
+import statistics
+
+from loralab.experiments import study_plan as plan
+from loralab.experiments.context import Context, claim
+from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE, combine_verdicts, mean_ci, paired, verdict
+
+
+def accuracy_by_seed(ctx: Context, make) -> dict[str, dict[int, float]]:
+    """{task: {seed: test accuracy}} of the units ``make(task, seed)``, trained as needed."""
+    units = {(t, s): make(t, s) for t in ctx.tasks for s in ctx.seeds}
+    results = ctx.run(list(units.values()))
+    out: dict[str, dict[int, float]] = {t: {} for t in ctx.tasks}
+    for (t, s), unit in units.items():
+        out[t][s] = results[unit.name]["test"]["accuracy"]
+    return out
+
+
+def full_accuracy(ctx: Context):
+    return accuracy_by_seed(ctx, lambda t, s: plan.full_unit(t, ctx.sizes, s, ctx.lr("full")))
+
+
+def lora_accuracy(ctx: Context, r: int, method: str = "lora", placement: str = "qv"):
+    return accuracy_by_seed(ctx, lambda t, s: plan.lora_unit(t, ctx.sizes, s, ctx.lr(method), method, r, placement))
+
+
+@claim(1, "LoRA r=8 reaches ≥ 98% of full fine-tuning with ≥ 100× fewer trainable parameters")
+def claim_1(ctx: Context) -> dict:
+    full, lora = full_accuracy(ctx), lora_accuracy(ctx, 8)
+    params = ctx.params(plan.full_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("full"))) / ctx.params(
+        plan.lora_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora")))
+    rows, verdicts = [], []
+    for task in ctx.tasks:
+        ratio = paired(lora[task], full[task], op="ratio")
+        verdicts.append(verdict(ratio, 0.98) if params >= 100 else FAILS)
+        rows.append({"task": task, "full": mean_ci(full[task].values()), "lora_r8": mean_ci(lora[task].values()),
+                     "ratio": ratio, "verdict": verdicts[-1]})
+    return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "rows": rows,
+            "summary": f"LoRA r=8 (q/v) over full FT per task: " + ", ".join(
+                f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]" for r in rows)
+            + f"; {params:.0f}× fewer trainable parameters (head included)."}
+
+
+@claim(2, "The rank a task needs is small and task-dependent")
+def claim_2(ctx: Context) -> dict:
+    full = full_accuracy(ctx)
+    by_rank = {r: lora_accuracy(ctx, r) for r in plan.LORA_RANKS}
+    rows = []
+    for task in ctx.tasks:
+        target = 0.95 * statistics.fmean(full[task].values())
+        means = {r: statistics.fmean(by_rank[r][task].values()) for r in plan.LORA_RANKS}
+        needed = next((r for r in plan.LORA_RANKS if means[r] >= target), None)
+        rows.append({"task": task, "full": mean_ci(full[task].values()), "target": target, "needed_rank": needed,
+                     "by_rank": {r: mean_ci(by_rank[r][task].values()) for r in plan.LORA_RANKS}})
+    needed = [r["needed_rank"] for r in rows]
+    small = HOLDS if all(n is not None and n <= 8 for n in needed) else FAILS
+    dependent = HOLDS if len(set(needed)) > 1 else FAILS
+    return {"verdict": combine_verdicts([small, dependent]), "small": small, "task_dependent": dependent, "rows": rows,
+            "summary": "needed rank (smallest r whose mean reaches 95% of full FT): " + ", ".join(
+                f"{r['task']} {r['needed_rank']}" for r in rows) + f"; small (≤ 8): {small}; task-dependent: {dependent}."}
+
+
+@claim(3, "DoRA ≥ LoRA at equal rank, most at low rank")
+def claim_3(ctx: Context) -> dict:
+    diffs, rows = {}, []
+    for r in plan.DORA_RANKS:
+        dora, lora = lora_accuracy(ctx, r, "dora"), lora_accuracy(ctx, r)
+        per_task = {t: paired(dora[t], lora[t]) for t in ctx.tasks}
+        diffs[r] = [v for t in ctx.tasks for v in per_task[t]["values"]]
+        rows.append({"rank": r, "per_task": per_task, "pooled": mean_ci(diffs[r])})
+    pooled = mean_ci([v for r in plan.DORA_RANKS for v in diffs[r]])
+    overall = verdict(pooled, 0.0)
+    low = statistics.fmean(diffs[1] + diffs[2]) - statistics.fmean(diffs[8])
+    most_at_low = HOLDS if low > 0 else FAILS
+    final = overall if overall != HOLDS else (HOLDS if most_at_low == HOLDS else INCONCLUSIVE)
+    return {"verdict": final, "pooled": pooled, "low_minus_r8": low, "most_at_low_rank": most_at_low, "rows": rows,
+            "summary": f"DoRA − LoRA test accuracy, paired over tasks × seeds and pooled over r ∈ {plan.DORA_RANKS}: "
+                       f"{pooled['mean']:+.4f} [{pooled['low']:+.4f}, {pooled['high']:+.4f}] (n = {pooled['n']}); "
+                       f"the gain at r ∈ {{1, 2}} minus the gain at r = 8: {low:+.4f}."}
+
+
+@claim(4, "Placement matters more than rank at a fixed budget")
+def claim_4(ctx: Context) -> dict:
+    from dataclasses import replace
+
+    ctx = replace(ctx, tasks=tuple(t for t in ctx.tasks if t in plan.PLACEMENT_TASKS) or ctx.tasks)
+    placements = {p: lora_accuracy(ctx, 8, placement=p) for p in plan.PLACEMENTS}
+    ranks = {r: lora_accuracy(ctx, r) for r in (4, 8, 16)}
+    params = {p: ctx.params(plan.lora_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora"), placement=p))
+              for p in plan.PLACEMENTS}
+    rows, verdicts = [], []
+    for task in ctx.tasks:
+        by_place = {p: mean_ci(placements[p][task].values()) for p in plan.PLACEMENTS}
+        by_rank = {r: mean_ci(ranks[r][task].values()) for r in ranks}
+        place_range = max(v["mean"] for v in by_place.values()) - min(v["mean"] for v in by_place.values())
+        rank_range = max(v["mean"] for v in by_rank.values()) - min(v["mean"] for v in by_rank.values())
+        verdicts.append(HOLDS if place_range > rank_range else FAILS)
+        rows.append({"task": task, "placements": by_place, "ranks": by_rank, "placement_range": place_range,
+                     "rank_range": rank_range, "verdict": verdicts[-1]})
+    share = sum(v == HOLDS for v in verdicts) / len(verdicts)
+    final = HOLDS if share == 1 else (FAILS if share == 0 else INCONCLUSIVE)
+    return {"verdict": final, "trainable_params": params, "rows": rows,
+            "summary": "spread of mean accuracy across placements (≈ equal budget) vs across q/v ranks 4–16: " + ", ".join(
+                f"{r['task']} {r['placement_range']:.4f} vs {r['rank_range']:.4f}" for r in rows) + "."}
+
+
+@claim(5, "Intrinsic dimension is small: d90 (SAID)")
+def claim_5(ctx: Context) -> dict:
+    from loralab.subspace.d90 import find_d90
+
+    full = full_accuracy(ctx)
+    rows, verdicts = [], []
+    for task in [t for t in plan.D90_TASKS if t in ctx.tasks]:
+        threshold = 0.9 * statistics.fmean(ctx.validation(plan.full_unit(task, ctx.sizes, s, ctx.lr("full")))
+                                           for s in ctx.seeds)
+        points: dict[int, dict] = {}
+
+        def measure(d: int) -> float:
+            units = [plan.said_unit(task, ctx.sizes, s, d, ctx.lr("said"), ctx.moving_tensors) for s in plan.D90_SEEDS]
+            results = ctx.run(units)
+            points[d] = {"validation": mean_ci([results[u.name]["validation"]["accuracy"] for u in units]),
+                         "test": mean_ci([results[u.name]["test"]["accuracy"] for u in units]),
+                         "full_dim": results[units[0].name]["subspace"]["full_dim"]}
+            return points[d]["validation"]["mean"]
+
+        d90, below = find_d90(measure, list(plan.D90_DIMS), threshold, refine=1)
+        full_dim = next(iter(points.values()))["full_dim"]
+        small = HOLDS if d90 is not None and d90 <= 1e-3 * full_dim else FAILS
+        verdicts.append(small)
+        rows.append({"task": task, "threshold": threshold, "full_test": mean_ci(full[task].values()), "d90": d90,
+                     "d90_below": below, "full_dim": full_dim, "points": dict(sorted(points.items())), "verdict": small})
+    return {"verdict": combine_verdicts(verdicts), "rows": rows,
+            "summary": "d90 (validation, mean over seeds " + f"{list(plan.D90_SEEDS)}): " + ", ".join(
+                f"{r['task']} {r['d90'] or '> ' + str(max(plan.D90_DIMS))} ({(r['d90'] or 0) / r['full_dim']:.1e} of D)"
+                for r in rows) + (f"; small means d90 ≤ 0.1% of the D = {rows[0]['full_dim'] / 1e6:.1f}M weights."
+                                  if rows else "")}

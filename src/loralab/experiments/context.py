@@ -1,0 +1,88 @@
+"""What every claim of the full study shares: the run cache, the chosen learning rates, the claim registry."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from loralab.experiments import study_plan as plan
+from loralab.experiments.launcher import Unit, run_units
+
+CLAIMS: dict[int, tuple[str, Callable]] = {}
+
+
+def claim(number: int, title: str):
+    """Register a claim: ``fn(ctx) -> dict`` with at least ``verdict`` and ``summary``."""
+    def register(fn):
+        CLAIMS[number] = (title, fn)
+        return fn
+    return register
+
+
+@dataclass
+class Context:
+    """The study's state: which tasks and seeds, where runs live, and every result seen so far."""
+
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    root: Path
+    out: Path
+    executor: object
+    sizes: plan.Sizes = field(default_factory=plan.Sizes)
+    results: dict[str, dict] = field(default_factory=dict)
+    run_dirs: dict[str, Path] = field(default_factory=dict)
+    lr_table: dict[str, dict] = field(default_factory=dict)
+    outcomes: dict[int, dict] = field(default_factory=dict)
+    _moving: Optional[int] = None
+
+    def run(self, units: list[Unit]) -> dict[str, dict]:
+        """Train what is not cached (in parallel); {unit name: result.json}."""
+        from loralab.experiments.launcher import code_version, unit_dir
+
+        missing = [u for u in dict((u.name, u) for u in units).values() if u.name not in self.results]
+        if missing:
+            self.results.update(run_units(missing, self.root, self.executor, desc=f"{len(missing)} runs"))
+            version = code_version()
+            self.run_dirs.update({u.name: unit_dir(self.root, u, version) for u in missing})
+        return {u.name: self.results[u.name] for u in units}
+
+    def outcome(self, number: int) -> dict:
+        """Claim ``number``'s result, evaluated once (claims may build on each other)."""
+        if number not in self.outcomes:
+            title, evaluate = CLAIMS[number]
+            self.outcomes[number] = {"claim": number, "title": title, **evaluate(self)}
+        return self.outcomes[number]
+
+    def run_dir(self, unit: Unit) -> Path:
+        self.run([unit])
+        return self.run_dirs[unit.name]
+
+    def params(self, unit: Unit) -> int:
+        return self.run([unit])[unit.name]["trainable_params"]
+
+    def validation(self, unit: Unit) -> float:
+        return self.run([unit])[unit.name]["validation"]["accuracy"]
+
+    @property
+    def moving_tensors(self) -> int:
+        if self._moving is None:
+            from loralab.experiments.d90_sweep import moving_tensors
+
+            self._moving = moving_tensors(self.sizes.model, plan.TASKS[0])
+        return self._moving
+
+    def lr(self, family: str) -> float:
+        """The family's learning rate: the grid value with the best mean validation accuracy on LR_TASKS."""
+        if family not in self.lr_table:
+            units = plan.lr_units(self.sizes, self.moving_tensors)[family]
+            results = self.run(units)
+            grid = plan.LR_GRID[family]
+            per_lr = {lr: statistics.fmean(results[u.name]["validation"]["accuracy"]
+                                           for u in units[i::len(grid)]) for i, lr in enumerate(grid)}
+            tasks = sorted({u.config.data for u in units})
+            best = max(grid, key=lambda lr: (per_lr[lr], -lr))
+            self.lr_table[family] = {"grid": {f"{lr:g}": v for lr, v in per_lr.items()}, "chosen": best,
+                                     "tasks": tasks, "seed": 0}
+        return self.lr_table[family]["chosen"]

@@ -1,0 +1,80 @@
+"""``loralab study --full``: every claim of the seed material tested, with a verdict each, and one report.
+
+The claims live in `claims_training` (1–5) and `claims_geometry` (6–11); each trains what it needs
+through the shared `Context` (cached units, so a run two claims need is trained once, and a killed
+study resumes where it stopped). A claim that fails to run is reported as such and the others go on.
+Writes ``study.json``, ``report.md``, ``report.html`` (self-contained) and ``figures/*.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Optional, Sequence
+
+from loralab.errors import ConfigError
+from loralab.experiments import claims_geometry, claims_training  # noqa: F401 - registers the claims
+from loralab.experiments import study_plan as plan
+from loralab.experiments.context import CLAIMS, Context
+from loralab.experiments.launcher import code_version, make_executor
+
+
+def parse_list(text: Optional[str], kind, allowed: Sequence, flag: str) -> Optional[list]:
+    if text is None:
+        return None
+    values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    unknown = [v for v in values if v not in allowed]
+    if unknown or not values:
+        raise ConfigError(f"{flag} takes a comma-separated subset of {list(allowed)}; got {text!r}.")
+    return values
+
+
+def meta(ctx: Context, claims: list[int], started: float) -> dict:
+    import torch
+
+    from loralab import data as datasets
+
+    return {"tasks": list(ctx.tasks), "seeds": list(ctx.seeds), "claims": claims, "sizes": vars(ctx.sizes),
+            "model": "minilm (all-MiniLM-L6-v2)", "learning_rates": ctx.lr_table, "code_version": code_version(),
+            "runs_trained_or_read": len(ctx.results), "wall_time_s": time.time() - started, "torch": torch.__version__,
+            "test_examples": {t: min(ctx.sizes.max_eval, len(datasets.load(t, "test", 0))) for t in ctx.tasks}}
+
+
+def evaluate_claims(ctx: Context, claims: list[int]) -> dict[int, dict]:
+    outcomes = {}
+    for number in claims:
+        title = CLAIMS[number][0]
+        print(f"claim {number}: {title}", flush=True)
+        started = time.time()
+        try:
+            outcomes[number] = ctx.outcome(number)
+        except Exception as err:  # noqa: BLE001 - a claim that cannot run is a result to report, not a crash
+            outcomes[number] = {"claim": number, "title": title, "verdict": "not run",
+                                "summary": f"{type(err).__name__}: {err}", "error": traceback.format_exc()[-4000:]}
+        outcomes[number]["seconds"] = time.time() - started
+        print(f"  → {outcomes[number]['verdict']}: {outcomes[number]['summary']}", flush=True)
+    return outcomes
+
+
+def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tasks: Optional[str] = None,
+                   claims: Optional[str] = None, workers: int = 2, executor: str = "local",
+                   address: Optional[str] = None, sizes: Optional[plan.Sizes] = None,
+                   seeds: Sequence[int] = plan.SEEDS) -> dict:
+    """Run the chosen claims (default: all) on the chosen tasks (default: all four); write the report."""
+    started = time.time()
+    task_list = parse_list(tasks, str, plan.TASKS, "--tasks") or list(plan.TASKS)
+    claim_list = parse_list(claims, int, sorted(CLAIMS), "--claims") or sorted(CLAIMS)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(tuple(task_list), tuple(seeds), Path(runs), out_dir, make_executor(executor, workers, address=address),
+                  sizes or plan.Sizes())
+    outcomes = evaluate_claims(ctx, claim_list)
+    study = {"meta": meta(ctx, claim_list, started), "claims": {str(n): outcomes[n] for n in claim_list}}
+    (out_dir / "study.json").write_text(json.dumps(study, indent=1, default=str) + "\n")
+    from loralab.experiments.study_report import write_report
+
+    write_report(study, out_dir)
+    print(f"wrote {out_dir / 'report.html'} and report.md ({study['meta']['wall_time_s'] / 60:.1f} min)")
+    return study

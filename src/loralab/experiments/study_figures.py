@@ -1,0 +1,196 @@
+"""One figure per claim of the full study, drawn from study.json's numbers (see `study_report`)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from loralab.plotting import pyplot, save
+
+
+def errorbar(ax, x, ci: dict, **kw):
+    ax.errorbar([x], [ci["mean"]], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], capsize=3, **kw)
+
+
+def claim_1(c: dict, path: Path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, row in enumerate(c["rows"]):
+        for dx, key, color, label in ((-0.15, "full", "tab:grey", "full fine-tuning"),
+                                      (0.15, "lora_r8", "tab:blue", "LoRA r=8 (q/v)")):
+            ci = row[key]
+            ax.bar(i + dx, ci["mean"], 0.3, color=color, label=label if i == 0 else None)
+            ax.errorbar(i + dx, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], color="black",
+                        capsize=3)
+        ax.annotate(f"{row['ratio']['mean']:.3f}×", (i, row["lora_r8"]["high"] + 0.01), ha="center", fontsize=8)
+    ax.set_xticks(range(len(c["rows"])), [r["task"] for r in c["rows"]])
+    low = min(r["lora_r8"]["low"] for r in c["rows"])
+    ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(max(0, low - 0.1), 1.0),
+           title=f"LoRA r=8 / full FT (label: ratio); {c['params_fewer']:.0f}× fewer trainable parameters")
+    ax.legend(fontsize=8, loc="lower right")
+    return save(fig, path)
+
+
+def claim_2(c: dict, path: Path):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(c["rows"]), figsize=(3.3 * len(c["rows"]), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], c["rows"]):
+        ranks = sorted(int(r) for r in row["by_rank"])
+        cis = [row["by_rank"][r] if r in row["by_rank"] else row["by_rank"][str(r)] for r in ranks]
+        ax.fill_between(ranks, [ci["low"] for ci in cis], [ci["high"] for ci in cis], alpha=0.2)
+        ax.plot(ranks, [ci["mean"] for ci in cis], marker="o", label="LoRA (q/v)")
+        ax.axhline(row["full"]["mean"], color="black", linewidth=1, label="full FT")
+        ax.axhline(row["target"], color="red", linestyle="--", linewidth=1, label="95% of full FT")
+        if row["needed_rank"]:
+            ax.axvline(row["needed_rank"], color="red", alpha=0.4)
+        ax.set(xscale="log", xticks=ranks, xticklabels=[str(r) for r in ranks], xlabel="rank r",
+               title=f"{row['task']}: needs r = {row['needed_rank']}")
+        ax.minorticks_off()
+    axes[0][0].set_ylabel("test accuracy (mean, 95% CI)")
+    axes[0][0].legend(fontsize=7)
+    return save(fig, path)
+
+
+def claim_3(c: dict, path: Path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    ranks = [row["rank"] for row in c["rows"]]
+    for t_index, task in enumerate(c["rows"][0]["per_task"]):
+        xs = [math.log2(r) + 0.06 * (t_index - 1.5) for r in ranks]
+        ax.plot(xs, [row["per_task"][task]["mean"] for row in c["rows"]], marker=".", linestyle=":", label=task)
+    for row in c["rows"]:
+        errorbar(ax, math.log2(row["rank"]), row["pooled"], color="black", marker="s")
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks([math.log2(r) for r in ranks], [str(r) for r in ranks])
+    ax.set(xlabel="rank r", ylabel="DoRA − LoRA test accuracy",
+           title="paired over seeds; black: pooled over tasks, 95% CI")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def claim_4(c: dict, path: Path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    names = list(c["rows"][0]["placements"])
+    width = 0.8 / len(names)
+    for p_index, name in enumerate(names):
+        for t_index, row in enumerate(c["rows"]):
+            ci = row["placements"][name]
+            x = t_index + (p_index - (len(names) - 1) / 2) * width
+            ax.bar(x, ci["mean"], width, color=f"C{p_index}",
+                   label=f"{name} ({c['trainable_params'][name]:,} params)" if t_index == 0 else None)
+            ax.errorbar(x, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], color="black",
+                        capsize=2)
+    ax.set_xticks(range(len(c["rows"])), [r["task"] for r in c["rows"]])
+    low = min(ci["low"] for r in c["rows"] for ci in r["placements"].values())
+    ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(max(0, low - 0.05), 1.0),
+           title="placement at ≈ equal trainable parameters (head included)")
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)
+
+
+def claim_5(c: dict, path: Path):
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(c["rows"]), figsize=(3.6 * len(c["rows"]), 3.4), squeeze=False)
+    for ax, row in zip(axes[0], c["rows"]):
+        ds = sorted(int(d) for d in row["points"])
+        points = [row["points"][d] if d in row["points"] else row["points"][str(d)] for d in ds]
+        ax.fill_between(ds, [p["validation"]["low"] for p in points], [p["validation"]["high"] for p in points], alpha=0.2)
+        ax.plot(ds, [p["validation"]["mean"] for p in points], marker="o", label="SAID validation")
+        ax.axhline(row["threshold"], color="red", linestyle="--", linewidth=1, label="90% of full FT")
+        if row["d90"]:
+            ax.axvline(row["d90"], color="red", alpha=0.4)
+        ax.set(xscale="log", xlabel="subspace dimension d", title=f"{row['task']}: d90 = {row['d90']}")
+    axes[0][0].set_ylabel("validation accuracy (mean, 95% CI)")
+    axes[0][0].legend(fontsize=7)
+    return save(fig, path)
+
+
+def claim_6(c: dict, path: Path):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for row in c["rows"]:
+        layers = list(row["layers"].values())
+        ax.scatter([v["random_k90"] for v in layers], [v["k90"] for v in layers], s=14, label=row["task"])
+    top = max(v["random_k90"] for r in c["rows"] for v in r["layers"].values())
+    ax.plot([0, top], [0, top], color="grey", linewidth=1, label="k@90 of a random matrix")
+    ax.plot([0, top], [0, top / 2], color="grey", linestyle="--", linewidth=1, label="half of it")
+    ax.set(xlabel="k@90 of a Gaussian matrix of the same shape", ylabel="k@90 of full-FT ΔW",
+           title="each point: one linear layer of MiniLM")
+    ax.legend(fontsize=7)
+    return save(fig, path)
+
+
+def claim_7(c: dict, path: Path):
+    from loralab.analysis.plots import plot_phi
+
+    import statistics
+
+    rows = c["rows"]
+    first = rows[0]["r8_vs_r64"]
+    mean = [[statistics.fmean(r["r8_vs_r64"]["mean_phi"][i][j] for r in rows) for j in range(first["k2"])]
+            for i in range(first["k1"])]
+    pair = {"mean_phi": mean, "baseline": first["baseline"], "layers": [], "over": f"{len(rows)} tasks × q/v layers",
+            "first": "LoRA r=8", "second": "LoRA r=64"}
+    return plot_phi(pair, path)
+
+
+def claim_8(c: dict, path: Path):
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+    for row in c["rows"]:
+        label = "full FT" if row["method"] == "full" else f"LoRA r={row['rank']}"
+        left.scatter(row["gain"], row["forgetting"]["loss_increase"], s=50)
+        left.annotate(label, (row["gain"], row["forgetting"]["loss_increase"]), xytext=(5, 3),
+                      textcoords="offset points", fontsize=8)
+        right.bar(label, row["forgetting"]["kl_base_tuned"])
+    left.axhline(0, color="grey", linewidth=1)
+    left.set(xlabel="gain: chat-qa test loss, base − tuned (nats/token)",
+             ylabel="forgetting: BBC text loss increase", title="learn vs forget (SmolLM2, one seed)")
+    right.set(ylabel="mean KL(base ‖ tuned) per token", title="output drift on BBC news text")
+    return save(fig, path)
+
+
+def claim_9(c: dict, path: Path):
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
+    tasks = [t for t, n in c["needed"].items() if n is not None]
+    for index, key in enumerate(("gradient", "gradient_covariance", "activation")):
+        xs = [c["probes"][t]["predicted_rank"][key] for t in tasks]
+        ys = [c["needed"][t] for t in tasks]
+        rho = c["spearman"][key]
+        left.scatter(xs, ys, label=f"{key} (ρ = {'n/a' if rho is None else format(rho, '+.2f')})", marker="os^"[index])
+        for x, y, t in zip(xs, ys, tasks):
+            left.annotate(t, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    left.set(xscale="log", yscale="log", xlabel="probe's predicted rank (median over layers)",
+             ylabel="needed rank (claim 2)", title=f"prediction before training, n = {len(tasks)} tasks")
+    left.legend(fontsize=7)
+    per_task = c["allocation"]["per_task"]
+    for i, (task, ci) in enumerate(per_task.items()):
+        errorbar(right, i, ci, marker="o", color="tab:blue")
+    errorbar(right, len(per_task), c["allocation"]["pooled"], marker="s", color="black")
+    right.axhline(0, color="grey", linewidth=1)
+    right.set_xticks(range(len(per_task) + 1), [*per_task, "pooled"])
+    right.set(ylabel="allocated − uniform test accuracy", title="probe-allocated ranks vs uniform r=8 (96 rank units)")
+    return save(fig, path)
+
+
+def claim_11(c: dict, path: Path):
+    plt = pyplot()
+    names = list(c["rows"])
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        points = c["rows"][name]["points"]
+        if points:
+            dots = ax.scatter([p[0] for p in points], [p[1] for p in points], c=[p[2] for p in points], s=9,
+                              cmap="plasma")
+            fig.colorbar(dots, ax=ax, label="step")
+        pearson = c["rows"][name]["pearson"]
+        ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ‖row‖|)",
+               title=f"{name}: r = {pearson:+.2f}" if pearson is not None else name)
+        ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    return save(fig, path)
+
+
+FIGURES = {1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8,
+           9: claim_9, 11: claim_11}

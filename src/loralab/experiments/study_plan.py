@@ -1,0 +1,112 @@
+"""The full study's runs: every claim's trainings as named, cached units (see `full_study`).
+
+All MiniLM runs share one recipe (`Sizes`), differ only in method, targets, rank, learning rate
+and seed, and are named from those fields, so a run two claims need is trained once. Learning
+rates come from the ``lr`` stage: a sweep on the *validation* split of two tasks at seed 0
+(`LR_GRID`); the test split never chooses anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, replace
+from typing import Optional
+
+from loralab.experiments.launcher import Unit
+from loralab.train.config import TrainConfig
+
+TASKS = ("movie", "tweets", "trec", "sms")
+SEEDS = (0, 1, 2)
+LR_TASKS = ("movie", "trec")
+PLACEMENT_TASKS = ("movie", "trec")  # claim 4 on two tasks (budget: the full study must fit in 3 h on 2 cores)
+LORA_RANKS = (1, 2, 4, 8, 16, 64)
+DORA_RANKS = (1, 2, 4, 8)
+D90_TASKS = ("movie", "trec", "sms")
+D90_DIMS = (250, 1000, 4000, 16000)
+D90_SEEDS = (0, 1)
+INTERFERENCE_TASKS = ("movie", "tweets", "sms")
+
+# Learning-rate grids per family (the lr stage picks, per family, the best mean validation accuracy).
+LR_GRID = {"full": (5e-5, 1e-4, 2e-4), "lora": (1e-3, 2e-3, 4e-3), "dora": (1e-3, 2e-3, 4e-3),
+           "said": (0.05, 0.1, 0.2)}  # said: the lr at d = 1000, scaled by √(1000/d) elsewhere
+
+BLOCK = r".*\.layer\.\d+\."
+PLACEMENTS = {  # name → (targets, r, rank_pattern): about 12k rank parameters per MiniLM block each
+    "qv": ("query,value", 8, {}),  # 2 × 8 × (384 + 384) = 12,288
+    "attention": (BLOCK + r"attention\.(self\.(query|key|value)|output\.dense)", 4, {}),  # 4 × 4 × 768 = 12,288
+    "mlp": (BLOCK + r"(intermediate\.dense|output\.dense)", 3, {}),  # 2 × 3 × (384 + 1536) = 11,520
+    "all": (BLOCK + r"(attention\.(self\.(query|key|value)|output\.dense)|intermediate\.dense|output\.dense)", 2,
+            {r"layer\.\d+\.output\.dense": 1}),  # 4·2·768 + 2·1920 + 1·1920 = 11,904
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """The recipe of every classification run (MiniLM unless a test swaps in a tiny model)."""
+
+    model: str = "minilm"
+    max_train: int = 1000
+    max_eval: int = 400
+    max_length: int = 64
+    epochs: int = 2
+    batch_size: int = 16
+
+
+def base_config(task: str, sizes: Sizes, seed: int) -> TrainConfig:
+    return TrainConfig(model=sizes.model, data=task, seed=seed, max_train=sizes.max_train, max_eval=sizes.max_eval,
+                       max_length=sizes.max_length, epochs=sizes.epochs, batch_size=sizes.batch_size,
+                       analysis_every=10 if seed == 0 else 0)  # telemetry (ΔM/ΔD) for seed 0; not in the cache key
+
+
+def lora_unit(task: str, sizes: Sizes, seed: int, lr: float, method: str = "lora", r: int = 8,
+              placement: str = "qv", rank_pattern: Optional[dict] = None, tag: str = "") -> Unit:
+    """LoRA/DoRA with alpha = 2r in every layer (s = 2), as placement and pattern say."""
+    targets, base_r, pattern = PLACEMENTS[placement]
+    r = r if placement == "qv" and rank_pattern is None else base_r
+    pattern = dict(rank_pattern if rank_pattern is not None else pattern)
+    cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, r=r, alpha=2.0 * r, lr=lr,
+                  rank_pattern=json.dumps(pattern) if pattern else None,
+                  alpha_pattern=json.dumps({k: 2.0 * v for k, v in pattern.items()}) if pattern else None)
+    return Unit(f"{task}-{method}-{placement}{tag}-r{r}-lr{lr:g}-s{seed}", cfg)
+
+
+def full_unit(task: str, sizes: Sizes, seed: int, lr: float) -> Unit:
+    return Unit(f"{task}-full-lr{lr:g}-s{seed}", replace(base_config(task, sizes, seed), method="full", lr=lr))
+
+
+def said_unit(task: str, sizes: Sizes, seed: int, d: int, lr_at_1000: float, m: int) -> Unit:
+    """SAID at d (DID when d ≤ m, the number of moving tensors), lr·√(1000/d) (see docs/intrinsic.md)."""
+    method = "did" if d <= m else "said"
+    lr = float(f"{lr_at_1000 * (1000 / d) ** 0.5:.4g}")
+    cfg = replace(base_config(task, sizes, seed), method=method, d=d, lr=lr, warmup=0.1)
+    return Unit(f"{task}-{method}-d{d}-lr{lr:g}-s{seed}", cfg)
+
+
+def lr_units(sizes: Sizes, m: int) -> dict[str, list[Unit]]:
+    """The learning-rate sweep: each family × its grid × LR_TASKS, seed 0."""
+    units = {family: [] for family in LR_GRID}
+    for task in LR_TASKS:
+        units["full"] += [full_unit(task, sizes, 0, lr) for lr in LR_GRID["full"]]
+        units["lora"] += [lora_unit(task, sizes, 0, lr) for lr in LR_GRID["lora"]]
+        units["dora"] += [lora_unit(task, sizes, 0, lr, "dora") for lr in LR_GRID["dora"]]
+        if task == LR_TASKS[0]:  # SAID's lr on one task: its runs cost the most
+            units["said"] += [said_unit(task, sizes, 0, 1000, lr, m) for lr in LR_GRID["said"]]
+    return units
+
+
+def escaped_paths(ranks: dict[str, int]) -> dict[str, int]:
+    """{module path: r} as rank_pattern keys that match exactly that module."""
+    return {re.escape(path): r for path, r in ranks.items()}
+
+
+SMOLLM2_LR_GRID = {"lora": (1e-3, 3e-3), "full": (1e-5, 5e-5)}  # chosen by validation loss (claim 8)
+
+
+def smollm2_unit(method: str, lr: float, r: int = 8) -> Unit:
+    """SmolLM2 on chat-qa (300 Q→A pairs, 1 epoch): LoRA on q/v (alpha = 2r) or full fine-tuning, seed 0."""
+    base = TrainConfig(model="smollm2", data="chat-qa", max_train=300, max_length=96, epochs=1, batch_size=8,
+                       eval_batch_size=16, seed=0, lr=lr, method=method)
+    if method == "full":
+        return Unit(f"chatqa-full-lr{lr:g}", base)
+    return Unit(f"chatqa-lora-r{r}-lr{lr:g}", replace(base, targets="q_proj,v_proj", r=r, alpha=2.0 * r))

@@ -1,0 +1,128 @@
+"""report.md and a self-contained report.html for the full study: verdicts first, then one section per claim."""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+from pathlib import Path
+
+from loralab.experiments.study_figures import FIGURES
+
+METHODS = {
+    1: "Full fine-tuning and LoRA r=8 (α=16) on query/value, each at its validation-chosen learning rate; the ratio "
+       "of test accuracies is taken per seed and summarised with a 95% t-interval. Holds when the interval lies at or "
+       "above 0.98 on every task and the trainable-parameter ratio is ≥ 100 (the count includes the new head).",
+    2: "LoRA on query/value at r ∈ {1, 2, 4, 8, 16, 64} with α = 2r. The needed rank is the smallest r whose mean "
+       "test accuracy reaches 95% of full fine-tuning's mean. Small: ≤ 8 on every task; task-dependent: not the same "
+       "on every task.",
+    3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (α = 2r, each family's validation-chosen learning rate); paired "
+       "differences over seeds (same split, data order and head initialisation), pooled over tasks.",
+    4: "Four placements at ≈ equal trainable parameters per block (rank_pattern): query/value r=8, all attention "
+       "r=4, MLP r=3, all linear r=2 (block output r=1). Placement's effect (spread across placements) is compared "
+       "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change). On movie and trec only (time budget).",
+    5: "SAID (Fastfood projection, one scale per tensor) over d ∈ {250, 1000, 4000, 16000} plus one bisection step; "
+       "the lr at d = 1000 from the sweep on movie, scaled by √(1000/d). d90 = smallest d whose mean validation accuracy over two "
+       "seeds reaches 90% of full fine-tuning's mean validation accuracy.",
+    6: "The full fine-tuning update ΔW = W_ft − W0 of every linear layer (seed 0): k@90, the number of singular "
+       "directions holding 90% of ‖ΔW‖², against the same for a Gaussian matrix of the same shape.",
+    7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between the input subspaces (right singular vectors) of r=8 and "
+       "r=64 adapters of the same task and seed, mean over the 12 query/value layers; random subspaces give "
+       "max(i, j)/384. Also r=8 seed 0 vs seed 1.",
+    8: "SmolLM2-135M-Instruct tuned on 300 chat-qa pairs for one epoch: LoRA r=8 and r=64 on q/v, and full "
+       "fine-tuning (learning rates by validation loss). Gain: held-out chat-qa loss decrease. Forgetting: next-token "
+       "loss increase and KL(base ‖ tuned) on 60 BBC News test articles (96 tokens each). One seed.",
+    9: "The rank probe (`loralab probe`) at the pretrained weights: 8 batches of 16 training examples, the head "
+       "fitted on frozen features, per-layer ranks at 90% energy of the summed gradient, of the gradient covariance "
+       "and of the activations; the task's prediction is the median over layers. Compared with claim 2's needed "
+       "rank by Spearman's ρ. Then the 96 rank units of uniform r=8 are re-divided by the probe and trained.",
+    10: "The query/value LoRA r=8 adapters (seed 0) of movie, tweets and sms, each task with its own head: own "
+        "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation.",
+    11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, seed 0) for "
+        "full fine-tuning, LoRA r=8 and DoRA r=8; the sign of their correlation across layers and steps.",
+}
+
+
+def figures(study: dict, out: Path) -> dict[int, str]:
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for key, c in study["claims"].items():
+        number = int(key)
+        if c.get("verdict") == "not run":
+            continue
+        if number == 10 and (out / "interference" / "interference.png").exists():
+            shutil.copy(out / "interference" / "interference.png", folder / "claim10.png")
+            made[number] = "figures/claim10.png"
+        elif number in FIGURES:
+            FIGURES[number](c, folder / f"claim{number}.png")
+            made[number] = f"figures/claim{number}.png"
+    return made
+
+
+def markdown(study: dict, images: dict[int, str]) -> str:
+    m = study["meta"]
+    lines = ["# loralab full study: the claims of low-rank adaptation, tested", "",
+             f"Model {m['model']}; tasks {', '.join(m['tasks'])}; seeds {m['seeds']}; {m['sizes']['max_train']} training "
+             f"examples, {m['sizes']['epochs']} epochs, up to {m['sizes']['max_eval']} validation/test examples per "
+             f"run; {m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h; code {m['code_version']}.",
+             "", "| claim | verdict | the numbers |", "|---|---|---|"]
+    for key, c in study["claims"].items():
+        lines.append(f"| {key}. {c['title']} | **{c['verdict']}** | {c['summary']} |")
+    lines += ["", "Learning rates (validation accuracy, or loss for SmolLM2, per grid value; the chosen one used "
+              "everywhere):", ""]
+    for family, table in m["learning_rates"].items():
+        grid = ", ".join(f"{lr}: {v:.4f}" for lr, v in table["grid"].items())
+        lines.append(f"- {family}: {grid} → **{table['chosen']:g}**")
+    for key, c in study["claims"].items():
+        number = int(key)
+        lines += ["", f"## Claim {key}: {c['title']}", "", f"**Verdict: {c['verdict']}.** {c['summary']}", "",
+                  f"Method: {METHODS.get(number, '')}"]
+        if number in images:
+            lines += ["", f"![claim {key}]({images[number]})"]
+        if c.get("error"):
+            lines += ["", "```", c["error"], "```"]
+    return "\n".join(lines) + "\n"
+
+
+def image_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
+
+
+STYLE = """body{font:15px/1.5 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;width:100%;font-size:13px}td,th{border:1px solid #ccc;padding:4px 6px;vertical-align:top}
+th{background:#f3f3f3}.holds{color:#16794a;font-weight:600}.does-not-hold{color:#b3261e;font-weight:600}
+.inconclusive{color:#8a6d00;font-weight:600}.not-run{color:#777}img{max-width:100%;border:1px solid #eee}
+section{margin-top:2.2em}p.method{color:#555;font-size:13px}"""
+
+
+def verdict_class(verdict: str) -> str:
+    return {"holds": "holds", "does not hold": "does-not-hold"}.get(verdict, "not-run" if verdict == "not run"
+                                                                      else "inconclusive")
+
+
+def html_page(study: dict, images: dict[int, str], out: Path) -> str:
+    e, m = html.escape, study["meta"]
+    rows = "".join(f"<tr><td><a href='#c{k}'>{k}. {e(c['title'])}</a></td><td class='{verdict_class(c['verdict'])}'>"
+                   f"{e(c['verdict'])}</td><td>{e(c['summary'])}</td></tr>" for k, c in study["claims"].items())
+    sections = []
+    for key, c in study["claims"].items():
+        image = f"<img alt='claim {key}' src='{image_uri(out / images[int(key)])}'>" if int(key) in images else ""
+        sections.append(f"<section id='c{key}'><h2>Claim {key}: {e(c['title'])}</h2><p><span class="
+                        f"'{verdict_class(c['verdict'])}'>Verdict: {e(c['verdict'])}.</span> {e(c['summary'])}</p>"
+                        f"<p class='method'>Method: {e(METHODS.get(int(key), ''))}</p>{image}</section>")
+    lrs = "".join(f"<li>{e(f)}: {e(', '.join(f'{lr}: {v:.4f}' for lr, v in t['grid'].items()))} → "
+                  f"<b>{t['chosen']:g}</b></li>" for f, t in m["learning_rates"].items())
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>loralab full study</title>"
+            f"<style>{STYLE}</style></head><body><h1>loralab full study: the claims of low-rank adaptation, tested</h1>"
+            f"<p>{e(m['model'])}; tasks {e(', '.join(m['tasks']))}; seeds {m['seeds']}; {m['sizes']['max_train']} "
+            f"training examples, {m['sizes']['epochs']} epochs; {m['runs_trained_or_read']} runs; wall time "
+            f"{m['wall_time_s'] / 3600:.2f} h; code {e(m['code_version'])}.</p><table><tr><th>claim</th><th>verdict</th>"
+            f"<th>the numbers</th></tr>{rows}</table><h3>Learning rates (validation sweep)</h3><ul>{lrs}</ul>"
+            f"{''.join(sections)}</body></html>")
+
+
+def write_report(study: dict, out: Path) -> None:
+    images = figures(study, out)
+    (out / "report.md").write_text(markdown(study, images))
+    (out / "report.html").write_text(html_page(study, images, out))

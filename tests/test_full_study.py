@@ -1,0 +1,91 @@
+"""The full study's machinery on a tiny model: cached units, resume, verdicts, the report, the Ray executor."""
+
+from __future__ import annotations
+
+import pytest
+
+from loralab.experiments import study_plan as plan
+from loralab.experiments.full_study import run_full_study
+from loralab.experiments.launcher import LocalExecutor, Unit, run_units, unit_dir
+from loralab.train.config import TrainConfig
+
+
+@pytest.fixture
+def tiny_plan(tiny, monkeypatch):
+    """One learning rate per family and one lr task, so a claim needs only a few 1-epoch runs of 32 examples."""
+    monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "said": (0.1,)})
+    monkeypatch.setattr(plan, "LR_TASKS", ("movie",))
+    return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, epochs=1, batch_size=8)
+
+
+def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
+                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+    c = study["claims"]["1"]
+    assert c["verdict"] in ("holds", "does not hold", "inconclusive at this n")
+    row = c["rows"][0]
+    assert row["ratio"]["seeds"] == [0, 1] and row["ratio"]["n"] == 2
+    assert c["params_fewer"] > 10
+    assert study["meta"]["learning_rates"]["full"]["chosen"] == 2e-3
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Claim 1:" in html and "<img" in html
+    assert "| 1. LoRA r=8 reaches" in (tmp_path / "report" / "report.md").read_text()
+    trained = study["meta"]["runs_trained_or_read"]
+    again = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
+                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+    assert "running" not in capsys.readouterr().out.split("claim 1:")[-1]  # nothing retrained: every unit cached
+    assert again["claims"]["1"]["rows"][0]["ratio"] == row["ratio"] and again["meta"]["runs_trained_or_read"] == trained
+
+
+def test_bad_claim_and_task_lists_are_refused(tmp_path):
+    from loralab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--claims takes a comma-separated subset of \[1, 2, .*11\]; got '12'"):
+        run_full_study(out=str(tmp_path), claims="12")
+    with pytest.raises(ConfigError, match=r"--tasks takes a comma-separated subset of \['movie', 'tweets', 'trec', "
+                                          r"'sms'\]; got 'imdb'"):
+        run_full_study(out=str(tmp_path), tasks="imdb")
+
+
+def tiny_units(tiny) -> list[Unit]:
+    common = dict(model=tiny["model"], data=tiny["data"], max_train=24, max_eval=16, max_length=32, epochs=1,
+                  batch_size=8, lr=1e-2)
+    return [Unit(f"tiny-s{s}", TrainConfig(**common, seed=s)) for s in (0, 1)]
+
+
+def test_ray_executor_runs_two_units_on_a_local_cluster(tiny, tmp_path):
+    ray = pytest.importorskip("ray")
+    from loralab.experiments.launcher import RayExecutor
+
+    try:
+        results = run_units(tiny_units(tiny), tmp_path, RayExecutor(workers=2), desc="ray")
+    finally:
+        ray.shutdown()
+    assert sorted(results) == ["tiny-s0", "tiny-s1"]
+    local = run_units(tiny_units(tiny), tmp_path / "local", LocalExecutor(workers=2))
+    for name in results:  # the same config trains to the same result wherever it runs
+        assert results[name]["test"] == local[name]["test"]
+
+
+def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
+    from loralab.experiments.launcher import code_version
+
+    units = tiny_units(tiny)
+    first = run_units(units[:1], tmp_path)
+    done = unit_dir(tmp_path, units[0], code_version())
+    stamp = (done / "result.json").stat().st_mtime_ns
+    both = run_units(units, tmp_path)
+    assert (done / "result.json").stat().st_mtime_ns == stamp and both["tiny-s0"] == first["tiny-s0"]
+    assert sorted(p.name.split("-")[1] for p in (tmp_path / "logs").iterdir()) == ["s0", "s1"]  # one log per unit
+
+
+@pytest.mark.slow
+def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monkeypatch):
+    """Claims 1–7 and 9–11 on the tiny BERT, four tasks, two seeds: every claim ends in a verdict."""
+    monkeypatch.setattr(plan, "D90_DIMS", (250, 1000))
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"),
+                           claims="1,2,3,4,5,6,7,9,10,11", workers=2, sizes=tiny_plan, seeds=(0, 1))
+    verdicts = {k: c["verdict"] for k, c in study["claims"].items()}
+    assert "not run" not in verdicts.values(), {k: c.get("error") for k, c in study["claims"].items()}
+    figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
+    assert figures == {f"claim{n}.png" for n in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)}
