@@ -11,6 +11,7 @@ from transformers.pytorch_utils import Conv1D
 
 import loralab as ll
 from loralab.adapters.dora import adapted_row_norm
+from loralab.adapters.dropout import dropped_positions
 from loralab.adapters.fused import token_chunks
 
 
@@ -142,20 +143,24 @@ def test_dora_node_gradients_for_every_input(kind):
 
 
 @pytest.mark.parametrize("kind", ["linear", "linear-no-bias", "conv1d"])
-def test_dora_with_dropout_matches_formula(kind):
-    """DoRA with dropout in training (the composed path), PEFT's formula with x̃ = dropout(x), n detached:
-    h = W·x + b + (m/n − 1) ⊙ W·x̃ + m/n ⊙ s·B·A·x̃."""
+@pytest.mark.parametrize("zero_row", [False, True])
+def test_dora_with_dropout_matches_formula(kind, zero_row):
+    """DoRA with dropout on the LoRA input path (`DoraLinearFunction`), n detached:
+    h = m/n ⊙ (W·x + s·B·A·x̃) + b, x̃ = dropout(x); every gradient, a zero-magnitude row too."""
     model, ours, theirs, ref = adapted_layer_with_references(kind, dora=True, dropout=0.5)
+    if zero_row:
+        with torch.no_grad():
+            model[0].lora_magnitude["default"][3] = 0.0
+            ref["m"][3] = 0.0
     model.train()
     torch.manual_seed(1)
     out = model(ours[-1])
-    torch.manual_seed(1)
-    dropped = torch.nn.functional.dropout(ref["x"], 0.5, True)
+    dropped = dropout_like(ref["x"], 0.5, 1)
     w = ref["W_out_in"]
     scale = ref["m"] / (w + 2.0 * ref["B"] @ ref["A"]).norm(dim=1).detach()
-    expected = (ref["x"] @ w.T + ref.get("b", 0.0) + (scale - 1) * (dropped @ w.T)
-                + scale * 2.0 * (dropped @ ref["A"].T @ ref["B"].T))
-    assert (dropped == 0).any() and (out - model.eval()(ours[-1])).abs().max() > 1e-3  # dropout really acted
+    expected = scale * (ref["x"] @ w.T + 2.0 * (dropped @ ref["A"].T @ ref["B"].T)) + ref.get("b", 0.0)
+    with torch.no_grad():
+        assert (dropped == 0).any() and (out - model.eval()(ours[-1])).abs().max() > 1e-3  # dropout really acted
     assert_same_values_and_gradients(out, expected, ours, theirs)
 
 
@@ -163,6 +168,31 @@ def test_row_norm_without_full_matrix():
     torch.manual_seed(0)
     w, a, b = torch.randn(7, 9), torch.randn(3, 9), torch.randn(7, 3)
     torch.testing.assert_close(adapted_row_norm(w, a, b, 0.7), (w + 0.7 * b @ a).norm(dim=1), atol=1e-10, rtol=0)
+
+
+def dropout_like(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
+    """dropout_p(x) with the mask the layers draw after torch.manual_seed(seed) (`dropped_positions`)."""
+    torch.manual_seed(seed)
+    keep = torch.ones(x.numel(), dtype=x.dtype)
+    keep[dropped_positions(x.numel(), p)] = 0.0
+    return x * keep.view(x.shape) / (1.0 - p)
+
+
+def test_dropped_positions_are_iid_bernoulli():
+    """Geometric gaps give each entry probability p of being dropped, independently (χ²-free checks)."""
+    torch.manual_seed(0)
+    n, p = 200_000, 0.05
+    drops = torch.zeros(n)
+    for _ in range(20):
+        drops[dropped_positions(n, p)] += 1
+    assert abs(drops.mean().item() / 20 - p) < 0.002  # rate
+    per_entry = drops.view(-1, 1000).mean(1) / 20  # no position is favoured
+    assert per_entry.std().item() < 0.01
+    torch.manual_seed(1)
+    once = torch.zeros(n, dtype=torch.bool)
+    once[dropped_positions(n, p)] = True
+    both = (once[:-1] & once[1:]).double().mean().item()  # neighbours drop together at rate p²
+    assert abs(both - p * p) < 0.0015 and dropped_positions(10, 0.0).numel() == 0
 
 
 def test_dropout_only_on_lora_path():
@@ -174,8 +204,7 @@ def test_dropout_only_on_lora_path():
         torch.testing.assert_close(model(x), x @ layer.weight.T + layer.bias, atol=1e-10, rtol=0)
     torch.manual_seed(1)
     out = model(x)
-    torch.manual_seed(1)
-    mask = torch.nn.functional.dropout(torch.ones_like(x), 0.5, True)
+    mask = dropout_like(torch.ones_like(x), 0.5, 1)
     expected = x @ layer.weight.T + layer.bias + 2.0 * ((x * mask) @ layer.lora_A["default"].T @ layer.lora_B["default"].T)
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
 
@@ -212,8 +241,7 @@ def test_lora_node_gradients_for_every_input(kind, dropout):
     model.train()
     torch.manual_seed(1)
     out = model(ours[-1])
-    torch.manual_seed(1)
-    dropped = torch.nn.functional.dropout(ref["x"], dropout, True)
+    dropped = dropout_like(ref["x"], dropout, 1) if dropout else ref["x"]
     expected = ref["x"] @ ref["W_out_in"].T + ref.get("b", 0.0) + 2.0 * (dropped @ ref["A"].T @ ref["B"].T)
     assert_same_values_and_gradients(out, expected, ours, theirs)
 

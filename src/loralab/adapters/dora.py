@@ -28,8 +28,11 @@ def adapted_row_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.T
         scaling: s.
 
     Returns:
-        The detached row norms, (out,).
+        The detached row norms, (out,), in float32 (or the inputs' wider type) whatever the
+        inputs' precision (a bf16 base with float32 adapters computes in float32).
     """
+    dtype = torch.promote_types(torch.promote_types(weight.dtype, lora_A.dtype), torch.float32)
+    weight, lora_A, lora_B = weight.to(dtype), lora_A.to(dtype), lora_B.to(dtype)
     w_sq = torch.linalg.vector_norm(weight, dim=1).square()  # (out,), no (out, in) temporary
     w_at = weight @ lora_A.T  # (out, r)
     gram = lora_A @ lora_A.T  # (r, r)

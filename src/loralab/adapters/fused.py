@@ -25,6 +25,9 @@ from __future__ import annotations
 
 import torch
 
+from loralab.adapters.dropout import SparseDropout
+from loralab.adapters.precision import autocast_off
+
 
 def token_chunks(tokens: int) -> int:
     """How many equal token slices the rank-r products run as: the thread count, or the largest
@@ -63,6 +66,38 @@ def rank_r_term(hidden, factor):
     return torch.bmm(hidden.transpose(1, 2), factor.expand(hidden.shape[0], -1, -1)).view(-1, factor.shape[-1])
 
 
+def slices_of_rows(rows, chunks: int):
+    """(T, r) → the (k, r, T/k) layout of the rank-r products, a view."""
+    return rows.view(chunks, -1, rows.shape[1]).transpose(1, 2)
+
+
+def rows_of_slices(hidden):
+    """(k, r, T/k) → (T, r)."""
+    return hidden.transpose(1, 2).reshape(-1, hidden.shape[1])
+
+
+def lora_input_product(x2d, lora_A, chunks: int, drop):
+    """(A·x̃ᵀ as (k, r, T/k), the factor used): A·xᵀ, or with dropout (A·xᵀ − A·x_droppedᵀ)/(1 − p)."""
+    factor = lora_A if drop is None else lora_A * drop.keep_scale
+    hidden = rank_r_rows(factor, token_slices(x2d, chunks))
+    if drop is not None:
+        hidden.sub_(slices_of_rows(drop.hidden_correction(x2d, factor), chunks))
+    return hidden, factor
+
+
+def lora_backward_terms(g, x2d, weight_t, g_hidden, factor, drop, chunks: int, need_x: bool):
+    """(∂L/∂x or None, ∂L/∂A): g·W + Gᵀ·factor and G·x̃ with G = g_hidden, the dropped entries taken
+    back out of both; W's (T, in) product is skipped when the input needs no gradient."""
+    grad_x = linear_plus_low_rank(g, weight_t, None, g_hidden, factor) if need_x else None  # (T, in)
+    grad_a = rank_r_grad(g_hidden, token_slices(x2d, chunks))  # (r, in)
+    if drop is not None:
+        g_rows = rows_of_slices(g_hidden)
+        if need_x:
+            grad_x.view(-1).index_put_((drop.positions,), -drop.input_grad_at_drops(g_rows, factor), accumulate=True)
+        grad_a.sub_(drop.factor_grad_correction(x2d, g_rows)).mul_(drop.keep_scale)
+    return grad_x, grad_a
+
+
 def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
     """x·Wᵀ + b + hᵀ·L, (T, out), for x2d (T, in), W (out, in), hidden (k, r, T/k), L (r, out).
 
@@ -79,68 +114,65 @@ def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
 
 
 class LoraLinearFunction(torch.autograd.Function):
-    """z = W·x + b + s·B·(A·x̃), x̃ = dropout(x) (x̃ is x when dropout is off; Hu et al. 2021, §4.1).
+    """z = W·x + b + s·B·(A·x̃), x̃ = dropout_p(x) (x̃ = x for p = 0; Hu et al. 2021, §4.1).
 
     Backward (g = ∂L/∂z, (T, out)):
 
-        ∂L/∂B = s·gᵀ·(A·x̃)      ∂L/∂A = s·(g·B)ᵀ·x̃      ∂L/∂x = g·W  (+ s·(g·B)·A when x̃ is x)
-        ∂L/∂x̃ = s·(g·B)·A        ∂L/∂W = gᵀ·x            ∂L/∂b = Σ_tokens g
+        ∂L/∂B = s·gᵀ·(A·x̃)      ∂L/∂A = s·(g·B)ᵀ·x̃      ∂L/∂x = g·W + s·(g·B)·A ⊙ ∂x̃/∂x
+        ∂L/∂W = gᵀ·x             ∂L/∂b = Σ_tokens g
 
-    Saves x, x̃ and the product A·x̃ᵀ ((k, r, T/k), see `token_chunks`); no (T, out) tensor.
+    Saves x, the product A·x̃ᵀ ((k, r, T/k), see `token_chunks`) and, with dropout, only the
+    positions of the dropped entries (`dropout.SparseDropout`); no (T, out) tensor.
     """
 
     @staticmethod
-    def forward(ctx, x, dropped, weight, bias, lora_A, lora_B, scaling: float):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, scaling: float, p: float = 0.0):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
-        lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
         ctx.chunks = token_chunks(x2d.shape[0])
-        hidden = rank_r_rows(lora_A, token_slices(lora_in, ctx.chunks))  # A·x̃ᵀ, (k, r, T/k)
+        drop = SparseDropout.sample(x2d, p) if p > 0 else None
+        hidden, _ = lora_input_product(x2d, lora_A, ctx.chunks, drop)  # A·x̃ᵀ, (k, r, T/k)
         out2d = linear_plus_low_rank(x2d, weight, bias, hidden, lora_B.T * scaling)
-        out = out2d.view(*x.shape[:-1], weight.shape[0])
-        ctx.scaling = scaling
-        ctx.save_for_backward(x, dropped, hidden, weight, bias, lora_A, lora_B)
-        return out
+        ctx.scaling, ctx.p = scaling, p
+        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, None if drop is None else drop.positions)
+        return out2d.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, dropped, hidden, weight, bias, lora_A, lora_B = ctx.saved_tensors
+        x, hidden, weight, bias, lora_A, lora_B, positions = ctx.saved_tensors
         s, chunks = ctx.scaling, ctx.chunks
-        g = grad_out.reshape(-1, weight.shape[0])  # (T, out)
-        x2d = x.reshape(-1, x.shape[-1])
-        lora_in = x2d if dropped is None else dropped.reshape(-1, x.shape[-1])
-        g_slices = token_slices(g, chunks)  # (k, T/k, out)
-        g_hidden = rank_r_rows(lora_B.T * s, g_slices)  # s·(g·B)ᵀ per slice, (k, r, T/k)
-        grad_x = grad_dropped = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:  # (T, in)
-            grad_x = g @ weight if dropped is not None else linear_plus_low_rank(g, weight.T, None, g_hidden, lora_A)
-            grad_x = grad_x.view(x.shape)
-        if dropped is not None and ctx.needs_input_grad[1]:
-            grad_dropped = rank_r_term(g_hidden, lora_A).view(x.shape)
-        if ctx.needs_input_grad[2]:
-            grad_w = g.T @ x2d
-        if bias is not None and ctx.needs_input_grad[3]:
-            grad_b = g.sum(0)
-        grad_a = rank_r_grad(g_hidden, token_slices(lora_in, chunks))  # (r, in)
-        grad_bmat = rank_r_grad(hidden, g_slices).mul_(s).T  # (out, r)
-        return grad_x, grad_dropped, grad_w, grad_b, grad_a, grad_bmat, None
+        with autocast_off(grad_out):
+            g = grad_out.reshape(-1, weight.shape[0])  # (T, out)
+            x2d = x.reshape(-1, x.shape[-1])
+            drop = None if positions is None else SparseDropout(positions, *x2d.shape, ctx.p)
+            factor = lora_A if drop is None else lora_A * drop.keep_scale
+            g_slices = token_slices(g, chunks)  # (k, T/k, out)
+            g_hidden = rank_r_rows(lora_B.T * s, g_slices)  # s·(g·B)ᵀ per slice, (k, r, T/k)
+            grad_x, grad_a = lora_backward_terms(g, x2d, weight.T, g_hidden, factor, drop, chunks,
+                                                 ctx.needs_input_grad[0])
+            grad_w = g.T @ x2d if ctx.needs_input_grad[1] else None
+            grad_b = g.sum(0) if bias is not None and ctx.needs_input_grad[2] else None
+            grad_bmat = rank_r_grad(hidden, g_slices).mul_(s).T  # (out, r)
+        return None if grad_x is None else grad_x.view(x.shape), grad_w, grad_b, grad_a, grad_bmat, None, None
 
 
 class DoraLinearFunction(torch.autograd.Function):
-    """DoRA in one node (Liu et al. 2024, §4.3; dropout inactive):
+    """DoRA in one node (Liu et al. 2024, §4.3), dropout on the LoRA input path only:
 
-        z = m/n ⊙ (W·x + s·B·(A·x)) + b,       n = ‖W + s·B·A‖_row, detached (§4.3)
+        z = m/n ⊙ (W·x + s·B·(A·x̃)) + b,       n = ‖W + s·B·A‖_row, detached (§4.3)
 
-    x (..., in), W (out, in), b (out,) or None, A (r, in), B (out, r), m and n (out,).
+    x (..., in), W (out, in), b (out,) or None, A (r, in), B (out, r), m and n (out,); x̃ = dropout_p(x).
+    (PEFT also drops the input of the magnitude's rescaling of W·x, which costs a second full GEMM
+    per layer; here W always sees x, and E[z] is the same.)
 
-    Memory: autograd on the composed ops saves the pre-scale activation y = W·x + s·B·A·x,
+    Memory: autograd on the composed ops saves the pre-scale activation y = W·x + s·B·A·x̃,
     one extra (tokens, out) tensor per layer. This node saves the *output* z instead and
     recovers y/n = (z − b)/m in the backward. The next op of a transformer usually saves
     z anyway (GELU/SiLU in the MLP, the gate product, attention's q/k/v), so there the
     magnitude gradient costs no memory at all. Rows with m = 0 are recomputed exactly.
     Backward (g = ∂L/∂z, g̃ = g ⊙ m/n):
 
-        ∂L/∂m = Σ_tokens g ⊙ y/n      ∂L/∂B = s·g̃ᵀ·(A·x)      ∂L/∂A = s·(g̃·B)ᵀ·x
-        ∂L/∂x = g̃·W + s·(g̃·B)·A      ∂L/∂W = g̃ᵀ·x            ∂L/∂b = Σ_tokens g
+        ∂L/∂m = Σ_tokens g ⊙ y/n      ∂L/∂B = s·g̃ᵀ·(A·x̃)      ∂L/∂A = s·(g̃·B)ᵀ·x̃
+        ∂L/∂x = g̃·W + s·(g̃·B)·A ⊙ ∂x̃/∂x      ∂L/∂W = g̃ᵀ·x      ∂L/∂b = Σ_tokens g
 
     g̃ is never formed: g̃·W = g·(m/n ⊙ W) and g̃·B = g·(m/n ⊙ B), so the backward scales an
     (out, in) copy of W instead of a (T, out) copy of g, and no (T, out) temporary is live
@@ -150,47 +182,55 @@ class DoraLinearFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scaling: float):
+    def forward(ctx, x, weight, bias, lora_A, lora_B, magnitude, norm, scaling: float, p: float = 0.0):
         x2d = x.reshape(-1, x.shape[-1])  # (T, in)
         col_scale = magnitude / norm  # (out,)
         ctx.chunks = token_chunks(x2d.shape[0])
-        hidden = rank_r_rows(lora_A, token_slices(x2d, ctx.chunks))  # A·xᵀ, (k, r, T/k)
+        drop = SparseDropout.sample(x2d, p) if p > 0 else None
+        hidden, _ = lora_input_product(x2d, lora_A, ctx.chunks, drop)  # A·x̃ᵀ, (k, r, T/k)
         # m/n is folded into the (out, in) and (out, r) factors, not applied to the output
         lora_term = (lora_B * (col_scale * scaling)[:, None]).T  # (r, out)
         out2d = linear_plus_low_rank(x2d, weight * col_scale[:, None], bias, hidden, lora_term)
         out = out2d.view(*x.shape[:-1], weight.shape[0])
-        ctx.scaling = scaling
-        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out)
+        ctx.scaling, ctx.p = scaling, p
+        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out,
+                              None if drop is None else drop.positions)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out = ctx.saved_tensors
+        x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out, positions = ctx.saved_tensors
         s, chunks = ctx.scaling, ctx.chunks
-        n_out = weight.shape[0]
-        g = grad_out.reshape(-1, n_out)  # (T, out)
-        x2d, z = x.reshape(-1, x.shape[-1]), out.view(-1, n_out)
-        g_slices = token_slices(g, chunks)  # (k, T/k, out)
-        col_scale = magnitude / norm  # (out,); g̃ = g ⊙ m/n is never formed
-        g_hidden = rank_r_rows((lora_B * (col_scale * s)[:, None]).T, g_slices)  # s·(g̃·B)ᵀ, (k, r, T/k)
-        grad_x = grad_w = grad_b = grad_m = None
-        if ctx.needs_input_grad[0]:
-            scaled_weight_t = (weight * col_scale[:, None]).T
-            grad_x = linear_plus_low_rank(g, scaled_weight_t, None, g_hidden, lora_A).view(x.shape)
-        if ctx.needs_input_grad[1]:
-            grad_w = (g.T @ x2d).mul_(col_scale[:, None])
-        g_sum = g.sum(0) if bias is not None else None  # (out,)
-        if bias is not None and ctx.needs_input_grad[2]:
-            grad_b = g_sum
-        grad_a = rank_r_grad(g_hidden, token_slices(x2d, chunks))  # (r, in)
-        grad_bmat = rank_r_grad(hidden, g_slices).mul_(col_scale * s).T  # (out, r)
-        if ctx.needs_input_grad[5]:
-            g_dot_z = torch.linalg.vecdot(g.T, z.T)  # Σ_t g·z, (out,)
-            if bias is not None:
-                g_dot_z = g_dot_z - bias * g_sum
-            grad_m = g_dot_z / magnitude
-            zero = (magnitude == 0).nonzero().flatten()
-            if zero.numel():  # y/n cannot be recovered from z there: recompute those rows
-                y = x2d @ weight[zero].T + s * rank_r_term(hidden, lora_B[zero].T)  # (T, number of zero rows)
-                grad_m[zero] = torch.linalg.vecdot(g[:, zero].T, y.T) / norm[zero]
-        return grad_x, grad_w, grad_b, grad_a, grad_bmat, grad_m, None, None
+        with autocast_off(grad_out):
+            n_out = weight.shape[0]
+            g = grad_out.reshape(-1, n_out)  # (T, out)
+            x2d, z = x.reshape(-1, x.shape[-1]), out.view(-1, n_out)
+            drop = None if positions is None else SparseDropout(positions, *x2d.shape, ctx.p)
+            factor = lora_A if drop is None else lora_A * drop.keep_scale
+            g_slices = token_slices(g, chunks)  # (k, T/k, out)
+            col_scale = magnitude / norm  # (out,); g̃ = g ⊙ m/n is never formed
+            g_hidden = rank_r_rows((lora_B * (col_scale * s)[:, None]).T, g_slices)  # s·(g̃·B)ᵀ, (k, r, T/k)
+            weight_t = (weight * col_scale[:, None]).T if ctx.needs_input_grad[0] else None
+            grad_x, grad_a = lora_backward_terms(g, x2d, weight_t, g_hidden, factor, drop, chunks,
+                                                 ctx.needs_input_grad[0])
+            grad_w = (g.T @ x2d).mul_(col_scale[:, None]) if ctx.needs_input_grad[1] else None
+            g_sum = g.sum(0) if bias is not None else None  # (out,)
+            grad_b = g_sum if bias is not None and ctx.needs_input_grad[2] else None
+            grad_bmat = rank_r_grad(hidden, g_slices).mul_(col_scale * s).T  # (out, r)
+            grad_m = magnitude_grad(g, z, x2d, weight, bias, g_sum, lora_B, hidden, magnitude, norm, s) \
+                if ctx.needs_input_grad[5] else None
+        grad_x = None if grad_x is None else grad_x.view(x.shape)
+        return grad_x, grad_w, grad_b, grad_a, grad_bmat, grad_m, None, None, None
+
+
+def magnitude_grad(g, z, x2d, weight, bias, g_sum, lora_B, hidden, magnitude, norm, s: float):
+    """∂L/∂m = Σ_t g ⊙ y/n with y/n = (z − b)/m; rows with m = 0 recompute y from x and A·x̃."""
+    g_dot_z = torch.linalg.vecdot(g.T, z.T)  # Σ_t g·z, (out,)
+    if bias is not None:
+        g_dot_z = g_dot_z - bias * g_sum
+    grad_m = g_dot_z / magnitude
+    zero = (magnitude == 0).nonzero().flatten()
+    if zero.numel():  # y/n cannot be recovered from z there: recompute those rows
+        y = x2d @ weight[zero].T + s * rank_r_term(hidden, lora_B[zero].T)  # (T, number of zero rows)
+        grad_m[zero] = torch.linalg.vecdot(g[:, zero].T, y.T) / norm[zero]
+    return grad_m

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from typing import Iterator, Optional, Union
 
+import torch
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
@@ -116,7 +117,8 @@ def match_modules_to_save(model: nn.Module, specs: list[str], strict: bool = Tru
 
 
 def inject(
-    model: nn.Module, cfg: LoraConfig, name: str = "default", activate: bool = True, trainable: bool = True
+    model: nn.Module, cfg: LoraConfig, name: str = "default", activate: bool = True, trainable: bool = True,
+    autocast_adapter_dtype: bool = True,
 ) -> list[str]:
     """Add adapter ``name`` to the modules ``cfg`` targets; freeze everything else.
 
@@ -126,6 +128,8 @@ def inject(
         name: Adapter name (PEFT's default is ``"default"``).
         activate: Make this the only active adapter.
         trainable: Leave the new adapter's parameters trainable (all others are frozen).
+        autocast_adapter_dtype: On a float16/bfloat16 base, keep the adapter in float32 (PEFT's
+            default); the layers cast it to the compute dtype in the forward pass. False: the base's dtype.
 
     Returns:
         The names of the adapted modules (modules_to_save not included).
@@ -143,6 +147,7 @@ def inject(
         if not isinstance(layer, LoraLayer):
             layer = LoraLayer(layer)
             model.set_submodule(module_name, layer)
+        low_precision = layer.weight.dtype in (torch.float16, torch.bfloat16)
         layer.add_adapter(
             name,
             r=cfg.rank_for(module_name),
@@ -150,6 +155,7 @@ def inject(
             dropout=cfg.dropout,
             dora=cfg.dora,
             init=cfg.init,
+            dtype=torch.float32 if low_precision and autocast_adapter_dtype else None,
         )
     for module_name in saves:
         wrapper = model.get_submodule(module_name)

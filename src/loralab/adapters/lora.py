@@ -28,6 +28,7 @@ from torch import nn
 from loralab.adapters.dora import adapted_row_norm, dora_term
 from loralab.adapters.fused import DoraLinearFunction, LoraLinearFunction
 from loralab.adapters.host import BASE, AdapterHost
+from loralab.adapters.precision import autocast_off, cast, compute_dtype, dora_inference, lora_inference
 from loralab.errors import AdapterError
 
 
@@ -121,6 +122,7 @@ class LoraLayer(AdapterHost):
         self.scaling: dict[str, float] = {}
         self.dropout: dict[str, float] = {}
         self.merged: list[str] = []
+        self.norm_cache: dict[str, tuple] = {}  # DoRA row norms for inference (see `row_norm`)
 
     # ----- adapters -------------------------------------------------------------------------
     @property
@@ -131,14 +133,17 @@ class LoraLayer(AdapterHost):
         """W as (out, in): a view of ``weight`` (transposed for Conv1D and Embedding)."""
         return self.weight if self.kind == "linear" else self.weight.T
 
-    def add_adapter(self, name: str, r: int, scaling: float, dropout: float, dora: bool, init: str) -> None:
-        """Create adapter ``name`` with rank ``r``: A (r, in), B (out, r) and, for DoRA, m (out,)."""
+    def add_adapter(self, name: str, r: int, scaling: float, dropout: float, dora: bool, init: str,
+                    dtype: Optional[torch.dtype] = None) -> None:
+        """Create adapter ``name`` with rank ``r``: A (r, in), B (out, r) and, for DoRA, m (out,), in
+        ``dtype`` (default: the base weight's)."""
         check_supported(self.kind, dora, init, "this layer")
         if self.merged:
             raise AdapterError("cannot add an adapter while adapters are merged; call ll.unmerge(model) first.")
         ref = self.weight
-        lora_A = torch.empty(r, self.in_features, dtype=ref.dtype, device=ref.device)
-        lora_B = torch.zeros(self.out_features, r, dtype=ref.dtype, device=ref.device)
+        dtype = dtype or ref.dtype
+        lora_A = torch.empty(r, self.in_features, dtype=dtype, device=ref.device)
+        lora_B = torch.zeros(self.out_features, r, dtype=dtype, device=ref.device)
         if self.kind == "embedding":  # PEFT's choice for embeddings: A = 0, B random
             nn.init.zeros_(lora_A)
             nn.init.normal_(lora_B)
@@ -154,7 +159,7 @@ class LoraLayer(AdapterHost):
             self._init_pissa(name)
         if dora:
             norm = adapted_row_norm(self.weight_out_in(), self.lora_A[name], self.lora_B[name], scaling)
-            self.lora_magnitude[name] = nn.Parameter(norm.clone())
+            self.lora_magnitude[name] = nn.Parameter(norm.to(dtype))
 
     @torch.no_grad()
     def init_dora_magnitude(self, name: str) -> None:
@@ -201,7 +206,8 @@ class LoraLayer(AdapterHost):
         LoRA: W + s·B·A. DoRA: m/‖W + s·B·A‖ ⊙ (W + s·B·A).
         Raises AdapterError when the result is non-finite.
         """
-        new = weight + self.delta_weight(name)
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        new = weight.to(wide) + self.delta_weight(name).to(wide)
         norm = None
         if name in self.lora_magnitude:
             norm = adapted_row_norm(weight, self.lora_A[name], self.lora_B[name], self.scaling[name])
@@ -256,48 +262,79 @@ class LoraLayer(AdapterHost):
         )
 
     def adapter_term(self, name: str, x: torch.Tensor, base_out: torch.Tensor) -> torch.Tensor:
-        """What adapter ``name`` adds to the base output for input ``x``, (..., out)."""
-        lora_A, lora_B, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
+        """What adapter ``name`` adds to the base output for input ``x``, (..., out) (stacks and routing).
+
+        LoRA: s·B·A·x̃. DoRA: (m/n − 1) ⊙ W·x + m/n ⊙ s·B·A·x̃, i.e. the fused node's formula.
+        """
+        dtype = x.dtype if x.is_floating_point() else base_out.dtype  # autocast, if on, casts the matmuls itself
+        lora_A, lora_B = cast(dtype, self.lora_A[name], self.lora_B[name])
+        s = self.scaling[name]
         if self.kind == "embedding":
             hidden = F.embedding(x, lora_A.T, self.padding_idx)  # (..., r)
-            return (hidden @ lora_B.T) * s
+            return ((hidden @ lora_B.T) * s).to(base_out.dtype)
         p = self.dropout[name]
         dropped = F.dropout(x, p, self.training) if p > 0 and self.training else x
         lora_out = (dropped @ lora_A.T) @ lora_B.T  # (..., r) -> (..., out)
         if name not in self.lora_magnitude:
             return lora_out * s
-        weight = self.weight_out_in()
-        norm = adapted_row_norm(weight, lora_A, lora_B, s)
-        if dropped is x:
-            base_no_bias = base_out if self.bias is None else base_out - self.bias
-        else:
-            base_no_bias = F.linear(dropped, weight)
-        return dora_term(base_no_bias, lora_out, self.lora_magnitude[name], norm, s)
+        with autocast_off(x):
+            norm = self.row_norm(name)
+        base_no_bias = base_out if self.bias is None else base_out - self.bias
+        return dora_term(base_no_bias, lora_out, self.lora_magnitude[name], norm, s).to(base_out.dtype)
+
+    def row_norm(self, name: str) -> torch.Tensor:
+        """‖W + s·B·A‖_row in float32 (or wider), detached.
+
+        Without gradients (inference) it is cached per adapter until W, A or B changes. The key holds
+        W's version and storage and checksums of A and B: fused optimizers (e.g. AdamW(fused=True))
+        update parameters without bumping version counters, and a checksum costs O(r·(in + out)),
+        against the norm's O(out·in·r). `train()` clears the cache too.
+        """
+        weight, lora_A, lora_B = self.weight_out_in(), self.lora_A[name], self.lora_B[name]
+        if torch.is_grad_enabled():
+            return adapted_row_norm(weight, lora_A, lora_B, self.scaling[name])  # (out,), detached
+        key = (weight._version, weight.data_ptr(), self.scaling[name],
+               float(lora_A.double().sum()), float(lora_B.double().sum()),
+               float(lora_A.double().square().sum()), float(lora_B.double().square().sum()))
+        cached = self.norm_cache.get(name)
+        if cached is None or cached[0] != key:
+            self.norm_cache[name] = (key, adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]))
+        return self.norm_cache[name][1]
+
+    def train(self, mode: bool = True):
+        self.norm_cache.clear()
+        return super().train(mode)
 
     def single_adapter_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """One Linear/Conv1D adapter, fused: W·x + b + s·B·A·x̃ for LoRA (x̃ = dropout(x)), or
-        m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x) + b for DoRA (no dropout active).
+        m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x̃) + b for DoRA.
 
-        Each runs as one autograd node (`LoraLinearFunction`, `DoraLinearFunction` in ``fused.py``): the LoRA
-        product accumulates into the base output in place, the input gradient is one buffer,
-        and DoRA saves its output rather than the pre-scale activation.
+        In the compute dtype (`precision.compute_dtype`: the autocast dtype, else the input's), every
+        operand cast once. With gradients, one autograd node per layer (`LoraLinearFunction`,
+        `DoraLinearFunction` in ``fused.py``); without, the plain products of `precision`.
         """
-        lora_A, lora_B, s = self.lora_A[name], self.lora_B[name], self.scaling[name]
-        weight = self.weight_out_in()
-        if name in self.lora_magnitude:
-            norm = adapted_row_norm(weight, lora_A, lora_B, s)  # (out,), detached
-            return DoraLinearFunction.apply(x, weight, self.bias, lora_A, lora_B, self.lora_magnitude[name], norm, s)
-        p = self.dropout[name]
-        dropped = F.dropout(x, p, True) if p > 0 and self.training else None
-        return LoraLinearFunction.apply(x, dropped, weight, self.bias, lora_A, lora_B, s)
+        dtype, s = compute_dtype(x), self.scaling[name]
+        dora = name in self.lora_magnitude
+        with autocast_off(x):
+            norm = self.row_norm(name) if dora else None
+            x, weight, bias, lora_A, lora_B = cast(dtype, x, self.weight_out_in(), self.bias, self.lora_A[name],
+                                                   self.lora_B[name])
+            if not torch.is_grad_enabled():
+                if dora:
+                    return dora_inference(x, weight, bias, lora_A, lora_B, s,
+                                          (self.lora_magnitude[name] / norm).to(dtype))
+                return lora_inference(x, weight, bias, lora_A, lora_B, s)
+            p = self.dropout[name] if self.training else 0.0
+            if dora:
+                magnitude, norm = cast(dtype, self.lora_magnitude[name], norm)
+                return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, s, p)
+            return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, s, p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.disabled or self.merged or not (self.active or self.route):
             return self.base_forward(x)
         if self.route is None and len(self.active) == 1 and self.kind != "embedding":
-            name = self.active[0]
-            if name not in self.lora_magnitude or not (self.training and self.dropout[name] > 0):
-                return self.single_adapter_forward(x, name)
+            return self.single_adapter_forward(x, self.active[0])
         out = self.base_forward(x)
         if self.route is None:
             for name in self.active:

@@ -9,6 +9,7 @@ refused and leaves every weight as it was.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from loralab.adapters.lora import LoraLayer
@@ -27,11 +28,17 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-def merge(model: nn.Module) -> None:
+def merge(model: nn.Module) -> dict:
     """Fold the active adapters into the base weights of every adapted layer.
 
     Refused (nothing changes) for stacked adapters that include DoRA, for a weight
     tied to another module (merging would change both), and for non-finite results.
+    W + ΔW is computed in float32 (or wider) and written back once, so a bfloat16/float16
+    base is rounded once per merge (and unmerge, which subtracts, rounds again).
+
+    Returns:
+        {"merged": adapter names, "layers": layers changed, "rounded_to": the base dtype when it
+        is narrower than float32, else None}.
     """
     names = active_adapters(model)
     if len(names) > 1 and any(adapter_configs(model)[n].dora for n in names):
@@ -47,8 +54,12 @@ def merge(model: nn.Module) -> None:
     plan = [(layer, [n for n in names if n in layer.adapter_names]) for _, layer in lora_layers(model)]
     for layer, layer_names in plan:  # every check first: a refused merge changes nothing
         layer.check_merge(layer_names)
+    changed = [layer for layer, layer_names in plan if any(n not in layer.merged for n in layer_names)]
     for layer, layer_names in plan:
         layer.merge(layer_names)
+    narrow = sorted({str(layer.weight.dtype).removeprefix("torch.") for layer in changed
+                     if layer.weight.dtype in (torch.bfloat16, torch.float16)})
+    return {"merged": names, "layers": len(changed), "rounded_to": ", ".join(narrow) or None}
 
 
 def unmerge(model: nn.Module) -> None:

@@ -1,0 +1,58 @@
+"""Which dtype an adapted layer computes in, and the cheap forward used when no gradient is needed.
+
+Compute dtype (the rules of ``torch.autocast``, device-agnostic):
+
+* inside ``torch.autocast(device_type, dtype)`` for the input's device: that dtype (CPU bf16, CUDA
+  fp16/bf16) — the fused nodes then run in it with every operand cast once, and return gradients
+  that autograd casts back to each parameter's own dtype (float32 adapter weights stay float32);
+* otherwise the input's dtype — a model cast to bf16 computes in bf16 even when its adapters were
+  kept in float32 (`inject(..., autocast_adapter_dtype=True)`, PEFT's default).
+
+`lora_inference` / `dora_inference` serve ``torch.no_grad()`` and ``inference_mode``: no autograd
+node, the rank-r term added into the base output in place, DoRA's per-row factor applied to the
+(tokens, out) output instead of folded into an (out, in) copy of W.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return x.dtype
+
+
+def autocast_off(x: torch.Tensor):
+    """Disable autocast on x's device while operands are already in the compute dtype."""
+    device = x.device.type
+    return torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+
+
+def cast(dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> list:
+    """Each tensor in ``dtype`` (differentiable; a no-op for tensors already in it); None stays None."""
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+def lora_inference(x, weight, bias, lora_A, lora_B, scaling: float) -> torch.Tensor:
+    """W·x + b + s·B·(A·x) without autograd: x (..., in), W (out, in), A (r, in), B (out, r)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    out = F.linear(x2d, weight, bias)  # (T, out)
+    out.addmm_(x2d @ lora_A.T, lora_B.T, alpha=scaling)  # + s·(x·Aᵀ)·Bᵀ
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def dora_inference(x, weight, bias, lora_A, lora_B, scaling: float, row_scale: torch.Tensor) -> torch.Tensor:
+    """m/n ⊙ (W·x + s·B·A·x) + b without autograd; ``row_scale`` = m/n (out,)."""
+    x2d = x.reshape(-1, x.shape[-1])
+    out = F.linear(x2d, weight)
+    out.addmm_(x2d @ lora_A.T, lora_B.T, alpha=scaling).mul_(row_scale)
+    if bias is not None:
+        out.add_(bias)
+    return out.view(*x.shape[:-1], weight.shape[0])

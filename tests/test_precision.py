@@ -1,0 +1,109 @@
+"""Mixed precision and the no-gradient path: autocast bf16, a bf16 base with float32 adapters, the DoRA norm cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import loralab as ll
+from conftest import build, inputs, logits, train_step
+
+BF16_ATOL = 0.05  # logits of magnitude ~1; bf16 keeps ~3 significant digits
+
+
+def trained(arch: str, **kw) -> nn.Module:
+    model = build(arch)
+    ll.inject(model, ll.LoraConfig(r=4, alpha=8, **kw))
+    train_step(model, inputs())
+    return model
+
+
+@pytest.mark.parametrize("dora", [False, True])
+@pytest.mark.parametrize("arch,targets", [("bert", ["query", "value"]), ("gpt2", ["c_attn"]), ("llama", "all-linear")])
+def test_autocast_bf16_trains_and_keeps_float32_adapters(arch, targets, dora):
+    """Under torch.autocast("cpu", bfloat16) — HF Trainer's bf16=True — the fused nodes run in bf16, agree
+    with float32 within bf16 precision, and every gradient reaches the float32 adapter weights."""
+    model = trained(arch, targets=targets, dora=dora)
+    model.train()
+    ids = inputs()
+    reference = model(input_ids=ids).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids).logits
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), reference, atol=BF16_ATOL, rtol=0.05)
+    out.float().square().mean().backward()
+    adapters = [p for n, p in model.named_parameters() if p.requires_grad]
+    assert adapters and all(p.dtype == torch.float32 and p.grad is not None and p.grad.dtype == torch.float32
+                            for p in adapters)
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0 for p in adapters)
+
+
+def test_bf16_base_keeps_float32_adapters_unless_asked():
+    model = build("llama").to(torch.bfloat16)
+    ll.inject(model, ll.LoraConfig(r=4, targets=["q_proj", "v_proj"]))
+    layer = model.model.layers[0].self_attn.q_proj
+    assert layer.weight.dtype == torch.bfloat16 and layer.lora_A["default"].dtype == torch.float32
+    model.train()
+    out = model(input_ids=inputs()).logits
+    assert out.dtype == torch.bfloat16
+    out.float().square().mean().backward()
+    assert layer.lora_B["default"].grad.dtype == torch.float32 and layer.lora_B["default"].grad.abs().sum() > 0
+    same = build("llama").to(torch.bfloat16)
+    ll.inject(same, ll.LoraConfig(r=4, targets=["q_proj"]), autocast_adapter_dtype=False)
+    assert same.model.layers[0].self_attn.q_proj.lora_A["default"].dtype == torch.bfloat16
+
+
+def test_merging_into_a_bf16_base_rounds_once():
+    model = build("bert").to(torch.bfloat16)
+    ll.inject(model, ll.LoraConfig(r=4, targets=["query"]))
+    train_step(model, inputs(), lr=1e-1)
+    layer = model.bert.encoder.layer[0].attention.self.query
+    exact = layer.weight.float() + layer.delta_weight("default").float()
+    report = ll.merge(model)
+    assert torch.equal(layer.weight, exact.to(torch.bfloat16))  # W + ΔW in float32, rounded to bf16 once
+    assert report == {"merged": ["default"], "layers": 2, "rounded_to": "bfloat16"}
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_inference_path_equals_the_training_path(dora):
+    model = trained("bert", targets=["query", "value"], dora=dora).eval()
+    ids = inputs()
+    with torch.enable_grad():
+        through_autograd = model(input_ids=ids).logits
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+    with torch.inference_mode():
+        inference = model(input_ids=ids).logits
+    torch.testing.assert_close(plain, through_autograd, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inference, plain, atol=0, rtol=0)
+
+
+def test_dora_norm_cache_follows_every_change():
+    """The cached ‖W + sBA‖ is reused while nothing changes, and never after an update, a load or a merge."""
+    model = trained("bert", targets=["query"], dora=True).eval()
+    layer = model.bert.encoder.layer[0].attention.self.query
+    ids = inputs()
+    first = logits(model, ids)
+    cached = layer.norm_cache["default"][1]
+    logits(model, ids)
+    assert layer.norm_cache["default"][1] is cached  # reused
+    with torch.no_grad():
+        layer.lora_B["default"].mul_(3.0)  # an optimizer step or load_adapter's copy_
+    changed = logits(model, ids)
+    assert layer.norm_cache["default"][1] is not cached and (changed - first).abs().max() > 1e-4
+    cached = layer.norm_cache["default"][1]
+    opt = torch.optim.AdamW([layer.lora_A["default"]], lr=0.5, fused=True)  # updates without version bumps
+    layer.lora_A["default"].grad = torch.ones_like(layer.lora_A["default"])
+    opt.step()
+    stepped = logits(model, ids)
+    assert layer.norm_cache["default"][1] is not cached and (stepped - changed).abs().max() > 1e-4
+    changed = stepped
+    fresh = build("bert")
+    ll.inject(fresh, ll.LoraConfig(r=4, alpha=8, targets=["query"], dora=True))
+    fresh.load_state_dict(model.state_dict())
+    torch.testing.assert_close(logits(fresh, ids), changed, atol=1e-5, rtol=0)
+    ll.merge(model)
+    torch.testing.assert_close(logits(model, ids), changed, atol=1e-5, rtol=0)
+    ll.unmerge(model)
+    torch.testing.assert_close(logits(model, ids), changed, atol=1e-5, rtol=0)
