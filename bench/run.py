@@ -268,6 +268,25 @@ def bench_memory(shape: str) -> dict:
     return results
 
 
+# ----- shared by the bench scripts ---------------------------------------------------------------------
+def bench_parser(doc: str, out_name: str, steps: int, warmup: int) -> argparse.ArgumentParser:
+    """The flags every bench script takes: --models, --steps, --warmup, --out."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="minilm,llama", help="comma-separated model shapes")
+    parser.add_argument("--steps", type=int, default=steps, help="timed calls per measurement (median)")
+    parser.add_argument("--warmup", type=int, default=warmup, help="untimed calls first")
+    parser.add_argument("--out", default=str(Path(__file__).with_name(out_name)))
+    return parser
+
+
+def finish(results: dict, out: str, table: str, started: float) -> None:
+    """Write the JSON, print the table and where it went."""
+    results["seconds"] = time.time() - started
+    Path(out).write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    print(f"\nwrote {out} ({results['seconds']:.0f} s)")
+
+
 # ----- report ---------------------------------------------------------------------------------------
 def machine() -> dict:
     cpu = ""
@@ -348,10 +367,7 @@ def main() -> None:
     if "inject" not in skip:
         print("inject: 24-layer BERT-large", flush=True)
         results["inject"] = bench_inject(repeats=5)
-    results["seconds"] = time.time() - started
-    Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
-    print(f"\nwrote {args.out} ({results['seconds']:.0f} s)")
+    finish(results, args.out, table(results), started)
 
 
 if __name__ == "__main__":

@@ -70,6 +70,14 @@ def train_step(model: torch.nn.Module, ids: torch.Tensor, lr: float = 1e-2) -> N
 
 
 @pytest.fixture
+def keep_threads():
+    """In-process `loralab train` runs set torch's thread count (--threads 1); restore it after the test."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ids() -> torch.Tensor:
     return inputs()
 

@@ -174,24 +174,24 @@ def test_heads_are_never_combined_silently(tmp_path):
     torch.testing.assert_close(summed.classifier.modules_to_save["default"].weight, expected, atol=1e-6, rtol=0)
 
 
+def saved_with_base(arch: str, targets: list[str], path, base_name: str) -> None:
+    """An untrained adapter of ``arch`` saved to ``path``, its base model recorded as ``base_name``."""
+    model = build(arch)
+    ll.inject(model, ll.LoraConfig(r=2, targets=targets))
+    ll.save_adapter(model, path)
+    meta = json.loads((path / "adapter_config.json").read_text())
+    meta["base_model_name_or_path"] = base_name
+    (path / "adapter_config.json").write_text(json.dumps(meta))
+
+
 def test_refusals(tmp_path):
     model = build("bert")
     ll.inject(model, ll.LoraConfig(r=2, targets=["query"], dora=True), name="d")
     ll.save_adapter(model, tmp_path / "dora", name="d")
     with pytest.raises(AdapterError, match=r"adapter 0 is DoRA .* Merge each into the base model instead"):
         compose_io.compose([tmp_path / "dora"], [1.0], tmp_path / "x")
-    other = build("llama")
-    ll.inject(other, ll.LoraConfig(r=2, targets=["q_proj"]))
-    ll.save_adapter(other, tmp_path / "llama")
-    meta = json.loads((tmp_path / "llama" / "adapter_config.json").read_text())
-    meta["base_model_name_or_path"] = "some/other-model"
-    (tmp_path / "llama" / "adapter_config.json").write_text(json.dumps(meta))
-    bert = build("bert")
-    ll.inject(bert, ll.LoraConfig(r=2, targets=["query"]))
-    ll.save_adapter(bert, tmp_path / "bert")
-    meta = json.loads((tmp_path / "bert" / "adapter_config.json").read_text())
-    meta["base_model_name_or_path"] = "bert-tiny"
-    (tmp_path / "bert" / "adapter_config.json").write_text(json.dumps(meta))
+    saved_with_base("llama", ["q_proj"], tmp_path / "llama", "some/other-model")
+    saved_with_base("bert", ["query"], tmp_path / "bert", "bert-tiny")
     with pytest.raises(AdapterError, match=r"trained on different base models \(\['bert-tiny', 'some/other-model'\]\)"):
         compose_io.compose([tmp_path / "bert", tmp_path / "llama"], [1.0, 1.0], tmp_path / "x")
     with pytest.raises(AdapterError, match=r"2 adapters but 1 weights; give one weight per adapter"):

@@ -6,19 +6,13 @@ import csv
 import json
 
 import pytest
-import torch
 
 from loralab import data as datasets
 from loralab.cli import main
 from loralab.experiments.stats import mean_ci, paired, spearman, verdict
 from test_training import train_args
 
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 @pytest.fixture(scope="module")

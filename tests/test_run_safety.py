@@ -16,18 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from loralab.cli import main
 from test_training import ENV, adapter_tensors, train_args
 
-
-@pytest.fixture(autouse=True)
-def keep_threads():
-    """In-process runs set torch's thread count (--threads 1); give the next test its own back."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("keep_threads")
 
 
 def quick(tiny, out, *extra):

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from loralab import data as datasets
-from loralab.errors import ConfigError, DataError
+from loralab.errors import DataError
 
 ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
@@ -155,3 +155,16 @@ def test_bad_flags_are_reported(tiny, tmp_path):
     assert "--method must be one of ('full', 'lora', 'dora', 'did', 'said'), got 'qlora'" in proc.stderr
     proc = run_cli(train_args(tiny, tmp_path / "x", "--lr", "0"), check=False)
     assert "--lr must be > 0; try 5e-4 for LoRA or 5e-5 for full fine-tuning" in proc.stderr
+
+
+def test_group_by_length_is_a_seeded_permutation_of_similar_length_batches(tiny, tmp_path):
+    from loralab.train.batching import epoch_order
+
+    lengths = [(7 * i) % 53 + 1 for i in range(500)]
+    order = epoch_order(500, 3, 1, lengths, 8)
+    assert sorted(order) == list(range(500)) and order == epoch_order(500, 3, 1, lengths, 8)
+    assert order != epoch_order(500, 3, 2, lengths, 8)  # each epoch its own order
+    spread = [max(lengths[k] for k in order[i:i + 8]) - min(lengths[k] for k in order[i:i + 8]) for i in range(0, 496, 8)]
+    assert sum(spread) / len(spread) < 3  # random batches of 8 spread over ~40 tokens
+    run_cli(train_args(tiny, tmp_path / "g", "--epochs", "1", "--group-by-length"))
+    assert json.loads((tmp_path / "g" / "result.json").read_text())["steps"] == 18

@@ -174,6 +174,8 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train", type=int, default=None, help="quick study: training examples per run")
     parser.add_argument("--epochs", type=int, default=None, help="quick study: epochs per run")
     parser.add_argument("--seed", type=int, default=0, help="quick study: seed (default: 0)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                        help="quick study: fp32, or bf16 autocast (default: fp32)")
 
 
 def cmd_study(args: argparse.Namespace) -> int:
@@ -190,7 +192,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     executor = make_executor(args.executor, args.workers or 1, address=args.address)
     run_study(out=args.out or "reports", runs_dir=args.runs or "runs/study", max_train=args.max_train,
-              epochs=args.epochs, seed=args.seed, executor=executor)
+              epochs=args.epochs, seed=args.seed, executor=executor, precision=args.precision)
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+
 from tqdm.auto import tqdm
 
 

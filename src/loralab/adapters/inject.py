@@ -21,8 +21,8 @@ from torch import nn
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.lora import LoraLayer, check_supported, layer_kind
 from loralab.adapters.manage import set_active
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
 from loralab.adapters.modules_to_save import ModulesToSave
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
 from loralab.errors import AdapterError
 
 ALL_LINEAR = "all-linear"

@@ -9,8 +9,8 @@ from torch import nn
 
 from loralab.adapters.host import BASE
 from loralab.adapters.lora import LoraLayer
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
 from loralab.adapters.modules_to_save import ModulesToSave
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
 from loralab.errors import AdapterError
 
 

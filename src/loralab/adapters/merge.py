@@ -14,8 +14,8 @@ from torch import nn
 
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import active_adapters
-from loralab.adapters.registry import adapter_configs, adapter_modules, lora_layers
 from loralab.adapters.modules_to_save import ModulesToSave
+from loralab.adapters.registry import adapter_configs, adapter_modules, lora_layers
 from loralab.errors import AdapterError
 
 

@@ -102,19 +102,23 @@ def plot_magnitude_direction(result: dict, path: Path) -> Path:
     return save(fig, path)
 
 
+def fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
 def markdown(result: dict, images: dict[str, str]) -> str:
     lines = ["# Analysis of weight updates", "", "| source | kind | layers | median k@90 | median effective rank | "
              "median amplification | intruders (top-10, ε=0.5) | median ΔM | median ΔD |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, report in result["sources"].items():
         s = report["summary"]
-        fmt = (lambda v, f: "–" if v is None else format(v, f))
         lines.append(f"| {name} | {report['kind']} | {s['layers']} | {fmt(s['k90_median'], 'g')} | "
                      f"{fmt(s['effective_rank_median'], '.2f')} | {fmt(s['amplification_median'], '.1f')} | "
                      f"{s['intruders_total']} | {fmt(s['delta_m_median'], '.3g')} | {fmt(s['delta_d_median'], '.3g')} |")
     lines += ["", "Amplification (LoRA §7.3): ‖ΔW‖_F / ‖UᵀW0V‖_F with U, V the update's top-r singular vectors; "
               "next to ‖UᵀW0V‖_F for W0's own top-r directions and for random ones (medians over layers):", "",
-              "| source | r | ‖ΔW‖_F | ΔW directions | W0's own | random | amplification |", "|---|---:|---:|---:|---:|---:|---:|"]
+              "| source | r | ‖ΔW‖_F | ΔW directions | W0's own | random | amplification |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, report in result["sources"].items():
         rows = [r["amplification"] for r in report["layers"].values() if "amplification" in r]
         if rows:

@@ -40,7 +40,7 @@ def claim_1(ctx: Context) -> dict:
         rows.append({"task": task, "full": mean_ci(full[task].values()), "lora_r8": mean_ci(lora[task].values()),
                      "ratio": ratio, "verdict": verdicts[-1]})
     return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "rows": rows,
-            "summary": f"LoRA r=8 (q/v) over full FT per task: " + ", ".join(
+            "summary": "LoRA r=8 (q/v) over full FT per task: " + ", ".join(
                 f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]" for r in rows)
             + f"; {params:.0f}× fewer trainable parameters (head included)."}
 

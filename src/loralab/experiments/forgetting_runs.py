@@ -50,9 +50,6 @@ def base_and_reference(out: Path):
 
 
 def smollm2_forgetting(ctx: Context) -> list[dict]:
-    from loralab.analysis.forgetting import lm_forgetting
-    from loralab.runs import load_run
-
     lrs = {m: chosen_lr(ctx, m) for m in ("lora", "full")}
     units = [plan.smollm2_unit("lora", lrs["lora"], 8), plan.smollm2_unit("lora", lrs["lora"], 64),
              plan.smollm2_unit("full", lrs["full"])]
@@ -60,13 +57,19 @@ def smollm2_forgetting(ctx: Context) -> list[dict]:
     base, tokenizer, rows, base_loss = base_and_reference(ctx.out / "forgetting")
     out = []
     for unit in units:
-        _, tuned, _, _, _ = load_run(ctx.run_dir(unit))
-        with torch.no_grad():
-            forgetting = lm_forgetting(lambda b: base(**b), lambda b: tuned(**b), rows, tokenizer.pad_token_id, 8)
         r = results[unit.name]
         out.append({"name": unit.name, "method": unit.config.method, "rank": unit.config.r if unit.config.method != "full"
                     else None, "lr": unit.config.lr, "trainable_params": r["trainable_params"],
                     "test_loss": r["test"]["loss"], "base_test_loss": base_loss, "gain": base_loss - r["test"]["loss"],
-                    "forgetting": forgetting})
-        del tuned
+                    "forgetting": forgetting_of(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)})
     return out
+
+
+@torch.no_grad()
+def forgetting_of(run_dir: Path, base, rows: list[dict], pad_id: int) -> dict:
+    """`lm_forgetting` of one finished run's model against the base model."""
+    from loralab.analysis.forgetting import lm_forgetting
+    from loralab.runs import load_run
+
+    _, tuned, _, _, _ = load_run(run_dir)
+    return lm_forgetting(lambda b: base(**b), lambda b: tuned(**b), rows, pad_id, 8)

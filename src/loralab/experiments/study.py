@@ -43,10 +43,10 @@ ARMS = [
 ]
 
 
-def unit(arm: Arm, max_train: int, epochs: int, seed: int) -> Unit:
+def unit(arm: Arm, max_train: int, epochs: int, seed: int, precision: str = "fp32") -> Unit:
     return Unit(arm.name, TrainConfig(
         model=MODEL, data=DATA, method=arm.method, targets=arm.targets, r=RANK, alpha=ALPHA, lr=arm.lr,
-        epochs=epochs, batch_size=BATCH, max_train=max_train, max_length=MAX_LENGTH, seed=seed))
+        epochs=epochs, batch_size=BATCH, max_train=max_train, max_length=MAX_LENGTH, seed=seed, precision=precision))
 
 
 def summarise(results: dict[str, dict]) -> list[dict]:
@@ -93,7 +93,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Model `{meta['model']}` ({models.DESCRIPTIONS.get(meta['model'], meta['model'])}, {total / 1e6:.1f}M "
         f"parameters) on `{meta['data']}` ({datasets.DESCRIPTIONS.get(meta['data'], meta['data'])}): "
         f"{meta['max_train']} training examples, {meta['test_examples']} test examples, {meta['epochs']} epochs, "
-        f"batch {BATCH}, seed {meta['seed']}. Each arm keeps its best validation epoch. Ratios are to full fine-tuning.",
+        f"batch {BATCH}, seed {meta['seed']}, {meta.get('precision', 'fp32')}. Each arm keeps its best validation "
+        "epoch. Ratios are to full fine-tuning.",
         "",
         "| run | lr | trainable params | × fewer than full | test acc | acc / full | macro-F1 | wall time | peak mem |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -137,7 +138,7 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Path:
 
 
 def run_study(out: str = "reports", runs_dir: str = "runs/study", max_train: Optional[int] = None,
-              epochs: Optional[int] = None, seed: int = 0, executor=None) -> list[dict]:
+              epochs: Optional[int] = None, seed: int = 0, executor=None, precision: str = "fp32") -> list[dict]:
     """Run every arm (cached), then write the report; returns the table rows."""
     import torch
 
@@ -147,11 +148,11 @@ def run_study(out: str = "reports", runs_dir: str = "runs/study", max_train: Opt
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    results = run_units([unit(arm, max_train, epochs, seed) for arm in ARMS], runs_dir,
+    results = run_units([unit(arm, max_train, epochs, seed, precision) for arm in ARMS], runs_dir,
                         executor or make_executor("local", 1), desc="quick study")
     rows = summarise(results)
     meta = {
-        "model": MODEL, "data": DATA, "max_train": max_train, "epochs": epochs, "seed": seed,
+        "model": MODEL, "data": DATA, "max_train": max_train, "epochs": epochs, "seed": seed, "precision": precision,
         "test_examples": len(datasets.load(DATA, "test", seed)), "study_time_s": time.time() - started,
         "torch": torch.__version__, "runs_dir": str(runs_dir),
     }

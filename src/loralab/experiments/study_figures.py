@@ -8,6 +8,23 @@ from pathlib import Path
 from loralab.plotting import pyplot, save
 
 
+def by_int_key(mapping: dict) -> list[tuple[int, dict]]:
+    """[(key, value)] sorted by integer key (study.json turns int keys into strings)."""
+    return sorted((int(k), v) for k, v in mapping.items())
+
+
+def band_panels(rows: list[dict], width: float):
+    """(figure, one axis per row) for per-task panels."""
+    fig, axes = pyplot().subplots(1, len(rows), figsize=(width * len(rows), 3.4), squeeze=False)
+    return fig, axes[0]
+
+
+def band(ax, xs: list, cis: list[dict], label: str) -> None:
+    """Mean with its 95% CI band."""
+    ax.fill_between(xs, [ci["low"] for ci in cis], [ci["high"] for ci in cis], alpha=0.2)
+    ax.plot(xs, [ci["mean"] for ci in cis], marker="o", label=label)
+
+
 def errorbar(ax, x, ci: dict, **kw):
     ax.errorbar([x], [ci["mean"]], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], capsize=3, **kw)
 
@@ -31,24 +48,36 @@ def claim_1(c: dict, path: Path):
     return save(fig, path)
 
 
-def claim_2(c: dict, path: Path):
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(c["rows"]), figsize=(3.3 * len(c["rows"]), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], c["rows"]):
-        ranks = sorted(int(r) for r in row["by_rank"])
-        cis = [row["by_rank"][r] if r in row["by_rank"] else row["by_rank"][str(r)] for r in ranks]
-        ax.fill_between(ranks, [ci["low"] for ci in cis], [ci["high"] for ci in cis], alpha=0.2)
-        ax.plot(ranks, [ci["mean"] for ci in cis], marker="o", label="LoRA (q/v)")
-        ax.axhline(row["full"]["mean"], color="black", linewidth=1, label="full FT")
-        ax.axhline(row["target"], color="red", linestyle="--", linewidth=1, label="95% of full FT")
-        if row["needed_rank"]:
-            ax.axvline(row["needed_rank"], color="red", alpha=0.4)
-        ax.set(xscale="log", xticks=ranks, xticklabels=[str(r) for r in ranks], xlabel="rank r",
-               title=f"{row['task']}: needs r = {row['needed_rank']}")
-        ax.minorticks_off()
-    axes[0][0].set_ylabel("test accuracy (mean, 95% CI)")
-    axes[0][0].legend(fontsize=7)
+def band_figure(c: dict, path: Path, width: float, series, lines, marker_key: str, title, xlabel: str,
+                ylabel: str, label: str, integer_ticks: bool = False):
+    """One panel per task: ``series(row)`` → (xs, CIs) as a band, ``lines(row)`` → [(y, style)] reference lines,
+    a vertical marker at ``row[marker_key]``, log x."""
+    fig, axes = band_panels(c["rows"], width)
+    for ax, row in zip(axes, c["rows"]):
+        xs, cis = series(row)
+        band(ax, xs, cis, label)
+        for y, style in lines(row):
+            ax.axhline(y, linewidth=1, **style)
+        if row[marker_key]:
+            ax.axvline(row[marker_key], color="red", alpha=0.4)
+        ax.set(xscale="log", xlabel=xlabel, title=title(row))
+        if integer_ticks:
+            ax.set(xticks=xs, xticklabels=[str(x) for x in xs])
+            ax.minorticks_off()
+    axes[0].set_ylabel(ylabel)
+    axes[0].legend(fontsize=7)
     return save(fig, path)
+
+
+def claim_2(c: dict, path: Path):
+    def series(row):
+        ranks, cis = zip(*by_int_key(row["by_rank"]))
+        return list(ranks), list(cis)
+
+    return band_figure(c, path, 3.3, series, lambda row: [(row["full"]["mean"], {"color": "black", "label": "full FT"}),
+                       (row["target"], {"color": "red", "linestyle": "--", "label": "95% of full FT"})],
+                       "needed_rank", lambda row: f"{row['task']}: needs r = {row['needed_rank']}", "rank r",
+                       "test accuracy (mean, 95% CI)", "LoRA (q/v)", integer_ticks=True)
 
 
 def claim_3(c: dict, path: Path):
@@ -90,20 +119,14 @@ def claim_4(c: dict, path: Path):
 
 
 def claim_5(c: dict, path: Path):
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(c["rows"]), figsize=(3.6 * len(c["rows"]), 3.4), squeeze=False)
-    for ax, row in zip(axes[0], c["rows"]):
-        ds = sorted(int(d) for d in row["points"])
-        points = [row["points"][d] if d in row["points"] else row["points"][str(d)] for d in ds]
-        ax.fill_between(ds, [p["validation"]["low"] for p in points], [p["validation"]["high"] for p in points], alpha=0.2)
-        ax.plot(ds, [p["validation"]["mean"] for p in points], marker="o", label="SAID validation")
-        ax.axhline(row["threshold"], color="red", linestyle="--", linewidth=1, label="90% of full FT")
-        if row["d90"]:
-            ax.axvline(row["d90"], color="red", alpha=0.4)
-        ax.set(xscale="log", xlabel="subspace dimension d", title=f"{row['task']}: d90 = {row['d90']}")
-    axes[0][0].set_ylabel("validation accuracy (mean, 95% CI)")
-    axes[0][0].legend(fontsize=7)
-    return save(fig, path)
+    def series(row):
+        ds, points = zip(*by_int_key(row["points"]))
+        return list(ds), [p["validation"] for p in points]
+
+    return band_figure(c, path, 3.6, series, lambda row: [(row["threshold"], {"color": "red", "linestyle": "--",
+                                                                             "label": "90% of full FT"})],
+                       "d90", lambda row: f"{row['task']}: d90 = {row['d90']}", "subspace dimension d",
+                       "validation accuracy (mean, 95% CI)", "SAID validation")
 
 
 def claim_6(c: dict, path: Path):
@@ -122,9 +145,9 @@ def claim_6(c: dict, path: Path):
 
 
 def claim_7(c: dict, path: Path):
-    from loralab.analysis.plots import plot_phi
-
     import statistics
+
+    from loralab.analysis.plots import plot_phi
 
     rows = c["rows"]
     first = rows[0]["r8_vs_r64"]
@@ -166,7 +189,7 @@ def claim_9(c: dict, path: Path):
              ylabel="needed rank (claim 2)", title=f"prediction before training, n = {len(tasks)} tasks")
     left.legend(fontsize=7)
     per_task = c["allocation"]["per_task"]
-    for i, (task, ci) in enumerate(per_task.items()):
+    for i, ci in enumerate(per_task.values()):
         errorbar(right, i, ci, marker="o", color="tab:blue")
     errorbar(right, len(per_task), c["allocation"]["pooled"], marker="s", color="black")
     right.axhline(0, color="grey", linewidth=1)

@@ -22,8 +22,8 @@ METHODS = {
        "r=4, MLP r=3, all linear r=2 (block output r=1). Placement's effect (spread across placements) is compared "
        "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change). On movie and trec only (time budget).",
     5: "SAID (Fastfood projection, one scale per tensor) over d ∈ {250, 1000, 4000, 16000} plus one bisection step; "
-       "the lr at d = 1000 from the sweep on movie, scaled by √(1000/d). d90 = smallest d whose mean validation accuracy over two "
-       "seeds reaches 90% of full fine-tuning's mean validation accuracy.",
+       "the lr at d = 1000 from the sweep on movie, scaled by √(1000/d). d90 = smallest d whose mean validation "
+       "accuracy over two seeds reaches 90% of full fine-tuning's mean validation accuracy.",
     6: "The full fine-tuning update ΔW = W_ft − W0 of every linear layer (seed 0): k@90, the number of singular "
        "directions holding 90% of ‖ΔW‖², against the same for a Gaussian matrix of the same shape.",
     7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between the input subspaces (right singular vectors) of r=8 and "

@@ -31,8 +31,8 @@ from torch import nn
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import inject, match_modules_to_save, match_targets
 from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name
 from loralab.adapters.modules_to_save import ModulesToSave
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name
 from loralab.errors import AdapterError
 from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 

@@ -61,7 +61,21 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
-    """The example order of one epoch: a permutation fixed by (seed, epoch), so resume needs no RNG state."""
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None, batch_size: int = 1,
+                megabatch: int = 50) -> list[int]:
+    """The example order of one epoch: a permutation fixed by (seed, epoch), so resume needs no RNG state.
+
+    With ``lengths`` (group by length, as HF's LengthGroupedSampler): the permutation is cut into
+    mega-batches of ``megabatch × batch_size`` examples, each sorted by length (longest first), and
+    the resulting batches are shuffled; each batch then pads to similar lengths.
+    """
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=generator).tolist()
+    order = torch.randperm(n, generator=generator).tolist()
+    if lengths is None:
+        return order
+    size = megabatch * batch_size
+    grouped = [sorted(order[i : i + size], key=lambda k: -lengths[k]) for i in range(0, n, size)]
+    batches = [chunk[i : i + batch_size] for chunk in grouped for i in range(0, len(chunk), batch_size)]
+    full = [b for b in batches if len(b) == batch_size]
+    return [k for j in torch.randperm(len(full), generator=generator).tolist() for k in full[j]] + \
+        [k for b in batches if len(b) < batch_size for k in b]

@@ -40,6 +40,8 @@ class TrainConfig:
         epochs: Passes over the training split.
         lr: Peak learning rate (AdamW).
         batch_size: Examples per optimizer step and process group (the global batch).
+        group_by_length: Batch examples of similar length together (less padding; seeded, as HF's
+            group_by_length).
         grad_accum: Micro-batches accumulated per optimizer step (each of --batch-size examples).
         warmup: Fraction of the optimizer steps with linear warm-up; the rest decays linearly to 0.
         weight_decay: AdamW weight decay.
@@ -76,6 +78,7 @@ class TrainConfig:
     epochs: int = 3
     lr: float = 5e-4
     batch_size: int = 16
+    group_by_length: bool = False
     grad_accum: int = 1
     warmup: float = 0.06
     weight_decay: float = 0.0

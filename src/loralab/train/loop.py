@@ -28,6 +28,7 @@ from torch import nn
 import loralab as ll
 from loralab import data as datasets
 from loralab import models
+from loralab.errors import TrainingError
 from loralab.io.atomic import atomic_write_json
 from loralab.methods import get_method
 from loralab.progress import progress
@@ -37,7 +38,6 @@ from loralab.train.callbacks import Callback, standard_callbacks
 from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from loralab.train.config import TrainConfig
 from loralab.train.evaluate import evaluate
-from loralab.errors import TrainingError
 
 
 @dataclass
@@ -181,7 +181,8 @@ class Trainer:
     def train_epoch(self, epoch: int) -> None:
         """Micro-batches of this epoch's fixed order, from where a resumed run stopped."""
         cfg = self.cfg
-        order = epoch_order(self.n_train, cfg.seed, epoch)
+        lengths = [len(r["input_ids"]) for r in self.rows["train"]] if cfg.group_by_length else None
+        order = epoch_order(self.n_train, cfg.seed, epoch, lengths, cfg.batch_size)
         micro = [order[i : i + cfg.batch_size] for i in range(0, self.micro_per_epoch * cfg.batch_size, cfg.batch_size)]
         self.net.train()
         running = 0.0
