@@ -30,6 +30,10 @@ study: venv
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/precision.py
+	$(BIN)/python bench/serving.py
+	$(BIN)/python bench/compose.py
+	$(BIN)/python bench/e2e.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -340,11 +340,14 @@ class LoraLayer(AdapterHost):
             for name in self.active:
                 out = out + self.adapter_term(name, x, out)
             return out
+        in_place = not torch.is_grad_enabled()  # serving: no copy of the output per adapter
         for name, rows in self.route_groups(x.shape[0], x.device):
             if name == BASE or name not in self.lora_A:
                 continue
-            sub_x, sub_out = x.index_select(0, rows), out.index_select(0, rows)
-            out = out.index_add(0, rows, self.adapter_term(name, sub_x, sub_out))
+            needs_base = name in self.lora_magnitude or self.kind == "embedding"
+            sub_out = out.index_select(0, rows) if needs_base else out[:0]
+            term = self.adapter_term(name, x.index_select(0, rows), sub_out)
+            out = out.index_add_(0, rows, term) if in_place else out.index_add(0, rows, term)
         return out
 
     def to_base_module(self) -> nn.Module:
