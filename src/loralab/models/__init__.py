@@ -59,9 +59,14 @@ def smollm2_dir() -> Path:
     fix_chat_tokenizer(tokenizer)
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
-    with atomic_directory(target) as staging:  # a half-written cache is never seen
-        model.save_pretrained(staging, safe_serialization=True)
-        tokenizer.save_pretrained(staging)
+    try:
+        with atomic_directory(target) as staging:  # a half-written cache is never seen
+            model.save_pretrained(staging, safe_serialization=True)
+            tokenizer.save_pretrained(staging)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        # another process (e.g. a parallel run of a study) converted it first: use its copy
     return target
 
 
