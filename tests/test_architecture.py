@@ -21,6 +21,7 @@ ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS an
     "compose": {"adapters", "io", "analysis"},
     "train": {"adapters", "io", "data", "models", "methods", "analysis"},
     "runs": {"adapters", "io", "data", "models", "methods", "train"},
+    "integrations": {"adapters", "io"},
 }
 
 

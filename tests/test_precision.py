@@ -66,9 +66,10 @@ def test_merging_into_a_bf16_base_rounds_once():
 
 
 @pytest.mark.parametrize("dora", [False, True])
-def test_inference_path_equals_the_training_path(dora):
+@pytest.mark.parametrize("batch", [1, 3])  # 7 or 21 tokens against in = 16: DoRA scales the output or folds into W
+def test_inference_path_equals_the_training_path(dora, batch):
     model = trained("bert", targets=["query", "value"], dora=dora).eval()
-    ids = inputs()
+    ids = inputs(batch=batch)
     with torch.enable_grad():
         through_autograd = model(input_ids=ids).logits
     with torch.no_grad():

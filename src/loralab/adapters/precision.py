@@ -9,8 +9,8 @@ Compute dtype (the rules of ``torch.autocast``, device-agnostic):
   kept in float32 (`inject(..., autocast_adapter_dtype=True)`, PEFT's default).
 
 `lora_inference` / `dora_inference` serve ``torch.no_grad()`` and ``inference_mode``: no autograd
-node, the rank-r term added into the base output in place, DoRA's per-row factor applied to the
-(tokens, out) output instead of folded into an (out, in) copy of W.
+node; the small rank-r term is written first and the big GEMM accumulates into it; DoRA's
+per-row factor goes wherever it is cheaper (into W for many tokens, onto the output for few).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import contextlib
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -41,18 +40,31 @@ def cast(dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> list:
 
 
 def lora_inference(x, weight, bias, lora_A, lora_B, scaling: float) -> torch.Tensor:
-    """W·x + b + s·B·(A·x) without autograd: x (..., in), W (out, in), A (r, in), B (out, r)."""
+    """W·x + b + s·B·(A·x) without autograd: x (..., in), W (out, in), A (r, in), B (out, r).
+
+    The rank-r term (with the bias and s folded into the (T, r) hidden) is written first and the
+    big GEMM accumulates into it: no pass over the (T, out) output beyond the GEMM's own.
+    """
     x2d = x.reshape(-1, x.shape[-1])
-    out = F.linear(x2d, weight, bias)  # (T, out)
-    out.addmm_(x2d @ lora_A.T, lora_B.T, alpha=scaling)  # + s·(x·Aᵀ)·Bᵀ
-    return out.view(*x.shape[:-1], weight.shape[0])
+    hidden = (x2d @ lora_A.T).mul_(scaling)  # (T, r)
+    out = torch.addmm(bias, hidden, lora_B.T) if bias is not None else hidden @ lora_B.T  # (T, out)
+    return out.addmm_(x2d, weight.T).view(*x.shape[:-1], weight.shape[0])
 
 
 def dora_inference(x, weight, bias, lora_A, lora_B, scaling: float, row_scale: torch.Tensor) -> torch.Tensor:
-    """m/n ⊙ (W·x + s·B·A·x) + b without autograd; ``row_scale`` = m/n (out,)."""
+    """m/n ⊙ (W·x + s·B·A·x) + b without autograd; ``row_scale`` = m/n (out,).
+
+    m/n is folded into W and B when that (out, in) copy is smaller than the (T, out) output (many
+    tokens), else applied to the output (few tokens, e.g. generation).
+    """
     x2d = x.reshape(-1, x.shape[-1])
-    out = F.linear(x2d, weight)
-    out.addmm_(x2d @ lora_A.T, lora_B.T, alpha=scaling).mul_(row_scale)
-    if bias is not None:
-        out.add_(bias)
+    hidden = (x2d @ lora_A.T).mul_(scaling)  # (T, r)
+    if x2d.shape[0] > x2d.shape[1]:
+        scaled_b = lora_B * row_scale[:, None]
+        out = torch.addmm(bias, hidden, scaled_b.T) if bias is not None else hidden @ scaled_b.T
+        out.addmm_(x2d, (weight * row_scale[:, None]).T)
+    else:
+        out = (hidden @ lora_B.T).addmm_(x2d, weight.T).mul_(row_scale)
+        if bias is not None:
+            out.add_(bias)
     return out.view(*x.shape[:-1], weight.shape[0])
