@@ -42,23 +42,17 @@ def adapted_row_norm(weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.T
     return norm_sq.clamp_min(0.0).sqrt()
 
 
-def dora_term(
-    base_no_bias: torch.Tensor,
-    lora_out: torch.Tensor,
-    magnitude: torch.Tensor,
-    weight_norm: torch.Tensor,
-    scaling: float,
-) -> torch.Tensor:
-    """What DoRA adds to the base output W·x + b.
+def dora_term(base_no_bias: torch.Tensor, low_rank: torch.Tensor, magnitude: torch.Tensor,
+              weight_norm: torch.Tensor) -> torch.Tensor:
+    """What DoRA adds to the base output W·x + b (the composed path: stacks and routing).
 
-    m/‖W'‖ ⊙ (W·x + s·B·A·x) − W·x = (m/‖W'‖ − 1) ⊙ W·x + m/‖W'‖ ⊙ s·B·A·x.
+    m/‖W'‖ ⊙ (W·x + s·B·A·x̃) − W·x = (m/‖W'‖ − 1) ⊙ W·x + m/‖W'‖ ⊙ s·B·A·x̃.
 
     Args:
         base_no_bias: W·x, (..., out).
-        lora_out: B·A·x, (..., out).
+        low_rank: s·B·A·x̃, (..., out).
         magnitude: m, (out,).
         weight_norm: ‖W + s·B·A‖_row, detached, (out,).
-        scaling: s.
     """
     scale = magnitude / weight_norm  # (out,)
-    return (scale - 1.0) * base_no_bias + scale * (lora_out * scaling)
+    return (scale - 1.0) * base_no_bias + scale * low_rank

@@ -274,13 +274,13 @@ class LoraLayer(AdapterHost):
             return ((hidden @ lora_B.T) * s).to(base_out.dtype)
         p = self.dropout[name]
         dropped = F.dropout(x, p, self.training) if p > 0 and self.training else x
-        lora_out = (dropped @ lora_A.T) @ lora_B.T  # (..., r) -> (..., out)
+        low_rank = ((dropped @ lora_A.T) * s) @ lora_B.T  # s·B·A·x̃: s on the (..., r) hidden, (..., out)
         if name not in self.lora_magnitude:
-            return lora_out * s
+            return low_rank
         with autocast_off(x):
             norm = self.row_norm(name)
         base_no_bias = base_out if self.bias is None else base_out - self.bias
-        return dora_term(base_no_bias, lora_out, self.lora_magnitude[name], norm, s).to(base_out.dtype)
+        return dora_term(base_no_bias, low_rank, self.lora_magnitude[name], norm).to(base_out.dtype)
 
     def row_norm(self, name: str) -> torch.Tensor:
         """‖W + s·B·A‖_row in float32 (or wider), detached.
