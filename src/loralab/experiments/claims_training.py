@@ -66,6 +66,9 @@ def claim_2(ctx: Context) -> dict:
 
 @claim(3, "DoRA ≥ LoRA at equal rank, most at low rank")
 def claim_3(ctx: Context) -> dict:
+    ctx = ctx.only(plan.DORA_TASKS)
+    ctx.run([plan.lora_unit(t, ctx.sizes, s, ctx.lr("dora"), "dora", r)  # every rank at once: both workers stay busy
+             for r in plan.DORA_RANKS for t in ctx.tasks for s in ctx.seeds])
     diffs, rows = {}, []
     for r in plan.DORA_RANKS:
         dora, lora = lora_accuracy(ctx, r, "dora"), lora_accuracy(ctx, r)
@@ -85,9 +88,7 @@ def claim_3(ctx: Context) -> dict:
 
 @claim(4, "Placement matters more than rank at a fixed budget")
 def claim_4(ctx: Context) -> dict:
-    from dataclasses import replace
-
-    ctx = replace(ctx, tasks=tuple(t for t in ctx.tasks if t in plan.PLACEMENT_TASKS) or ctx.tasks)
+    ctx = ctx.only(plan.PLACEMENT_TASKS)
     placements = {p: lora_accuracy(ctx, 8, placement=p) for p in plan.PLACEMENTS}
     ranks = {r: lora_accuracy(ctx, r) for r in (4, 8, 16)}
     params = {p: ctx.params(plan.lora_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora"), placement=p))
@@ -117,6 +118,8 @@ def claim_5(ctx: Context) -> dict:
     for task in [t for t in plan.D90_TASKS if t in ctx.tasks]:
         threshold = 0.9 * statistics.fmean(ctx.validation(plan.full_unit(task, ctx.sizes, s, ctx.lr("full")))
                                            for s in ctx.seeds)
+        ctx.run([plan.said_unit(task, ctx.sizes, s, d, ctx.lr("said"), ctx.moving_tensors)  # the grid in one batch
+                 for d in plan.D90_DIMS for s in plan.D90_SEEDS])
         points: dict[int, dict] = {}
 
         def measure(d: int) -> float:

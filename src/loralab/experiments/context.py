@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -36,6 +36,10 @@ class Context:
     lr_table: dict[str, dict] = field(default_factory=dict)
     outcomes: dict[int, dict] = field(default_factory=dict)
     _moving: Optional[int] = None
+
+    def only(self, tasks: tuple[str, ...]) -> "Context":
+        """The same study restricted to ``tasks`` (all of its tasks if none of them is chosen)."""
+        return replace(self, tasks=tuple(t for t in self.tasks if t in tasks) or self.tasks)
 
     def run(self, units: list[Unit]) -> dict[str, dict]:
         """Train what is not cached (in parallel); {unit name: result.json}."""

@@ -47,17 +47,18 @@ def probe_tasks(ctx: Context) -> dict[str, dict]:
 def allocated_vs_uniform(ctx: Context, probes: dict[str, dict]) -> dict:
     from loralab.analysis.probe import allocate_ranks
 
-    uniform, allocated, patterns, per_task = {}, {}, {}, {}
+    patterns = {task: allocate_ranks({path: ranks["gradient"] for path, ranks in probes[task]["layers"].items()},
+                                     budget=8 * len(probes[task]["layers"])) for task in ctx.tasks}
+    pairs = {(task, seed): (plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora")),
+                            plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora"),
+                                           rank_pattern=plan.escaped_paths(patterns[task]), tag="-probe"))
+             for task in ctx.tasks for seed in ctx.seeds}
+    results = ctx.run([unit for pair in pairs.values() for unit in pair])  # one batch: both workers stay busy
+    uniform, allocated, per_task = {}, {}, {}
+    for (task, seed), (flat, probed) in pairs.items():
+        uniform.setdefault(task, {})[seed] = results[flat.name]["test"]["accuracy"]
+        allocated.setdefault(task, {})[seed] = results[probed.name]["test"]["accuracy"]
     for task in ctx.tasks:
-        scores = {path: ranks["gradient"] for path, ranks in probes[task]["layers"].items()}
-        patterns[task] = allocate_ranks(scores, budget=8 * len(scores))
-        for seed in ctx.seeds:
-            units = [plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora")),
-                     plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora"),
-                                    rank_pattern=plan.escaped_paths(patterns[task]), tag="-probe")]
-            results = ctx.run(units)
-            uniform.setdefault(task, {})[seed] = results[units[0].name]["test"]["accuracy"]
-            allocated.setdefault(task, {})[seed] = results[units[1].name]["test"]["accuracy"]
         per_task[task] = paired(allocated[task], uniform[task])
     pooled = mean_ci([v for t in ctx.tasks for v in per_task[t]["values"]])
     return {"patterns": patterns, "per_task": per_task, "pooled": pooled,
