@@ -9,9 +9,12 @@ from loralab.plotting import pyplot, save
 
 
 def short_name(path: str) -> str:
-    found = re.search(r"(?:layers?|h|blocks?)\.(\d+)\.", path)
-    leaf = path.rsplit(".", 1)[-1]
-    return f"{found.group(1)}.{leaf}" if found else leaf
+    """'encoder.layer.0.attention.self.query' → '0.query'; 'encoder.layer.3.output.dense' → '3.output.dense'."""
+    found = re.search(r"(?:layers?|h|blocks?)\.(\d+)\.(.*)$", path)
+    if not found:
+        return ".".join(path.split(".")[-2:])
+    tail = re.sub(r"^(attention\.self|self_attn|attn|mlp)\.", "", found.group(2))
+    return f"{found.group(1)}.{tail}"
 
 
 def safe(name: str) -> str:
@@ -37,22 +40,29 @@ def plot_spectra(result: dict, path: Path) -> Path:
 
 
 def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Path:
-    """Grouped bars: one group per layer, one bar per source."""
+    """Heatmap: one row per source, one column per layer (blank where a source leaves a layer alone)."""
+    import math
+
     plt = pyplot()
     names = list(result["sources"])
     layers = list(next(iter(result["sources"].values()))["layers"])
     for report in result["sources"].values():
         layers += [p for p in report["layers"] if p not in layers]
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.28 * len(layers) * len(names)), 4))
-    width = 0.8 / len(names)
-    for index, name in enumerate(names):
-        rows = result["sources"][name]["layers"]
-        values = [getter(rows[p]) if p in rows and getter(rows[p]) is not None else 0 for p in layers]
-        ax.bar([i + index * width for i in range(len(layers))], values, width, label=name)
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(layers))], [short_name(p) for p in layers], rotation=90,
-                  fontsize=6)
-    ax.set(ylabel=label, title=f"{label} per layer")
-    ax.legend(fontsize=7)
+    grid = [[getter(result["sources"][n]["layers"][p]) if p in result["sources"][n]["layers"] else None
+             for p in layers] for n in names]
+    values = [[math.nan if v is None else float(v) for v in row] for row in grid]
+    fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + 0.32 * len(layers)), 1.6 + 0.42 * len(names)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis")
+    fig.colorbar(image, ax=ax, label=label, fraction=0.03)
+    if len(layers) <= 48:
+        for i, row in enumerate(grid):
+            for j, v in enumerate(row):
+                if v is not None:
+                    ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6, color="white")
+    ax.set_xticks(range(len(layers)), [short_name(p) for p in layers], rotation=90, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_title(f"{label} per layer")
+    ax.grid(False)
     return save(fig, path)
 
 
