@@ -7,6 +7,7 @@ import html
 import shutil
 from pathlib import Path
 
+from loralab.experiments import study_plan as plan
 from loralab.experiments.study_figures import FIGURES
 
 METHODS = {
@@ -17,13 +18,16 @@ METHODS = {
        "test accuracy reaches 95% of full fine-tuning's mean. Small: ≤ 8 on every task; task-dependent: not the same "
        "on every task.",
     3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (α = 2r, each family's validation-chosen learning rate); paired "
-       "differences over seeds (same split, data order and head initialisation), pooled over tasks.",
+       "differences over seeds (same split, data order and head initialisation), pooled over tasks. On "
+       f"{', '.join(plan.DORA_TASKS)} only (time budget: a DoRA run costs ~1.4× a LoRA run).",
     4: "Four placements at ≈ equal trainable parameters per block (rank_pattern): query/value r=8, all attention "
        "r=4, MLP r=3, all linear r=2 (block output r=1). Placement's effect (spread across placements) is compared "
-       "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change). On movie and trec only (time budget).",
+       "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change). On "
+       f"{', '.join(plan.PLACEMENT_TASKS)} only (the task needing the most rank in claim 2; time budget).",
     5: "SAID (Fastfood projection, one scale per tensor) over d ∈ {250, 1000, 4000, 16000} plus one bisection step; "
        "the lr at d = 1000 from the sweep on movie, scaled by √(1000/d). d90 = smallest d whose mean validation "
-       "accuracy over two seeds reaches 90% of full fine-tuning's mean validation accuracy.",
+       f"accuracy over seeds {list(plan.D90_SEEDS)} reaches 90% of full fine-tuning's mean validation accuracy "
+       f"(tasks {', '.join(plan.D90_TASKS)}).",
     6: "The full fine-tuning update ΔW = W_ft − W0 of every linear layer (seed 0): k@90, the number of singular "
        "directions holding 90% of ‖ΔW‖², against the same for a Gaussian matrix of the same shape.",
     7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between the input subspaces (right singular vectors) of r=8 and "
