@@ -35,8 +35,24 @@ def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
     return positions[positions < numel].long()
 
 
+def add_rows(out: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """out[rows[k]] += values[k] for every k, in place; out (R, c), rows (K,), values (K, c).
+
+    As one flat `index_add_` over K·c scalars: on CPU a 2-D `index_add_` adds slice by slice, one small
+    tensor operation per index, which for the ~10⁵ drops of a layer costs more than the layer itself.
+    """
+    width = out.shape[1]
+    flat = (rows[:, None] * width + torch.arange(width, device=rows.device)).reshape(-1)
+    out.view(-1).index_add_(0, flat, values.reshape(-1))
+    return out
+
+
 class SparseDropout:
-    """The dropped entries of a (T, n) input: flat positions, their rows t and columns j."""
+    """The dropped entries of a (T, n) input: flat positions, their rows t and columns j.
+
+    Gathers read rows of contiguous (·, r) matrices: `index_select` on a transposed view gathers
+    element by element and cost more than the layer's products.
+    """
 
     def __init__(self, positions: torch.Tensor, rows: int, cols: int, p: float):
         self.positions, self.p = positions, p
@@ -54,14 +70,14 @@ class SparseDropout:
 
     def hidden_correction(self, x2d: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Σ_(t,j) factor[:, j]·x[t, j] per token, (T, r): what the dropped entries added to x·factorᵀ."""
-        contrib = factor.T.index_select(0, self.j) * self.values(x2d)[:, None]  # (K, r)
-        return contrib.new_zeros(self.shape[0], factor.shape[0]).index_add_(0, self.t, contrib)
+        contrib = factor.T.contiguous().index_select(0, self.j) * self.values(x2d)[:, None]  # (K, r)
+        return add_rows(contrib.new_zeros(self.shape[0], factor.shape[0]), self.t, contrib)
 
     def factor_grad_correction(self, x2d: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
         """Σ_(t,j) g_rows[t]·x[t, j] per column j, (r, n): what the dropped entries added to Gᵀ-by-x."""
-        contrib = g_rows.index_select(0, self.t) * self.values(x2d)[:, None]  # (K, r)
-        return contrib.new_zeros(self.shape[1], g_rows.shape[1]).index_add_(0, self.j, contrib).T
+        contrib = g_rows.contiguous().index_select(0, self.t) * self.values(x2d)[:, None]  # (K, r)
+        return add_rows(contrib.new_zeros(self.shape[1], g_rows.shape[1]), self.j, contrib).T
 
     def input_grad_at_drops(self, g_rows: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """(g_rows·factor)[t, j] at the dropped entries, (K,): the rank-r input gradient to take back out."""
-        return (g_rows.index_select(0, self.t) * factor.T.index_select(0, self.j)).sum(1)
+        return (g_rows.contiguous().index_select(0, self.t) * factor.T.contiguous().index_select(0, self.j)).sum(1)
