@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -163,21 +161,28 @@ def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypat
     assert code == 0 and json.loads(text)["test"]["n"] == 18
 
 
+SIGINT_AT_STEP_5 = """
+import os, signal, sys
+from loralab.train import callbacks, loop
+
+class SigintAtStep5(callbacks.Callback):  # a real SIGINT, sent when step 5's checkpoint is on disk: no race
+    def on_checkpoint(self, trainer, path):
+        if trainer.state.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+standard = loop.standard_callbacks
+loop.standard_callbacks = lambda cfg: [SigintAtStep5(), *standard(cfg)]
+from loralab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_ctrl_c_prints_the_resume_command_and_resume_is_bit_identical(tiny, finished, tmp_path):
     """SIGINT at a checkpointed step: exit 130, the message names the checkpoint and the exact command."""
     args = quick(tiny, tmp_path / "int", "--checkpoint-every", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "loralab", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_AT_STEP_5, *map(str, args)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = tmp_path / "int" / "checkpoint" / "checkpoint.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if json.loads(state.read_text())["step"] >= 5:
-                break
-        except (FileNotFoundError, json.JSONDecodeError):
-            pass
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     step = json.loads(state.read_text())["step"]
