@@ -38,8 +38,7 @@ def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
 def add_rows(out: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """out[rows[k]] += values[k] for every k, in place; out (R, c), rows (K,), values (K, c).
 
-    As one flat `index_add_` over K·c scalars: on CPU a 2-D `index_add_` adds slice by slice, one small
-    tensor operation per index, which for the ~10⁵ drops of a layer costs more than the layer itself.
+    As one flat `index_add_` over K·c scalars (a 1-D index_add_ is a single loop on CPU).
     """
     width = out.shape[1]
     flat = (rows[:, None] * width + torch.arange(width, device=rows.device)).reshape(-1)
