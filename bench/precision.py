@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from run import RANK, Trainer, alternate, bench_parser, build, finish, inputs, targets  # noqa: E402
+from run import RANK, Trainer, alternate, bench_parser, build, exact_peak_env, finish, inputs, targets  # noqa: E402
 
 import loralab as ll  # noqa: E402
 
@@ -77,13 +77,14 @@ def bench_dropout(shape: str, warmup: int, steps: int) -> dict:
 
 
 def dropout_memory(shape: str) -> dict:
-    """Peak step memory of each dropout config in a fresh process (see --memory-probe)."""
+    """Peak step memory of each dropout config in a fresh process (see --memory-probe), with the malloc
+    settings of `run.exact_peak_env`."""
     results = {}
     for config in ("lora-all", "dora-all"):
         for lib in ("loralab", "peft"):
             for p in (0.0, 0.05):
                 out = subprocess.run([sys.executable, __file__, "--memory-probe", shape, config, lib, str(p)],
-                                     capture_output=True, text=True, check=True)
+                                     capture_output=True, text=True, check=True, env=exact_peak_env())
                 results[f"{config}/{lib}/p{p}"] = json.loads(out.stdout.strip().splitlines()[-1])
     return results
 

@@ -170,9 +170,11 @@ def test_row_norm_without_full_matrix():
     torch.testing.assert_close(adapted_row_norm(w, a, b, 0.7), (w + 0.7 * b @ a).norm(dim=1), atol=1e-10, rtol=0)
 
 
-def dropout_like(x: torch.Tensor, p: float, seed: int) -> torch.Tensor:
-    """dropout_p(x) with the mask the layers draw after torch.manual_seed(seed) (`dropped_positions`)."""
-    torch.manual_seed(seed)
+def dropout_like(x: torch.Tensor, p: float, seed) -> torch.Tensor:
+    """dropout_p(x) with the mask the layers draw after torch.manual_seed(seed) (`dropped_positions`);
+    seed None: the next mask from the RNG as it stands."""
+    if seed is not None:
+        torch.manual_seed(seed)
     keep = torch.ones(x.numel(), dtype=x.dtype)
     keep[dropped_positions(x.numel(), p)] = 0.0
     return x * keep.view(x.shape) / (1.0 - p)
@@ -250,3 +252,55 @@ def test_rank_r_products_run_on_equal_token_slices():
     """k = the thread count when it divides T, else its largest divisor below; a prime T runs whole."""
     assert torch.get_num_threads() == 3  # the module's fixture
     assert [token_chunks(t) for t in (2048, 6, 7, 1)] == [2, 3, 1, 1]
+
+
+class ThreeHeads(nn.Module):
+    """q, k and v reading one input, as in attention: their LoRA nodes all save the same x."""
+
+    def __init__(self):
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(12, 5), nn.Linear(12, 5), nn.Linear(12, 5)
+
+    def forward(self, x):
+        return self.q(x) * self.k(x).sigmoid() + self.v(x)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_dropout_on_a_shared_input_leaves_it_untouched(dora):
+    """Dropout zeroes the drops of x only for the duration of each product (`SparseDropout.zeroed`):
+    after forward and backward x is bit-identical, its version counter unchanged (the other nodes that
+    saved it still run), and every gradient equals the formula's with each layer's own mask."""
+    torch.manual_seed(0)
+    model = ThreeHeads()
+    ll.inject(model, ll.LoraConfig(r=3, alpha=6, targets=["q", "k", "v"], dropout=0.3, dora=dora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    model.train()
+    x = torch.randn(40, 12, requires_grad=True)
+    before, version = x.detach().clone(), x._version
+    torch.manual_seed(1)
+    model(x).square().sum().backward()
+    assert torch.equal(x.detach(), before) and x._version == version
+    ours = [x.grad] + [p.grad for p in model.parameters() if p.requires_grad]
+
+    torch.manual_seed(1)  # the same masks, drawn in the same order (q, k, v)
+    masks = [dropout_like(torch.ones(40, 12), 0.3, None) for _ in range(3)]
+    ref_x = before.clone().requires_grad_(True)
+    outs, ref_params = [], []
+    for layer, mask in zip((model.q, model.k, model.v), masks):
+        a, b = (t.detach().clone().requires_grad_(True) for t in (layer.lora_A["default"], layer.lora_B["default"]))
+        w = layer.weight.detach()
+        z = ref_x @ w.T + 2.0 * ((ref_x * mask) @ a.T @ b.T)
+        params = [a, b]
+        if dora:
+            m = layer.lora_magnitude["default"].detach().clone().requires_grad_(True)
+            z = m / (w + 2.0 * b @ a).norm(dim=1).detach() * z
+            params.append(m)
+        outs.append(z + layer.bias.detach())
+        ref_params.append(params)
+    (outs[0] * outs[1].sigmoid() + outs[2]).square().sum().backward()
+    theirs = [ref_x.grad] + [p.grad for params in ref_params for p in params]
+    for got, want in zip(ours, theirs):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-5)

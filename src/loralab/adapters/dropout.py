@@ -1,25 +1,30 @@
 """Dropout on the LoRA input path, stored and applied as the positions of the dropped entries.
 
-x̃ = dropout_p(x) = (x − x⊙M)/(1 − p), M the iid Bernoulli(p) mask of dropped entries. Only A sees x̃,
-so everything the rank-r path needs is its usual product with x plus a correction over the K ≈ p·T·in
-dropped entries (t, j):
+x̃ = dropout_p(x) = (x − X_d)/(1 − p), X_d = x⊙M, M the iid Bernoulli(p) mask of dropped entries.
+Only A sees x̃; with G = s·(g·B)ᵀ (r, T):
 
-    A·x̃ᵀ  = (A·xᵀ − Σ_(t,j) A[:, j]·x[t, j]·e_t) / (1 − p)          (r, T)
-    ∂L/∂A = (G·x − Σ_(t,j) G[:, t]·x[t, j]·e_jᵀ) / (1 − p)            G = s·(g·B)ᵀ, (r, T)
-    ∂L/∂x̃ path = (Gᵀ·A)/(1 − p), zero at the dropped entries
+    A·x̃ᵀ = A·(x − X_d)ᵀ / (1 − p)        ∂L/∂A = G·(x − X_d) / (1 − p)        (r, T), (r, in)
+    ∂L/∂x through x̃ = (Gᵀ·A)/(1 − p), zero at the dropped entries
 
 The mask is sampled as the gaps between drops, which for an iid Bernoulli(p) sequence are iid
-Geometric(p): about p·N random draws instead of one per element, and no (T, in) copy of x or of
-the mask is kept — only K positions (int64). At p = 0.05 that is 1/20 of the random numbers and
-about 10% of the memory of a boolean mask.
+Geometric(p) (by inversion: ⌊log(1 − u)/log(1 − p)⌋ + 1, u uniform): ~p·N random draws instead of
+one per element. Nothing of size (T, in) is kept from the forward to the backward — only the K ≈ p·T·in
+positions (int32 while T·in < 2³¹: 5% of an fp32 x's bytes at p = 0.05).
+
+x − X_d is never a second copy of x: the two products run on x itself with the K dropped entries
+zeroed for the duration of the GEMM and written back bit for bit afterwards (`SparseDropout.zeroed`),
+three K-sized index operations instead of a (T, in) copy per product. The rank-r input gradient
+Gᵀ·A is written into ∂L/∂x first, zeroed at the drops, and g·W accumulated into it. The sparse
+alternatives — a CSR product for A·X_dᵀ, X_dᵀ·Gᵀ for ∂A, a sampled product for the input gradient at
+the drops — measured slower on CPU (X_dᵀ·Gᵀ alone costs ~5 copies of x; docs/results.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
-
 
 def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
     """Flat indices of the entries an iid Bernoulli(p) mask drops, ascending (global torch RNG)."""
@@ -27,56 +32,59 @@ def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
         return torch.empty(0, dtype=torch.long, device=device)
     mean = numel * p
     draws = int(mean + 6 * math.sqrt(mean * (1 - p)) + 16)
-    gaps = torch.empty(draws, dtype=torch.float64, device=device).geometric_(p)  # ≥ 1 each
-    positions = gaps.cumsum(0) - 1
+    log_keep = math.log1p(-p)
+
+    def gaps() -> torch.Tensor:  # iid Geometric(p) on {1, 2, ...}
+        u = torch.rand(draws, device=device)  # [0, 1): 1 − u > 0, so every gap is finite
+        return u.neg_().log1p_().div_(log_keep).floor_().add_(1).long()
+
+    positions = gaps().cumsum_(0).sub_(1)
     while positions[-1] < numel - 1:  # the draws ran out before the end (a ~6σ event): keep going
-        more = torch.empty(draws, dtype=torch.float64, device=device).geometric_(p)
-        positions = torch.cat([positions, positions[-1] + more.cumsum(0)])
-    return positions[positions < numel].long()
-
-
-def add_rows(out: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """out[rows[k]] += values[k] for every k, in place; out (R, c), rows (K,), values (K, c).
-
-    As one flat `index_add_` over K·c scalars (a 1-D index_add_ is a single loop on CPU).
-    """
-    width = out.shape[1]
-    flat = (rows[:, None] * width + torch.arange(width, device=rows.device)).reshape(-1)
-    out.view(-1).index_add_(0, flat, values.reshape(-1))
-    return out
+        positions = torch.cat([positions, positions[-1] + gaps().cumsum_(0)])
+    return positions[: int(torch.searchsorted(positions, numel))]
 
 
 class SparseDropout:
-    """The dropped entries of a (T, n) input: flat positions, their rows t and columns j.
-
-    Gathers read rows of contiguous (·, r) matrices: `index_select` on a transposed view gathers
-    element by element and cost more than the layer's products.
-    """
+    """The dropped entries of a (T, n) input, as ascending flat positions t·n + j."""
 
     def __init__(self, positions: torch.Tensor, rows: int, cols: int, p: float):
         self.positions, self.p = positions, p
         self.shape = (rows, cols)
-        self.t, self.j = positions // cols, positions % cols
         self.keep_scale = 1.0 / (1.0 - p)
 
     @classmethod
     def sample(cls, x2d: torch.Tensor, p: float) -> "SparseDropout":
         return cls(dropped_positions(x2d.numel(), p, x2d.device), x2d.shape[0], x2d.shape[1], p)
 
-    def values(self, x2d: torch.Tensor) -> torch.Tensor:
-        """x[t, j] at the dropped entries, (K,)."""
-        return x2d.reshape(-1).index_select(0, self.positions)
+    def packed(self) -> torch.Tensor:
+        """The positions as the forward saves them for the backward: int32 when they fit (half the bytes)."""
+        fits = self.shape[0] * self.shape[1] <= torch.iinfo(torch.int32).max
+        return self.positions.int() if fits else self.positions
 
-    def hidden_correction(self, x2d: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """Σ_(t,j) factor[:, j]·x[t, j] per token, (T, r): what the dropped entries added to x·factorᵀ."""
-        contrib = factor.T.contiguous().index_select(0, self.j) * self.values(x2d)[:, None]  # (K, r)
-        return add_rows(contrib.new_zeros(self.shape[0], factor.shape[0]), self.t, contrib)
+    @classmethod
+    def unpack(cls, packed: torch.Tensor, x2d: torch.Tensor, p: float) -> "SparseDropout":
+        return cls(packed.long(), x2d.shape[0], x2d.shape[1], p)
 
-    def factor_grad_correction(self, x2d: torch.Tensor, g_rows: torch.Tensor) -> torch.Tensor:
-        """Σ_(t,j) g_rows[t]·x[t, j] per column j, (r, n): what the dropped entries added to Gᵀ-by-x."""
-        contrib = g_rows.contiguous().index_select(0, self.t) * self.values(x2d)[:, None]  # (K, r)
-        return add_rows(contrib.new_zeros(self.shape[1], g_rows.shape[1]), self.j, contrib).T
+    def zero_(self, t2d: torch.Tensor) -> torch.Tensor:
+        """t2d with the dropped entries set to 0, in place; t2d (T, n) contiguous."""
+        t2d.view(-1).index_fill_(0, self.positions, 0)
+        return t2d
 
-    def input_grad_at_drops(self, g_rows: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """(g_rows·factor)[t, j] at the dropped entries, (K,): the rank-r input gradient to take back out."""
-        return (g_rows.contiguous().index_select(0, self.t) * factor.T.contiguous().index_select(0, self.j)).sum(1)
+    @contextlib.contextmanager
+    def zeroed(self, x2d: torch.Tensor):
+        """x − X_d for the duration of the block: x itself with the dropped entries zeroed, restored on exit.
+
+        Writes go through ``x2d.data`` so x's version counter does not move: other autograd nodes that
+        saved x (q, k and v share their input) still find it unchanged, which it is once the block exits.
+        A non-contiguous or inference-mode x gets a zeroed copy instead.
+        """
+        if not x2d.is_contiguous() or x2d.is_inference():
+            yield self.zero_(x2d.clone(memory_format=torch.contiguous_format))
+            return
+        flat = x2d.data.view(-1)
+        values = flat.index_select(0, self.positions)
+        flat.index_fill_(0, self.positions, 0)
+        try:
+            yield x2d.data
+        finally:
+            flat.index_copy_(0, self.positions, values)

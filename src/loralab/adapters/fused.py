@@ -77,25 +77,31 @@ def rows_of_slices(hidden):
 
 
 def lora_input_product(x2d, lora_A, chunks: int, drop):
-    """(A·x̃ᵀ as (k, r, T/k), the factor used): A·xᵀ, or with dropout (A·xᵀ − A·x_droppedᵀ)/(1 − p)."""
-    factor = lora_A if drop is None else lora_A * drop.keep_scale
-    hidden = rank_r_rows(factor, token_slices(x2d, chunks))
-    if drop is not None:
-        hidden.sub_(slices_of_rows(drop.hidden_correction(x2d, factor), chunks))
-    return hidden, factor
+    """(A·x̃ᵀ as (k, r, T/k), the factor used): A·xᵀ, or with dropout A·(x − X_d)ᵀ/(1 − p)."""
+    if drop is None:
+        return rank_r_rows(lora_A, token_slices(x2d, chunks)), lora_A
+    factor = lora_A * drop.keep_scale
+    with drop.zeroed(x2d) as kept:
+        return rank_r_rows(factor, token_slices(kept, chunks)), factor
 
 
 def lora_backward_terms(g, x2d, weight_t, g_hidden, factor, drop, chunks: int, need_x: bool):
     """(∂L/∂x or None, ∂L/∂A): g·W + Gᵀ·factor and G·x̃ with G = g_hidden, the dropped entries taken
-    back out of both; W's (T, in) product is skipped when the input needs no gradient."""
-    grad_x = linear_plus_low_rank(g, weight_t, None, g_hidden, factor) if need_x else None  # (T, in)
-    grad_a = rank_r_grad(g_hidden, token_slices(x2d, chunks))  # (r, in)
-    if drop is not None:
-        g_rows = rows_of_slices(g_hidden)
-        if need_x:
-            grad_x.view(-1).index_put_((drop.positions,), -drop.input_grad_at_drops(g_rows, factor), accumulate=True)
-        grad_a.sub_(drop.factor_grad_correction(x2d, g_rows)).mul_(drop.keep_scale)
-    return grad_x, grad_a
+    back out of both; W's (T, in) product is skipped when the input needs no gradient.
+
+    ∂L/∂x is written as the rank-r term first, zeroed at the drops, and the big GEMM g·W accumulated
+    into it (`linear_plus_low_rank`'s order).
+    """
+    grad_x = None
+    if need_x:
+        grad_x = rank_r_term(g_hidden, factor)  # Gᵀ·factor, (T, in)
+        if drop is not None:
+            drop.zero_(grad_x)  # x̃ does not depend on x at the dropped entries
+        grad_x.addmm_(g, weight_t.T)  # g·W
+    if drop is None:
+        return grad_x, rank_r_grad(g_hidden, token_slices(x2d, chunks))  # (r, in)
+    with drop.zeroed(x2d) as kept:
+        return grad_x, rank_r_grad(g_hidden, token_slices(kept, chunks)).mul_(drop.keep_scale)
 
 
 def linear_plus_low_rank(x2d, weight, bias, hidden, lora_term):
@@ -133,7 +139,7 @@ class LoraLinearFunction(torch.autograd.Function):
         hidden, _ = lora_input_product(x2d, lora_A, ctx.chunks, drop)  # A·x̃ᵀ, (k, r, T/k)
         out2d = linear_plus_low_rank(x2d, weight, bias, hidden, lora_B.T * scaling)
         ctx.scaling, ctx.p = scaling, p
-        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, None if drop is None else drop.positions)
+        ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, None if drop is None else drop.packed())
         return out2d.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -143,7 +149,7 @@ class LoraLinearFunction(torch.autograd.Function):
         with autocast_off(grad_out):
             g = grad_out.reshape(-1, weight.shape[0])  # (T, out)
             x2d = x.reshape(-1, x.shape[-1])
-            drop = None if positions is None else SparseDropout(positions, *x2d.shape, ctx.p)
+            drop = None if positions is None else SparseDropout.unpack(positions, x2d, ctx.p)
             factor = lora_A if drop is None else lora_A * drop.keep_scale
             g_slices = token_slices(g, chunks)  # (k, T/k, out)
             g_hidden = rank_r_rows(lora_B.T * s, g_slices)  # s·(g·B)ᵀ per slice, (k, r, T/k)
@@ -194,7 +200,7 @@ class DoraLinearFunction(torch.autograd.Function):
         out = out2d.view(*x.shape[:-1], weight.shape[0])
         ctx.scaling, ctx.p = scaling, p
         ctx.save_for_backward(x, hidden, weight, bias, lora_A, lora_B, magnitude, norm, out,
-                              None if drop is None else drop.positions)
+                              None if drop is None else drop.packed())
         return out
 
     @staticmethod
@@ -205,7 +211,7 @@ class DoraLinearFunction(torch.autograd.Function):
             n_out = weight.shape[0]
             g = grad_out.reshape(-1, n_out)  # (T, out)
             x2d, z = x.reshape(-1, x.shape[-1]), out.view(-1, n_out)
-            drop = None if positions is None else SparseDropout(positions, *x2d.shape, ctx.p)
+            drop = None if positions is None else SparseDropout.unpack(positions, x2d, ctx.p)
             factor = lora_A if drop is None else lora_A * drop.keep_scale
             g_slices = token_slices(g, chunks)  # (k, T/k, out)
             col_scale = magnitude / norm  # (out,); g̃ = g ⊙ m/n is never formed
