@@ -26,6 +26,7 @@ import math
 
 import torch
 
+
 def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
     """Flat indices of the entries an iid Bernoulli(p) mask drops, ascending (global torch RNG)."""
     if p <= 0 or numel == 0:
