@@ -86,19 +86,19 @@ def test_dora_norm_cache_follows_every_change():
     layer = model.bert.encoder.layer[0].attention.self.query
     ids = inputs()
     first = logits(model, ids)
-    cached = layer.norm_cache["default"][1]
+    cached = layer.norm_cache["default"][1][0]
     logits(model, ids)
-    assert layer.norm_cache["default"][1] is cached  # reused
+    assert layer.norm_cache["default"][1][0] is cached  # reused
     with torch.no_grad():
         layer.lora_B["default"].mul_(3.0)  # an optimizer step or load_adapter's copy_
     changed = logits(model, ids)
-    assert layer.norm_cache["default"][1] is not cached and (changed - first).abs().max() > 1e-4
-    cached = layer.norm_cache["default"][1]
+    assert layer.norm_cache["default"][1][0] is not cached and (changed - first).abs().max() > 1e-4
+    cached = layer.norm_cache["default"][1][0]
     opt = torch.optim.AdamW([layer.lora_A["default"]], lr=0.5, fused=True)  # updates without version bumps
     layer.lora_A["default"].grad = torch.ones_like(layer.lora_A["default"])
     opt.step()
     stepped = logits(model, ids)
-    assert layer.norm_cache["default"][1] is not cached and (stepped - changed).abs().max() > 1e-4
+    assert layer.norm_cache["default"][1][0] is not cached and (stepped - changed).abs().max() > 1e-4
     changed = stepped
     fresh = build("bert")
     ll.inject(fresh, ll.LoraConfig(r=4, alpha=8, targets=["query"], dora=True))

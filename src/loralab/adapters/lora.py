@@ -29,6 +29,7 @@ from loralab.adapters.dora import adapted_row_norm, dora_term
 from loralab.adapters.fused import DoraLinearFunction, LoraLinearFunction
 from loralab.adapters.host import BASE, AdapterHost
 from loralab.adapters.precision import autocast_off, cast, compute_dtype, dora_inference, lora_inference
+from loralab.adapters.weights_version import weights_key
 from loralab.errors import AdapterError
 
 
@@ -283,23 +284,32 @@ class LoraLayer(AdapterHost):
         return dora_term(base_no_bias, low_rank, self.lora_magnitude[name], norm).to(base_out.dtype)
 
     def row_norm(self, name: str) -> torch.Tensor:
-        """‖W + s·B·A‖_row in float32 (or wider), detached.
+        """‖W + s·B·A‖_row in float32 (or wider), detached, (out,); cached while no gradient is needed."""
+        if torch.is_grad_enabled():
+            return adapted_row_norm(self.weight_out_in(), self.lora_A[name], self.lora_B[name], self.scaling[name])
+        return self.dora_inference_factors(name)[0]
 
-        Without gradients (inference) it is cached per adapter until W, A or B changes. The key holds
-        W's version and storage and checksums of A and B: fused optimizers (e.g. AdamW(fused=True))
-        update parameters without bumping version counters, and a checksum costs O(r·(in + out)),
-        against the norm's O(out·in·r). `train()` clears the cache too.
+    def dora_inference_factors(self, name: str) -> tuple:
+        """(‖W + s·B·A‖_row, {dtype: m/‖W + s·B·A‖_row}) for inference, cached per adapter.
+
+        Reused until W, A, B or m changes (`weights_version.weights_key`: version counters and an
+        optimizer-step count) or the scaling does; `train()` and `eval()` clear it. m/n is kept in
+        each compute dtype asked for, so a call costs no division and no cast.
         """
         weight, lora_A, lora_B = self.weight_out_in(), self.lora_A[name], self.lora_B[name]
-        if torch.is_grad_enabled():
-            return adapted_row_norm(weight, lora_A, lora_B, self.scaling[name])  # (out,), detached
-        key = (weight._version, weight.data_ptr(), self.scaling[name],
-               float(lora_A.double().sum()), float(lora_B.double().sum()),
-               float(lora_A.double().square().sum()), float(lora_B.double().square().sum()))
+        magnitude = self.lora_magnitude[name]
+        key = (*weights_key(weight, lora_A, lora_B, magnitude), self.scaling[name])
         cached = self.norm_cache.get(name)
         if cached is None or cached[0] != key:
-            self.norm_cache[name] = (key, adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]))
-        return self.norm_cache[name][1]
+            cached = self.norm_cache[name] = (key, (adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]), {}))
+        return cached[1]
+
+    def row_scale(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """m/‖W + s·B·A‖_row in ``dtype``, (out,), for inference: cached (`dora_inference_factors`)."""
+        norm, scales = self.dora_inference_factors(name)
+        if dtype not in scales:
+            scales[dtype] = (self.lora_magnitude[name] / norm).to(dtype)
+        return scales[dtype]
 
     def train(self, mode: bool = True):
         self.norm_cache.clear()
@@ -316,17 +326,15 @@ class LoraLayer(AdapterHost):
         dtype, s = compute_dtype(x), self.scaling[name]
         dora = name in self.lora_magnitude
         with autocast_off(x):
-            norm = self.row_norm(name) if dora else None
             x, weight, bias, lora_A, lora_B = cast(dtype, x, self.weight_out_in(), self.bias, self.lora_A[name],
                                                    self.lora_B[name])
             if not torch.is_grad_enabled():
                 if dora:
-                    return dora_inference(x, weight, bias, lora_A, lora_B, s,
-                                          (self.lora_magnitude[name] / norm).to(dtype))
+                    return dora_inference(x, weight, bias, lora_A, lora_B, s, self.row_scale(name, dtype))
                 return lora_inference(x, weight, bias, lora_A, lora_B, s)
             p = self.dropout[name] if self.training else 0.0
             if dora:
-                magnitude, norm = cast(dtype, self.lora_magnitude[name], norm)
+                magnitude, norm = cast(dtype, self.lora_magnitude[name], self.row_norm(name))
                 return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, s, p)
             return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, s, p)
 

@@ -42,12 +42,15 @@ def cast(dtype: torch.dtype, *tensors: Optional[torch.Tensor]) -> list:
 def lora_inference(x, weight, bias, lora_A, lora_B, scaling: float) -> torch.Tensor:
     """W·x + b + s·B·(A·x) without autograd: x (..., in), W (out, in), A (r, in), B (out, r).
 
-    The rank-r term (with the bias and s folded into the (T, r) hidden) is written first and the
-    big GEMM accumulates into it: no pass over the (T, out) output beyond the GEMM's own.
+    The rank-r term (with the bias, s as the product's alpha) is written first and the big GEMM
+    accumulates into it: no pass over the (T, out) output beyond the GEMM's own.
     """
     x2d = x.reshape(-1, x.shape[-1])
-    hidden = (x2d @ lora_A.T).mul_(scaling)  # (T, r)
-    out = torch.addmm(bias, hidden, lora_B.T) if bias is not None else hidden @ lora_B.T  # (T, out)
+    hidden = torch.mm(x2d, lora_A.T)  # (T, r)
+    if bias is None:
+        out = torch.mm(hidden.mul_(scaling), lora_B.T)
+    else:
+        out = torch.addmm(bias, hidden, lora_B.T, alpha=scaling)  # (T, out)
     return out.addmm_(x2d, weight.T).view(*x.shape[:-1], weight.shape[0])
 
 
@@ -55,16 +58,15 @@ def dora_inference(x, weight, bias, lora_A, lora_B, scaling: float, row_scale: t
     """m/n ⊙ (W·x + s·B·A·x) + b without autograd; ``row_scale`` = m/n (out,).
 
     m/n is folded into W and B when that (out, in) copy is smaller than the (T, out) output (many
-    tokens), else applied to the output (few tokens, e.g. generation).
+    tokens), else applied to the output with the bias in one pass (few tokens, e.g. generation).
     """
     x2d = x.reshape(-1, x.shape[-1])
-    hidden = (x2d @ lora_A.T).mul_(scaling)  # (T, r)
+    hidden = torch.mm(x2d, lora_A.T)  # (T, r)
     if x2d.shape[0] > x2d.shape[1]:
-        scaled_b = lora_B * row_scale[:, None]
+        scaled_b = lora_B * (row_scale * scaling)[:, None]
         out = torch.addmm(bias, hidden, scaled_b.T) if bias is not None else hidden @ scaled_b.T
         out.addmm_(x2d, (weight * row_scale[:, None]).T)
     else:
-        out = (hidden @ lora_B.T).addmm_(x2d, weight.T).mul_(row_scale)
-        if bias is not None:
-            out.add_(bias)
+        out = torch.mm(x2d, weight.T).addmm_(hidden, lora_B.T, alpha=scaling)
+        out = out.mul_(row_scale) if bias is None else torch.addcmul(bias, out, row_scale)
     return out.view(*x.shape[:-1], weight.shape[0])
