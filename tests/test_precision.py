@@ -108,3 +108,20 @@ def test_dora_norm_cache_follows_every_change():
     torch.testing.assert_close(logits(model, ids), changed, atol=1e-5, rtol=0)
     ll.unmerge(model)
     torch.testing.assert_close(logits(model, ids), changed, atol=1e-5, rtol=0)
+
+
+def test_dora_inference_on_weights_made_in_inference_mode():
+    """Inference tensors have no version counter: the DoRA cache is skipped for them, and the output still
+    equals the formula (loading or merging under inference_mode must not break unmerged serving)."""
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = torch.nn.Sequential(torch.nn.Linear(8, 6))
+        ll.inject(model, ll.LoraConfig(r=2, alpha=4, targets=["0"], dora=True))
+        layer = model[0]
+        layer.lora_B["default"].normal_()
+        x = torch.randn(5, 8)
+        out = model.eval()(x)
+        w = layer.weight + 2.0 * layer.lora_B["default"] @ layer.lora_A["default"]
+        expected = layer.lora_magnitude["default"] / w.norm(dim=1) * (x @ w.T) + layer.bias
+        assert layer.weight.is_inference() and not layer.norm_cache
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)

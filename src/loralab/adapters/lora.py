@@ -298,7 +298,10 @@ class LoraLayer(AdapterHost):
         """
         weight, lora_A, lora_B = self.weight_out_in(), self.lora_A[name], self.lora_B[name]
         magnitude = self.lora_magnitude[name]
-        key = (*weights_key(weight, lora_A, lora_B, magnitude), self.scaling[name])
+        key = weights_key(weight, lora_A, lora_B, magnitude)
+        if key is None:  # inference tensors: no version counter, nothing cached
+            return adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]), {}
+        key = (*key, self.scaling[name])
         cached = self.norm_cache.get(name)
         if cached is None or cached[0] != key:
             cached = self.norm_cache[name] = (key, (adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]), {}))

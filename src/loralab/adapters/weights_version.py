@@ -12,6 +12,8 @@ DoRA inference cache used four float64 sums of A and B per call before).
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -26,7 +28,10 @@ def _count_step(optimizer, args, kwargs) -> None:
 register_optimizer_step_post_hook(_count_step)
 
 
-def weights_key(*tensors: torch.Tensor) -> tuple:
+def weights_key(*tensors: torch.Tensor) -> Optional[tuple]:
     """(optimizer steps so far, then version and storage address of each tensor): equal keys mean no
-    tracked change in between."""
+    tracked change in between. None for inference tensors (made under ``torch.inference_mode``),
+    which have no version counter: values derived from them must not be cached."""
+    if any(t.is_inference() for t in tensors):
+        return None
     return (_optimizer_steps, *((t._version, t.data_ptr()) for t in tensors))
