@@ -49,7 +49,7 @@ class SparseDropout:
     """The dropped entries of a (T, n) input, as ascending flat positions t·n + j."""
 
     def __init__(self, positions: torch.Tensor, rows: int, cols: int, p: float):
-        self.positions, self.p = positions, p
+        self.positions = positions
         self.shape = (rows, cols)
         self.keep_scale = 1.0 / (1.0 - p)
 
