@@ -133,3 +133,49 @@ def test_trainable_parameter_counts():
     trainable, total = ll.trainable_parameters(model)
     assert trainable == 2 * 2 * (4 * 16 + 16 * 4)  # 2 layers × (query, value) × (A + B)
     assert total == total_before + trainable
+
+
+def test_routed_inference_matches_each_adapters_formula():
+    """No-grad routing stacks the LoRA adapters into one pair of products (`routed_lora_inference`):
+    each example must still get W·x + b + s_i·B_i·A_i·x of its own adapter (ranks and scalings differ),
+    a DoRA adapter and the base in the same batch keep theirs, and an in-place change to B shows up
+    on the next call (the stacked factors are cached)."""
+    torch.manual_seed(0)
+    holder = nn.Sequential(nn.Linear(12, 10))
+    for name, (r, alpha, dora) in {"a": (2, 4, False), "b": (3, 3, False), "c": (4, 16, False),
+                                   "d": (2, 2, True)}.items():
+        ll.inject(holder, ll.LoraConfig(r=r, alpha=alpha, targets=["0"], dora=dora), name=name)
+    layer = holder[0]
+    with torch.no_grad():
+        for name in "abcd":
+            layer.lora_B[name].normal_()
+        layer.lora_magnitude["d"].mul_(1.5)
+    holder.eval()
+    x = torch.randn(6, 5, 12)  # (batch, tokens, in)
+    route = ["c", "a", "__base__", "d", "b", "a"]
+
+    def expected():
+        rows = []
+        for i, name in enumerate(route):
+            w = layer.weight
+            if name != "__base__":
+                w = w + layer.delta_weight(name)
+                if name == "d":
+                    w = layer.lora_magnitude["d"][:, None] * w / w.norm(dim=1, keepdim=True)
+            rows.append(x[i] @ w.T + layer.bias)
+        return torch.stack(rows)
+
+    with torch.no_grad():
+        with ll.routing(holder, route):
+            routed = holder(x)
+        torch.testing.assert_close(routed, expected(), atol=1e-5, rtol=0)
+        layer.lora_B["b"].mul_(-2.0)  # like an optimizer step between two serving calls
+        with ll.routing(holder, route):
+            routed = holder(x)
+        torch.testing.assert_close(routed, expected(), atol=1e-5, rtol=0)
+        with ll.routing(holder, route), torch.autocast("cpu", dtype=torch.bfloat16):
+            routed_bf16 = holder(x)
+        assert routed_bf16.dtype == torch.bfloat16
+        torch.testing.assert_close(routed_bf16.float(), expected(), atol=0.1, rtol=0.02)
+    with ll.routing(holder, route):  # with gradients: the per-group path, same numbers
+        torch.testing.assert_close(holder(x), expected(), atol=1e-5, rtol=0)

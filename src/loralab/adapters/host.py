@@ -31,12 +31,20 @@ class AdapterHost(nn.Module):
     def adapter_names(self) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def route_groups(self, batch: int, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
-        """(adapter name or BASE, indices of its examples) for each name in ``route``, in first-seen order."""
+    def route_names(self, batch: int) -> list[str]:
+        """The distinct names in ``route`` (adapters or BASE), in first-seen order; checks its length."""
         if len(self.route) != batch:
             raise AdapterError(
                 f"routing names {len(self.route)} adapters but the batch has {batch} examples; "
                 "give one adapter name (or '__base__') per example."
             )
-        for name in dict.fromkeys(self.route):
-            yield name, torch.tensor([i for i, n in enumerate(self.route) if n == name], device=device)
+        return list(dict.fromkeys(self.route))
+
+    def route_rows(self, name: str, device: torch.device) -> torch.Tensor:
+        """Indices of the examples routed to ``name``."""
+        return torch.tensor([i for i, n in enumerate(self.route) if n == name], device=device)
+
+    def route_groups(self, batch: int, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+        """(adapter name or BASE, indices of its examples) for each name in ``route``, in first-seen order."""
+        for name in self.route_names(batch):
+            yield name, self.route_rows(name, device)

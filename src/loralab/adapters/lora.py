@@ -28,7 +28,7 @@ from torch import nn
 from loralab.adapters.dora import adapted_row_norm, dora_term
 from loralab.adapters.fused import DoraLinearFunction, LoraLinearFunction
 from loralab.adapters.host import BASE, AdapterHost
-from loralab.adapters.precision import autocast_off, cast, compute_dtype, dora_inference, lora_inference
+from loralab.adapters.precision import autocast_off, cast, compute_dtype, dora_inference, lora_inference, routed_lora_inference
 from loralab.adapters.weights_version import weights_key
 from loralab.errors import AdapterError
 
@@ -124,6 +124,7 @@ class LoraLayer(AdapterHost):
         self.dropout: dict[str, float] = {}
         self.merged: list[str] = []
         self.norm_cache: dict[str, tuple] = {}  # DoRA row norms for inference (see `row_norm`)
+        self.route_cache: dict[str, tuple] = {}  # stacked factors for routed inference (`routed_factors`)
 
     # ----- adapters -------------------------------------------------------------------------
     @property
@@ -316,6 +317,7 @@ class LoraLayer(AdapterHost):
 
     def train(self, mode: bool = True):
         self.norm_cache.clear()
+        self.route_cache.clear()
         return super().train(mode)
 
     def single_adapter_forward(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -346,6 +348,8 @@ class LoraLayer(AdapterHost):
             return self.base_forward(x)
         if self.route is None and len(self.active) == 1 and self.kind != "embedding":
             return self.single_adapter_forward(x, self.active[0])
+        if self.route is not None and self.kind != "embedding" and not torch.is_grad_enabled():
+            return self.routed_inference(x)
         out = self.base_forward(x)
         if self.route is None:
             for name in self.active:
@@ -360,6 +364,60 @@ class LoraLayer(AdapterHost):
             term = self.adapter_term(name, x.index_select(0, rows), sub_out)
             out = out.index_add_(0, rows, term) if in_place else out.index_add(0, rows, term)
         return out
+
+    def routed_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """A mixed batch without gradients (`loralab.routing`): every LoRA adapter of the route at once
+        (`precision.routed_lora_inference`), then each DoRA adapter on its own examples."""
+        names = [n for n in self.route_names(x.shape[0]) if n != BASE and n in self.lora_A]
+        lora = [n for n in names if n not in self.lora_magnitude]
+        if lora:
+            dtype = compute_dtype(x)
+            lora_A, lora_B, example_scale = self.routed_factors(lora, dtype, x.device)
+            with autocast_off(x):
+                x_c, weight, bias = cast(dtype, x, self.weight_out_in(), self.bias)
+                out = routed_lora_inference(x_c, weight, bias, lora_A, lora_B, example_scale)
+        else:
+            out = self.base_forward(x)
+        for name in names:
+            if name in self.lora_magnitude:  # DoRA: the rows routed to it hold the base output so far
+                rows = self.route_rows(name, x.device)
+                term = self.adapter_term(name, x.index_select(0, rows), out.index_select(0, rows))
+                out.index_add_(0, rows, term.to(out.dtype))
+        return out
+
+    def routed_factors(self, names: list[str], dtype: torch.dtype, device) -> tuple:
+        """(A stacked (R, in), B stacked (out, R), per-example scales S (batch, R)) for routing ``names``.
+
+        Cached per layer until an A or B changes (`weights_version.weights_key`), a scaling changes or
+        the route does; `train()` and `eval()` clear it. Costs a copy of the routed adapters' A and B.
+        """
+        tensors = [t for n in names for t in (self.lora_A[n], self.lora_B[n])]
+        key = weights_key(*tensors)
+        key = None if key is None else (tuple(names), dtype, key, tuple(self.scaling[n] for n in names))
+        cached = self.route_cache.get("factors")
+        if key is None or cached is None or cached[0] != key:
+            lora_A = torch.cat([self.lora_A[n] for n in names]).to(dtype)
+            lora_B = torch.cat([self.lora_B[n] for n in names], dim=1).to(dtype)
+            cached = (key, lora_A, lora_B)
+            if key is not None:
+                self.route_cache["factors"] = cached
+        route_key = (tuple(self.route), tuple(names), tuple(self.scaling[n] for n in names), dtype, device)
+        scales = self.route_cache.get("scales")
+        if scales is None or scales[0] != route_key:
+            scales = (route_key, self.example_scales(names, dtype, device))
+            self.route_cache["scales"] = scales
+        return cached[1], cached[2], scales[1]
+
+    def example_scales(self, names: list[str], dtype: torch.dtype, device) -> torch.Tensor:
+        """S (batch, R): s_i on adapter i's columns of the stacked factors for the examples routed to i."""
+        ranks = [self.lora_A[n].shape[0] for n in names]
+        starts = dict(zip(names, [sum(ranks[:i]) for i in range(len(ranks))]))
+        scales = torch.zeros(len(self.route), sum(ranks), dtype=dtype)
+        for example, name in enumerate(self.route):
+            if name in starts:
+                start = starts[name]
+                scales[example, start:start + self.lora_A[name].shape[0]] = self.scaling[name]
+        return scales.to(device)
 
     def to_base_module(self) -> nn.Module:
         """A plain Linear / Conv1D / Embedding sharing this layer's (possibly merged) weight and bias."""

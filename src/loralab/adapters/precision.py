@@ -8,9 +8,10 @@ Compute dtype (the rules of ``torch.autocast``, device-agnostic):
 * otherwise the input's dtype — a model cast to bf16 computes in bf16 even when its adapters were
   kept in float32 (`inject(..., autocast_adapter_dtype=True)`, PEFT's default).
 
-`lora_inference` / `dora_inference` serve ``torch.no_grad()`` and ``inference_mode``: no autograd
-node; the small rank-r term is written first and the big GEMM accumulates into it; DoRA's
-per-row factor goes wherever it is cheaper (into W for many tokens, onto the output for few).
+`lora_inference` / `dora_inference` / `routed_lora_inference` serve ``torch.no_grad()`` and
+``inference_mode``: no autograd node; the small rank-r term is written first and the big GEMM
+accumulates into it; DoRA's per-row factor goes wherever it is cheaper (into W for many tokens,
+onto the output for few).
 """
 
 from __future__ import annotations
@@ -70,3 +71,19 @@ def dora_inference(x, weight, bias, lora_A, lora_B, scaling: float, row_scale: t
         out = torch.mm(x2d, weight.T).addmm_(hidden, lora_B.T, alpha=scaling)
         out = out.mul_(row_scale) if bias is None else torch.addcmul(bias, out, row_scale)
     return out.view(*x.shape[:-1], weight.shape[0])
+
+
+def routed_lora_inference(x, weight, bias, lora_A, lora_B, example_scale: torch.Tensor) -> torch.Tensor:
+    """A different LoRA adapter per example, without autograd: W·x + b + B·(S ⊙ A·x).
+
+    x (batch, ..., in); A = [A_1; …; A_k] (R, in) and B = [B_1 … B_k] (out, R) stack k adapters
+    (R = Σ r_i); ``example_scale`` S (batch, R) holds s_i on adapter i's R-columns for the examples
+    routed to it and 0 elsewhere. An example routed to adapter i gets W·x + b + s_i·B_i·A_i·x, one
+    routed to none gets W·x + b: two thin products over the whole batch, no gather or scatter.
+    """
+    batch, n_in = x.shape[0], x.shape[-1]
+    x2d = x.reshape(-1, n_in)  # (T, in), the examples' tokens in order
+    hidden = torch.mm(x2d, lora_A.T)  # (T, R)
+    hidden.view(batch, -1, hidden.shape[1]).mul_(example_scale[:, None, :])
+    out = torch.mm(hidden, lora_B.T) if bias is None else torch.addmm(bias, hidden, lora_B.T)  # (T, out)
+    return out.addmm_(x2d, weight.T).view(*x.shape[:-1], weight.shape[0])
