@@ -133,7 +133,23 @@ class LoraLayer(AdapterHost):
 
     def weight_out_in(self) -> torch.Tensor:
         """W as (out, in): a view of ``weight`` (transposed for Conv1D and Embedding)."""
-        return self.weight if self.kind == "linear" else self.weight.T
+        weight = self.own("weight")
+        return weight if self.kind == "linear" else weight.T
+
+    def own(self, attr: str) -> Optional[torch.Tensor]:
+        """``getattr(self, attr)`` for ``weight``/``bias``, from the parameter table first (see `adapter_factors`)."""
+        params = self._parameters
+        return params[attr] if attr in params else getattr(self, attr)
+
+    def adapter_factors(self, name: str) -> tuple[nn.Parameter, nn.Parameter, Optional[nn.Parameter]]:
+        """(A, B, m or None for LoRA) of adapter ``name``.
+
+        Read from the ParameterDicts' own tables: nn.Module's attribute lookup costs 1–3 µs per name,
+        which at batch 1 is a measurable share of an unmerged layer call (docs/results.md, issue 16).
+        """
+        modules = self._modules
+        return (modules["lora_A"]._parameters[name], modules["lora_B"]._parameters[name],
+                modules["lora_magnitude"]._parameters.get(name))
 
     def add_adapter(self, name: str, r: int, scaling: float, dropout: float, dora: bool, init: str,
                     dtype: Optional[torch.dtype] = None) -> None:
@@ -297,8 +313,7 @@ class LoraLayer(AdapterHost):
         optimizer-step count) or the scaling does; `train()` and `eval()` clear it. m/n is kept in
         each compute dtype asked for, so a call costs no division and no cast.
         """
-        weight, lora_A, lora_B = self.weight_out_in(), self.lora_A[name], self.lora_B[name]
-        magnitude = self.lora_magnitude[name]
+        weight, (lora_A, lora_B, magnitude) = self.weight_out_in(), self.adapter_factors(name)
         key = weights_key(weight, lora_A, lora_B, magnitude)
         if key is None:  # inference tensors: no version counter, nothing cached
             return adapted_row_norm(weight, lora_A, lora_B, self.scaling[name]), {}
@@ -329,17 +344,17 @@ class LoraLayer(AdapterHost):
         `DoraLinearFunction` in ``fused.py``); without, the plain products of `precision`.
         """
         dtype, s = compute_dtype(x), self.scaling[name]
-        dora = name in self.lora_magnitude
+        lora_A, lora_B, magnitude = self.adapter_factors(name)
         with autocast_off(x):
-            x, weight, bias, lora_A, lora_B = cast(dtype, x, self.weight_out_in(), self.bias, self.lora_A[name],
-                                                   self.lora_B[name])
+            x, weight, bias, lora_A, lora_B = cast(dtype, x, self.weight_out_in(), self.own("bias"),
+                                                   lora_A, lora_B)
             if not torch.is_grad_enabled():
-                if dora:
+                if magnitude is not None:
                     return dora_inference(x, weight, bias, lora_A, lora_B, s, self.row_scale(name, dtype))
                 return lora_inference(x, weight, bias, lora_A, lora_B, s)
             p = self.dropout[name] if self.training else 0.0
-            if dora:
-                magnitude, norm = cast(dtype, self.lora_magnitude[name], self.row_norm(name))
+            if magnitude is not None:
+                magnitude, norm = cast(dtype, magnitude, self.row_norm(name))
                 return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, s, p)
             return LoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, s, p)
 
