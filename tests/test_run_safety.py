@@ -170,6 +170,9 @@ class SigintAtStep5(callbacks.Callback):  # a real SIGINT, sent when step 5's ch
         if trainer.state.step == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
+# a shell's background job (``cmd &``, nohup) starts with SIGINT ignored, and Python then raises no
+# KeyboardInterrupt: give this process the handler an interactive Ctrl-C would meet
+signal.signal(signal.SIGINT, signal.default_int_handler)
 standard = loop.standard_callbacks
 loop.standard_callbacks = lambda cfg: [SigintAtStep5(), *standard(cfg)]
 from loralab.cli import main
