@@ -18,6 +18,7 @@ the ``dora_norm`` buffers, i.e. in the state dict.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Optional
 
@@ -389,7 +390,7 @@ class LoraLayer(AdapterHost):
             dtype = compute_dtype(x)
             lora_A, lora_B, example_scale = self.routed_factors(lora, dtype, x.device)
             with autocast_off(x):
-                x_c, weight, bias = cast(dtype, x, self.weight_out_in(), self.bias)
+                x_c, weight, bias = cast(dtype, x, self.weight_out_in(), self.own("bias"))
                 out = routed_lora_inference(x_c, weight, bias, lora_A, lora_B, example_scale)
         else:
             out = self.base_forward(x)
@@ -406,32 +407,33 @@ class LoraLayer(AdapterHost):
         Cached per layer until an A or B changes (`weights_version.weights_key`), a scaling changes or
         the route does; `train()` and `eval()` clear it. Costs a copy of the routed adapters' A and B.
         """
-        tensors = [t for n in names for t in (self.lora_A[n], self.lora_B[n])]
-        key = weights_key(*tensors)
-        key = None if key is None else (tuple(names), dtype, key, tuple(self.scaling[n] for n in names))
+        factors = [self.adapter_factors(n)[:2] for n in names]  # [(A_i, B_i)]
+        scalings = tuple(self.scaling[n] for n in names)
+        key = weights_key(*(t for pair in factors for t in pair))
+        key = None if key is None else (tuple(names), dtype, key, scalings)
         cached = self.route_cache.get("factors")
         if key is None or cached is None or cached[0] != key:
-            lora_A = torch.cat([self.lora_A[n] for n in names]).to(dtype)
-            lora_B = torch.cat([self.lora_B[n] for n in names], dim=1).to(dtype)
+            lora_A = torch.cat([a for a, _ in factors]).to(dtype)
+            lora_B = torch.cat([b for _, b in factors], dim=1).to(dtype)
             cached = (key, lora_A, lora_B)
             if key is not None:
                 self.route_cache["factors"] = cached
-        route_key = (tuple(self.route), tuple(names), tuple(self.scaling[n] for n in names), dtype, device)
+        route_key = (tuple(self.route), tuple(names), scalings, dtype, device)
         scales = self.route_cache.get("scales")
         if scales is None or scales[0] != route_key:
-            scales = (route_key, self.example_scales(names, dtype, device))
-            self.route_cache["scales"] = scales
+            ranks = [a.shape[0] for a, _ in factors]
+            scales = self.route_cache["scales"] = (route_key, self.example_scales(names, ranks, dtype, device))
         return cached[1], cached[2], scales[1]
 
-    def example_scales(self, names: list[str], dtype: torch.dtype, device) -> torch.Tensor:
+    def example_scales(self, names: list[str], ranks: list[int], dtype: torch.dtype, device) -> torch.Tensor:
         """S (batch, R): s_i on adapter i's columns of the stacked factors for the examples routed to i."""
-        ranks = [self.lora_A[n].shape[0] for n in names]
-        starts = dict(zip(names, [sum(ranks[:i]) for i in range(len(ranks))]))
-        scales = torch.zeros(len(self.route), sum(ranks), dtype=dtype)
+        ends = list(itertools.accumulate(ranks))
+        columns = {n: (end - r, end) for n, r, end in zip(names, ranks, ends)}
+        scales = torch.zeros(len(self.route), ends[-1], dtype=dtype)
         for example, name in enumerate(self.route):
-            if name in starts:
-                start = starts[name]
-                scales[example, start:start + self.lora_A[name].shape[0]] = self.scaling[name]
+            if name in columns:
+                start, end = columns[name]
+                scales[example, start:end] = self.scaling[name]
         return scales.to(device)
 
     def to_base_module(self) -> nn.Module:
