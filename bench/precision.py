@@ -4,7 +4,8 @@
 
 * bf16: the train step of LoRA and DoRA (q/v and all linear) in fp32 and under
   ``torch.autocast("cpu", dtype=torch.bfloat16)`` (what HF Trainer's bf16=True does), both libraries,
-  every configuration stepped round-robin;
+  every configuration stepped round-robin; bf16 both on the default attention (SDPA) and on eager
+  attention, which `loralab train --precision bf16` loads (`loralab.models.attention_for`);
 * dropout 0.05 (all linear, LoRA and DoRA): step time against the same config without dropout, and
   peak step memory, each in a fresh process (`run.memory_probe`).
 Batch 16 × 128 tokens, r = 8, 2 threads; medians of ``--steps`` after 2 warm-up steps.
@@ -56,15 +57,20 @@ class AutocastTrainer(Trainer):
         self.optimizer.zero_grad(set_to_none=True)
 
 
+PRECISIONS = {"fp32": (False, None), "bf16": (True, None), "bf16-eager": (True, "eager")}
+
+
 def bench_bf16(shape: str, warmup: int, steps: int) -> dict:
-    base = build(shape)
-    ids = inputs(base)
+    """Each config in fp32 and bf16 on the default attention (SDPA), and in bf16 on eager attention —
+    what `loralab train --precision bf16` loads (`models.attention_for`): CPU SDPA's bf16 backward is slow."""
+    bases = {attention: build(shape, attention) for attention in (None, "eager")}
+    ids = inputs(bases[None])
     fns = {}
     for config in ("lora-qv", "lora-all", "dora-qv", "dora-all"):
         for lib in ("loralab", "peft"):
-            for bf16 in (False, True):
-                model = adapt(copy.deepcopy(base), shape, config, lib)
-                fns[f"{config}/{lib}/{'bf16' if bf16 else 'fp32'}"] = AutocastTrainer(model, ids, bf16=bf16).step
+            for precision, (bf16, attention) in PRECISIONS.items():
+                model = adapt(copy.deepcopy(bases[attention]), shape, config, lib)
+                fns[f"{config}/{lib}/{precision}"] = AutocastTrainer(model, ids, bf16=bf16).step
     return alternate(fns, warmup, steps)
 
 
@@ -109,13 +115,16 @@ def report(results: dict) -> str:
     lines = []
     for shape, res in results["models"].items():
         t = res["bf16"]
-        lines.append(f"\n## {shape}: bf16 autocast (step s, median)")
-        lines.append(f"{'config':<9} {'ours fp32':>9} {'ours bf16':>9} {'peft fp32':>9} {'peft bf16':>9} "
-                     f"{'ours bf16/fp32':>14} {'ours/peft bf16':>14} {'peft bf16/fp32':>14}")
+        lines.append(f"\n## {shape}: bf16 autocast (step s, median; fp32 and bf16 on SDPA, bf16e on eager attention)")
+        lines.append(f"{'config':<9} {'lib':<8} {'fp32':>7} {'bf16':>7} {'bf16e':>7} {'bf16/fp32':>9} "
+                     f"{'bf16e/fp32':>10} {'ours/peft bf16':>14} {'ours/peft bf16e':>15}")
         for c in ("lora-qv", "lora-all", "dora-qv", "dora-all"):
-            of, ob, pf, pb = (t[f"{c}/{lib}/{p}"] for lib in ("loralab", "peft") for p in ("fp32", "bf16"))
-            lines.append(f"{c:<9} {of:>9.3f} {ob:>9.3f} {pf:>9.3f} {pb:>9.3f} {ob / of:>14.3f} {ob / pb:>14.3f} "
-                         f"{pb / pf:>14.3f}")
+            for lib in ("loralab", "peft"):
+                fp32, bf16, eager = (t[f"{c}/{lib}/{p}"] for p in PRECISIONS)
+                vs_peft = (f"{bf16 / t[f'{c}/peft/bf16']:>14.3f} {eager / t[f'{c}/peft/bf16-eager']:>15.3f}"
+                           if lib == "loralab" else "")
+                lines.append(f"{c:<9} {lib:<8} {fp32:>7.3f} {bf16:>7.3f} {eager:>7.3f} {bf16 / fp32:>9.3f} "
+                             f"{eager / fp32:>10.3f} {vs_peft}")
         d, m = res["dropout"], res.get("dropout_memory", {})
         lines.append(f"\n## {shape}: dropout 0.05 vs none (all linear)")
         for c in ("lora-all", "dora-all"):

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -47,28 +48,33 @@ QV = {"minilm": ["query", "value"], "gpt2": ["c_attn"], "llama": ["q_proj", "v_p
 
 
 # ----- models -----------------------------------------------------------------------------------
-def build(shape: str) -> torch.nn.Module:
-    """The base model (no task head) of each shape, fixed weights, dropout off."""
-    from transformers import BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
+def build(shape: str, attention: Optional[str] = None) -> torch.nn.Module:
+    """The base model (no task head) of each shape, fixed weights, dropout off; ``attention`` is the
+    attention implementation ("eager", "sdpa"; None: transformers' default, SDPA)."""
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, LlamaConfig, LlamaModel
 
     torch.manual_seed(0)
+    impl = {} if attention is None else {"attn_implementation": attention}
     if shape == "minilm":
         from loralab.models import minilm_dir
 
-        model = BertModel.from_pretrained(minilm_dir(), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    elif shape == "gpt2":
-        model = GPT2Model(GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))
+        return BertModel.from_pretrained(minilm_dir(), hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                         **impl).train()
+    if shape == "gpt2":
+        config = GPT2Config(resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+        model_class = GPT2Model
     elif shape == "llama":
-        model = LlamaModel(LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=6,
-                                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048))
+        config = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=6,
+                             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048)
+        model_class = LlamaModel
     elif shape == "bert-large":
-        from transformers import BertConfig
-
-        model = BertModel(BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
-                                     intermediate_size=4096))
+        config = BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+        model_class = BertModel
     else:
         raise ValueError(shape)
-    return model.train()
+    if attention is not None:
+        config._attn_implementation = attention
+    return model_class(config).train()
 
 
 def inputs(model: torch.nn.Module) -> torch.Tensor:

@@ -125,3 +125,27 @@ def test_dora_inference_on_weights_made_in_inference_mode():
         expected = layer.lora_magnitude["default"] / w.norm(dim=1) * (x @ w.T) + layer.bias
         assert layer.weight.is_inference() and not layer.norm_cache
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("precision, attention", [("fp32", "sdpa"), ("bf16", "eager")])
+def test_trainer_loads_eager_attention_for_bf16(tiny, precision, attention):
+    """`--precision bf16` loads the model with eager attention (CPU SDPA's bf16 backward is 3.5× slower
+    than fp32's); fp32 keeps transformers' default, SDPA. Both compute the same encoder (fp32, atol 1e-5)."""
+    from loralab import models
+    from loralab.train.config import TrainConfig
+    from loralab.train.loop import Trainer
+
+    cfg = TrainConfig(model=tiny["model"], data=tiny["data"], max_train=24, max_eval=16, max_length=32,
+                      precision=precision)
+    trainer = Trainer(cfg, progress=False)
+    trainer.setup_processes()
+    trainer.load_data_and_model()
+    assert trainer.model.config._attn_implementation == attention
+    other = {"sdpa": "eager", "eager": "sdpa"}[attention]
+    reference, _ = models.load(tiny["model"], "classification", num_labels=2, attn_implementation=other)
+    assert reference.config._attn_implementation == other
+    ids = torch.randint(5, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # B = 0 after injection: the adapted encoder computes the base encoder
+        ours = trainer.model.eval().bert(input_ids=ids).last_hidden_state
+        theirs = reference.eval().bert(input_ids=ids).last_hidden_state
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)

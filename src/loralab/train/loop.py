@@ -140,7 +140,8 @@ class Trainer:
         split = {s: datasets.load(cfg.data, s, cfg.seed, cfg.max_train if s == "train" else cfg.max_eval)
                  for s in datasets.SPLITS}
         self.task, self.labels = split["train"].task, split["train"].labels
-        base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None)
+        base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None,
+                                           attn_implementation=models.attention_for(cfg.precision))
         self.model = self.method.prepare(base, cfg, self.task)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.trainable, self.total = ll.trainable_parameters(self.model)
