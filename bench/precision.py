@@ -125,6 +125,8 @@ def report(results: dict) -> str:
                            if lib == "loralab" else "")
                 lines.append(f"{c:<9} {lib:<8} {fp32:>7.3f} {bf16:>7.3f} {eager:>7.3f} {bf16 / fp32:>9.3f} "
                              f"{eager / fp32:>10.3f} {vs_peft}")
+        if "dropout" not in res:
+            continue
         d, m = res["dropout"], res.get("dropout_memory", {})
         lines.append(f"\n## {shape}: dropout 0.05 vs none (all linear)")
         for c in ("lora-all", "dora-all"):
@@ -138,7 +140,7 @@ def report(results: dict) -> str:
 
 def main() -> None:
     parser = bench_parser(__doc__, "precision_results.json", steps=10, warmup=2)
-    parser.add_argument("--skip", default="", help="comma-separated: memory")
+    parser.add_argument("--skip", default="", help="comma-separated: dropout, memory")
     parser.add_argument("--memory-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -149,9 +151,10 @@ def main() -> None:
     for shape in args.models.split(","):
         print(f"{shape}: bf16", flush=True)
         res = {"bf16": bench_bf16(shape, args.warmup, args.steps)}
-        print(f"{shape}: dropout", flush=True)
-        res["dropout"] = bench_dropout(shape, args.warmup, args.steps)
-        if "memory" not in args.skip:
+        if "dropout" not in args.skip:
+            print(f"{shape}: dropout", flush=True)
+            res["dropout"] = bench_dropout(shape, args.warmup, args.steps)
+        if "memory" not in args.skip and "dropout" not in args.skip:
             res["dropout_memory"] = dropout_memory(shape)
         results["models"][shape] = res
     finish(results, args.out, report(results), started)

@@ -140,7 +140,7 @@ def test_trainer_loads_eager_attention_for_bf16(tiny, precision, attention):
     trainer = Trainer(cfg, progress=False)
     trainer.setup_processes()
     trainer.load_data_and_model()
-    assert trainer.model.config._attn_implementation == attention
+    assert trainer.model.config._attn_implementation == trainer.attention == attention  # result.json "attention"
     other = {"sdpa": "eager", "eager": "sdpa"}[attention]
     reference, _ = models.load(tiny["model"], "classification", num_labels=2, attn_implementation=other)
     assert reference.config._attn_implementation == other

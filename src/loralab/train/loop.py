@@ -142,6 +142,7 @@ class Trainer:
         self.task, self.labels = split["train"].task, split["train"].labels
         base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None,
                                            attn_implementation=models.attention_for(cfg.precision))
+        self.attention = getattr(base.config, "_attn_implementation", None)
         self.model = self.method.prepare(base, cfg, self.task)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.trainable, self.total = ll.trainable_parameters(self.model)
@@ -280,7 +281,7 @@ class Trainer:
             "validation": validation, "test": test, "history": self.state.history,
             "wall_time_s": self.state.elapsed + time.time() - self.started,
             "peak_memory_mb": peak_memory_mb(), "world_size": self.world, "resumed_from_step": self.resumed_from,
-            "torch": torch.__version__,
+            "attention": self.attention, "torch": torch.__version__,
         }
 
     # ----- helpers -----------------------------------------------------------------------------
