@@ -50,7 +50,8 @@ class TrainConfig:
         max_eval: Use at most this many validation and test examples.
         max_length: Truncate sequences to this many tokens.
         eval_batch_size: Batch size for evaluation.
-        precision: fp32, or bf16 (torch.autocast; adapter and optimizer state stay fp32).
+        precision: fp32, or bf16 (torch.autocast; adapter and optimizer state stay fp32; the model is loaded
+            with eager attention, faster than SDPA in bf16 on CPU).
         seed: Seed for the split, the initialisation, the data order and dropout.
         out: Run directory: metrics.jsonl, result.json, the adapter (or model), checkpoints. Must be new or
             empty unless --resume or --overwrite.
