@@ -35,9 +35,9 @@ def dropped_positions(numel: int, p: float, device=None) -> torch.Tensor:
     draws = int(mean + 6 * math.sqrt(mean * (1 - p)) + 16)
     log_keep = math.log1p(-p)
 
-    def gaps() -> torch.Tensor:  # iid Geometric(p) on {1, 2, ...}
+    def gaps() -> torch.Tensor:  # iid Geometric(p) on {1, 2, ...}: ⌊log(1 − u)/log(1 − p)⌋ + 1
         u = torch.rand(draws, device=device)  # [0, 1): 1 − u > 0, so every gap is finite
-        return u.neg_().log1p_().div_(log_keep).floor_().add_(1).long()
+        return u.neg_().log1p_().add_(log_keep).div_(log_keep, rounding_mode="floor").long()
 
     positions = gaps().cumsum_(0).sub_(1)
     while positions[-1] < numel - 1:  # the draws ran out before the end (a ~6σ event): keep going
@@ -83,7 +83,7 @@ class SparseDropout:
             yield self.zero_(x2d.clone(memory_format=torch.contiguous_format))
             return
         flat = x2d.data.view(-1)
-        values = flat.index_select(0, self.positions)
+        values = flat.gather(0, self.positions)  # 1-D gather runs on every thread; index_select on one
         flat.index_fill_(0, self.positions, 0)
         try:
             yield x2d.data
