@@ -114,17 +114,9 @@ def memory_probe(shape: str, config: str, lib: str, p: str) -> dict:
 def report(results: dict) -> str:
     lines = []
     for shape, res in results["models"].items():
-        t = res["bf16"]
-        lines.append(f"\n## {shape}: bf16 autocast (step s, median; fp32 and bf16 on SDPA, bf16e on eager attention)")
-        lines.append(f"{'config':<9} {'lib':<8} {'fp32':>7} {'bf16':>7} {'bf16e':>7} {'bf16/fp32':>9} "
-                     f"{'bf16e/fp32':>10} {'ours/peft bf16':>14} {'ours/peft bf16e':>15}")
-        for c in ("lora-qv", "lora-all", "dora-qv", "dora-all"):
-            for lib in ("loralab", "peft"):
-                fp32, bf16, eager = (t[f"{c}/{lib}/{p}"] for p in PRECISIONS)
-                vs_peft = (f"{bf16 / t[f'{c}/peft/bf16']:>14.3f} {eager / t[f'{c}/peft/bf16-eager']:>15.3f}"
-                           if lib == "loralab" else "")
-                lines.append(f"{c:<9} {lib:<8} {fp32:>7.3f} {bf16:>7.3f} {eager:>7.3f} {bf16 / fp32:>9.3f} "
-                             f"{eager / fp32:>10.3f} {vs_peft}")
+        t = res.get("bf16")
+        if t is not None:
+            lines.extend(bf16_lines(shape, t))
         if "dropout" not in res:
             continue
         d, m = res["dropout"], res.get("dropout_memory", {})
@@ -138,9 +130,25 @@ def report(results: dict) -> str:
     return "\n".join(lines)
 
 
+def bf16_lines(shape: str, t: dict) -> list:
+    """The bf16 table of one model: every config in fp32, bf16 (SDPA) and bf16e (eager attention)."""
+    lines = []
+    lines.append(f"\n## {shape}: bf16 autocast (step s, median; fp32 and bf16 on SDPA, bf16e on eager attention)")
+    lines.append(f"{'config':<9} {'lib':<8} {'fp32':>7} {'bf16':>7} {'bf16e':>7} {'bf16/fp32':>9} "
+                 f"{'bf16e/fp32':>10} {'ours/peft bf16':>14} {'ours/peft bf16e':>15}")
+    for c in ("lora-qv", "lora-all", "dora-qv", "dora-all"):
+        for lib in ("loralab", "peft"):
+            fp32, bf16, eager = (t[f"{c}/{lib}/{p}"] for p in PRECISIONS)
+            vs_peft = (f"{bf16 / t[f'{c}/peft/bf16']:>14.3f} {eager / t[f'{c}/peft/bf16-eager']:>15.3f}"
+                       if lib == "loralab" else "")
+            lines.append(f"{c:<9} {lib:<8} {fp32:>7.3f} {bf16:>7.3f} {eager:>7.3f} {bf16 / fp32:>9.3f} "
+                         f"{eager / fp32:>10.3f} {vs_peft}")
+    return lines
+
+
 def main() -> None:
     parser = bench_parser(__doc__, "precision_results.json", steps=10, warmup=2)
-    parser.add_argument("--skip", default="", help="comma-separated: dropout, memory")
+    parser.add_argument("--skip", default="", help="comma-separated: bf16, dropout, memory")
     parser.add_argument("--memory-probe", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_probe:
@@ -149,8 +157,10 @@ def main() -> None:
     torch.set_num_threads(2)
     started, results = time.time(), {"models": {}}
     for shape in args.models.split(","):
-        print(f"{shape}: bf16", flush=True)
-        res = {"bf16": bench_bf16(shape, args.warmup, args.steps)}
+        res = {}
+        if "bf16" not in args.skip:
+            print(f"{shape}: bf16", flush=True)
+            res["bf16"] = bench_bf16(shape, args.warmup, args.steps)
         if "dropout" not in args.skip:
             print(f"{shape}: dropout", flush=True)
             res["dropout"] = bench_dropout(shape, args.warmup, args.steps)
