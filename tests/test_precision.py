@@ -8,6 +8,7 @@ from torch import nn
 
 import loralab as ll
 from conftest import build, inputs, logits, train_step
+from loralab.adapters.dropout import dropped_positions
 
 BF16_ATOL = 0.05  # logits of magnitude ~1; bf16 keeps ~3 significant digits
 
@@ -125,6 +126,50 @@ def test_dora_inference_on_weights_made_in_inference_mode():
         expected = layer.lora_magnitude["default"] / w.norm(dim=1) * (x @ w.T) + layer.bias
         assert layer.weight.is_inference() and not layer.norm_cache
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_dropout_under_bf16_autocast_matches_the_formula(dora):
+    """The dropout path under CPU bf16 autocast draws the same mask as in float32 (`dropped_positions` after
+    the same seed), gives the float32 formula's output and gradients within bf16 precision, and leaves the
+    float32 input bit-identical with its version counter unchanged."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(48, 40))
+    ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets=["0"], dropout=0.2, dora=dora))
+    layer = model[0]
+    with torch.no_grad():
+        layer.lora_B["default"].normal_(std=0.5)
+    model.train()
+    x = torch.randn(2, 30, 48, requires_grad=True)
+    before, version = x.detach().clone(), x._version
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    assert out.dtype == torch.bfloat16
+    out.float().square().sum().backward()
+    assert torch.equal(x.detach(), before) and x._version == version
+    adapter = [layer.lora_A["default"], layer.lora_B["default"]] + ([layer.lora_magnitude["default"]] if dora else [])
+    ours = [x.grad] + [t.grad for t in adapter]
+    assert all(g.dtype == torch.float32 for g in ours)
+
+    torch.manual_seed(1)
+    keep = torch.ones(x.numel())
+    keep[dropped_positions(x.numel(), 0.2)] = 0.0
+    mask = keep.view(x.shape) / 0.8
+    ref_x = before.clone().requires_grad_(True)
+    a, b = (t.detach().clone().requires_grad_(True) for t in adapter[:2])
+    w = layer.weight.detach()
+    z = ref_x @ w.T + 2.0 * ((ref_x * mask) @ a.T @ b.T)  # s = alpha / r = 2
+    params = [a, b]
+    if dora:
+        m = adapter[2].detach().clone().requires_grad_(True)
+        z = m / (w + 2.0 * b @ a).norm(dim=1).detach() * z
+        params.append(m)
+    z = z + layer.bias.detach()
+    z.square().sum().backward()
+    torch.testing.assert_close(out.float(), z.detach(), atol=0.05, rtol=0.02)
+    for got, want in zip(ours, [ref_x.grad] + [t.grad for t in params]):
+        assert (got - want).norm() / want.norm() < 0.02  # bf16: ~3 significant digits per product
 
 
 @pytest.mark.parametrize("precision, attention", [("fp32", "sdpa"), ("bf16", "eager")])
