@@ -81,6 +81,31 @@ def test_gradients_match_a_dense_reference(said, kind):
         torch.testing.assert_close(wrapped.said_lambda.grad, lam.grad, atol=1e-9, rtol=1e-7)
 
 
+@pytest.mark.parametrize("said", [False, True])
+def test_assemble_node_under_bf16_autocast(said):
+    """`_Assemble` under CPU bf16 autocast (`--precision bf16`): θ is built in float32, the model's matmuls run
+    in bf16, and θ_d's and λ's gradients stay float32 and agree with the float32 ones within bf16 precision."""
+    torch.manual_seed(0)
+    wrapped = IntrinsicModel(build("bert"), dim=64, projection="fastfood", said=said, seed=5)
+    with torch.no_grad():
+        wrapped.theta_d.normal_(std=0.1)
+        if said:
+            wrapped.said_lambda.uniform_(0.5, 1.5)
+    ids = inputs()
+    grads = {}
+    for bf16 in (False, True):
+        wrapped.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = wrapped(input_ids=ids).logits
+        logits.float().square().sum().backward()
+        grads[bf16] = [t.grad for t in (wrapped.theta_d, wrapped.said_lambda) if t is not None]
+        grads[bf16, "logits"] = logits.detach().float()
+    assert all(g.dtype == torch.float32 for g in grads[True])
+    torch.testing.assert_close(grads[True, "logits"], grads[False, "logits"], atol=0.02, rtol=0.02)  # seen: 0.006
+    for got, want in zip(grads[True], grads[False]):
+        assert (got - want).norm() / want.norm() < 0.02  # seen: 0.005
+
+
 def test_fastfood_stores_nothing_of_size_d_by_D():
     model = build("bert")
     wrapped = IntrinsicModel(model, dim=500, projection="fastfood", said=True)
