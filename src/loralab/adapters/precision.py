@@ -69,7 +69,7 @@ def dora_inference(x, weight, bias, lora_A, lora_B, scaling: float, row_scale: t
         out.addmm_(x2d, (weight * row_scale[:, None]).T)
     else:
         out = torch.mm(x2d, weight.T).addmm_(hidden, lora_B.T, alpha=scaling)
-        out = out.mul_(row_scale) if bias is None else torch.addcmul(bias, out, row_scale)
+        out = out.mul_(row_scale) if bias is None else torch.addcmul(bias, out, row_scale, out=out)  # in place
     return out.view(*x.shape[:-1], weight.shape[0])
 
 
