@@ -34,6 +34,7 @@ bench: venv
 	$(BIN)/python bench/serving.py
 	$(BIN)/python bench/compose.py
 	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/spread.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info
