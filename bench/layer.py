@@ -109,8 +109,8 @@ def ratio_rows(results: list, dropout: float) -> dict:
                                                      for r in results]
         if dropout > 0:
             for lib in ("loralab", "peft"):
-                rows[f"{lib} {method} p={dropout:g} / p=0"] = [r["ms"][f"{lib} {method}{suffixes[1]}"] / r["ms"][f"{lib} {method}"]
-                                                                for r in results]
+                with_drop, without = f"{lib} {method}{suffixes[1]}", f"{lib} {method}"
+                rows[f"{without} p={dropout:g} / p=0"] = [r["ms"][with_drop] / r["ms"][without] for r in results]
     return rows
 
 
