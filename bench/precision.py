@@ -132,10 +132,9 @@ def report(results: dict) -> str:
 
 def bf16_lines(shape: str, t: dict) -> list:
     """The bf16 table of one model: every config in fp32, bf16 (SDPA) and bf16e (eager attention)."""
-    lines = []
-    lines.append(f"\n## {shape}: bf16 autocast (step s, median; fp32 and bf16 on SDPA, bf16e on eager attention)")
-    lines.append(f"{'config':<9} {'lib':<8} {'fp32':>7} {'bf16':>7} {'bf16e':>7} {'bf16/fp32':>9} "
-                 f"{'bf16e/fp32':>10} {'ours/peft bf16':>14} {'ours/peft bf16e':>15}")
+    lines = [f"\n## {shape}: bf16 autocast (step s, median; fp32 and bf16 on SDPA, bf16e on eager attention)",
+             f"{'config':<9} {'lib':<8} {'fp32':>7} {'bf16':>7} {'bf16e':>7} {'bf16/fp32':>9} "
+             f"{'bf16e/fp32':>10} {'ours/peft bf16':>14} {'ours/peft bf16e':>15}"]
     for c in ("lora-qv", "lora-all", "dora-qv", "dora-all"):
         for lib in ("loralab", "peft"):
             fp32, bf16, eager = (t[f"{c}/{lib}/{p}"] for p in PRECISIONS)
