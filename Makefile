@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv test test-all fuzz study bench clean
+.PHONY: venv lint test test-all fuzz study bench clean
 
 venv: $(STAMP)
 
@@ -16,7 +16,10 @@ $(STAMP): pyproject.toml requirements-dev.txt requirements-data.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
-test: venv
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+test: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-all: venv
