@@ -150,6 +150,18 @@ def test_eval_honours_data_seed_and_max_eval(tiny, finished, tmp_path, capsys):
     assert "was trained for classification with labels ['negative', 'positive']" in err
 
 
+def test_run_directory_as_positional_or_flag(finished, tmp_path, capsys):
+    by_flag = run(["eval", "--run", finished, "--max-eval", "6"], capsys)
+    by_position = run(["eval", finished, "--max-eval", "6"], capsys)
+    assert by_flag[0] == by_position[0] == 0 and json.loads(by_flag[1]) == json.loads(by_position[1])
+    code, _, err = run(["eval", finished, "--run", tmp_path / "other"], capsys)
+    assert code == 2 and f"two run directories given: {finished} and --run {tmp_path / 'other'}; give one." in err
+    code, _, err = run(["merge", "--out", tmp_path / "m"], capsys)
+    assert code == 2 and "give the run directory: RUN or --run RUN" in err and not (tmp_path / "m").exists()
+    assert run(["merge", finished, "--out", tmp_path / "merged"], capsys)[0] == 0
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
+
+
 def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(tiny["data"]).parent)
     out = tmp_path / "rel"

@@ -111,8 +111,26 @@ def interrupted_message(cfg: TrainConfig, argv: list[str]) -> str:
             f"  loralab {shlex.join(command)}")
 
 
+def run_flags(parser: argparse.ArgumentParser, required: bool) -> None:
+    """A run directory, as ``RUN`` or ``--run RUN`` (both spellings work; `run_dir` reconciles them)."""
+    parser.add_argument("run_positional", nargs="?", metavar="RUN", help="a `loralab train --out` directory")
+    parser.add_argument("--run", help="the same as RUN")
+    parser.set_defaults(run_required=required)
+
+
+def run_dir(args: argparse.Namespace) -> Optional[str]:
+    """The run directory given as RUN or --run; an error if both are given and differ, or none when required."""
+    positional, flag = args.run_positional, args.run
+    if positional and flag and Path(positional) != Path(flag):
+        raise ConfigError(f"two run directories given: {positional} and --run {flag}; give one.")
+    run = positional or flag
+    if run is None and args.run_required:
+        raise ConfigError("give the run directory: RUN or --run RUN (a `loralab train --out` directory).")
+    return run
+
+
 def eval_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", help="a `loralab train --out` directory")
+    run_flags(parser, required=False)
     parser.add_argument("--model", help="model name or directory (with --data, without --run)")
     parser.add_argument("--adapter", help="a PEFT-format adapter directory to load on --model")
     parser.add_argument("--data", help="dataset name or file (with --run: evaluate the run on this data instead)")
@@ -123,27 +141,28 @@ def eval_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from loralab import runs
 
-    if args.run:
+    run = run_dir(args)
+    if run:
         if args.model or args.adapter:
-            raise ConfigError("--run evaluates a finished run; --model and --adapter go without --run.")
-        result = runs.evaluate_run(args.run, data=args.data, seed=args.seed, max_eval=args.max_eval)
+            raise ConfigError("RUN evaluates a finished run; --model and --adapter go without it.")
+        result = runs.evaluate_run(run, data=args.data, seed=args.seed, max_eval=args.max_eval)
     elif args.model and args.data:
         result = runs.evaluate_adapter(args.model, args.data, args.adapter, seed=args.seed or 0, max_eval=args.max_eval)
     else:
-        raise ConfigError("give --run DIR, or --model and --data (and --adapter DIR) to evaluate.")
+        raise ConfigError("give a run directory (RUN or --run RUN), or --model and --data (and --adapter DIR) to evaluate.")
     print(json.dumps(result, indent=2))
     return 0
 
 
 def merge_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="a `loralab train --out` directory")
+    run_flags(parser, required=True)
     parser.add_argument("--out", required=True, help="a new directory for the merged HF model (outside the run)")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from loralab import runs
 
-    print(runs.merge_run(args.run, args.out))
+    print(runs.merge_run(run_dir(args), args.out))
     return 0
 
 
