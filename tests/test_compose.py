@@ -159,7 +159,7 @@ def test_heads_are_never_combined_silently(tmp_path):
         ll.save_adapter(model, tmp_path / name, name=name)
     sources = [tmp_path / "a", tmp_path / "b"]
     with pytest.raises(AdapterError, match=r"the adapters carry modules_to_save modules \['classifier'\] \(e.g. task "
-                                           r"heads\); say what the result keeps: head='sum'"):
+                                           r"heads\); say what the result keeps with head= \(CLI: --head\): 'sum'"):
         compose_io.compose(sources, [1.0, 1.0], tmp_path / "x", method="cat")
     assert not (tmp_path / "x").exists()
     compose_io.compose(sources, [1.0, 1.0], tmp_path / "keep", method="cat", head="keep:1")

@@ -25,7 +25,7 @@ from loralab import AdapterError
         (dict(alpha=float("nan")), r"LoraConfig.alpha must be a finite number > 0, got nan"),
         (dict(alpha=0), r"LoraConfig.alpha must be a finite number > 0, got 0. The update is scaled by alpha/r"),
         (dict(alpha=-16), r"LoraConfig.alpha must be a finite number > 0, got -16.*to scale or negate a trained "
-                          r"adapter, combine it with a weight instead: loralab compose --adapters DIR --weights -1"),
+                          r"adapter, combine it with a weight instead: loralab compose DIR --weights -1"),
         (dict(alpha_pattern={"value": -2.0}), r"LoraConfig.alpha_pattern\['value'\] must be a finite number > 0"),
         (dict(dropout=1.0), r"LoraConfig.dropout must be in \[0, 1\), got 1.0"),
         (dict(targets=[]), r"LoraConfig.targets must be a regex string or a non-empty list"),

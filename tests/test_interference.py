@@ -46,11 +46,19 @@ def test_interference_table_negation_and_geometry(task_runs, tmp_path, capsys):
 
 
 def test_compose_command_writes_a_loadable_adapter(task_runs, tiny, tmp_path, capsys):
-    code = main(["compose", "--adapters", str(task_runs / "movie"), str(task_runs / "tweets"), "--weights", "1", "-1",
-                 "--method", "svd", "--rank", "4", "--head", "keep:0", "--out", str(tmp_path / "c")])
-    assert code == 0
+    movie, tweets = str(task_runs / "movie"), str(task_runs / "tweets")
+    flags = ["--weights", "1", "-1", "--method", "svd", "--rank", "4", "--head", "keep:0"]
+    assert main(["compose", movie, tweets, *flags, "--out", str(tmp_path / "c")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ranks"] == [4] and 0 < printed["max_relative_error"] < 1
+    assert main(["compose", "--adapters", movie, tweets, *flags, "--out", str(tmp_path / "c2")]) == 0
+    weights = "adapter_model.safetensors"
+    assert (tmp_path / "c" / weights).read_bytes() == (tmp_path / "c2" / weights).read_bytes()  # same either way
+    assert main(["compose", movie, "--adapters", tweets, "--out", str(tmp_path / "twice")]) == 2
+    assert f"adapters given twice: {movie} and --adapters {tweets}; give them once." in capsys.readouterr().err
+    assert main(["interference", "--out", str(tmp_path / "none")]) == 2
+    assert "give the runs: `loralab interference DIR DIR … --out OUT` (or --runs DIR DIR …)." in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists() and not (tmp_path / "none").exists()
     code = main(["eval", "--model", tiny["model"], "--adapter", str(tmp_path / "c"), "--data", tiny["data"]])
     assert code == 0
     assert main(["compose", "--adapters", str(task_runs / "movie"), "--method", "ties", "--out", str(tmp_path / "t")]) == 2

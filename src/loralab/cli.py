@@ -129,6 +129,22 @@ def run_dir(args: argparse.Namespace) -> Optional[str]:
     return run
 
 
+def paths_flags(parser: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """Directories given as arguments or after ``--<flag>`` (both spellings work; `paths` reconciles them)."""
+    parser.add_argument("paths", nargs="*", metavar=flag.upper(), help=help)
+    parser.add_argument(f"--{flag}", nargs="+", help=f"the same as {flag.upper()} …")
+
+
+def paths(args: argparse.Namespace, flag: str) -> list[str]:
+    """The directories given as arguments or after --<flag>; an error for both or for none."""
+    positional, flagged = args.paths, getattr(args, flag)
+    if positional and flagged:
+        raise ConfigError(f"{flag} given twice: {' '.join(positional)} and --{flag} {' '.join(flagged)}; give them once.")
+    if not (positional or flagged):
+        raise ConfigError(f"give the {flag}: `loralab {args.command} DIR DIR … --out OUT` (or --{flag} DIR DIR …).")
+    return positional or flagged
+
+
 def eval_flags(parser: argparse.ArgumentParser) -> None:
     run_flags(parser, required=False)
     parser.add_argument("--model", help="model name or directory (with --data, without --run)")
@@ -269,7 +285,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 def compose_flags(parser: argparse.ArgumentParser) -> None:
     from loralab.compose.adapters import METHODS
 
-    parser.add_argument("--adapters", nargs="+", required=True, help="adapter directories (or runs), ours or PEFT's")
+    paths_flags(parser, "adapters", "adapter directories (or runs), ours or PEFT's")
     parser.add_argument("--weights", nargs="+", type=float, default=None,
                         help="one weight per adapter; negative subtracts (default: all 1)")
     parser.add_argument("--method", default="svd", choices=METHODS,
@@ -287,10 +303,11 @@ def compose_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_compose(args: argparse.Namespace) -> int:
     from loralab.compose import compose
 
-    weights = args.weights or [1.0] * len(args.adapters)
+    adapters = paths(args, "adapters")
+    weights = args.weights or [1.0] * len(adapters)
     if args.method in ("ties", "dare") and args.rank is None and args.energy is None:
         raise ConfigError(f"--method {args.method} re-factors a dense ΔW: give --rank R or --energy E.")
-    report = compose(args.adapters, weights, args.out, method=args.method, rank=args.rank, energy=args.energy,
+    report = compose(adapters, weights, args.out, method=args.method, rank=args.rank, energy=args.energy,
                      head=args.head, density=args.density, drop=args.drop, seed=args.seed)
     print(json.dumps({k: report[k] for k in ("method", "weights", "max_relative_error")} |
                      {"ranks": sorted(set(report["ranks"].values())), "out": args.out}))
@@ -298,7 +315,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def interference_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--runs", nargs="+", required=True, help="LoRA runs trained on different tasks")
+    paths_flags(parser, "runs", "LoRA runs trained on different tasks")
     parser.add_argument("--out", required=True, help="where to write interference.json/.md/.png")
     parser.add_argument("--max-eval", type=int, default=None, help="test examples per task (default: each run's)")
 
@@ -306,7 +323,7 @@ def interference_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_interference(args: argparse.Namespace) -> int:
     from loralab.experiments.interference import run_interference
 
-    result = run_interference(args.runs, args.out, args.max_eval)
+    result = run_interference(paths(args, "runs"), args.out, args.max_eval)
     print((Path(args.out) / "interference.md").read_text())
     print(f"({result['seconds']:.0f} s)")
     return 0

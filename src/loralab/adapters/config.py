@@ -127,7 +127,7 @@ def check_alpha(alpha, where: str, error=AdapterError) -> None:
         return
     raise error(f"{where} must be a finite number > 0, got {alpha!r}. The update is scaled by alpha/r (2·r is a "
                 "common choice); to scale or negate a trained adapter, combine it with a weight instead: "
-                "loralab compose --adapters DIR --weights -1 --out NEW.")
+                "loralab compose DIR --weights -1 --out NEW.")
 
 
 def _pattern_key(patterns: dict, module_name: str) -> Optional[str]:

@@ -63,7 +63,7 @@ def combine_heads(heads: list[dict[str, torch.Tensor]], weights: list[float], he
     if head is None:
         keys = sorted({k.split(".")[0] for h in heads for k in h})
         raise AdapterError(f"the adapters carry modules_to_save modules {keys} (e.g. task heads); say what the result "
-                           "keeps: head='sum' (Σ w_i·head_i), 'keep:N' (adapter N's) or 'none'.")
+                           "keeps with head= (CLI: --head): 'sum' (Σ w_i·head_i), 'keep:N' (adapter N's) or 'none'.")
     if head == "none":
         return {}
     if head.startswith("keep:"):
