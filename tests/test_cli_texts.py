@@ -34,6 +34,19 @@ def test_no_default_shown_twice_or_as_a_placeholder():
     assert "--dims DIMS" in help_text("intrinsic") and "--d D" not in help_text("intrinsic")
 
 
+def test_version_names_loralab_torch_and_transformers(capsys):
+    from importlib.metadata import version
+
+    import loralab
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["--version"])
+    assert exit_.value.code == 0
+    printed = capsys.readouterr().out.strip()
+    assert printed == f"loralab {version('loralab')} (torch {version('torch')}, transformers {version('transformers')})"
+    assert loralab.__version__ == version("loralab")  # __init__ and pyproject agree
+
+
 def test_plain_progress_prints_one_line_per_ten_percent():
     stream = io.StringIO()
     bar = PlainProgress(total=50, desc="lora minilm/movie", stream=stream)

@@ -343,11 +343,27 @@ COMMANDS = {
 }
 
 
+def version_line() -> str:
+    """loralab's version and the torch / transformers it runs with (what a bug report needs)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import loralab
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"loralab {loralab.__version__} (torch {installed('torch')}, transformers {installed('transformers')})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loralab", description="Low-rank adaptation of pretrained transformers, and measurements of why it works.",
         epilog="`loralab COMMAND --help` explains each command's flags.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, add_flags, help_text) in COMMANDS.items():
         add_flags(sub.add_parser(name, help=help_text, description=help_text))
