@@ -160,6 +160,8 @@ def test_run_directory_as_positional_or_flag(finished, tmp_path, capsys):
     assert code == 2 and "give the run directory: RUN or --run RUN" in err and not (tmp_path / "m").exists()
     assert run(["merge", finished, "--out", tmp_path / "merged"], capsys)[0] == 0
     assert (tmp_path / "merged" / "model.safetensors").is_file()
+    code, _, err = run(["eval", finished / "adapter"], capsys)
+    assert code == 2 and f"{finished / 'adapter'} is an adapter directory, not a run: give its run directory" in err
 
 
 def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypatch):

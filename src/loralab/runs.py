@@ -13,6 +13,7 @@ from loralab import data as datasets
 from loralab import models
 from loralab.errors import ConfigError, DataError
 from loralab.io.atomic import atomic_directory
+from loralab.io.peft_format import CONFIG_FILE
 from loralab.methods import get_method
 from loralab.train.batching import encode
 from loralab.train.config import TrainConfig
@@ -22,6 +23,10 @@ from loralab.train.evaluate import evaluate
 def read_run(run: str | Path) -> TrainConfig:
     path = Path(run) / "config.json"
     if not path.exists():
+        if (Path(run) / CONFIG_FILE).exists():
+            raise DataError(f"{run} is an adapter directory, not a run: give its run directory (the --out of "
+                            f"`loralab train`). `loralab eval --model MODEL --adapter {run} --data DATA` evaluates "
+                            "an adapter on its own.")
         raise DataError(f"{run} is not a run directory (no config.json); give the --out of a `loralab train` run.")
     cfg = TrainConfig.from_dict(json.loads(path.read_text()))
     method = get_method(cfg.method)

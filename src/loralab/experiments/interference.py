@@ -120,7 +120,7 @@ def predictors(table: dict, geometry: dict) -> dict:
 def run_interference(runs: list[str], out: str | Path, max_eval: Optional[int] = None) -> dict:
     started = time.time()
     if len(runs) < 2:
-        raise ConfigError("give at least two runs (--runs A B) to measure interference.")
+        raise ConfigError("give at least two runs (`loralab interference A B --out OUT`) to measure interference.")
     sources = [Path(r) / "adapter" for r in runs]
     tasks = [Task(i, Path(r), max_eval) for i, r in enumerate(runs)]
     table = {t.name: task_table(t, tasks, sources) for t in tasks}
