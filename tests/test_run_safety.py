@@ -164,6 +164,14 @@ def test_run_directory_as_positional_or_flag(finished, tmp_path, capsys):
     assert code == 2 and f"{finished / 'adapter'} is an adapter directory, not a run: give its run directory" in err
 
 
+def test_info_reads_a_run_or_its_adapter(finished, capsys):
+    by_run, by_adapter = run(["info", finished], capsys), run(["info", finished / "adapter"], capsys)
+    assert by_run[0] == by_adapter[0] == 0 and json.loads(by_run[1]) == json.loads(by_adapter[1])
+    summary = json.loads(by_run[1])
+    assert summary["config"]["r"] == json.loads((finished / "config.json").read_text())["r"]
+    assert summary["modules"] and all(m["delta_norm"] > 0 for m in summary["modules"].values())
+
+
 def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(tiny["data"]).parent)
     out = tmp_path / "rel"

@@ -183,14 +183,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def info_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors)")
+    parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors), "
+                                        "or a LoRA/DoRA run (its adapter/)")
     parser.add_argument("--model", help="the base model (needed for DoRA's ΔW; default: the adapter's base_model_name_or_path)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from loralab.analysis.summary import adapter_summary
+    from loralab.compose.adapters import adapter_dir
 
-    print(json.dumps(adapter_summary(args.adapter, model=args.model), indent=2))
+    print(json.dumps(adapter_summary(adapter_dir(args.adapter), model=args.model), indent=2))
     return 0
 
 
