@@ -360,12 +360,23 @@ def version_line() -> str:
     return f"loralab {loralab.__version__} (torch {installed('torch')}, transformers {installed('transformers')})"
 
 
+class VersionAction(argparse.Action):
+    """``--version``: prints `version_line` — looked up only when asked for, not on every command."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, help="print the versions of loralab, torch and transformers")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="loralab", description="Low-rank adaptation of pretrained transformers, and measurements of why it works.",
         epilog="`loralab COMMAND --help` explains each command's flags.",
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, add_flags, help_text) in COMMANDS.items():
         add_flags(sub.add_parser(name, help=help_text, description=help_text))
