@@ -6,7 +6,8 @@ Matching follows PEFT's semantics so configs move between the two tools:
 * as a list: a module whose name equals an entry or ends with ``"." + entry``;
 * ``"all-linear"``: every Linear / Conv1D except the output head
   (``get_output_embeddings()``) and classification heads (``classifier``, ``score``);
-* ``exclude`` removes matches (same forms); ``layers`` keeps only modules inside
+* ``exclude`` removes matches (same forms), and so does ``modules_to_save`` (a module trained fully,
+  and what is inside it, gets no adapter); ``layers`` keeps only modules inside
   the listed block indices (``...layer.3.``, ``...layers.3.``, ``...h.3.``, ``...blocks.3.``).
 """
 
@@ -77,8 +78,8 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
     saved = set(match_modules_to_save(model, cfg.modules_to_save, strict=False))
     matched = []
     for name, module in _candidate_modules(model):
-        if isinstance(module, ModulesToSave) or name in saved:
-            continue
+        if isinstance(module, ModulesToSave) or any(name == s or name.startswith(s + ".") for s in saved):
+            continue  # a module trained fully (and what is inside it) gets no adapter
         if all_linear:
             in_head = any(name == h or name.startswith(h + ".") for h in heads)
             if in_head or layer_kind(module) not in ("linear", "conv1d"):

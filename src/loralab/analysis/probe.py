@@ -107,13 +107,15 @@ def fit_head(model: nn.Module, batches: list[dict], steps: int) -> None:
     """Fit the classification head on frozen features (its input captured by a hook), in place."""
     from loralab import models
 
-    head = getattr(model, models.head_names(model)[0])
+    head = getattr(model, models.head_names(model)[-1])  # the last head module holds the output layer
     inner = next((m for m in reversed(list(head.modules())) if isinstance(m, nn.Linear)), head)
     features = []
     hook = inner.register_forward_hook(lambda m, args, out: features.append(args[0].detach()))
     with torch.no_grad():
-        for batch in batches:
+        for i, batch in enumerate(batches):
             model(**batch)
+            if features[i].dim() == 3:  # a per-token head (Llama's, GPT-2's score): the token HF pools
+                features[i] = features[i][torch.arange(len(features[i])), pooled_positions(model, batch)]
     hook.remove()
     x, y = torch.cat(features), torch.cat([b["labels"] for b in batches])
     optimizer = torch.optim.AdamW(inner.parameters(), lr=1e-2, weight_decay=0.1)  # a few hundred examples separate
@@ -122,6 +124,14 @@ def fit_head(model: nn.Module, batches: list[dict], steps: int) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+
+
+def pooled_positions(model: nn.Module, batch: dict) -> torch.Tensor:
+    """(B,) index of the token a decoder's sequence-classification head reads: the last one that is
+    not padding (``input_ids != config.pad_token_id``), the rule of HF's ``*ForSequenceClassification``."""
+    not_pad = batch["input_ids"] != model.config.pad_token_id
+    positions = torch.arange(not_pad.shape[1], device=not_pad.device)
+    return (positions * not_pad).argmax(-1)
 
 
 def probe_batches(cfg: ProbeConfig):

@@ -181,6 +181,21 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     return model, tokenizer
 
 
+HEAD_NAMES = ("classifier", "score")
+
+
 def head_names(model: nn.Module) -> list[str]:
-    """The classification head(s) of an HF sequence-classification model (trained fully with LoRA)."""
-    return [name for name in ("classifier", "score") if isinstance(getattr(model, name, None), nn.Module)]
+    """The task head of an HF sequence-classification model: the top-level modules outside its base model.
+
+    ``XForSequenceClassification`` holds the pretrained body under ``base_model_prefix`` and puts what it
+    adds next to it: ``classifier`` (BERT, RoBERTa), ``score`` (Llama, GPT-2), ``pre_classifier`` +
+    ``classifier`` (DistilBERT), ``pooler`` + ``classifier`` (DeBERTa-v2), ``classification_head`` (T5, BART).
+    Those are trained fully with LoRA, DoRA, DID and SAID (in model order; modules without parameters,
+    like dropout, are left out). A model without a base-model child falls back to ``classifier``/``score``.
+    """
+    body = getattr(model, "base_model_prefix", "")
+    children = dict(model.named_children())
+    if body and body in children:
+        return [name for name, child in children.items()
+                if name != body and any(True for _ in child.parameters())]
+    return [name for name in HEAD_NAMES if isinstance(children.get(name), nn.Module)]
