@@ -17,7 +17,7 @@ from loralab import models
 from loralab.adapters.lora import LoraLayer
 from loralab.analysis.probe import fit_head, pooled_positions
 from loralab.cli import main
-from loralab.errors import ConfigError
+from loralab.errors import ConfigError, DataError
 from loralab.methods.lora import default_targets
 from test_training import train_args
 
@@ -101,7 +101,7 @@ def test_adapter_with_its_head_loads_in_peft_with_equal_outputs(family, tmp_path
                         modules_to_save=models.head_names(model))
     ll.inject(model, cfg)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:  # B ≠ 0 and a head that differs from the base model's
                 param.add_(0.3 * torch.randn_like(param))
     heads = models.head_names(model)
@@ -156,3 +156,14 @@ def test_distilbert_run_trains_its_whole_head_and_evaluates_the_same(tiny, tmp_p
     evaluated = json.loads(capsys.readouterr().out)["test"]
     assert evaluated["accuracy"] == result["test"]["accuracy"]
     assert evaluated["loss"] == pytest.approx(result["test"]["loss"], abs=1e-5)
+
+
+def test_a_model_without_a_class_for_the_task_is_refused_before_loading(tiny, tmp_path):
+    build("t5").save_pretrained(tmp_path / "t5")
+    hf.AutoTokenizer.from_pretrained(tiny["model"]).save_pretrained(tmp_path / "t5")
+    with pytest.raises(DataError) as refused:
+        models.load(str(tmp_path / "t5"), "causal_lm")
+    assert str(refused.value) == (f"model {str(tmp_path / 't5')!r} is a 't5' model, and transformers has no causal-LM "
+                                  "class for it: prompt/response data needs a decoder language model, e.g. smollm2.")
+    model, _ = models.load(str(tmp_path / "t5"), "classification", num_labels=2)
+    assert models.head_names(model) == ["classification_head"]

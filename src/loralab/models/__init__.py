@@ -155,6 +155,7 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     from transformers.utils import logging as hf_logging
 
     path = resolve(name_or_path)
+    check_task_support(path, name_or_path, task)
     attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
@@ -182,6 +183,29 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
 
 
 HEAD_NAMES = ("classifier", "score")
+
+
+def check_task_support(path: str, name_or_path: str, task: str) -> None:
+    """Refuse, before loading, a model whose type transformers has no class for ``task``
+    (e.g. T5 or DistilBERT for prompt/response data, which needs a causal LM)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError):
+        return  # from_pretrained reports what is wrong with the directory
+    supported = {"classification": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+                 "causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES}[task]
+    if model_type not in supported:
+        kind, needs = (("causal-LM", "prompt/response data needs a decoder language model, e.g. smollm2")
+                       if task == "causal_lm" else
+                       ("sequence-classification", "text/label data needs a model with such a class, e.g. minilm"))
+        raise DataError(f"model {name_or_path!r} is a {model_type!r} model, and transformers has no {kind} class "
+                        f"for it: {needs}.")
 
 
 def head_names(model: nn.Module) -> list[str]:
