@@ -167,3 +167,14 @@ def test_a_model_without_a_class_for_the_task_is_refused_before_loading(tiny, tm
                                   "class for it: prompt/response data needs a decoder language model, e.g. smollm2.")
     model, _ = models.load(str(tmp_path / "t5"), "classification", num_labels=2)
     assert models.head_names(model) == ["classification_head"]
+
+
+def test_plot_labels_tell_encoder_and_decoder_blocks_apart():
+    from loralab.analysis.plots import short_names
+
+    t5 = [f"transformer.{part}.block.0.layer.0.SelfAttention.q" for part in ("encoder", "decoder")]
+    t5.append("transformer.decoder.block.0.layer.1.EncDecAttention.q")
+    assert short_names(t5) == ["encoder.0.layer.0.SelfAttention.q", "decoder.0.layer.0.SelfAttention.q",
+                               "0.layer.1.EncDecAttention.q"]
+    bert = [f"bert.encoder.layer.{i}.attention.self.query" for i in (0, 1)]
+    assert short_names(bert) == ["0.query", "1.query"]

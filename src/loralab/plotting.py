@@ -20,10 +20,10 @@ def pyplot():
 
 
 def save(fig, path, dpi: int = 120):
-    """Lay out, write and close a figure; returns ``path``."""
+    """Lay out, write and close a figure (cropped to what is drawn, colorbar labels included); returns ``path``."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -17,6 +17,17 @@ def short_name(path: str) -> str:
     return f"{found.group(1)}.{tail}"
 
 
+def short_names(paths: list[str]) -> list[str]:
+    """`short_name` of each path, with the part before the block index kept where two would read the same
+    (T5's 'encoder.block.0.layer.0.SelfAttention.q' and 'decoder.block.0…' → 'encoder.0.…', 'decoder.0.…')."""
+    short = [short_name(p) for p in paths]
+    names = []
+    for path, name in zip(paths, short):
+        found = re.search(r"(?:^|\.)([^.]+)\.(?:layers?|h|blocks?)\.\d+\.", path)
+        names.append(f"{found.group(1)}.{name}" if short.count(name) > 1 and found else name)
+    return names
+
+
 def safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
@@ -59,7 +70,7 @@ def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Pa
             for j, v in enumerate(row):
                 if v is not None:
                     ax.text(j, i, f"{v:.3g}", ha="center", va="center", fontsize=6, color="white")
-    ax.set_xticks(range(len(layers)), [short_name(p) for p in layers], rotation=90, fontsize=6)
+    ax.set_xticks(range(len(layers)), short_names(layers), rotation=90, fontsize=6)
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_title(f"{label} per layer")
     ax.grid(False)
