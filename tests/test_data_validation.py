@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -103,3 +105,18 @@ def test_hub_probe_respects_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert models.hub_reachable() is False
     assert os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+def test_model_directory_without_its_tokenizer(tiny, tmp_path):
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(Path(tiny["model"]) / name, tmp_path / name)
+    with pytest.raises(DataError) as refused:
+        models.load(str(tmp_path), "classification", num_labels=2)
+    assert str(refused.value) == (
+        f"cannot load the tokenizer of model {str(tmp_path)!r}: {tmp_path} holds no tokenizer files (tokenizer.json, "
+        "tokenizer_config.json, vocab.txt, vocab.json, *.model); save the tokenizer next to the weights: "
+        "tokenizer.save_pretrained(DIR).")
+    shutil.copy(Path(tiny["model"]) / "tokenizer_config.json", tmp_path)  # the config without the vocabulary
+    with pytest.raises(DataError, match=rf"cannot load the tokenizer of model .*transformers says: .* \(are {tmp_path}'s "
+                                        r"tokenizer files complete\? tokenizer.save_pretrained\(DIR\) writes them all\)"):
+        models.load(str(tmp_path), "classification", num_labels=2)

@@ -151,7 +151,7 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     """
     if task not in TASKS:
         raise DataError(f"task must be one of {TASKS}, got {task!r}.")
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     path = resolve(name_or_path)
@@ -159,8 +159,8 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
+    tokenizer = load_tokenizer(path, name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
         if task == "classification":
             # a head for another number of labels is replaced by a new one (HF's default without num_labels: 2)
             labels = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
@@ -180,6 +180,27 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
+
+
+def load_tokenizer(path: str, name_or_path: str):
+    """The model directory's tokenizer, or a DataError that says what is missing."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as err:  # TypeError: a slow tokenizer class given no vocab file
+        local = Path(path)
+        if local.is_dir() and not any(any(local.glob(pattern)) for pattern in TOKENIZER_FILES):
+            problem = (f"{path} holds no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer "
+                       "next to the weights: tokenizer.save_pretrained(DIR)")
+        else:
+            problem = f"transformers says: {str(err).strip().splitlines()[0][:300]}"
+            if local.is_dir():
+                problem += f" (are {path}'s tokenizer files complete? tokenizer.save_pretrained(DIR) writes them all)"
+        raise DataError(f"cannot load the tokenizer of model {name_or_path!r}: {problem}.") from None
 
 
 HEAD_NAMES = ("classifier", "score")
