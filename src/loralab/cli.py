@@ -208,15 +208,26 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: a local Ray)")
     parser.add_argument("--out", default=None, help="report directory (default: reports, or reports/full)")
     parser.add_argument("--runs", default=None, help="run directories (default: runs/study, or runs/full_study)")
+    parser.add_argument("--model", default=None,
+                        help="quick study: model name or local HF directory (default: minilm)")
+    parser.add_argument("--data", default=None,
+                        help="quick study: classification dataset name or CSV/JSONL file (default: movie)")
     parser.add_argument("--max-train", type=int, default=None, help="quick study: training examples per run")
     parser.add_argument("--epochs", type=int, default=None, help="quick study: epochs per run")
-    parser.add_argument("--seed", type=int, default=0, help="quick study: seed (default: 0)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+    parser.add_argument("--seed", type=int, default=None, help="quick study: seed (default: 0)")
+    parser.add_argument("--precision", default=None, choices=("fp32", "bf16"),
                         help="quick study: fp32, or bf16 autocast (default: fp32)")
+
+
+QUICK_STUDY_FLAGS = ("model", "data", "max_train", "epochs", "seed", "precision")
 
 
 def cmd_study(args: argparse.Namespace) -> int:
     if args.full:
+        quick = [f"--{name.replace('_', '-')}" for name in QUICK_STUDY_FLAGS if getattr(args, name) is not None]
+        if quick:
+            raise ConfigError(f"{', '.join(quick)} set the quick study; the full study fixes model, data, sizes and "
+                              "seeds per claim (docs/study/report.md). Drop them, or drop --full.")
         from loralab.experiments.full_study import run_full_study
 
         run_full_study(out=args.out or "reports/full", runs=args.runs or "runs/full_study", tasks=args.tasks,
@@ -229,7 +240,8 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     executor = make_executor(args.executor, args.workers or 1, address=args.address)
     run_study(out=args.out or "reports", runs_dir=args.runs or "runs/study", max_train=args.max_train,
-              epochs=args.epochs, seed=args.seed, executor=executor, precision=args.precision)
+              epochs=args.epochs, seed=args.seed or 0, executor=executor, precision=args.precision or "fp32",
+              model=args.model or "minilm", data=args.data or "movie")
     return 0
 
 
