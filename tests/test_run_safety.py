@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,21 @@ def test_overwrite_clears_the_old_run_first(tiny, finished, tmp_path, capsys):
     assert run(quick(tiny, out, "--method", "full", "--overwrite"), capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl", "model", "result.json"]
     assert json.loads((out / "result.json").read_text())["method"] == "full"
+
+
+@pytest.mark.parametrize("bad, message", [
+    (("--max-length", "4096"), "--max-length 4096 is more than model "),
+    (("--max-length", "129"), "takes (128 tokens); use --max-length 128 or less."),
+    (("--targets", "nosuch"), "no module matches targets=['nosuch']"),
+    (("--data", "nosuch.csv"), "nosuch.csv"),
+])
+def test_refused_overwrite_leaves_the_old_run_untouched(tiny, finished, bad, message, tmp_path, capsys):
+    """--overwrite deletes the old run only once the new one's data, model and targets have loaded."""
+    old = shutil.copytree(finished, tmp_path / "run")
+    before = listing(old)
+    code, _, err = run(quick(tiny, old, "--overwrite", *bad), capsys)
+    assert code == 2 and message in err
+    assert before and listing(old) == before
 
 
 def test_resume_refuses_a_different_config(tiny, finished, capsys):

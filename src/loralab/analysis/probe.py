@@ -142,6 +142,7 @@ def probe_batches(cfg: ProbeConfig):
     torch.manual_seed(cfg.seed)
     train = datasets.load(cfg.data, "train", cfg.seed)
     model, tokenizer = models.load(cfg.model, train.task, num_labels=len(train.labels) or None)
+    models.check_max_length(model, tokenizer, cfg.max_length, cfg.model)
     count = min(cfg.batches, len(train) // cfg.batch_size) * cfg.batch_size
     chosen = [train.examples[i] for i in epoch_order(len(train), cfg.seed, 0)[:count]]
     rows = encode(replace(train, examples=chosen), tokenizer, cfg.max_length)

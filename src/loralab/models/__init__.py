@@ -182,6 +182,18 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     return model, tokenizer
 
 
+def check_max_length(model: nn.Module, tokenizer, max_length: int, name: str, flag: str = "--max-length") -> None:
+    """Refuse a token limit longer than the model takes: its position table (``max_position_embeddings``,
+    GPT-2's ``n_positions``) or the tokenizer's ``model_max_length``, whichever is smaller. Beyond it,
+    BERT-style models fail inside the embedding with a shape error."""
+    limits = [getattr(model.config, key, None) for key in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 10**6]  # HF's "no limit" is ~1e30
+    if limits and max_length > min(limits):
+        raise DataError(f"{flag} {max_length} is more than model {name!r} takes ({min(limits)} tokens); "
+                        f"use {flag} {min(limits)} or less.")
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
 
 

@@ -106,11 +106,11 @@ class Trainer:
     def run(self) -> dict:
         self.setup_processes()
         self.out = run_dir.check_out(self.cfg)
+        self.load_data_and_model()  # data, model, targets and lengths are checked before --out changes at all:
+        self.build_optimizer()      # a refused --overwrite run leaves the old run as it was
         self.barrier()
         created = run_dir.create_out(self.cfg, self.out) if self.main else False
         try:
-            self.load_data_and_model()
-            self.build_optimizer()
             self.restore()
             self.emit("on_train_begin")
             self.run_epochs()
@@ -142,6 +142,7 @@ class Trainer:
         self.task, self.labels = split["train"].task, split["train"].labels
         base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None,
                                            attn_implementation=models.attention_for(cfg.precision))
+        models.check_max_length(base, self.tokenizer, cfg.max_length, cfg.model)
         self.attention = getattr(base.config, "_attn_implementation", None)
         self.model = self.method.prepare(base, cfg, self.task)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]

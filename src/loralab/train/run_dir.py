@@ -1,6 +1,7 @@
 """The run directory rules: a run is never overwritten, mixed with another or resumed under a different config.
 
-* a new run needs ``--out`` to be new or empty; ``--overwrite`` clears it first;
+* a new run needs ``--out`` to be new or empty; ``--overwrite`` clears it once the new run's data, model
+  and config have loaded without error (a refused run leaves the old one untouched);
 * ``--resume`` needs a checkpoint in ``--out`` and a config that matches the one the run started
   with in everything that changes the result (`TrainConfig.differences`);
 * a run that fails before writing any checkpoint leaves no directory behind (`discard_if_empty`).
