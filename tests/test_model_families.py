@@ -15,10 +15,10 @@ import transformers as hf
 import loralab as ll
 from loralab import models
 from loralab.adapters.lora import LoraLayer
+from loralab.adapters.registry import adapter_configs
 from loralab.analysis.probe import fit_head, pooled_positions
 from loralab.cli import main
-from loralab.errors import ConfigError, DataError
-from loralab.methods.lora import default_targets
+from loralab.errors import AdapterError, DataError
 from test_training import train_args
 
 VOCAB = 64
@@ -81,15 +81,15 @@ def batch(family: str) -> dict:
 def test_default_targets_and_head(family):
     model = build(family)
     _, _, targets, head = FAMILIES[family]
-    assert default_targets(model) == targets
+    assert ll.default_targets(model) == targets
     assert models.head_names(model) == head
 
 
 def test_unknown_family_is_refused_with_the_fix():
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
-    with pytest.raises(ConfigError, match=r"none of the attention projections loralab knows \(query/value, "
-                                          r"q_proj/v_proj, q_lin/v_lin.*--targets all-linear"):
-        default_targets(model)
+    with pytest.raises(AdapterError, match=r"none of the attention projections loralab knows \(query/value, "
+                                           r"q_proj/v_proj, q_lin/v_lin.*targets= \(CLI: --targets\), e.g. 'all-linear'"):
+        ll.default_targets(model)
 
 
 @pytest.mark.parametrize("family", ["distilbert", "t5", "deberta-v2", "falcon"])
@@ -97,9 +97,13 @@ def test_adapter_with_its_head_loads_in_peft_with_equal_outputs(family, tmp_path
     """LoRA on the default targets of all-linear, the head trained fully: PEFT rebuilds the same model."""
     peft = pytest.importorskip("peft")
     model = build(family)
-    cfg = ll.LoraConfig(r=4, alpha=8, targets="all-linear" if family == "t5" else default_targets(model),
+    cfg = ll.LoraConfig(r=4, alpha=8, targets="all-linear" if family == "t5" else None,  # None: q/v by name
                         modules_to_save=models.head_names(model))
-    ll.inject(model, cfg)
+    adapted = ll.inject(model, cfg)
+    if family != "t5":
+        leaves = FAMILIES[family][2]
+        assert adapter_configs(model)["default"].targets == leaves
+        assert adapted and {name.rsplit(".", 1)[-1] for name in adapted} == set(leaves)
     with torch.no_grad():
         for param in model.parameters():
             if param.requires_grad:  # B ≠ 0 and a head that differs from the base model's

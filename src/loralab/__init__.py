@@ -11,6 +11,7 @@ from loralab.adapters import (
     LoraLayer,
     ModulesToSave,
     active_adapters,
+    default_targets,
     delete_adapter,
     disabled,
     inject,
@@ -30,6 +31,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError", "LoraConfig", "LoraLayer", "ModulesToSave", "active_adapters", "adapter_state_dict",
-    "delete_adapter", "disabled", "inject", "load_adapter", "match_targets", "merge", "merge_and_unload",
+    "default_targets", "delete_adapter", "disabled", "inject", "load_adapter", "match_targets", "merge", "merge_and_unload",
     "routing", "save_adapter", "set_active", "set_trainable", "trainable_parameters", "unmerge",
 ]

@@ -1,7 +1,7 @@
 """LoRA and DoRA adapters: layers, injection, management and merging."""
 
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.inject import inject, match_targets
+from loralab.adapters.inject import default_targets, inject, match_targets
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import (
     active_adapters,
@@ -16,7 +16,7 @@ from loralab.adapters.merge import merge, merge_and_unload, unmerge
 from loralab.adapters.modules_to_save import ModulesToSave
 
 __all__ = [
-    "LoraConfig", "LoraLayer", "ModulesToSave", "inject", "match_targets", "active_adapters", "delete_adapter",
+    "LoraConfig", "LoraLayer", "ModulesToSave", "default_targets", "inject", "match_targets", "active_adapters", "delete_adapter",
     "disabled", "routing", "set_active", "set_trainable", "trainable_parameters", "merge", "merge_and_unload",
     "unmerge",
 ]

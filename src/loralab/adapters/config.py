@@ -27,9 +27,12 @@ class LoraConfig:
         r: Rank of the update, r ≥ 1. A is (r, in), B is (out, r).
         alpha: Scale numerator: s = alpha / r (or alpha / √r with ``rslora``).
         dropout: Dropout probability on the input of the LoRA path only, in [0, 1).
-        targets: Which modules to adapt. A string is a regex that must match the
-            whole module name; a list matches a module whose name equals an entry
-            or ends with ``"." + entry``; ``"all-linear"`` means every Linear or
+        targets: Which modules to adapt. None (the default): the model's attention
+            query and value projections, found by name when the adapter is injected
+            (``query``/``value``, ``q_proj``/``v_proj``, ``q_lin``/``v_lin``, …, GPT-2's
+            ``c_attn``; `loralab.adapters.inject.DEFAULT_TARGETS`). A string is a regex that
+            must match the whole module name; a list matches a module whose name equals
+            an entry or ends with ``"." + entry``; ``"all-linear"`` means every Linear or
             GPT-2 Conv1D except the output head (PEFT's semantics).
         exclude: Modules never to adapt, in the same string/list form as ``targets``.
         layers: Only adapt modules inside these transformer block indices
@@ -49,7 +52,7 @@ class LoraConfig:
     r: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    targets: Union[str, list[str]] = field(default_factory=lambda: ["query", "value"])
+    targets: Optional[Union[str, list[str]]] = None
     exclude: Optional[Union[str, list[str]]] = None
     layers: Optional[list[int]] = None
     rank_pattern: dict[str, int] = field(default_factory=dict)
@@ -67,7 +70,7 @@ class LoraConfig:
             raise AdapterError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout}; use 0.0 for no dropout.")
         if isinstance(self.targets, tuple):
             self.targets = list(self.targets)
-        _check_pattern("targets", self.targets, allow_none=False)
+        _check_pattern("targets", self.targets, allow_none=True)
         _check_pattern("exclude", self.exclude, allow_none=True)
         if self.layers is not None:
             if isinstance(self.layers, int) and not isinstance(self.layers, bool):

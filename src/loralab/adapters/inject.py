@@ -2,6 +2,8 @@
 
 Matching follows PEFT's semantics so configs move between the two tools:
 
+* ``targets=None`` (the default): the model's attention query and value projections, found by
+  name (`DEFAULT_TARGETS`, as PEFT picks defaults by model type);
 * ``targets`` as a string: a regex that must match the whole module name;
 * as a list: a module whose name equals an entry or ends with ``"." + entry``;
 * ``"all-linear"``: every Linear / Conv1D except the output head
@@ -14,6 +16,7 @@ Matching follows PEFT's semantics so configs move between the two tools:
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Iterator, Optional, Union
 
 import torch
@@ -29,6 +32,41 @@ from loralab.errors import AdapterError
 ALL_LINEAR = "all-linear"
 HEAD_NAMES = ("classifier", "score")
 _LAYER_INDEX = re.compile(r"(?:^|.*\.)(?:layers|layer|h|block|blocks)\.(\d+)\.")
+
+
+# The attention query/value projections by architecture family (leaf module names), tried in order;
+# a fused q/k/v projection stands for both.
+DEFAULT_TARGETS = (
+    ("query", "value"),            # BERT, RoBERTa, XLM-R, ELECTRA, ALBERT
+    ("q_proj", "v_proj"),          # Llama, Mistral, Qwen2, Gemma, Phi, OPT, BART
+    ("q_lin", "v_lin"),            # DistilBERT
+    ("query_proj", "value_proj"),  # DeBERTa-v2/v3
+    ("q", "v"),                    # T5, MPNet
+    ("c_attn",),                   # GPT-2, GPT-BigCode
+    ("query_key_value",),          # BLOOM, GPT-NeoX, Falcon
+    ("qkv_proj",),                 # Phi-3, CodeGen
+    ("Wqkv",),                     # MPT, ModernBERT
+    ("in_proj",),                  # DeBERTa (v1)
+)
+
+
+def default_targets(model: nn.Module) -> list[str]:
+    """The attention query/value projections of ``model``: the first family of `DEFAULT_TARGETS` whose
+    names are all Linear (or GPT-2 Conv1D) layers in it."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                  if layer_kind(module) in ("linear", "conv1d")}
+    for family in DEFAULT_TARGETS:
+        if set(family) <= leaf_names:
+            return list(family)
+    known = ", ".join("/".join(family) for family in DEFAULT_TARGETS)
+    raise AdapterError(f"this model has none of the attention projections loralab knows ({known}); name the "
+                       "layers to adapt with targets= (CLI: --targets), e.g. 'all-linear' or module names as "
+                       "print(model) shows them.")
+
+
+def with_targets(model: nn.Module, cfg: LoraConfig) -> LoraConfig:
+    """``cfg`` itself, or a copy naming the model's default targets when ``cfg.targets`` is None."""
+    return cfg if cfg.targets is not None else replace(cfg, targets=default_targets(model))
 
 
 def name_matches(spec: Union[str, list[str]], name: str) -> bool:
@@ -73,6 +111,7 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
         AdapterError: nothing matches (the message lists module names that exist), a match
             is a module type LoRA does not support, or one the config's DoRA/PiSSA cannot use.
     """
+    cfg = with_targets(model, cfg)
     all_linear = cfg.targets == ALL_LINEAR
     heads = _head_names(model) if all_linear else set()
     saved = set(match_modules_to_save(model, cfg.modules_to_save, strict=False))
@@ -138,6 +177,7 @@ def inject(
     if not isinstance(cfg, LoraConfig):
         raise AdapterError(f"inject needs a loralab.LoraConfig, got {type(cfg).__name__}.")
     check_adapter_name(model, name, new=True)
+    cfg = with_targets(model, cfg)  # the adapter records the names it adapted, as PEFT does
     if any(layer.merged for _, layer in lora_layers(model)):
         raise AdapterError("cannot inject while adapters are merged; call ll.unmerge(model) first.")
     targets = match_targets(model, cfg)

@@ -7,39 +7,9 @@ from pathlib import Path
 from torch import nn
 
 import loralab as ll
-from loralab.adapters.lora import layer_kind
 from loralab.adapters.registry import adapter_configs
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
-
-# The attention query/value projections by architecture family (leaf module names), tried in order when
-# --targets is not given; a fused q/k/v projection stands for both.
-DEFAULT_TARGETS = (
-    ("query", "value"),            # BERT, RoBERTa, XLM-R, ELECTRA, ALBERT
-    ("q_proj", "v_proj"),          # Llama, Mistral, Qwen2, Gemma, Phi, OPT, BART
-    ("q_lin", "v_lin"),            # DistilBERT
-    ("query_proj", "value_proj"),  # DeBERTa-v2/v3
-    ("q", "v"),                    # T5, MPNet
-    ("c_attn",),                   # GPT-2, GPT-BigCode
-    ("query_key_value",),          # BLOOM, GPT-NeoX, Falcon
-    ("qkv_proj",),                 # Phi-3, CodeGen
-    ("Wqkv",),                     # MPT, ModernBERT
-    ("in_proj",),                  # DeBERTa (v1)
-)
-
-
-def default_targets(model: nn.Module) -> list[str]:
-    """The attention query/value projections of ``model``: the first family of DEFAULT_TARGETS whose
-    names are all Linear (or GPT-2 Conv1D) layers in it."""
-    leaf_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-                  if layer_kind(module) in ("linear", "conv1d")}
-    for family in DEFAULT_TARGETS:
-        if set(family) <= leaf_names:
-            return list(family)
-    known = ", ".join("/".join(family) for family in DEFAULT_TARGETS)
-    raise ConfigError(f"this model has none of the attention projections loralab knows ({known}); name the "
-                      "layers to adapt with --targets (e.g. --targets all-linear, or module names as print(model) "
-                      "shows them).")
 
 
 @register
@@ -69,7 +39,7 @@ class Lora(TrainingMethod):
         return ll.LoraConfig(
             r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora,
             rank_pattern=cfg.pattern("rank_pattern"), alpha_pattern=cfg.pattern("alpha_pattern"),
-            targets=cfg.target_spec() or default_targets(model),
+            targets=cfg.target_spec(),  # None: the model's attention query/value (`ll.default_targets`)
             modules_to_save=models.head_names(model) if task == "classification" else [],
         )
 
