@@ -188,6 +188,17 @@ def test_info_reads_a_run_or_its_adapter(finished, capsys):
     assert summary["modules"] and all(m["delta_norm"] > 0 for m in summary["modules"].values())
 
 
+def test_adapter_commands_on_a_run_without_an_adapter(tiny, tmp_path, capsys):
+    out = tmp_path / "full"
+    assert main(quick(tiny, out, "--method", "full")) == 0
+    for command in (["info", out], ["compose", out, out, "--method", "cat", "--head", "sum", "--out", tmp_path / "c"]):
+        code, _, err = run(command, capsys)
+        assert code == 2 and (f"{out} is a 'full' run, which keeps no adapter (only lora and dora runs do); its "
+                              f"metrics and parameter counts are in {out / 'result.json'}, and `loralab analyze` "
+                              "reads its update.") in err
+    assert not (tmp_path / "c").exists()
+
+
 def test_relative_data_path_is_stored_absolute(tiny, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(tiny["data"]).parent)
     out = tmp_path / "rel"

@@ -32,9 +32,19 @@ METHODS = ("cat", "svd", "ties", "dare")
 
 
 def adapter_dir(source: str | Path) -> Path:
-    """An adapter directory, or a run directory's ``adapter/``."""
+    """An adapter directory, or a run directory's ``adapter/``; a run of a method that keeps no adapter
+    (full, did, said) is refused with what to use instead."""
     source = Path(source)
-    return source / "adapter" if (source / "adapter" / "adapter_config.json").exists() else source
+    if (source / "adapter" / "adapter_config.json").exists():
+        return source / "adapter"
+    run_config = source / "config.json"
+    if (source / "result.json").exists() and run_config.exists() and not (source / "adapter_config.json").exists():
+        method = json.loads(run_config.read_text()).get("method", "?")
+        analyze = ("`loralab analyze` reads its update" if method == "full" else
+                   f"`loralab merge {source} --out DIR` makes a model whose update `loralab analyze` reads")
+        raise AdapterError(f"{source} is a {method!r} run, which keeps no adapter (only lora and dora runs do); "
+                           f"its metrics and parameter counts are in {source / 'result.json'}, and {analyze}.")
+    return source
 
 
 def read_source(source: str | Path) -> tuple[dict[str, Factors], dict[str, torch.Tensor], dict]:
