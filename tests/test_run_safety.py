@@ -195,7 +195,7 @@ def test_adapter_commands_on_a_run_without_an_adapter(tiny, tmp_path, capsys):
         code, _, err = run(command, capsys)
         assert code == 2 and (f"{out} is a 'full' run, which keeps no adapter (only lora and dora runs do); its "
                               f"metrics and parameter counts are in {out / 'result.json'}, and `loralab analyze` "
-                              "reads its update.") in err
+                              "reads its update (a did or said run's once `loralab merge` has made it a model).") in err
     assert not (tmp_path / "c").exists()
 
 

@@ -104,6 +104,10 @@ def _head_names(model: nn.Module) -> set[str]:
     return heads
 
 
+def _adaptable_examples(model: nn.Module, count: int = 12) -> list[str]:
+    return [n for n, m in _candidate_modules(model) if layer_kind(m) is not None][:count]
+
+
 def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Names of the modules ``cfg`` adapts, in model order.
 
@@ -137,11 +141,16 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
         check_supported(layer_kind(module), cfg.dora, cfg.init, repr(name))
         matched.append(name)
     if not matched:
-        examples = [n for n, m in _candidate_modules(model) if layer_kind(m) is not None][:12]
         raise AdapterError(
             f"no module matches targets={cfg.targets!r} (exclude={cfg.exclude!r}, layers={cfg.layers!r}); "
-            f"some adaptable modules in this model: {examples}"
+            f"some adaptable modules in this model: {_adaptable_examples(model)}"
         )
+    if isinstance(cfg.targets, list):  # a misspelt entry next to good ones would silently adapt less
+        names = [n for n, _ in _candidate_modules(model)]
+        unmatched = [entry for entry in cfg.targets if not any(name_matches([entry], n) for n in names)]
+        if unmatched:
+            raise AdapterError(f"targets entries {unmatched} match no module in this model (spelt right?); the "
+                               f"others match {len(matched)}. Some adaptable modules: {_adaptable_examples(model)}")
     return matched
 
 

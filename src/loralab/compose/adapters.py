@@ -40,10 +40,9 @@ def adapter_dir(source: str | Path) -> Path:
     run_config = source / "config.json"
     if (source / "result.json").exists() and run_config.exists() and not (source / "adapter_config.json").exists():
         method = json.loads(run_config.read_text()).get("method", "?")
-        analyze = ("`loralab analyze` reads its update" if method == "full" else
-                   f"`loralab merge {source} --out DIR` makes a model whose update `loralab analyze` reads")
         raise AdapterError(f"{source} is a {method!r} run, which keeps no adapter (only lora and dora runs do); "
-                           f"its metrics and parameter counts are in {source / 'result.json'}, and {analyze}.")
+                           f"its metrics and parameter counts are in {source / 'result.json'}, and `loralab analyze` "
+                           "reads its update (a did or said run's once `loralab merge` has made it a model).")
     return source
 
 
