@@ -182,3 +182,22 @@ def test_plot_labels_tell_encoder_and_decoder_blocks_apart():
                                "0.layer.1.EncDecAttention.q"]
     bert = [f"bert.encoder.layer.{i}.attention.self.query" for i in (0, 1)]
     assert short_names(bert) == ["0.query", "1.query"]
+
+
+def test_a_peft_adapter_listing_names_of_several_architectures_loads(tmp_path):
+    """PEFT accepts target_modules that name other architectures' layers too, and saves the list as given."""
+    peft = pytest.importorskip("peft")
+    reference = peft.get_peft_model(build("distilbert"), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_lin", "v_lin", "q_proj", "v_proj", "query", "value"],
+        modules_to_save=["pre_classifier", "classifier"]))
+    with torch.no_grad():
+        for param in reference.parameters():
+            if param.requires_grad:
+                param.add_(0.3 * torch.randn_like(param))
+    reference.save_pretrained(tmp_path / "adapter")
+    assert "q_proj" in json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["target_modules"]
+    ours = build("distilbert")
+    ll.load_adapter(ours, tmp_path / "adapter")
+    with torch.no_grad():
+        torch.testing.assert_close(ours(**batch("distilbert")).logits, reference.eval()(**batch("distilbert")).logits,
+                                   atol=1e-5, rtol=0)

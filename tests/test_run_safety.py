@@ -67,6 +67,8 @@ def test_overwrite_clears_the_old_run_first(tiny, finished, tmp_path, capsys):
     (("--max-length", "4096"), "--max-length 4096 is more than model "),
     (("--max-length", "129"), "takes (128 tokens); use --max-length 128 or less."),
     (("--targets", "nosuch"), "no module matches targets=['nosuch']"),
+    (("--targets", "query,valeu"), "--targets entries ['valeu'] match no module in this model (spelt right?); the "
+                                   "others match 2, e.g. ['bert.encoder.layer.0.attention.self.query', "),
     (("--data", "nosuch.csv"), "nosuch.csv"),
 ])
 def test_refused_overwrite_leaves_the_old_run_untouched(tiny, finished, bad, message, tmp_path, capsys):

@@ -145,13 +145,19 @@ def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
             f"no module matches targets={cfg.targets!r} (exclude={cfg.exclude!r}, layers={cfg.layers!r}); "
             f"some adaptable modules in this model: {_adaptable_examples(model)}"
         )
-    if isinstance(cfg.targets, list):  # a misspelt entry next to good ones would silently adapt less
-        names = [n for n, _ in _candidate_modules(model)]
-        unmatched = [entry for entry in cfg.targets if not any(name_matches([entry], n) for n in names)]
-        if unmatched:
-            raise AdapterError(f"targets entries {unmatched} match no module in this model (spelt right?); the "
-                               f"others match {len(matched)}. Some adaptable modules: {_adaptable_examples(model)}")
     return matched
+
+
+def unmatched_entries(model: nn.Module, targets) -> list[str]:
+    """Entries of a list-form ``targets`` that match no module of ``model`` (none for other forms).
+
+    Not an error in `inject`: as in PEFT, a list may name modules of several architectures (adapter
+    configs are shared that way); the command line refuses them, where they are usually typos.
+    """
+    if not isinstance(targets, list):
+        return []
+    names = [n for n, _ in _candidate_modules(model)]
+    return [entry for entry in targets if not any(name_matches([entry], n) for n in names)]
 
 
 def match_modules_to_save(model: nn.Module, specs: list[str], strict: bool = True) -> list[str]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from torch import nn
 
 import loralab as ll
+from loralab.adapters.inject import unmatched_entries
 from loralab.adapters.registry import adapter_configs
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
@@ -44,7 +45,12 @@ class Lora(TrainingMethod):
         )
 
     def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
-        ll.inject(model, self.adapter_config(model, cfg, task))
+        adapter = self.adapter_config(model, cfg, task)
+        adapted = ll.inject(model, adapter)
+        unmatched = unmatched_entries(model, adapter.targets)
+        if unmatched:  # a misspelt name next to good ones would silently adapt less
+            raise ConfigError(f"--targets entries {unmatched} match no module in this model (spelt right?); the "
+                              f"others match {len(adapted)}, e.g. {adapted[:3]}.")
         return model
 
     def describe(self, trained: nn.Module, cfg) -> dict:
