@@ -18,7 +18,7 @@ from loralab.adapters.lora import LoraLayer
 from loralab.adapters.registry import adapter_configs
 from loralab.analysis.probe import fit_head, pooled_positions
 from loralab.cli import main
-from loralab.errors import AdapterError, DataError
+from loralab.errors import AdapterError, ConfigError, DataError
 from test_training import train_args
 
 VOCAB = 64
@@ -201,3 +201,14 @@ def test_a_peft_adapter_listing_names_of_several_architectures_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(**batch("distilbert")).logits, reference.eval()(**batch("distilbert")).logits,
                                    atol=1e-5, rtol=0)
+
+
+def test_probe_refuses_a_misspelt_target_before_fitting(tiny):
+    from loralab.analysis.probe import ProbeConfig, run_probe
+
+    with pytest.raises(ConfigError, match=r"--targets entries \['valeu'\] match no module in this model \(spelt right\?\); "
+                                          r"the others match 2, e.g. \['bert.encoder.layer.0.attention.self.query'"):
+        run_probe(ProbeConfig(model=tiny["model"], data=tiny["data"], targets="query,valeu", batches=1, batch_size=4,
+                              max_length=16))
+    layers = run_probe(ProbeConfig(model=tiny["model"], data=tiny["data"], batches=1, batch_size=4, max_length=16))
+    assert len(layers["layers"]) == 4  # query and value of both blocks, the default targets

@@ -155,13 +155,16 @@ def run_probe(cfg: ProbeConfig) -> dict:
     from loralab.adapters.config import LoraConfig
     from loralab.adapters.inject import match_targets
     from loralab.adapters.lora import layer_kind
+    from loralab.methods.lora import refuse_unmatched_targets
     from loralab.train.config import TrainConfig
 
     started = time.time()
     model, train, batches = probe_batches(cfg)
+    targets = TrainConfig(targets=cfg.targets).target_spec()
+    paths = match_targets(model, LoraConfig(targets=targets))
+    refuse_unmatched_targets(model, targets, paths)
     if train.task == "classification":
         fit_head(model, batches, cfg.head_steps)
-    paths = match_targets(model, LoraConfig(targets=TrainConfig(targets=cfg.targets).target_spec()))
     model.requires_grad_(False)
     stats = {p: LayerStats(model.get_submodule(p), layer_kind(model.get_submodule(p))) for p in paths}
     for s in stats.values():

@@ -13,6 +13,15 @@ from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
 
 
+def refuse_unmatched_targets(model: nn.Module, targets, matched: list[str]) -> None:
+    """--targets as a list: every entry must match a module (a misspelt name next to good ones would
+    silently adapt, or probe, fewer layers)."""
+    unmatched = unmatched_entries(model, targets)
+    if unmatched:
+        raise ConfigError(f"--targets entries {unmatched} match no module in this model (spelt right?); the "
+                          f"others match {len(matched)}, e.g. {matched[:3]}.")
+
+
 @register
 class Lora(TrainingMethod):
     """LoRA (Hu et al. 2021, §4.1): W' = W + s·B·A on the targets, s = alpha/r; the classification head
@@ -46,11 +55,7 @@ class Lora(TrainingMethod):
 
     def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
         adapter = self.adapter_config(model, cfg, task)
-        adapted = ll.inject(model, adapter)
-        unmatched = unmatched_entries(model, adapter.targets)
-        if unmatched:  # a misspelt name next to good ones would silently adapt less
-            raise ConfigError(f"--targets entries {unmatched} match no module in this model (spelt right?); the "
-                              f"others match {len(adapted)}, e.g. {adapted[:3]}.")
+        refuse_unmatched_targets(model, adapter.targets, ll.inject(model, adapter))
         return model
 
     def describe(self, trained: nn.Module, cfg) -> dict:
