@@ -157,9 +157,9 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
     path = resolve(name_or_path)
     check_task_support(path, name_or_path, task)
     attention = {} if attn_implementation is None else {"attn_implementation": attn_implementation}
+    tokenizer = load_tokenizer(path, name_or_path)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized head" is expected here
-    tokenizer = load_tokenizer(path, name_or_path)
     try:
         if task == "classification":
             # a head for another number of labels is replaced by a new one (HF's default without num_labels: 2)
@@ -215,9 +215,6 @@ def load_tokenizer(path: str, name_or_path: str):
         raise DataError(f"cannot load the tokenizer of model {name_or_path!r}: {problem}.") from None
 
 
-HEAD_NAMES = ("classifier", "score")
-
-
 def check_task_support(path: str, name_or_path: str, task: str) -> None:
     """Refuse, before loading, a model whose type transformers has no class for ``task``
     (e.g. T5 or DistilBERT for prompt/response data, which needs a causal LM)."""
@@ -239,6 +236,9 @@ def check_task_support(path: str, name_or_path: str, task: str) -> None:
                        ("sequence-classification", "text/label data needs a model with such a class, e.g. minilm"))
         raise DataError(f"model {name_or_path!r} is a {model_type!r} model, and transformers has no {kind} class "
                         f"for it: {needs}.")
+
+
+HEAD_NAMES = ("classifier", "score")
 
 
 def head_names(model: nn.Module) -> list[str]:
