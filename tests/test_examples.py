@@ -25,3 +25,12 @@ def test_readme_shows_the_example_file():
     assert "examples/quickstart.py" in readme
     for line in ("ll.set_active(model, [\"sst\", \"other\"])", "ll.routing(model, [\"sst\", \"other\", \"__base__\"])"):
         assert line in body and line in readme
+
+
+def test_hf_trainer_example_runs():
+    proc = subprocess.run([sys.executable, str(ROOT / "examples" / "hf_trainer.py")], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "12 adapted modules, e.g. bert.encoder.layer.0.attention.self.query" in proc.stdout  # q/v of 6 blocks
+    assert "saved: ['adapter_config.json', 'adapter_model.safetensors']" in proc.stdout
+    assert "reloaded adapter gives the same logits: True" in proc.stdout
