@@ -43,15 +43,21 @@ def synthetic_study() -> dict:
                                                        for m in ("full", "lora", "dora")}}}}
 
 
-CHECKER = """<!doctype html><html><body><iframe id="r" src="report.html" style="width:1200px;height:3000px"></iframe>
+# The iframe is created after its load listener is attached: with the listener added to a parsed
+# <iframe>, a fast local server could finish the load first and the check would never run.
+CHECKER = """<!doctype html><html><body>
 <script>
-document.getElementById('r').addEventListener('load', async () => {
-  const doc = document.getElementById('r').contentDocument;
+const frame = document.createElement('iframe');
+frame.style = 'width:1200px;height:3000px';
+frame.addEventListener('load', async () => {
+  const doc = frame.contentDocument;
   const images = [...doc.images];
   const decoded = await Promise.all(images.map(i => i.decode().then(() => i.naturalWidth > 0, () => false)));
   document.body.setAttribute('data-result', JSON.stringify({images: images.length,
     decoded: decoded.filter(Boolean).length, title: doc.title}));
 });
+frame.src = 'report.html';
+document.body.appendChild(frame);
 </script></body></html>"""
 
 
