@@ -223,10 +223,11 @@ QUICK_STUDY_FLAGS = ("model", "data", "max_train", "epochs", "seed", "precision"
 
 
 def cmd_study(args: argparse.Namespace) -> int:
+    quick = {name: getattr(args, name) for name in QUICK_STUDY_FLAGS if getattr(args, name) is not None}
     if args.full:
-        quick = [f"--{name.replace('_', '-')}" for name in QUICK_STUDY_FLAGS if getattr(args, name) is not None]
         if quick:
-            raise ConfigError(f"{', '.join(quick)} set the quick study; the full study fixes model, data, sizes and "
+            given = ", ".join(f"--{name.replace('_', '-')}" for name in quick)
+            raise ConfigError(f"{given} set the quick study; the full study fixes model, data, sizes and "
                               "seeds per claim (docs/study/report.md). Drop them, or drop --full.")
         from loralab.experiments.full_study import run_full_study
 
@@ -239,9 +240,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     from loralab.experiments.study import run_study
 
     executor = make_executor(args.executor, args.workers or 1, address=args.address)
-    run_study(out=args.out or "reports", runs_dir=args.runs or "runs/study", max_train=args.max_train,
-              epochs=args.epochs, seed=args.seed or 0, executor=executor, precision=args.precision or "fp32",
-              model=args.model or "minilm", data=args.data or "movie")
+    run_study(out=args.out or "reports", runs_dir=args.runs or "runs/study", executor=executor, **quick)
     return 0
 
 
