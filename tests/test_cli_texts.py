@@ -67,3 +67,35 @@ def test_plain_progress_after_resume_starts_at_the_next_mark(initial):
         bar.update(1)
     first = stream.getvalue().splitlines()[0]
     assert first.startswith("x: 10% (5/50)" if initial == 0 else "x: 50% (25/50)")
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """Every `loralab ...` line in a code block of the README and docs/ (``...`` and ``[ ]`` dropped)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = []
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        for block in re.findall(r"```[a-z]*\n(.*?)```", path.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].strip()
+                if line.startswith("loralab "):
+                    found.append((path.name, line[len("loralab "):]))
+                elif " -m loralab " in line:
+                    found.append((path.name, line.split(" -m loralab ", 1)[1]))
+    return found
+
+
+def test_every_documented_command_line_parses():
+    """A flag renamed in the CLI but not in the docs (or spelt so it is ambiguous) fails here."""
+    import shlex
+
+    commands = documented_commands()
+    assert len(commands) >= 30
+    parser = build_parser()
+    for where, line in commands:
+        argv = shlex.split(line.replace("...", "").replace("[", "").replace("]", ""))
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{where}: `loralab {line}` does not parse")
