@@ -61,3 +61,26 @@ def test_trainer_trains_and_the_callback_writes_a_peft_adapter(tmp_path, bf16, d
     torch.testing.assert_close(logits(theirs, inputs()), logits(ours, inputs()), atol=1e-5, rtol=0)
     # after bf16=True, Accelerate leaves model.forward wrapped in autocast, so the live model answers in bf16
     torch.testing.assert_close(logits(model, inputs()), logits(ours, inputs()), atol=0.02 if bf16 else 1e-5, rtol=0)
+
+
+def test_trainer_with_gradient_checkpointing_trains_every_adapter_tensor(tmp_path):
+    """`gradient_checkpointing=True` (reentrant, HF's default) after inject: PEFT needs
+    ``enable_input_require_grads()`` here; loralab trains as it does without checkpointing."""
+    from transformers import Trainer, TrainingArguments
+
+    losses = {}
+    for checkpointing in (False, True):
+        model = build("bert")
+        ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets=["query", "value"], modules_to_save=["classifier"]))
+        before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        args = TrainingArguments(output_dir=str(tmp_path / str(checkpointing)), per_device_train_batch_size=8,
+                                 num_train_epochs=1, learning_rate=5e-2, save_strategy="no", logging_steps=1,
+                                 report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0,
+                                 gradient_checkpointing=checkpointing)
+        trainer = Trainer(model=model, args=args, train_dataset=Rows())
+        trainer.train()
+        assert model.is_gradient_checkpointing == checkpointing
+        moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+        assert len(moved) == len(before) == 2 * 2 * 2 + 2  # A and B of q/v in 2 blocks, the head's weight and bias
+        losses[checkpointing] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses[True]) == 3 and losses[True] == losses[False]

@@ -22,6 +22,7 @@ from typing import Iterator, Optional, Union
 import torch
 from torch import nn
 
+from loralab.adapters.checkpointing import let_gradients_through_checkpoints
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.lora import LoraLayer, check_supported, layer_kind
 from loralab.adapters.manage import set_active
@@ -224,6 +225,7 @@ def inject(
         if name in module.adapter_names:
             for param in module.adapter_params(name):
                 param.requires_grad_(trainable)
+    let_gradients_through_checkpoints(model)  # HF gradient checkpointing works on, in either order
     if activate:
         set_active(model, [name])
     return targets

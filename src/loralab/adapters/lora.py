@@ -341,19 +341,22 @@ class LoraLayer(AdapterHost):
         m/‖W + s·B·A‖ ⊙ (W·x + s·B·A·x̃) + b for DoRA.
 
         In the compute dtype (`precision.compute_dtype`: the autocast dtype, else the input's), every
-        operand cast once. With gradients, one autograd node per layer (`LoraLinearFunction`,
-        `DoraLinearFunction` in ``fused.py``); without, the plain products of `precision`.
+        operand cast once. With gradients or training dropout, one autograd node per layer
+        (`LoraLinearFunction`, `DoraLinearFunction` in ``fused.py``); otherwise the plain products of
+        `precision`.
         """
         dtype, s = compute_dtype(x), self.scaling[name]
         lora_A, lora_B, magnitude = self.adapter_factors(name)
         with autocast_off(x):
             x, weight, bias, lora_A, lora_B = cast(dtype, x, self.weight_out_in(), self.own("bias"),
                                                    lora_A, lora_B)
-            if not torch.is_grad_enabled():
+            p = self.dropout[name] if self.training else 0.0
+            if not torch.is_grad_enabled() and p == 0:
                 if magnitude is not None:
                     return dora_inference(x, weight, bias, lora_A, lora_B, s, self.row_scale(name, dtype))
                 return lora_inference(x, weight, bias, lora_A, lora_B, s)
-            p = self.dropout[name] if self.training else 0.0
+            # with dropout the nodes run without gradients too: the same masks from the same RNG draws,
+            # so a reentrant checkpoint's no-grad forward and its recompute agree
             if magnitude is not None:
                 magnitude, norm = cast(dtype, magnitude, self.row_norm(name))
                 return DoraLinearFunction.apply(x, weight, bias, lora_A, lora_B, magnitude, norm, s, p)

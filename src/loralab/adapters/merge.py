@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from loralab.adapters.checkpointing import remove_checkpoint_hooks
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import active_adapters
 from loralab.adapters.modules_to_save import ModulesToSave
@@ -84,6 +85,7 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         model.set_submodule(name, plain)
     model.__dict__.pop("_loralab_configs", None)
     model.__dict__.pop("_loralab_active", None)
+    remove_checkpoint_hooks(model)
     return model
 
 
