@@ -16,27 +16,35 @@ from loralab.adapters.registry import lora_layers
 
 
 def injected(arch: str, dora: bool, checkpoint_first: dict | None = None) -> torch.nn.Module:
+    """``arch`` "bert+embedding": LoRA on the word embeddings too (then their output needs grad anyway)."""
+    arch, embedding = arch.split("+")[0], arch.endswith("+embedding")
     model = build(arch)
     if checkpoint_first is not None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_first)
-    ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets="all-linear", dropout=0.1, dora=dora))
+    targets = ["query", "value", "word_embeddings"] if embedding else "all-linear"
+    ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets=targets, dropout=0.1, dora=dora))
     with torch.no_grad():
         for _, layer in lora_layers(model):
-            layer.lora_B["default"].normal_(std=0.1, generator=torch.Generator().manual_seed(7))
+            gen = torch.Generator().manual_seed(7)
+            layer.lora_A["default"].normal_(std=0.3, generator=gen)  # an embedding's A starts at zero
+            layer.lora_B["default"].normal_(std=0.1, generator=gen)
     return model.train()
 
 
 def grads(model: torch.nn.Module, ids: torch.Tensor, bf16: bool = False) -> dict[str, torch.Tensor]:
     torch.manual_seed(5)  # the dropout masks; checkpointing replays the RNG state in its recompute
     labels = torch.zeros(len(ids), dtype=torch.long) if hasattr(model, "bert") else ids
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # use_cache: HF's KV cache changes bf16 rounding
         loss = model(input_ids=ids, labels=labels, **({} if hasattr(model, "bert") else {"use_cache": False})).loss
     loss.backward()
     return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch,dora,bf16", [("bert", False, False), ("bert", True, False), ("llama", False, False),
-                                            ("llama", True, False), ("bert", False, True), ("llama", True, True)])
+@pytest.mark.parametrize("arch,dora,bf16", [
+    ("bert", False, False), ("bert", True, False), ("llama", False, False), ("llama", True, False),
+    ("gpt2", False, False), ("gpt2", True, False), ("bert+embedding", False, False),
+    ("bert", False, True), ("llama", True, True),
+])
 def test_checkpointed_gradients_equal_plain_ones(arch, dora, bf16):
     """Bit for bit, with dropout 0.1: the recompute must draw the masks the forward (and the plain run) drew."""
     ids = inputs(batch=3, length=9)

@@ -67,6 +67,19 @@ def test_same_seed_same_result(tiny, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_checkpointing_gives_the_same_adapter(tiny, tmp_path):
+    """Bit for bit, with LoRA dropout on (its masks are replayed in the recompute); DID/SAID refuse it."""
+    for name, extra in (("plain", ()), ("checkpointed", ("--gradient-checkpointing",))):
+        run_cli(train_args(tiny, tmp_path / name, "--epochs", "1", "--dropout", "0.1", *extra))
+    a, b = adapter_tensors(tmp_path / "plain"), adapter_tensors(tmp_path / "checkpointed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    result = json.loads((tmp_path / "checkpointed" / "result.json").read_text())
+    assert result["config"]["gradient_checkpointing"] is True
+    proc = run_cli([*train_args(tiny, tmp_path / "said", "--method", "said", "--gradient-checkpointing")], check=False)
+    assert proc.returncode == 2 and ("--gradient-checkpointing works with full, lora and dora, not with --method said"
+                                     in proc.stderr)
+
+
 KILL_SEED = int(os.environ.get("LORALAB_KILL_SEED", "20261123"))
 
 

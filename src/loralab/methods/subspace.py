@@ -6,6 +6,7 @@ from pathlib import Path
 
 from torch import nn
 
+from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
 
 
@@ -18,6 +19,11 @@ class DirectIntrinsic(TrainingMethod):
     summary = "θ = θ0 + P·θ_d, only θ_d (d values) trains"
     saved_as = "intrinsic"
     said = False
+
+    def check(self, cfg) -> None:
+        if cfg.gradient_checkpointing:  # the weights are rebuilt from θ_d in each forward, outside the blocks
+            raise ConfigError(f"--gradient-checkpointing works with full, lora and dora, not with --method {self.name}; "
+                              "train without it (or lower --batch-size / --max-length to save memory).")
 
     def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
         from loralab.subspace.intrinsic import IntrinsicModel

@@ -194,6 +194,17 @@ def check_max_length(model: nn.Module, tokenizer, max_length: int, name: str, fl
                         f"use {flag} {min(limits)} or less.")
 
 
+def enable_gradient_checkpointing(model: nn.Module, name: str) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (non-reentrant
+    ``torch.utils.checkpoint``; the dropout RNG is replayed, so gradients are the same bit for bit)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise DataError(f"model {name!r} ({type(model).__name__}) does not support gradient checkpointing; "
+                        "train without --gradient-checkpointing.")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model.config, "use_cache"):
+        model.config.use_cache = False  # a KV cache is of no use in training and HF warns about it per step
+
+
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
 
 

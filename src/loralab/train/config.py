@@ -15,7 +15,8 @@ from loralab.errors import ConfigError
 PROJECTIONS = ("fastfood", "dense", "sparse")
 PRECISIONS = ("fp32", "bf16")
 # Fields that change how a run is carried out or logged but not what it computes: --resume may differ in these.
-RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every")
+RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every",
+                     "gradient_checkpointing")
 
 
 @dataclass
@@ -52,6 +53,9 @@ class TrainConfig:
         eval_batch_size: Batch size for evaluation.
         precision: fp32, or bf16 (torch.autocast; adapter and optimizer state stay fp32; the model is loaded
             with eager attention, faster than SDPA in bf16 on CPU).
+        gradient_checkpointing: Recompute each block's activations in the backward pass instead of keeping
+            them: less memory for long sequences, one more forward pass of time; the same result, so a
+            --resume may switch it.
         seed: Seed for the split, the initialisation, the data order and dropout.
         out: Run directory: metrics.jsonl, result.json, the adapter (or model), checkpoints. Must be new or
             empty unless --resume or --overwrite.
@@ -89,6 +93,7 @@ class TrainConfig:
     max_length: int = 128
     eval_batch_size: int = 64
     precision: str = "fp32"
+    gradient_checkpointing: bool = False
     seed: int = 0
     out: str = "runs/run"
     overwrite: bool = False

@@ -144,6 +144,8 @@ class Trainer:
                                            attn_implementation=models.attention_for(cfg.precision))
         models.check_max_length(base, self.tokenizer, cfg.max_length, cfg.model)
         self.attention = getattr(base.config, "_attn_implementation", None)
+        if cfg.gradient_checkpointing:
+            models.enable_gradient_checkpointing(base, cfg.model)
         self.model = self.method.prepare(base, cfg, self.task)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
         self.trainable, self.total = ll.trainable_parameters(self.model)
