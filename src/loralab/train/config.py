@@ -25,7 +25,7 @@ class TrainConfig:
 
     Attributes:
         model: Model name (minilm, smollm2), a local HF model directory, or a hub id when online.
-        data: Dataset name (movie, tweets, amazon, nyt, trec, sms, bbc, chat-qa) or a CSV/JSONL file.
+        data: Dataset name (movie, tweets, amazon, nyt, trec, sms, bbc, chat-qa) or a CSV/TSV/JSONL file.
         method: How to fine-tune; one of the registered methods (`loralab train --help` lists them).
         r: LoRA rank.
         alpha: LoRA alpha (> 0); the update is scaled by alpha/r (alpha/sqrt(r) with --rslora).
