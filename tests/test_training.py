@@ -6,6 +6,7 @@ a small slice of the real movie-review data keep each run to seconds.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import random
@@ -181,3 +182,35 @@ def test_group_by_length_is_a_seeded_permutation_of_similar_length_batches(tiny,
     assert sum(spread) / len(spread) < 3  # random batches of 8 spread over ~40 tokens
     run_cli(train_args(tiny, tmp_path / "g", "--epochs", "1", "--group-by-length"))
     assert json.loads((tmp_path / "g" / "result.json").read_text())["steps"] == 18
+
+
+def test_predict_reproduces_the_test_accuracy_and_reads_every_input_form(tiny, tmp_path):
+    run = tmp_path / "run"
+    run_cli(train_args(tiny, run, "--epochs", "1"))
+    result = json.loads((run / "result.json").read_text())
+    test = datasets.load(tiny["data"], "test", seed=0)
+    names = ["negative", "positive"]
+    with open(tmp_path / "test.csv", "w", newline="") as handle:  # labels in the file are ignored by predict
+        writer = csv.DictWriter(handle, ["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": e["text"], "label": "?"} for e in test.examples)
+    rows = [json.loads(line) for line in run_cli(["predict", str(run), "--file", str(tmp_path / "test.csv")]).stdout.splitlines()]
+    assert [r["text"] for r in rows] == [e["text"] for e in test.examples]
+    accuracy = sum(r["label"] == names[e["label"]] for r, e in zip(rows, test.examples)) / len(rows)
+    assert accuracy == pytest.approx(result["test"]["accuracy"], abs=1e-12)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 and set(r["probabilities"]) == set(names) for r in rows)
+
+    (tmp_path / "two.txt").write_text(f"{test.examples[0]['text']}\n\n{test.examples[1]['text']}\n")
+    from_txt = run_cli(["predict", str(run), "--file", str(tmp_path / "two.txt")]).stdout.splitlines()
+    proc = subprocess.run([sys.executable, "-m", "loralab", "predict", "--run", str(run), "--file", "-"], env=ENV,
+                          input=(tmp_path / "two.txt").read_text(), capture_output=True, text=True, timeout=300)
+    assert [json.loads(x) for x in from_txt] == [json.loads(x) for x in proc.stdout.splitlines()] == rows[:2]
+
+    for args, message in (
+        ([str(run)], "nothing to predict on: give texts (--text), or --file FILE"),
+        (["--model", tiny["model"], str(run), "--text", "x"], "give a run directory (RUN) or --model DIR"),
+        (["--model", "minilm", "--text", "x"], "model 'minilm' (BertModel) has no trained task head to predict with"),
+        ([str(run), "--file", str(tmp_path / "none.txt")], "input file"),
+    ):
+        proc = run_cli(["predict", *args], check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

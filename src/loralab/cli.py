@@ -170,6 +170,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def predict_flags(parser: argparse.ArgumentParser) -> None:
+    run_flags(parser, required=False)
+    parser.add_argument("--model", help="instead of RUN: a model directory with a task head (e.g. from `loralab merge`)")
+    parser.add_argument("--text", action="append", default=[], help="an input (repeat the flag for several)")
+    parser.add_argument("--file", help="inputs: a .txt with one per line (- for standard input), or a .csv/.tsv/.jsonl "
+                                       "with a text (sentence, prompt) column")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="causal LM: tokens to generate (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=32, help="classification: texts per batch (default: 32)")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from loralab import data, runs
+
+    inputs = [*args.text, *(data.read_inputs(args.file) if args.file else [])]
+    for row in runs.predict(inputs, run=run_dir(args), model=args.model, max_new_tokens=args.max_new_tokens,
+                            batch_size=args.batch_size):
+        print(json.dumps(row, ensure_ascii=False))
+    return 0
+
+
 def merge_flags(parser: argparse.ArgumentParser) -> None:
     run_flags(parser, required=True)
     parser.add_argument("--out", required=True, help="a new directory for the merged HF model (outside the run)")
@@ -345,6 +365,7 @@ def cmd_interference(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": (cmd_train, train_flags, "fine-tune a model: full, lora, dora, did or said"),
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
+    "predict": (cmd_predict, predict_flags, "labels with probabilities, or generated answers, for new inputs (JSON lines)"),
     "merge": (cmd_merge, merge_flags, "merge a run's update into a plain Hugging Face model directory"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
     "study": (cmd_study, study_flags, "the quick study (claim 1 on MiniLM/movie), or --full: every claim, with a report"),

@@ -1,4 +1,5 @@
-"""Using finished runs: evaluate a run or an adapter, merge a run into a plain HF model directory."""
+"""Using finished runs: evaluate a run or an adapter, merge a run into a plain HF model directory,
+predict on new inputs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from loralab.errors import ConfigError, DataError
 from loralab.io.atomic import atomic_directory
 from loralab.io.peft_format import CONFIG_FILE
 from loralab.methods import get_method
-from loralab.train.batching import encode
+from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
 from loralab.train.evaluate import evaluate
 
@@ -106,3 +107,74 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
         net.save_pretrained(staging, safe_serialization=True)
         tokenizer.save_pretrained(staging)
     return out
+
+
+def model_for_prediction(run: Optional[str | Path] = None, model: Optional[str] = None):
+    """(plain model in eval mode, tokenizer, labels, task, max_length) of a run (its update merged in),
+    or of a model directory with a task head (a merged run, any HF classifier or causal LM)."""
+    if (run is None) == (model is None):
+        raise ConfigError("give a run directory (RUN) or --model DIR (a merged run or a classifier / causal LM).")
+    if run is not None:
+        cfg, net, tokenizer, labels, task = load_run(run)
+        net, max_length = get_method(cfg.method).merge(net), cfg.max_length
+    else:
+        task, labels = task_of(model)
+        net, tokenizer = models.load(model, task)
+        max_length = 128
+    return net.eval(), tokenizer, labels, task, max_length
+
+
+def task_of(model: str) -> tuple[str, list[str]]:
+    """("classification", label names) or ("causal_lm", []) from a model directory's architectures."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(models.resolve(model))
+    architectures = config.architectures or []
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "classification", [config.id2label[i] for i in range(config.num_labels)]
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return "causal_lm", []
+    raise DataError(f"model {model!r} ({', '.join(architectures) or 'no architectures in config.json'}) has no "
+                    "trained task head to predict with; give a run directory, or a model merged from one "
+                    "(`loralab merge RUN --out DIR`).")
+
+
+@torch.no_grad()
+def classify(net, tokenizer, labels: list[str], texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
+    """{"text", "label", "probabilities": {label: p}} per text; batches padded as in training (`collate`)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    results = []
+    for start in range(0, len(texts), batch_size):
+        batch = collate([{"input_ids": i, "labels": 0} for i in ids[start:start + batch_size]], tokenizer.pad_token_id)
+        batch.pop("labels")
+        for text, p in zip(texts[start:start + batch_size], net(**batch).logits.float().softmax(-1).tolist()):
+            best = max(range(len(p)), key=p.__getitem__)
+            results.append({"text": text, "label": labels[best],
+                            "probabilities": {name: round(v, 6) for name, v in zip(labels, p)}})
+    return results
+
+
+@torch.no_grad()
+def answer(net, tokenizer, prompts: list[str], max_new_tokens: int, max_length: int) -> list[dict]:
+    """{"prompt", "response"} per prompt: greedy decoding after the prompt in the chat format of training."""
+    results = []
+    for prompt in prompts:
+        ids = tokenizer(chat_prompt(tokenizer, prompt), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = ids[:, -max_length:]
+        out = net.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                           do_sample=False, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        response = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        results.append({"prompt": prompt, "response": response})
+    return results
+
+
+def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional[str] = None,
+            max_new_tokens: int = 64, batch_size: int = 32) -> list[dict]:
+    """Labels with probabilities (classification) or generated responses (causal LM) for ``inputs``."""
+    if not inputs:
+        raise DataError("nothing to predict on: give texts (--text), or --file FILE (a .txt with one per line, "
+                        "a .csv/.tsv/.jsonl with a text or prompt column, or - for standard input).")
+    net, tokenizer, labels, task, max_length = model_for_prediction(run, model)
+    if task == "classification":
+        return classify(net, tokenizer, labels, inputs, max_length, batch_size)
+    return answer(net, tokenizer, inputs, max_new_tokens, max_length)

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -152,7 +153,7 @@ def _read_chat_qa() -> tuple[str, list[str], list[dict]]:
 
 
 def _read_text(path: Path) -> str:
-    """The file as text: UTF-8, a byte-order mark dropped; other encodings are refused with the line."""
+    """A dataset file as text (see `_read_text_file`); the name must be a dataset file's."""
     if not path.exists():
         raise DataError(f"dataset {str(path)!r} is neither a known name {NAMES} nor an existing file.")
     if path.suffix == ".json":
@@ -161,6 +162,11 @@ def _read_text(path: Path) -> str:
                         f"{path.name} > {path.stem}.jsonl")
     if path.suffix not in FILE_SUFFIXES:
         raise DataError(f"{path}: use a .csv, .tsv or .jsonl file with columns text,label or prompt,response.")
+    return _read_text_file(path)
+
+
+def _read_text_file(path: Path) -> str:
+    """The file as text: UTF-8, a byte-order mark dropped; other encodings are refused with the line."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8-sig")
@@ -266,6 +272,30 @@ def _read_file(path: Path, labels: Optional[list[str]]) -> tuple[str, list[str],
         records = [(n, {**r, "text": r.get(text_column)}) for n, r in records]
     classes, rows = _classification_rows(path, records, labels)
     return "classification", classes, rows
+
+
+INPUT_COLUMNS = ("text", "sentence", "prompt")
+
+
+def read_inputs(path: str) -> list[str]:
+    """Texts to predict on: the non-empty lines of a .txt file (``-``: standard input), or the ``text``
+    (``sentence``, ``prompt``) column of a CSV/TSV/JSONL file — labels and responses, if any, are ignored."""
+    if path == "-":
+        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"input file {path!r} does not exist.")
+    if file.suffix not in (".txt", *FILE_SUFFIXES):
+        raise DataError(f"{path}: inputs come from a .txt file (one per line) or a .csv, .tsv or .jsonl file.")
+    if file.suffix == ".txt":
+        return [line for line in _read_text_file(file).splitlines() if line.strip()]
+    records = _read_records(file, _read_text(file))
+    columns = set().union(*(record.keys() for _, record in records))
+    column = next((c for c in INPUT_COLUMNS if c in columns), None)
+    if column is None:
+        raise DataError(f"{path} has columns {sorted(columns)}; inputs are read from a 'text', 'sentence' or "
+                        "'prompt' column (or give a .txt file with one input per line).")
+    return [_required_text(file, number, record, column) for number, record in records]
 
 
 def read_all(name: str, labels: Optional[list[str]] = None) -> tuple[str, list[str], list[dict]]:

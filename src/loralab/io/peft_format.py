@@ -135,13 +135,27 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
     name, so PEFT adapts exactly the same modules whatever the matching rule was."""
     layers = {path: m for path, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    return peft_config_dict(cfg, sorted(layers), any(m.kind == "conv1d" for m in layers.values()), base_name)
+    return peft_config_dict(cfg, sorted(layers), any(m.kind == "conv1d" for m in layers.values()), base_name,
+                            task_type(model))
 
 
-def peft_config_dict(cfg: LoraConfig, target_modules: list[str], fan_in_fan_out: bool, base_name) -> dict:
+# PEFT's task types by the Hugging Face class name's ending, for generative models: PeftModel.from_pretrained
+# then builds PeftModelForCausalLM / ...Seq2SeqLM, as for an adapter PEFT trained. Not SEQ_CLS (nor TOKEN_CLS,
+# QUESTION_ANS): for those PEFT adds the head to modules_to_save and fails on an adapter that did not train it.
+TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+
+
+def task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` for a generative Hugging Face model class; None (PEFT's default) otherwise."""
+    name = type(model).__name__
+    return next((task for ending, task in TASK_TYPES if name.endswith(ending)), None)
+
+
+def peft_config_dict(cfg: LoraConfig, target_modules: list[str], fan_in_fan_out: bool, base_name,
+                     task: str | None = None) -> dict:
     return {
         "peft_type": "LORA",
-        "task_type": None,
+        "task_type": task,
         "base_model_name_or_path": base_name,
         "r": cfg.r,
         "lora_alpha": cfg.alpha,

