@@ -12,10 +12,10 @@ import json
 
 import pytest
 import torch
-from test_training import run_cli
 
 from loralab import data as datasets
 from loralab import models
+from test_training import run_cli
 
 ANSWER = "I am a tiny model."
 
