@@ -48,6 +48,9 @@ def test_cat_equals_the_stacked_adapters(two_adapters):
     ll.load_adapter(fresh, root / "cat")
     assert (stacked - logits(build(arch), inputs())).abs().max() > 1e-3
     torch.testing.assert_close(logits(fresh, inputs()), stacked, atol=ATOL, rtol=0)
+    task = json.loads((root / "cat" / "adapter_config.json").read_text())["task_type"]
+    assert task == json.loads((root / "a" / "adapter_config.json").read_text())["task_type"]
+    assert task == {"bert": None, "gpt2": "CAUSAL_LM", "llama": "CAUSAL_LM"}[arch]  # the sources' task type
 
 
 def test_cat_with_any_weights_is_the_weighted_sum_of_updates(two_adapters):

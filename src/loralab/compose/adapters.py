@@ -113,7 +113,9 @@ def adapter_config(result: dict[str, Factors], heads: dict, metas: list[dict]) -
     cfg = LoraConfig(r=r, alpha=float(r), targets=sorted(result), rank_pattern=odd,
                      alpha_pattern={key: float(k) for key, k in odd.items()}, modules_to_save=modules)
     conv1d = any(m.get("fan_in_fan_out") for m in metas)
-    return peft_config_dict(cfg, sorted(result), conv1d, metas[0].get("base_model_name_or_path"))
+    tasks = {m.get("task_type") for m in metas}  # kept when every source agrees
+    return peft_config_dict(cfg, sorted(result), conv1d, metas[0].get("base_model_name_or_path"),
+                            tasks.pop() if len(tasks) == 1 else None)
 
 
 def compose(sources: list, weights: list[float], out: str | Path, method: str = "svd", rank: Optional[int] = None,
