@@ -201,8 +201,6 @@ def enable_gradient_checkpointing(model: nn.Module, name: str) -> None:
         raise DataError(f"model {name!r} ({type(model).__name__}) does not support gradient checkpointing; "
                         "train without --gradient-checkpointing.")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if hasattr(model.config, "use_cache"):
-        model.config.use_cache = False  # a KV cache is of no use in training and HF warns about it per step
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "*.model")
