@@ -86,10 +86,17 @@ def test_modules_to_save_no_match():
     ("a.b", r"adapter name must be a non-empty string without '.', not '__base__'; got 'a.b'"),
     ("__base__", r"adapter name must be .*; got '__base__'"),
     ("", r"adapter name must be .*; got ''"),
+    ("copy", r"adapter name 'copy' is a method or attribute of torch's ModuleDict/ParameterDict, which hold the "
+             r"adapters' weights; pick another name, e.g. 'copy_adapter'"),
+    ("keys", r"adapter name 'keys' is a method or attribute"),
+    ("forward", r"adapter name 'forward' is a method or attribute"),
 ])
 def test_bad_adapter_name(name, message):
+    """Refused before anything changes (a ModuleDict key like 'copy' used to fail half-way, as a KeyError)."""
+    model = build("bert")
     with pytest.raises(AdapterError, match=message):
-        ll.inject(build("bert"), ll.LoraConfig(targets=["query"]), name=name)
+        ll.inject(model, ll.LoraConfig(targets=["query"]), name=name)
+    assert not any(isinstance(m, ll.LoraLayer) for m in model.modules())
 
 
 def test_duplicate_and_unknown_adapter_names():

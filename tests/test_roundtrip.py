@@ -83,3 +83,24 @@ def test_adapter_life_cycle(arch, config, tmp_path):
     plain = ll.merge_and_unload(model)
     assert not any(isinstance(m, (ll.LoraLayer, ll.ModulesToSave)) for m in plain.modules())
     torch.testing.assert_close(logits(plain, ids), adapted, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("wrap", ["compile", "data_parallel"])
+def test_wrapped_models_work_as_the_model_inside(wrap, tmp_path):
+    """torch.compile's OptimizedModule and (Distributed)DataParallel prefix every module name
+    (``_orig_mod.``, ``module.``) and hold none of loralab's state: the API unwraps them."""
+    plain, inner = build("bert"), build("bert")
+    wrapped = torch.compile(inner) if wrap == "compile" else torch.nn.DataParallel(inner)
+    cfg = ll.LoraConfig(r=4, alpha=8, init="gaussian", modules_to_save=["classifier"])
+    assert ll.inject(wrapped, cfg) == ll.inject(plain, cfg) == [
+        f"bert.encoder.layer.{i}.attention.self.{p}" for i in (0, 1) for p in ("query", "value")]
+    train_step(inner, inputs())
+    ll.save_adapter(wrapped, tmp_path / "a")
+    assert ll.adapter_state_dict(wrapped, "default").keys() == ll.adapter_state_dict(plain, "default").keys()
+    ll.load_adapter(plain, tmp_path / "a", name="saved")
+    torch.testing.assert_close(logits(plain, inputs()), logits(inner, inputs()), atol=ATOL, rtol=0)
+    ll.set_active(wrapped, [])
+    assert ll.active_adapters(wrapped) == [] and ll.active_adapters(inner) == []
+    ll.set_active(wrapped, ["default"])
+    ll.merge(wrapped)
+    assert ll.merge_and_unload(wrapped) is inner and not any(isinstance(m, ll.LoraLayer) for m in inner.modules())

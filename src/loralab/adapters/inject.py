@@ -27,7 +27,7 @@ from loralab.adapters.config import LoraConfig
 from loralab.adapters.lora import LoraLayer, check_supported, layer_kind
 from loralab.adapters.manage import set_active
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers, on_inner_module
 from loralab.errors import AdapterError
 
 ALL_LINEAR = "all-linear"
@@ -51,6 +51,7 @@ DEFAULT_TARGETS = (
 )
 
 
+@on_inner_module
 def default_targets(model: nn.Module) -> list[str]:
     """The attention query/value projections of ``model``: the first family of `DEFAULT_TARGETS` whose
     names are all Linear (or GPT-2 Conv1D) layers in it."""
@@ -109,6 +110,7 @@ def _adaptable_examples(model: nn.Module, count: int = 12) -> list[str]:
     return [n for n, m in _candidate_modules(model) if layer_kind(m) is not None][:count]
 
 
+@on_inner_module
 def match_targets(model: nn.Module, cfg: LoraConfig) -> list[str]:
     """Names of the modules ``cfg`` adapts, in model order.
 
@@ -172,6 +174,7 @@ def match_modules_to_save(model: nn.Module, specs: list[str], strict: bool = Tru
     return found
 
 
+@on_inner_module
 def inject(
     model: nn.Module, cfg: LoraConfig, name: str = "default", activate: bool = True, trainable: bool = True,
     autocast_adapter_dtype: bool = True,

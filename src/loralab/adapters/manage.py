@@ -10,7 +10,7 @@ from torch import nn
 from loralab.adapters.host import BASE
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers, on_inner_module
 from loralab.errors import AdapterError
 
 
@@ -20,11 +20,13 @@ def _refuse_if_merged(model: nn.Module, action: str) -> None:
         raise AdapterError(f"cannot {action} while adapters {merged} are merged; call ll.unmerge(model) first.")
 
 
+@on_inner_module
 def active_adapters(model: nn.Module) -> list[str]:
     """The adapters that run in the forward pass, in order."""
     return list(model.__dict__.get("_loralab_active", []))
 
 
+@on_inner_module
 def set_active(model: nn.Module, names: Union[str, list[str]]) -> None:
     """Run exactly ``names`` (stacked: their updates add up); ``[]`` runs the base model.
 
@@ -40,6 +42,7 @@ def set_active(model: nn.Module, names: Union[str, list[str]]) -> None:
     model.__dict__["_loralab_active"] = names
 
 
+@on_inner_module
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; layers left with no adapter go back to their plain base module."""
     check_adapter_name(model, name, new=False)
@@ -55,6 +58,7 @@ def delete_adapter(model: nn.Module, name: str) -> None:
     model.__dict__["_loralab_active"] = [n for n in active_adapters(model) if n != name]
 
 
+@on_inner_module
 @contextlib.contextmanager
 def disabled(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model behaves as its base model (every adapter off)."""
@@ -69,6 +73,7 @@ def disabled(model: nn.Module) -> Iterator[nn.Module]:
             module.disabled = False
 
 
+@on_inner_module
 @contextlib.contextmanager
 def routing(model: nn.Module, per_example: list[str]) -> Iterator[nn.Module]:
     """Inside the block example i of a batch runs adapter ``per_example[i]`` (``"__base__"``: none).
@@ -102,6 +107,7 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
+@on_inner_module
 def set_trainable(model: nn.Module, names: Union[str, list[str]]) -> None:
     """Make exactly the parameters of adapters ``names`` trainable; freeze everything else."""
     names = [names] if isinstance(names, str) else list(names)

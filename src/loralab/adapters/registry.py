@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Iterator, Union
 
 from torch import nn
@@ -11,6 +12,27 @@ from loralab.adapters.host import BASE, AdapterHost
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's and (Distributed)DataParallel's wrappers — where the adapters,
+    their configs and the module names PEFT's keys use live — or ``model`` itself."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def on_inner_module(fn):
+    """Decorator for the public functions: their first argument is `unwrap`-ped, so
+    ``ll.save_adapter(torch.compile(model), ...)`` or a DDP-wrapped model work as the plain model does."""
+    @functools.wraps(fn)
+    def call(model, *args, **kwargs):
+        return fn(unwrap(model), *args, **kwargs)
+    return call
 
 
 def adapter_modules(model: nn.Module) -> Iterator[tuple[str, Union[LoraLayer, ModulesToSave]]]:
@@ -36,6 +58,9 @@ def adapter_configs(model: nn.Module) -> dict[str, LoraConfig]:
 def check_adapter_name(model: nn.Module, name: str, new: bool) -> None:
     if not isinstance(name, str) or not name or "." in name or name == BASE:
         raise AdapterError(f"adapter name must be a non-empty string without '.', not {BASE!r}; got {name!r}.")
+    if new and (hasattr(nn.ParameterDict(), name) or hasattr(nn.ModuleDict(), name)):
+        raise AdapterError(f"adapter name {name!r} is a method or attribute of torch's ModuleDict/ParameterDict, which "
+                           f"hold the adapters' weights; pick another name, e.g. {name + '_adapter'!r}.")
     exists = name in adapter_configs(model)
     if new and exists:
         raise AdapterError(f"adapter {name!r} already exists; pick another name or ll.delete_adapter(model, {name!r}).")

@@ -32,7 +32,7 @@ from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import inject, match_modules_to_save, match_targets
 from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, on_inner_module
 from loralab.errors import AdapterError
 from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 
@@ -110,6 +110,7 @@ def write_adapter_dir(directory: str | os.PathLike, config: dict, modules: dict[
     return out
 
 
+@on_inner_module
 def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
     """Adapter ``name`` as a PEFT-keyed state dict (detached copies)."""
     check_adapter_name(model, name, new=False)
@@ -214,6 +215,7 @@ def config_from_peft(data: dict, where: str) -> LoraConfig:
 
 
 # ----- save -----------------------------------------------------------------------------------
+@on_inner_module
 def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
     """Write adapter ``name`` in PEFT format (loadable with ``PeftModel.from_pretrained``)."""
     check_adapter_name(model, name, new=False)
@@ -327,6 +329,7 @@ def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int
             raise AdapterError(f"{where}: {key} holds non-finite values (nan/inf); the adapter is corrupt.")
 
 
+@on_inner_module
 def load_adapter(
     model: nn.Module,
     directory: str | os.PathLike,
