@@ -224,3 +224,17 @@ def test_geometry_of_identical_opposite_and_random_adapters(tmp_path):
     assert flipped["max_principal_cosine"] == pytest.approx(1.0, abs=1e-9)
     result = geometry.adapters_geometry({"x": f}, {"x": f})
     assert abs(result["summary"]["random_cosine"]) < 0.3 < result["summary"]["pair_cosine"]
+
+
+@pytest.mark.parametrize("init", ["pissa", "olora"])
+def test_residual_init_adapters_are_not_measured_or_combined(init, tmp_path):
+    """Their weight change is s·(B·A − B₀·A₀): the factors alone would give a wrong ΔW."""
+    model = build("bert")
+    ll.inject(model, ll.LoraConfig(r=2, targets=["query"], init=init))
+    ll.save_adapter(model, tmp_path / "a")
+    message = rf"was initialised with {init} \(W keeps the residual W − s·B₀·A₀\), so its weight change is s·\(B·A − B₀·A₀\)"
+    for call in (lambda: factors(tmp_path / "a"), lambda: factors(model),
+                 lambda: compose_io.compose([tmp_path / "a"], [1.0], tmp_path / "c", method="cat")):
+        with pytest.raises(ll.AdapterError, match=message):
+            call()
+    assert not (tmp_path / "c").exists()

@@ -35,7 +35,7 @@ from loralab import AdapterError
         (dict(rank_pattern={"query": 0}), r"LoraConfig.rank_pattern\['query'\] must be ≥ 1"),
         (dict(rank_pattern=[("query", 2)]), r"LoraConfig.rank_pattern must be a dict"),
         (dict(dora="yes"), r"LoraConfig.dora must be True or False"),
-        (dict(init="lora-ga"), r"LoraConfig.init must be one of \('default', 'gaussian', 'pissa'\)"),
+        (dict(init="lora-ga"), r"LoraConfig.init must be one of \('default', 'gaussian', 'pissa', 'olora'\)"),
         (dict(modules_to_save=[""]), r"LoraConfig.modules_to_save must be a list of module names"),
     ],
 )
@@ -226,6 +226,11 @@ Q = "base_model.model.bert.encoder.layer.0.attention.self.query"
         (lambda p: edit_config(p, peft_type="IA3"), r"peft_type is 'IA3'; loralab reads LoRA adapters"),
         (lambda p: edit_config(p, lora_bias=True), r"lora_bias=True is not supported by loralab"),
         (lambda p: edit_config(p, bias="all"), r"bias='all' is not supported by loralab; only 'none'"),
+        *[(lambda p, init=init: edit_config(p, init_lora_weights=init),
+           rf"init_lora_weights='{init}' changed the base weights in a way loralab cannot replay \(from random draws, "
+           r"data or quantisation\); convert it to a plain LoRA adapter with PEFT first: peft_model.save_pretrained\(DIR, "
+           r"path_initial_model_for_weight_conversion=DIR_OF_THE_UNTRAINED_ADAPTER\)")
+          for init in ("pissa_niter_4", "corda", "loftq", "lora_ga")],
         (lambda p: (p / "adapter_config.json").write_text("{\"r\": 4,"),
          r"adapter_config.json is not valid JSON \(.*\); fix or re-save the adapter"),
         (lambda p: (p / "adapter_config.json").write_text("[1, 2]"), r"expected a JSON object, got list"),

@@ -224,6 +224,22 @@ def test_pissa_moves_top_singular_directions():
     torch.testing.assert_close(torch.linalg.svdvals(layer.weight)[:4], sv[2:], atol=1e-10, rtol=0)
 
 
+def test_olora_takes_the_first_qr_columns():
+    """OLoRA: W = Q·R, B = Q[:, :r], A = R[:r], W ← W − s·B·A (atol 1e-6 on float32)."""
+    torch.manual_seed(0)
+    linear = nn.Linear(8, 6)
+    w0 = linear.weight.detach().clone()
+    holder = nn.Sequential(linear)
+    ll.inject(holder, ll.LoraConfig(r=2, alpha=4, targets=["0"], init="olora"))
+    layer = holder[0]
+    q, upper = torch.linalg.qr(w0)
+    torch.testing.assert_close(layer.lora_B["default"], q[:, :2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.lora_A["default"], upper[:2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(layer.weight, w0 - 2.0 * q[:, :2] @ upper[:2], atol=1e-6, rtol=0)
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(layer(x), x @ w0.T + layer.bias, atol=1e-5, rtol=0)  # outputs unchanged at init
+
+
 def test_rank_and_alpha_patterns_per_module():
     cfg = ll.LoraConfig(r=8, alpha=16, rank_pattern={r"layer\.1\..*query": 2}, alpha_pattern={"value": 4})
     assert cfg.rank_for("enc.layer.1.attention.query") == 2

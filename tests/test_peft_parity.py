@@ -35,6 +35,10 @@ CASES = [
                                            rank_pattern={"down_proj": 2})),
     ("llama-embedding-mts", "llama", dict(r=4, alpha=8, targets=["embed_tokens", "o_proj"],
                                           modules_to_save=["lm_head"])),
+    # W keeps a residual: loading onto the original base replays PiSSA's SVD / OLoRA's QR, in both tools
+    ("bert-pissa", "bert", dict(r=4, alpha=8, targets=["query", "value"], init="pissa")),
+    ("gpt2-conv1d-pissa-dora", "gpt2", dict(r=4, alpha=8, targets=["c_attn"], init="pissa", dora=True)),
+    ("llama-olora", "llama", dict(r=4, alpha=8, targets=["q_proj", "v_proj", "down_proj"], init="olora")),
 ]
 
 
@@ -43,7 +47,7 @@ def peft_config(kw: dict) -> "peft.LoraConfig":
         r=kw["r"], lora_alpha=kw["alpha"], target_modules=kw["targets"], use_rslora=kw.get("rslora", False),
         use_dora=kw.get("dora", False), rank_pattern=kw.get("rank_pattern", {}),
         alpha_pattern=kw.get("alpha_pattern", {}), modules_to_save=kw.get("modules_to_save"),
-        init_lora_weights=False,  # random A and B: the adapter is not a no-op
+        init_lora_weights=kw.get("init", False),  # False: random A and B, the adapter is not a no-op
     )
 
 
@@ -59,7 +63,8 @@ def perturb(params, seed: int) -> None:
 def test_peft_saved_adapter_loads_into_loralab(case, arch, kw, tmp_path):
     ids = inputs()
     model = peft.get_peft_model(build(arch), peft_config(kw))
-    perturb([p for n, p in model.named_parameters() if "lora_magnitude_vector" in n or "modules_to_save" in n], 1)
+    moved = ("lora_magnitude_vector", "modules_to_save", *(("lora_B",) if "init" in kw else ()))  # PiSSA/OLoRA start at W
+    perturb([p for n, p in model.named_parameters() if any(part in n for part in moved)], 1)
     expected = logits(model, ids)
     model.save_pretrained(tmp_path)
 

@@ -16,7 +16,9 @@ from typing import Optional, Union
 
 from loralab.errors import AdapterError
 
-INITS = ("default", "gaussian", "pissa")
+INITS = ("default", "gaussian", "pissa", "olora")
+# inits that move the principal part of W into the adapter: W keeps a residual, ΔW is s·(B·A − B₀·A₀)
+RESIDUAL_INITS = ("pissa", "olora")
 
 
 @dataclass
@@ -43,8 +45,11 @@ class LoraConfig:
         rslora: Use s = alpha / √r (rank-stabilised LoRA).
         dora: Add a trainable magnitude vector (DoRA); Linear and Conv1D only.
         init: ``"default"`` (A Kaiming-uniform, B = 0), ``"gaussian"``
-            (A ~ N(0, 1/r²), B = 0) or ``"pissa"`` (A, B from the top-r singular
-            directions of W; W keeps the residual, so outputs are unchanged).
+            (A ~ N(0, 1/r²), B = 0), ``"pissa"`` (A, B from the top-r singular
+            directions of W) or ``"olora"`` (B, A from the first r columns / rows of
+            W's QR factors; Linear only). For the last two W keeps the residual
+            W − s·B₀·A₀, so outputs are unchanged, and loading the adapter onto the
+            original base recomputes that residual (as PEFT does).
         modules_to_save: Modules (list form, as ``targets``) that train fully and
             are saved with the adapter, e.g. a new classifier head.
     """

@@ -80,6 +80,9 @@ def check_supported(kind: str, dora: bool, init: str, where: str) -> None:
                            "targets, or use plain LoRA for it in a second adapter.")
     if init == "pissa" and kind == "embedding":
         raise AdapterError(f"init='pissa' supports Linear and Conv1D layers; {where} is an Embedding.")
+    if init == "olora" and kind != "linear":
+        raise AdapterError(f"init='olora' supports Linear layers (as PEFT's OLoRA does); {where} is "
+                           f"{'a GPT-2 Conv1D' if kind == 'conv1d' else 'an Embedding'}.")
 
 
 class BufferDict(nn.Module):
@@ -176,6 +179,8 @@ class LoraLayer(AdapterHost):
         self.dropout[name] = float(dropout)
         if init == "pissa":
             self._init_pissa(name)
+        elif init == "olora":
+            self._init_olora(name)
         if dora:
             norm = adapted_row_norm(self.weight_out_in(), self.lora_A[name], self.lora_B[name], scaling)
             self.lora_magnitude[name] = nn.Parameter(norm.to(dtype))
@@ -195,6 +200,15 @@ class LoraLayer(AdapterHost):
         root = (sv[:r] / s).sqrt()  # (r,)
         self.lora_A[name].copy_(root[:, None] * vh[:r])  # (r, in)
         self.lora_B[name].copy_(u[:, :r] * root[None, :])  # (out, r)
+        weight.sub_(self.delta_weight(name))
+
+    @torch.no_grad()
+    def _init_olora(self, name: str) -> None:
+        """OLoRA (Büyükakyüz 2024): W = Q·R, B = Q[:, :r] (out, r), A = R[:r] (r, in), W ← W − s·B·A."""
+        r, weight = self.lora_A[name].shape[0], self.weight_out_in()
+        q, upper = torch.linalg.qr(weight.to(torch.promote_types(weight.dtype, torch.float32)))
+        self.lora_A[name].copy_(upper[:r])
+        self.lora_B[name].copy_(q[:, :r])
         weight.sub_(self.delta_weight(name))
 
     def delete_adapter(self, name: str) -> None:

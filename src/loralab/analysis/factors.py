@@ -58,10 +58,22 @@ def factors(source: Union[nn.Module, str, os.PathLike], name: str = "default") -
     return _directory_factors(Path(source))
 
 
+def refuse_residual_init(init: str, where: str) -> None:
+    """PiSSA and OLoRA adapters change W by s·(B·A − B₀·A₀), which their factors alone do not give."""
+    from loralab.adapters.config import RESIDUAL_INITS
+
+    if init in RESIDUAL_INITS:
+        raise AdapterError(
+            f"{where} was initialised with {init} (W keeps the residual W − s·B₀·A₀), so its weight change is "
+            "s·(B·A − B₀·A₀), not the s·B·A that measurements and composition read; convert it to a plain LoRA "
+            "adapter with PEFT first: save_pretrained(DIR, path_initial_model_for_weight_conversion=...).")
+
+
 def _live_factors(model: nn.Module, name: str) -> dict[str, Factors]:
     from loralab.adapters.registry import adapter_configs, check_adapter_name, lora_layers
 
     check_adapter_name(model, name, new=False)
+    refuse_residual_init(adapter_configs(model)[name].init, f"adapter {name!r}")
     out = {}
     for path, layer in lora_layers(model):
         if name in layer.adapter_names:
@@ -77,6 +89,7 @@ def _directory_factors(directory: Path) -> dict[str, Factors]:
     from loralab.io.peft_format import read_adapter_dir, split_adapter_tensors
 
     cfg, tensors = read_adapter_dir(directory)
+    refuse_residual_init(cfg.init, f"adapter {directory}")
     conv1d = adapter_meta(directory).get("fan_in_fan_out", False)
     modules, _ = split_adapter_tensors(tensors)
     out = {}

@@ -53,6 +53,26 @@ _UNSUPPORTED = {
     "use_bdlora": None,
 }
 _KNOWN_LAYER_PATTERNS = (None, "layer", "layers", "h", "block", "blocks")
+# PEFT inits that leave the base weights as they are: the loaded A and B replace the initial ones
+_BASE_KEEPING_INITS = (True, False, None, "gaussian", "eva", "orthogonal", "mica")
+
+
+def init_from_peft(value, where: str) -> str:
+    """loralab's ``init`` for PEFT's ``init_lora_weights`` — what matters on loading is whether it moved part
+    of W into the adapter. PiSSA (full SVD) and OLoRA (QR) are replayed on the base exactly, as PEFT does."""
+    if value in _BASE_KEEPING_INITS:
+        return "default"
+    if isinstance(value, str) and value.lower() in ("pissa", "olora"):
+        return value.lower()
+    raise AdapterError(
+        f"{where}: init_lora_weights={value!r} changed the base weights in a way loralab cannot replay (from random "
+        "draws, data or quantisation); convert it to a plain LoRA adapter with PEFT first: "
+        "peft_model.save_pretrained(DIR, path_initial_model_for_weight_conversion=DIR_OF_THE_UNTRAINED_ADAPTER).")
+
+
+def init_to_peft(init: str):
+    """PEFT's ``init_lora_weights`` for loralab's ``init`` (`init_from_peft` reversed)."""
+    return True if init == "default" else init
 
 
 # ----- keys -----------------------------------------------------------------------------------
@@ -171,7 +191,7 @@ def peft_config_dict(cfg: LoraConfig, target_modules: list[str], fan_in_fan_out:
         "use_dora": cfg.dora,
         "fan_in_fan_out": fan_in_fan_out,
         "modules_to_save": list(cfg.modules_to_save) or None,
-        "init_lora_weights": True,
+        "init_lora_weights": init_to_peft(cfg.init),
         "bias": "none",
         "lora_bias": False,
         "inference_mode": True,
@@ -196,6 +216,7 @@ def config_from_peft(data: dict, where: str) -> LoraConfig:
     if data.get("layers_pattern") not in _KNOWN_LAYER_PATTERNS:
         raise AdapterError(f"{where}: layers_pattern={data['layers_pattern']!r}; loralab knows {_KNOWN_LAYER_PATTERNS[1:]}.")
     layers = data.get("layers_to_transform")
+    init = init_from_peft(data.get("init_lora_weights", True), where)
     try:
         return LoraConfig(
             r=data["r"],
@@ -209,6 +230,7 @@ def config_from_peft(data: dict, where: str) -> LoraConfig:
             rslora=data.get("use_rslora", False),
             dora=data.get("use_dora", False),
             modules_to_save=data.get("modules_to_save") or [],
+            init=init,
         )
     except AdapterError as err:
         raise AdapterError(f"{where}: {err}") from None
