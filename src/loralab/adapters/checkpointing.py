@@ -19,13 +19,16 @@ import torch
 from torch import nn
 
 _FLAG = "_loralab_grad_into_blocks"
+_HOLDERS = "_loralab_checkpointing_modules"  # HF's modules with a `gradient_checkpointing` switch
 
 
 def _note_checkpointing(model: nn.Module, args) -> None:
-    """Forward pre-hook on the model: tell the input embeddings whether to hand out a grad-requiring output."""
+    """Forward pre-hook on the model: tell the input embeddings whether to hand out a grad-requiring output.
+    Reads the few switch-holding modules found at install time (HF's ``is_gradient_checkpointing`` walks
+    every module: ~0.3 ms per MiniLM step)."""
     embeddings = model.get_input_embeddings()
     embeddings.__dict__[_FLAG] = (model.training and torch.is_grad_enabled()
-                                  and bool(getattr(model, "is_gradient_checkpointing", False)))
+                                  and any(m.gradient_checkpointing for m in model.__dict__.get(_HOLDERS, ())))
 
 
 def _output_requires_grad(embeddings: nn.Module, args, output):
@@ -41,6 +44,7 @@ def let_gradients_through_checkpoints(model: nn.Module) -> None:
     embeddings = get_embeddings() if callable(get_embeddings) else None
     if not isinstance(embeddings, nn.Module):
         return
+    model.__dict__[_HOLDERS] = [m for m in model.modules() if isinstance(getattr(m, "gradient_checkpointing", None), bool)]
     if _note_checkpointing not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_note_checkpointing)
     if _output_requires_grad not in embeddings._forward_hooks.values():
@@ -54,3 +58,4 @@ def remove_checkpoint_hooks(model: nn.Module) -> None:
             for key in [k for k, fn in hooks.items() if fn is hook]:
                 del hooks[key]
         module.__dict__.pop(_FLAG, None)
+        module.__dict__.pop(_HOLDERS, None)
