@@ -214,3 +214,29 @@ def test_predict_reproduces_the_test_accuracy_and_reads_every_input_form(tiny, t
     ):
         proc = run_cli(["predict", *args], check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_pissa_run_evaluates_and_loads_in_peft_on_the_original_base(tiny, tmp_path):
+    """--init pissa: W keeps the residual while training; the saved adapter says so, and both `loralab eval`
+    and PEFT rebuild that residual from the original base (same test loss; equal logits, atol 1e-5)."""
+    run = tmp_path / "run"
+    run_cli(train_args(tiny, run, "--epochs", "1", "--init", "pissa"))
+    result = json.loads((run / "result.json").read_text())
+    assert result["lora"]["init"] == "pissa"
+    evaluated = json.loads(run_cli(["eval", str(run)]).stdout)
+    assert evaluated["test"]["loss"] == pytest.approx(result["test"]["loss"], abs=1e-6)
+    peft = pytest.importorskip("peft")
+    from transformers import AutoModelForSequenceClassification
+
+    from loralab.runs import load_run
+
+    theirs = peft.PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(tiny["model"]),
+                                            run / "adapter").eval()
+    ours = load_run(run)[1].eval()
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=0)
+    for extra, message in ((("--method", "full", "--init", "pissa"), "--init pissa sets up a LoRA/DoRA adapter"),
+                           (("--init", "olora", "--analysis-every", "5"), "--analysis-every measures s·B·A")):
+        proc = run_cli(train_args(tiny, tmp_path / "refused", *extra), check=False)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr

@@ -38,16 +38,17 @@ class Lora(TrainingMethod):
 
         try:
             ll.LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rank_pattern=cfg.pattern("rank_pattern"),
-                          alpha_pattern=cfg.pattern("alpha_pattern"))
+                          alpha_pattern=cfg.pattern("alpha_pattern"), init=cfg.init)
         except AdapterError as err:
             raise ConfigError(str(err).replace("LoraConfig.rank_pattern", "--rank-pattern")
-                              .replace("LoraConfig.alpha_pattern", "--alpha-pattern")) from None
+                              .replace("LoraConfig.alpha_pattern", "--alpha-pattern")
+                              .replace("LoraConfig.init", "--init")) from None
 
     def adapter_config(self, model: nn.Module, cfg, task: str) -> ll.LoraConfig:
         from loralab import models
 
         return ll.LoraConfig(
-            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora,
+            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora, init=cfg.init,
             rank_pattern=cfg.pattern("rank_pattern"), alpha_pattern=cfg.pattern("alpha_pattern"),
             targets=cfg.target_spec(),  # None: the model's attention query/value (`ll.default_targets`)
             modules_to_save=models.head_names(model) if task == "classification" else [],

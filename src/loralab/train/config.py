@@ -36,6 +36,8 @@ class TrainConfig:
             (PEFT's rank_pattern), e.g. '{"output\\.dense": 4}'.
         alpha_pattern: JSON object {regex: alpha}, like --rank-pattern for --alpha.
         rslora: Scale by alpha/sqrt(r) (rank-stabilised LoRA).
+        init: LoRA/DoRA initialisation: default (A Kaiming-uniform, B = 0), gaussian, pissa (A, B from W's
+            top-r singular directions; W keeps the residual) or olora (from W's QR factors; Linear layers).
         d: Subspace dimension for did/said (SAID's per-tensor scales count towards it).
         projection: Random projection for did/said: fastfood, dense or sparse.
         epochs: Passes over the training split.
@@ -78,6 +80,7 @@ class TrainConfig:
     rank_pattern: Optional[str] = None
     alpha_pattern: Optional[str] = None
     rslora: bool = False
+    init: str = "default"
     d: int = 1000
     projection: str = "fastfood"
     epochs: int = 3
@@ -129,6 +132,11 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
         for name in ("rank_pattern", "alpha_pattern"):
             self.pattern(name)
+        if self.init != "default" and self.method not in ("lora", "dora"):
+            raise ConfigError(f"--init {self.init} sets up a LoRA/DoRA adapter; --method {self.method} has none.")
+        if self.init in ("pissa", "olora") and self.analysis_every:
+            raise ConfigError(f"--analysis-every measures s·B·A, which for --init {self.init} is not the weight change "
+                              "(that is s·(B·A − B₀·A₀)); train without one of the two.")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues the run in --out and --overwrite deletes it; give one of them.")
         method.check(self)
