@@ -238,3 +238,9 @@ def test_residual_init_adapters_are_not_measured_or_combined(init, tmp_path):
         with pytest.raises(ll.AdapterError, match=message):
             call()
     assert not (tmp_path / "c").exists()
+    from loralab.analysis.summary import adapter_summary
+
+    summary = adapter_summary(tmp_path / "a")  # `loralab info`: config and ranks, no ΔW norm
+    assert summary["config"]["init"] == init and summary["note"].startswith(f"init {init}: W keeps the residual")
+    assert [m["delta_norm"] for m in summary["modules"].values()] == [None, None]
+    assert [m["rank"] for m in summary["modules"].values()] == [2, 2]

@@ -212,7 +212,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from loralab.analysis.summary import adapter_summary
     from loralab.compose.adapters import adapter_dir
 
-    print(json.dumps(adapter_summary(adapter_dir(args.adapter), model=args.model), indent=2))
+    print(json.dumps(adapter_summary(adapter_dir(args.adapter), model=args.model), indent=2, ensure_ascii=False))
     return 0
 
 

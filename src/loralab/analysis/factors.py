@@ -51,11 +51,15 @@ class Factors:
         return self.scale * (self.B.double() @ self.A.double())
 
 
-def factors(source: Union[nn.Module, str, os.PathLike], name: str = "default") -> dict[str, Factors]:
-    """{module path: Factors} of adapter ``name`` on a live model, or of an adapter directory."""
+def factors(source: Union[nn.Module, str, os.PathLike], name: str = "default",
+            residual_ok: bool = False) -> dict[str, Factors]:
+    """{module path: Factors} of adapter ``name`` on a live model, or of an adapter directory.
+
+    A PiSSA/OLoRA adapter is refused (`refuse_residual_init`) unless ``residual_ok``: then the
+    factors are returned as they are, for what does not need ΔW (ranks, shapes)."""
     if isinstance(source, nn.Module):
-        return _live_factors(source, name)
-    return _directory_factors(Path(source))
+        return _live_factors(source, name, residual_ok)
+    return _directory_factors(Path(source), residual_ok)
 
 
 def refuse_residual_init(init: str, where: str) -> None:
@@ -69,11 +73,12 @@ def refuse_residual_init(init: str, where: str) -> None:
             "adapter with PEFT first: save_pretrained(DIR, path_initial_model_for_weight_conversion=...).")
 
 
-def _live_factors(model: nn.Module, name: str) -> dict[str, Factors]:
+def _live_factors(model: nn.Module, name: str, residual_ok: bool = False) -> dict[str, Factors]:
     from loralab.adapters.registry import adapter_configs, check_adapter_name, lora_layers
 
     check_adapter_name(model, name, new=False)
-    refuse_residual_init(adapter_configs(model)[name].init, f"adapter {name!r}")
+    if not residual_ok:
+        refuse_residual_init(adapter_configs(model)[name].init, f"adapter {name!r}")
     out = {}
     for path, layer in lora_layers(model):
         if name in layer.adapter_names:
@@ -85,11 +90,12 @@ def _live_factors(model: nn.Module, name: str) -> dict[str, Factors]:
     return out
 
 
-def _directory_factors(directory: Path) -> dict[str, Factors]:
+def _directory_factors(directory: Path, residual_ok: bool = False) -> dict[str, Factors]:
     from loralab.io.peft_format import read_adapter_dir, split_adapter_tensors
 
     cfg, tensors = read_adapter_dir(directory)
-    refuse_residual_init(cfg.init, f"adapter {directory}")
+    if not residual_ok:
+        refuse_residual_init(cfg.init, f"adapter {directory}")
     conv1d = adapter_meta(directory).get("fan_in_fan_out", False)
     modules, _ = split_adapter_tensors(tensors)
     out = {}
