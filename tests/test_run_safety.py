@@ -61,6 +61,8 @@ def test_overwrite_clears_the_old_run_first(tiny, finished, tmp_path, capsys):
     assert run(quick(tiny, out, "--method", "full", "--overwrite"), capsys)[0] == 0
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint", "config.json", "metrics.jsonl", "model", "result.json"]
     assert json.loads((out / "result.json").read_text())["method"] == "full"
+    config = json.loads((out / "model" / "config.json").read_text())  # the saved model names its classes
+    assert config["id2label"] == {"0": "negative", "1": "positive"} and config["label2id"]["positive"] == 1
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -143,6 +143,9 @@ class Trainer:
         base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None,
                                            attn_implementation=models.attention_for(cfg.precision))
         models.check_max_length(base, self.tokenizer, cfg.max_length, cfg.model)
+        if self.labels:  # a saved model (full fine-tuning, `merge`) names its classes, not LABEL_0, LABEL_1
+            base.config.id2label = dict(enumerate(self.labels))
+            base.config.label2id = {name: i for i, name in enumerate(self.labels)}
         self.attention = getattr(base.config, "_attn_implementation", None)
         if cfg.gradient_checkpointing:
             models.enable_gradient_checkpointing(base, cfg.model)
