@@ -14,6 +14,7 @@ from loralab.errors import ConfigError
 
 PROJECTIONS = ("fastfood", "dense", "sparse")
 PRECISIONS = ("fp32", "bf16")
+SCHEDULERS = ("linear", "cosine", "constant")
 # Fields that change how a run is carried out or logged but not what it computes: --resume may differ in these.
 RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every",
                      "gradient_checkpointing")
@@ -46,7 +47,9 @@ class TrainConfig:
         group_by_length: Batch examples of similar length together (less padding; seeded, as HF's
             group_by_length).
         grad_accum: Micro-batches accumulated per optimizer step (each of --batch-size examples).
-        warmup: Fraction of the optimizer steps with linear warm-up; the rest decays linearly to 0.
+        warmup: Fraction of the optimizer steps with linear warm-up.
+        scheduler: The learning rate after warm-up: linear (decays to 0), cosine (half a cosine to 0) or
+            constant.
         weight_decay: AdamW weight decay.
         max_grad_norm: Clip the gradient norm to this (0 turns clipping off).
         max_train: Use at most this many training examples (the first of the seeded split).
@@ -89,6 +92,7 @@ class TrainConfig:
     group_by_length: bool = False
     grad_accum: int = 1
     warmup: float = 0.06
+    scheduler: str = "linear"
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     max_train: Optional[int] = None
@@ -112,6 +116,7 @@ class TrainConfig:
         method = get_method(self.method)
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("precision", self.precision, PRECISIONS)
+        _check_choice("scheduler", self.scheduler, SCHEDULERS)
         for name in ("r", "d", "epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size", "log_every"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("max_train", "max_eval", "threads"):

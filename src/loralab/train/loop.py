@@ -53,13 +53,19 @@ class TrainState:
     elapsed: float = 0.0  # wall seconds before the last resume
 
 
-def lr_schedule(total_steps: int, warmup_steps: int):
-    """Multiplier of the peak lr at step t: t/warmup while warming up, then linear decay to 0."""
+def lr_schedule(total_steps: int, warmup_steps: int, shape: str = "linear"):
+    """Multiplier of the peak lr at step t: (t + 1)/warmup while warming up; then, with
+    p = (t − warmup)/(total − warmup), 1 − p (linear), (1 + cos πp)/2 (cosine) or 1 (constant)."""
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        if shape == "constant":
+            return 1.0
+        if shape == "cosine":
+            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))  # 1 − p
 
     return factor
 
@@ -164,7 +170,8 @@ class Trainer:
         self.total_steps = math.ceil(per_epoch / cfg.grad_accum) * cfg.epochs
         self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay)
         warmup_steps = round(cfg.warmup * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(self.total_steps, warmup_steps))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(self.total_steps, warmup_steps,
+                                                                                      self.cfg.scheduler))
 
     def restore(self) -> None:
         """Load the checkpoint on --resume; otherwise record the config (absolute paths) in the run."""
