@@ -141,16 +141,19 @@ def task_of(model: str) -> tuple[str, list[str]]:
 
 @torch.no_grad()
 def classify(net, tokenizer, labels: list[str], texts: list[str], max_length: int, batch_size: int = 32) -> list[dict]:
-    """{"text", "label", "probabilities": {label: p}} per text; batches padded as in training (`collate`)."""
+    """{"text", "label", "probabilities": {label: p}} per text, in input order; batched by length (less
+    padding), each batch padded as in training (`collate`)."""
     ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    results = []
-    for start in range(0, len(texts), batch_size):
-        batch = collate([{"input_ids": i, "labels": 0} for i in ids[start:start + batch_size]], tokenizer.pad_token_id)
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    results: list[dict] = [{}] * len(texts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate([{"input_ids": ids[i], "labels": 0} for i in chunk], tokenizer.pad_token_id)
         batch.pop("labels")
-        for text, p in zip(texts[start:start + batch_size], net(**batch).logits.float().softmax(-1).tolist()):
+        for i, p in zip(chunk, net(**batch).logits.float().softmax(-1).tolist()):
             best = max(range(len(p)), key=p.__getitem__)
-            results.append({"text": text, "label": labels[best],
-                            "probabilities": {name: round(v, 6) for name, v in zip(labels, p)}})
+            results[i] = {"text": texts[i], "label": labels[best],
+                          "probabilities": {name: round(v, 6) for name, v in zip(labels, p)}}
     return results
 
 
