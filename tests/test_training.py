@@ -214,6 +214,7 @@ def test_predict_reproduces_the_test_accuracy_and_reads_every_input_form(tiny, t
         (["--model", tiny["model"], str(run), "--text", "x"], "give a run directory (RUN) or --model DIR"),
         (["--model", "minilm", "--text", "x"], "model 'minilm' (BertModel) has no trained task head to predict with"),
         ([str(run), "--file", str(tmp_path / "none.txt")], "input file"),
+        ([str(run), "--text", "x", "--max-length", "1000"], "--max-length 1000 is more than model"),
     ):
         proc = run_cli(["predict", *args], check=False)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr

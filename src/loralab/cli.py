@@ -178,6 +178,8 @@ def predict_flags(parser: argparse.ArgumentParser) -> None:
                                        "with a text (sentence, prompt) column")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="causal LM: tokens to generate (default: 64)")
     parser.add_argument("--batch-size", type=int, default=32, help="classification: texts per batch (default: 32)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="tokens per input (default: the run's --max-length; with --model: 128)")
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -185,7 +187,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     inputs = [*args.text, *(data.read_inputs(args.file) if args.file else [])]
     for row in runs.predict(inputs, run=run_dir(args), model=args.model, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size):
+                            batch_size=args.batch_size, max_length=args.max_length):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 

@@ -110,8 +110,9 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
 
 
 def model_for_prediction(run: Optional[str | Path] = None, model: Optional[str] = None):
-    """(plain model in eval mode, tokenizer, labels, task, max_length) of a run (its update merged in),
-    or of a model directory with a task head (a merged run, any HF classifier or causal LM)."""
+    """(plain model in eval mode, tokenizer, labels, task, token limit) of a run (its update merged in; the
+    run's --max-length), or of a model directory with a task head (a merged run, any HF classifier or causal
+    LM; 128 tokens)."""
     if (run is None) == (model is None):
         raise ConfigError("give a run directory (RUN) or --model DIR (a merged run or a classifier / causal LM).")
     if run is not None:
@@ -172,12 +173,15 @@ def answer(net, tokenizer, prompts: list[str], max_new_tokens: int, max_length: 
 
 
 def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional[str] = None,
-            max_new_tokens: int = 64, batch_size: int = 32) -> list[dict]:
-    """Labels with probabilities (classification) or generated responses (causal LM) for ``inputs``."""
+            max_new_tokens: int = 64, batch_size: int = 32, max_length: Optional[int] = None) -> list[dict]:
+    """Labels with probabilities (classification) or generated responses (causal LM) for ``inputs``;
+    ``max_length`` tokens per input (default: the run's, or 128)."""
     if not inputs:
         raise DataError("nothing to predict on: give texts (--text), or --file FILE (a .txt with one per line, "
                         "a .csv/.tsv/.jsonl with a text or prompt column, or - for standard input).")
-    net, tokenizer, labels, task, max_length = model_for_prediction(run, model)
+    net, tokenizer, labels, task, default_length = model_for_prediction(run, model)
+    max_length = max_length or default_length
+    models.check_max_length(net, tokenizer, max_length, model or str(run))
     if task == "classification":
         return classify(net, tokenizer, labels, inputs, max_length, batch_size)
     return answer(net, tokenizer, inputs, max_new_tokens, max_length)
