@@ -261,3 +261,11 @@ def test_scheduler_shapes_in_the_logged_learning_rate(tiny, tmp_path):
            if json.loads(x).get("type") == "train"]
     assert len(lrs) == 18  # 144 rows / 8; the lr logged after step t is the one for step t + 1
     assert lrs == pytest.approx([0.01 * 0.5 * (1 + math.cos(math.pi * t / 18)) for t in range(1, 19)], abs=1e-12)
+
+
+def test_eval_of_a_bf16_run_reproduces_its_test_metrics(tiny, tmp_path):
+    """`loralab eval` loads and evaluates the model as the run did (bf16 autocast, eager attention)."""
+    run_cli(train_args(tiny, tmp_path / "bf16", "--epochs", "1", "--precision", "bf16", "--method", "dora"))
+    result = json.loads((tmp_path / "bf16" / "result.json").read_text())
+    evaluated = json.loads(run_cli(["eval", str(tmp_path / "bf16")]).stdout)
+    assert evaluated["test"] == result["test"] and evaluated["validation"]["loss"] == result["validation"]["loss"]

@@ -18,7 +18,7 @@ from loralab.io.peft_format import CONFIG_FILE
 from loralab.methods import get_method
 from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
-from loralab.train.evaluate import evaluate
+from loralab.train.evaluate import autocast, evaluate
 
 
 def read_run(run: str | Path) -> TrainConfig:
@@ -67,8 +67,9 @@ def evaluate_run(run: str | Path, data: Optional[str] = None, seed: Optional[int
         if other_task != task or (task == "classification" and other_labels != labels):
             raise DataError(f"--data {data} has task {other_task} with labels {other_labels}; run {run} was trained "
                             f"for {task} with labels {labels}. Evaluate on a dataset with the same labels.")
-    return evaluate_splits(net, tokenizer, labels, task, data or cfg.data, cfg.seed if seed is None else seed,
-                           cfg.max_eval if max_eval is None else max_eval, cfg.max_length, cfg.eval_batch_size)
+    with autocast(cfg.precision):  # a bf16 run is evaluated as it was trained, so its test metrics reproduce
+        return evaluate_splits(net, tokenizer, labels, task, data or cfg.data, cfg.seed if seed is None else seed,
+                               cfg.max_eval if max_eval is None else max_eval, cfg.max_length, cfg.eval_batch_size)
 
 
 def evaluate_splits(net, tokenizer, labels, task, data, seed, max_eval, max_length, batch_size) -> dict:

@@ -49,7 +49,8 @@ class TrainingMethod:
         """(trained model ready to evaluate, tokenizer) from a finished run directory."""
         from loralab import models
 
-        model, tokenizer = models.load(cfg.model, task, num_labels=num_labels)
+        model, tokenizer = models.load(cfg.model, task, num_labels=num_labels,
+                                       attn_implementation=models.attention_for(cfg.precision))  # as trained
         return self.attach(model, cfg, run_dir / self.saved_as), tokenizer
 
     def attach(self, model: nn.Module, cfg: "TrainConfig", saved: Path) -> nn.Module:

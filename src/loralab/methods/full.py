@@ -33,4 +33,5 @@ class FullFineTuning(TrainingMethod):
     def load(self, cfg, run_dir: Path, task: str, num_labels: Optional[int]):
         from loralab import models
 
-        return models.load(str(run_dir / self.saved_as), task, num_labels=num_labels)
+        return models.load(str(run_dir / self.saved_as), task, num_labels=num_labels,
+                           attn_implementation=models.attention_for(cfg.precision))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -9,6 +10,13 @@ from torch import nn
 
 from loralab.progress import progress as progress_bar
 from loralab.train.batching import IGNORE, collate
+
+
+def autocast(precision: str):
+    """bf16 autocast for --precision bf16 (weights, adapters and optimizer state stay fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def macro_f1(predictions: list[int], labels: list[int], num_classes: int) -> float:

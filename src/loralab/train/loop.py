@@ -37,7 +37,7 @@ from loralab.train.batching import collate, encode, epoch_order
 from loralab.train.callbacks import Callback, standard_callbacks
 from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
 from loralab.train.config import TrainConfig
-from loralab.train.evaluate import evaluate
+from loralab.train.evaluate import autocast, evaluate
 
 
 @dataclass
@@ -73,13 +73,6 @@ def lr_schedule(total_steps: int, warmup_steps: int, shape: str = "linear"):
 def peak_memory_mb() -> float:
     """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def autocast(precision: str):
-    """bf16 autocast for --precision bf16 (weights, adapters and optimizer state stay fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class MetricsLog:
