@@ -29,6 +29,7 @@ class TrainingMethod:
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     saved_as: ClassVar[str] = ""  # the run subdirectory `save` writes
+    trains_adapter: ClassVar[bool] = False  # a low-rank adapter, so the adapter flags (--init) apply
 
     def check(self, cfg: "TrainConfig") -> None:
         """Refuse method-specific config values (raise `ConfigError`); nothing by default."""

@@ -30,6 +30,7 @@ class Lora(TrainingMethod):
     name = "lora"
     summary = "low-rank update ΔW = s·B·A on the targets, task head trained fully"
     saved_as = "adapter"
+    trains_adapter = True
     dora = False
 
     def check(self, cfg) -> None:

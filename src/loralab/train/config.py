@@ -137,7 +137,7 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
         for name in ("rank_pattern", "alpha_pattern"):
             self.pattern(name)
-        if self.init != "default" and self.method not in ("lora", "dora"):
+        if self.init != "default" and not method.trains_adapter:
             raise ConfigError(f"--init {self.init} sets up a LoRA/DoRA adapter; --method {self.method} has none.")
         if self.init in ("pissa", "olora") and self.analysis_every:
             raise ConfigError(f"--analysis-every measures s·B·A, which for --init {self.init} is not the weight change "
