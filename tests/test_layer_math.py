@@ -211,13 +211,17 @@ def test_dropout_only_on_lora_path():
     torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
 
 
-def test_pissa_moves_top_singular_directions():
+def residual_init_layer(init: str):
+    """(layer, W0): a seeded Linear(8, 6) adapted with r = 2, s = 2 and ``init``."""
     torch.manual_seed(0)
-    linear = nn.Linear(8, 6)
-    w0 = linear.weight.detach().clone()
-    holder = nn.Sequential(linear)
-    ll.inject(holder, ll.LoraConfig(r=2, alpha=4, targets=["0"], init="pissa"))
-    layer = holder[0]
+    holder = nn.Sequential(nn.Linear(8, 6))
+    w0 = holder[0].weight.detach().clone()
+    ll.inject(holder, ll.LoraConfig(r=2, alpha=4, targets=["0"], init=init))
+    return holder[0], w0
+
+
+def test_pissa_moves_top_singular_directions():
+    layer, w0 = residual_init_layer("pissa")
     torch.testing.assert_close(layer.weight + layer.delta_weight("default"), w0, atol=1e-10, rtol=0)
     sv = torch.linalg.svdvals(w0)
     torch.testing.assert_close(torch.linalg.svdvals(layer.delta_weight("default"))[:2], sv[:2], atol=1e-10, rtol=0)
@@ -226,12 +230,7 @@ def test_pissa_moves_top_singular_directions():
 
 def test_olora_takes_the_first_qr_columns():
     """OLoRA: W = Q·R, B = Q[:, :r], A = R[:r], W ← W − s·B·A (atol 1e-6 on float32)."""
-    torch.manual_seed(0)
-    linear = nn.Linear(8, 6)
-    w0 = linear.weight.detach().clone()
-    holder = nn.Sequential(linear)
-    ll.inject(holder, ll.LoraConfig(r=2, alpha=4, targets=["0"], init="olora"))
-    layer = holder[0]
+    layer, w0 = residual_init_layer("olora")
     q, upper = torch.linalg.qr(w0)
     torch.testing.assert_close(layer.lora_B["default"], q[:, :2], atol=1e-6, rtol=0)
     torch.testing.assert_close(layer.lora_A["default"], upper[:2], atol=1e-6, rtol=0)
