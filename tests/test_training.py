@@ -269,3 +269,16 @@ def test_eval_of_a_bf16_run_reproduces_its_test_metrics(tiny, tmp_path):
     result = json.loads((tmp_path / "bf16" / "result.json").read_text())
     evaluated = json.loads(run_cli(["eval", str(tmp_path / "bf16")]).stdout)
     assert evaluated["test"] == result["test"] and evaluated["validation"]["loss"] == result["validation"]["loss"]
+
+
+def test_patience_stops_after_epochs_without_improvement(tiny, tmp_path):
+    """The tiny random model's validation accuracy never beats epoch 1's: with --patience 2 the run ends after
+    epoch 3 (of 6) and keeps epoch 1's weights."""
+    run_cli(train_args(tiny, tmp_path / "p", "--epochs", "6", "--patience", "2"))
+    result = json.loads((tmp_path / "p" / "result.json").read_text())
+    history = [h["accuracy"] for h in result["history"]]
+    assert result["epochs_trained"] == 3 and result["steps"] == 3 * 18 and len(history) == 3
+    assert result["best_epoch"] == 1 and max(history[1:]) <= history[0]
+    assert result["validation"]["accuracy"] == history[0]
+    proc = run_cli(train_args(tiny, tmp_path / "q", "--patience", "-1"), check=False)
+    assert proc.returncode == 2 and "--patience must be an integer ≥ 0, got -1" in proc.stderr

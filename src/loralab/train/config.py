@@ -42,6 +42,8 @@ class TrainConfig:
         d: Subspace dimension for did/said (SAID's per-tensor scales count towards it).
         projection: Random projection for did/said: fastfood, dense or sparse.
         epochs: Passes over the training split.
+        patience: Stop early when this many epochs in a row did not improve the validation metric (accuracy;
+            loss for causal LM); 0 trains every epoch. The best epoch's weights are kept either way.
         lr: Peak learning rate (AdamW).
         batch_size: Examples per optimizer step and process group (the global batch).
         group_by_length: Batch examples of similar length together (less padding; seeded, as HF's
@@ -87,6 +89,7 @@ class TrainConfig:
     d: int = 1000
     projection: str = "fastfood"
     epochs: int = 3
+    patience: int = 0
     lr: float = 5e-4
     batch_size: int = 16
     group_by_length: bool = False
@@ -122,7 +125,7 @@ class TrainConfig:
         for name in ("max_train", "max_eval", "threads"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
-        for name in ("checkpoint_every", "analysis_every"):
+        for name in ("checkpoint_every", "analysis_every", "patience"):
             _check_int(name, getattr(self, name), minimum=0)
         check_alpha(self.alpha, "--alpha")
         for name in ("lr", "weight_decay", "max_grad_norm", "warmup", "dropout"):

@@ -180,11 +180,19 @@ class Trainer:
         self.bar = progress(self.total_steps, f"{self.cfg.method} {self.cfg.model}/{self.cfg.data}",
                             enabled=self.show_progress and self.main, initial=self.state.step)
         for epoch in range(self.state.epoch, self.cfg.epochs):
+            if self.stopped_early():
+                break
             self.train_epoch(epoch)
             self.validate(epoch)
             self.state.epoch, self.state.micro = epoch + 1, 0
             self.checkpoint()
         self.bar.close()
+
+    def stopped_early(self) -> bool:
+        """--patience N: the last N validations did not beat the best one (read from the history, so a
+        resumed run stops where the uninterrupted one would)."""
+        patience, best = self.cfg.patience, self.state.best_epoch
+        return bool(patience and best is not None and self.state.epoch - best >= patience)
 
     def train_epoch(self, epoch: int) -> None:
         """Micro-batches of this epoch's fixed order, from where a resumed run stopped."""
@@ -283,7 +291,8 @@ class Trainer:
             "method": cfg.method, "model": cfg.model, "data": cfg.data, "task": self.task, "labels": self.labels,
             "config": cfg.to_dict(), "lora": None, "subspace": None, **self.method.describe(self.model, cfg),
             "trainable_params": self.trainable, "total_params": self.total,
-            "train_examples": self.n_train, "steps": self.state.step, "best_epoch": self.state.best_epoch,
+            "train_examples": self.n_train, "steps": self.state.step, "epochs_trained": self.state.epoch,
+            "best_epoch": self.state.best_epoch,
             "validation": validation, "test": test, "history": self.state.history,
             "wall_time_s": self.state.elapsed + time.time() - self.started,
             "peak_memory_mb": peak_memory_mb(), "world_size": self.world, "resumed_from_step": self.resumed_from,
