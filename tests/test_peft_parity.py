@@ -104,3 +104,32 @@ def test_merged_weights_match_peft_merge(tmp_path):
     ll.merge_and_unload(ours)
     for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("targets,resize", [(["q_proj", "lm_head"], None), (["embed_tokens", "q_proj"], None),
+                                            (["q_proj"], 70)])
+def test_peft_adapters_with_saved_embedding_layers(targets, resize, tmp_path):
+    """PEFT's save_embedding_layers writes the input/output embeddings' base weights (an embedding or lm_head
+    targeted: under ``.base_layer.``; a resized vocabulary: as they are). They load, after a resize if needed."""
+    def base():
+        model = build("llama")
+        if resize:
+            model.resize_token_embeddings(resize, mean_resizing=False)
+        return model
+
+    torch.manual_seed(0)
+    model = peft.get_peft_model(base(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    perturb([p for n, p in model.named_parameters() if "lora_B" in n or "lora_embedding_B" in n], 2)
+    layer = model.get_output_embeddings() if "lm_head" in targets else model.get_input_embeddings()
+    with torch.no_grad():  # the saved base weight differs from a fresh model's
+        getattr(layer, "base_layer", layer).weight[-1] += 1.0
+    model.save_pretrained(tmp_path, save_embedding_layers=True)
+    expected = logits(model.eval(), inputs())
+    if resize:
+        with pytest.raises(ll.AdapterError, match=r"embed_tokens.weight has shape \(70, 16\), this model needs "
+                                                  r"\(64, 16\). The adapter's vocabulary has 70 rows: resize the "
+                                                  r"model first, model.resize_token_embeddings\(70\)"):
+            ll.load_adapter(build("llama"), tmp_path)
+    ours = base()
+    ll.load_adapter(ours, tmp_path)
+    torch.testing.assert_close(logits(ours, inputs()), expected, atol=ATOL, rtol=0)

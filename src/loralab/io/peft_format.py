@@ -318,14 +318,30 @@ def base_weight_key(path: str) -> str:
     return f"{PREFIX}{path}.base_layer.weight"
 
 
-def _optional_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
-    """Base weights of embedding targets, which PEFT may save alongside the adapter."""
-    shapes = {}
-    for path in match_targets(model, cfg):
+def embedding_weights(model: nn.Module, targets: list[str]) -> dict[str, nn.Parameter]:
+    """{PEFT key: the model's tensor} for what PEFT's ``save_embedding_layers`` writes (an embedding was
+    targeted, or the vocabulary resized): the base weight (and bias) of embedding targets and of the input
+    and output embeddings — under ``.base_layer.`` when targeted, as they are otherwise."""
+    found = {}
+    for path in targets:
         module = model.get_submodule(path)
         if layer_kind(module) == "embedding":
-            shapes[base_weight_key(path)] = tuple(module.weight.shape)
-    return shapes
+            found[base_weight_key(path)] = module.weight
+    names = {id(m): n for n, m in model.named_modules()}
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        module = getattr(model, get)() if callable(getattr(model, get, None)) else None
+        if not isinstance(module, nn.Module) or id(module) not in names:
+            continue
+        path = names[id(module)]
+        inner = f"{path}.base_layer" if path in targets else path
+        for key, tensor in module.named_parameters(recurse=False):
+            found[f"{PREFIX}{inner}.{key}"] = tensor
+    return found
+
+
+def _optional_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
+    """Shapes of the base tensors PEFT may save alongside the adapter (`embedding_weights`)."""
+    return {key: tuple(t.shape) for key, t in embedding_weights(model, match_targets(model, cfg)).items()}
 
 
 def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
@@ -342,7 +358,9 @@ def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int
         )
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
-            raise AdapterError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, this model needs {shape}.")
+            resize = (f" The adapter's vocabulary has {tensors[key].shape[0]} rows: resize the model first, "
+                      f"model.resize_token_embeddings({tensors[key].shape[0]}).") if key in optional else ""
+            raise AdapterError(f"{where}: {key} has shape {tuple(tensors[key].shape)}, this model needs {shape}.{resize}")
         if tensors[key].is_floating_point() == (key in integers):
             wanted = "integer" if key in integers else "floating point (float32, float16 or bfloat16)"
             raise AdapterError(f"{where}: {key} holds {tensors[key].dtype} values; this model needs {wanted} values "
@@ -371,6 +389,10 @@ def load_adapter(
     cfg, tensors = read_adapter_dir(directory)
     where = str(Path(directory) / WEIGHTS_FILE)
     _check_tensors(tensors, expected_shapes(model, cfg), _optional_shapes(model, cfg), integer_keys(model, cfg), where)
+    with torch.no_grad():  # base embedding tensors first: a PiSSA/OLoRA init in inject starts from them
+        for key, tensor in embedding_weights(model, match_targets(model, cfg)).items():
+            if key in tensors:
+                tensor.copy_(tensors[key])
     targets = inject(model, cfg, name=name, activate=activate, trainable=trainable)
     with torch.no_grad():
         for path, module in adapter_modules(model):
@@ -382,8 +404,6 @@ def load_adapter(
                 module.lora_B[name].copy_(tensors[keys["B"]])
                 if "m" in keys:
                     module.lora_magnitude[name].copy_(tensors[keys["m"]])
-                if base_weight_key(path) in tensors:
-                    module.weight.copy_(tensors[base_weight_key(path)])
             else:
                 prefix = f"{PREFIX}{path}."
                 state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
