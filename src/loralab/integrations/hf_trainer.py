@@ -32,5 +32,5 @@ class SaveAdapterCallback(TrainerCallback):
     def on_save(self, args, state, control, model=None, **kwargs):
         if model is not None and state.is_world_process_zero:
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            ll.save_adapter(getattr(model, "module", model), os.path.join(checkpoint, ADAPTER_DIR), name=self.name)
+            ll.save_adapter(model, os.path.join(checkpoint, ADAPTER_DIR), name=self.name)  # DDP: unwrapped there
         return control

@@ -339,11 +339,6 @@ def embedding_weights(model: nn.Module, targets: list[str]) -> dict[str, nn.Para
     return found
 
 
-def _optional_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
-    """Shapes of the base tensors PEFT may save alongside the adapter (`embedding_weights`)."""
-    return {key: tuple(t.shape) for key, t in embedding_weights(model, match_targets(model, cfg)).items()}
-
-
 def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int, ...]],
                    optional: dict[str, tuple[int, ...]], integers: set[str], where: str) -> None:
     missing = sorted(set(shapes) - set(tensors))
@@ -388,9 +383,11 @@ def load_adapter(
     check_adapter_name(model, name, new=True)
     cfg, tensors = read_adapter_dir(directory)
     where = str(Path(directory) / WEIGHTS_FILE)
-    _check_tensors(tensors, expected_shapes(model, cfg), _optional_shapes(model, cfg), integer_keys(model, cfg), where)
+    base_tensors = embedding_weights(model, match_targets(model, cfg))  # what PEFT may save besides the adapter
+    _check_tensors(tensors, expected_shapes(model, cfg), {k: tuple(t.shape) for k, t in base_tensors.items()},
+                   integer_keys(model, cfg), where)
     with torch.no_grad():  # base embedding tensors first: a PiSSA/OLoRA init in inject starts from them
-        for key, tensor in embedding_weights(model, match_targets(model, cfg)).items():
+        for key, tensor in base_tensors.items():
             if key in tensors:
                 tensor.copy_(tensors[key])
     targets = inject(model, cfg, name=name, activate=activate, trainable=trainable)
