@@ -141,6 +141,25 @@ def test_allocated_ranks_sum_to_the_budget():
     assert ranks["d"] > ranks["b"] > ranks["a"] >= ranks["c"] == 1
 
 
+def test_layers_of_an_adapter_file_come_in_model_order(tmp_path):
+    """Safetensors lists keys alphabetically (layer 10 before layer 2); measurements, `info` and composed
+    configs list layers as the model does."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from loralab.compose.adapters import compose
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=12,
+                                                     num_attention_heads=2, intermediate_size=8))
+    ll.inject(model, ll.LoraConfig(r=2, alpha=2, targets=["query"], init="gaussian"))
+    ll.save_adapter(model, tmp_path / "a")
+    in_model = [path for path, module in model.named_modules() if isinstance(module, ll.LoraLayer)]
+    assert in_model[2] == "bert.encoder.layer.2.attention.self.query"
+    assert list(factors(tmp_path / "a")) == in_model
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["target_modules"] == in_model
+    compose([tmp_path / "a", tmp_path / "a"], [1.0, 1.0], tmp_path / "c", method="cat", head="sum")
+    assert json.loads((tmp_path / "c" / "adapter_config.json").read_text())["target_modules"] == in_model
+
+
 @pytest.fixture
 def adapter_pair(tmp_path):
     """The same trained adapter saved by loralab and re-saved by PEFT, with the base model on disk."""

@@ -138,6 +138,12 @@ def check_alpha(alpha, where: str, error=AdapterError) -> None:
                 "loralab compose DIR --weights -1 --out NEW.")
 
 
+def exact_pattern(values: dict[str, float]) -> dict[str, float]:
+    """``{module path: value}`` as ``rank_pattern``/``alpha_pattern`` keys that each match that one module
+    (the path with its regex characters escaped; a key matches the end of a name at a '.')."""
+    return {re.escape(path): value for path, value in values.items()}
+
+
 def _pattern_key(patterns: dict, module_name: str) -> Optional[str]:
     """First key whose regex matches the end of ``module_name`` at a name boundary (PEFT rule)."""
     for key in patterns:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 from typing import Iterator, Union
 
 from torch import nn
@@ -24,6 +25,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def in_model_order(paths) -> list[str]:
+    """Module paths sorted as a model lists its blocks: 'layers.2.…' before 'layers.10.…' (the digit runs
+    compare as numbers). Adapter files list their keys alphabetically, which puts layer 10 before layer 2."""
+    return sorted(paths, key=lambda path: [int(part) if part.isdigit() else part
+                                           for part in re.split(r"(\d+)", path)])
 
 
 def on_inner_module(fn):

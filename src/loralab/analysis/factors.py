@@ -91,6 +91,7 @@ def _live_factors(model: nn.Module, name: str, residual_ok: bool = False) -> dic
 
 
 def _directory_factors(directory: Path, residual_ok: bool = False) -> dict[str, Factors]:
+    from loralab.adapters.registry import in_model_order
     from loralab.io.peft_format import read_adapter_dir, split_adapter_tensors
 
     cfg, tensors = read_adapter_dir(directory)
@@ -99,7 +100,8 @@ def _directory_factors(directory: Path, residual_ok: bool = False) -> dict[str, 
     conv1d = adapter_meta(directory).get("fan_in_fan_out", False)
     modules, _ = split_adapter_tensors(tensors)
     out = {}
-    for path, parts in sorted(modules.items()):
+    for path in in_model_order(modules):
+        parts = modules[path]
         if "A" not in parts or "B" not in parts:
             raise AdapterError(f"{directory}: {path} has {sorted(k for k in parts if k != 'embedding')}; "
                                "an adapted layer needs both lora_A and lora_B.")

@@ -36,6 +36,8 @@ def plot_spectra(result: dict, path: Path) -> Path:
     """σ_i/σ_1 against i, the median over layers, one line per source (log-log)."""
     import statistics
 
+    from matplotlib import ticker
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name, report in result["sources"].items():
@@ -46,6 +48,8 @@ def plot_spectra(result: dict, path: Path) -> Path:
         ax.plot(range(1, n + 1), curve, marker=".", label=f"{name} (median k@90 = {k90:g})")
     ax.set(xscale="log", yscale="log", xlabel="singular value index i", ylabel="σ_i / σ_1 (median over layers)",
            title="Singular spectrum of ΔW")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))  # 2, 4, 8 rather than 2×10⁰
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}" if str(int(x))[0] in "25" else ""))
     ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -134,7 +138,7 @@ def markdown(result: dict, images: dict[str, str]) -> str:
     for name, report in result["sources"].items():
         s = report["summary"]
         lines.append(f"| {name} | {report['kind']} | {s['layers']} | {fmt(s['k90_median'], 'g')} | "
-                     f"{fmt(s['effective_rank_median'], '.2f')} | {fmt(s['amplification_median'], '.1f')} | "
+                     f"{fmt(s['effective_rank_median'], '.2f')} | {fmt(s['amplification_median'], '.3g')} | "
                      f"{s['intruders_total']} | {fmt(s['delta_m_median'], '.3g')} | {fmt(s['delta_d_median'], '.3g')} |")
     lines += ["", "Amplification (LoRA §7.3): ‖ΔW‖_F / ‖UᵀW0V‖_F with U, V the update's top-r singular vectors; "
               "next to ‖UᵀW0V‖_F for W0's own top-r directions and for random ones (medians over layers):", "",
@@ -146,7 +150,7 @@ def markdown(result: dict, images: dict[str, str]) -> str:
             med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}
             lines.append(f"| {name} | {med['r']} | {med['delta_frobenius']:.3g} | {med['w_on_delta_directions']:.3g} | "
                          f"{med['w_on_own_directions']:.3g} | {med['w_on_random_directions']:.3g} | "
-                         f"{med['amplification']:.1f} |")
+                         f"{med['amplification']:.3g} |")
     if result["pairs"]:
         lines += ["", "Subspace similarity of input directions (LoRA §7.2), mean over shared layers:", "",
                   "| pair | layers | φ(1,1) | random E φ(1,1) |", "|---|---:|---:|---:|"]

@@ -16,12 +16,13 @@ must say ``sum`` (Σ w_i·head_i, heads of equal shape), ``keep:N`` (adapter N's
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
 import torch
 
+from loralab.adapters.config import exact_pattern
+from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, adapter_meta, factors
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
@@ -108,13 +109,13 @@ def adapter_config(result: dict[str, Factors], heads: dict, metas: list[dict]) -
 
     ranks = {p: f.rank for p, f in result.items()}
     r = max(set(ranks.values()), key=list(ranks.values()).count)
-    odd = {re.escape(p): k for p, k in ranks.items() if k != r}
+    odd = exact_pattern({p: k for p, k in ranks.items() if k != r})
     modules = sorted({k.rsplit(".", 1)[0] for k in heads})
-    cfg = LoraConfig(r=r, alpha=float(r), targets=sorted(result), rank_pattern=odd,
+    cfg = LoraConfig(r=r, alpha=float(r), targets=in_model_order(result), rank_pattern=odd,
                      alpha_pattern={key: float(k) for key, k in odd.items()}, modules_to_save=modules)
     conv1d = any(m.get("fan_in_fan_out") for m in metas)
     tasks = {m.get("task_type") for m in metas}  # kept when every source agrees
-    return peft_config_dict(cfg, sorted(result), conv1d, metas[0].get("base_model_name_or_path"),
+    return peft_config_dict(cfg, in_model_order(result), conv1d, metas[0].get("base_model_name_or_path"),
                             tasks.pop() if len(tasks) == 1 else None)
 
 

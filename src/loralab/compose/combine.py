@@ -25,6 +25,7 @@ from typing import Optional
 
 import torch
 
+from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors
 from loralab.analysis.spectra import low_rank_svd
 from loralab.errors import AdapterError
@@ -55,7 +56,7 @@ def check_composable(adapters: list[dict[str, Factors]], weights: list[float]) -
 def cat(adapters: list[dict[str, Factors]], weights: list[float]) -> dict[str, Factors]:
     """The exact weighted sum, factors stacked: rank Σ r_i per layer, scale folded into B."""
     check_composable(adapters, weights)
-    paths = sorted({p for adapter in adapters for p in adapter})
+    paths = in_model_order({p for adapter in adapters for p in adapter})
     out = {}
     for path in paths:
         groups: list[tuple[torch.Tensor, torch.Tensor]] = []  # (A, Σ w·s·B) per distinct A

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, delta_weight
 from loralab.compose.combine import check_composable
 from loralab.errors import AdapterError
@@ -78,7 +79,7 @@ def merge_dense(adapters: list[dict[str, Factors]], weights: list[float], merge,
     """Apply ``merge(taus, weights)`` layer by layer; a layer only some adapters have uses theirs."""
     check_composable(adapters, weights)
     out, errors = {}, {}
-    for path in sorted({p for a in adapters for p in a}):
+    for path in in_model_order({p for a in adapters for p in a}):
         parts = [(a[path], w) for a, w in zip(adapters, weights) if path in a]
         merged = merge([delta_weight(f) for f, _ in parts], [w for _, w in parts])
         out[path], errors[path] = refactor(merged, parts[0][0].kind, rank, energy)

@@ -14,6 +14,7 @@ import statistics
 
 import torch
 
+from loralab.adapters.config import exact_pattern
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import Context
 from loralab.experiments.stats import mean_ci, paired
@@ -51,7 +52,7 @@ def allocated_vs_uniform(ctx: Context, probes: dict[str, dict]) -> dict:
                                      budget=8 * len(probes[task]["layers"])) for task in ctx.tasks}
     pairs = {(task, seed): (plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora")),
                             plan.lora_unit(task, ctx.sizes, seed, ctx.lr("lora"),
-                                           rank_pattern=plan.escaped_paths(patterns[task]), tag="-probe"))
+                                           rank_pattern=exact_pattern(patterns[task]), tag="-probe"))
              for task in ctx.tasks for seed in ctx.seeds}
     results = ctx.run([unit for pair in pairs.values() for unit in pair])  # one batch: both workers stay busy
     uniform, allocated, per_task = {}, {}, {}

@@ -9,7 +9,6 @@ rates come from the ``lr`` stage: a sweep on the *validation* split of two tasks
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -95,11 +94,6 @@ def lr_units(sizes: Sizes, m: int) -> dict[str, list[Unit]]:
         if task == LR_TASKS[0]:  # SAID's lr on one task: its runs cost the most
             units["said"] += [said_unit(task, sizes, 0, 1000, lr, m) for lr in LR_GRID["said"]]
     return units
-
-
-def escaped_paths(ranks: dict[str, int]) -> dict[str, int]:
-    """{module path: r} as rank_pattern keys that match exactly that module."""
-    return {re.escape(path): r for path, r in ranks.items()}
 
 
 SMOLLM2_LR_GRID = {"lora": (1e-3, 3e-3), "full": (1e-5, 5e-5)}  # chosen by validation loss (claim 8)

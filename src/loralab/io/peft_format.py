@@ -32,7 +32,7 @@ from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import inject, match_modules_to_save, match_targets
 from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, on_inner_module
+from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, in_model_order, on_inner_module
 from loralab.errors import AdapterError
 from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 
@@ -156,7 +156,7 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
     name, so PEFT adapts exactly the same modules whatever the matching rule was."""
     layers = {path: m for path, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
-    return peft_config_dict(cfg, sorted(layers), any(m.kind == "conv1d" for m in layers.values()), base_name,
+    return peft_config_dict(cfg, in_model_order(layers), any(m.kind == "conv1d" for m in layers.values()), base_name,
                             task_type(model))
 
 
