@@ -61,3 +61,36 @@ def test_probe_predicts_ranks_per_layer(tiny):
         assert set(ranks) == {"gradient", "gradient_covariance", "activation"}
         assert 1 <= ranks["gradient"] <= 32 and 1 <= ranks["activation"] <= 32
     assert set(result["predicted_rank"]) == {"gradient", "gradient_covariance", "activation"}
+
+
+def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
+    """`loralab probe` → rank_pattern.json (r × layers rank units by gradient rank) → `loralab train
+    --rank-pattern FILE`: the adapter has exactly the allocated ranks, and the run's config the pattern itself."""
+    from loralab.analysis.factors import factors
+
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", tiny["model"], "--data", tiny["data"], "--batches", "2", "--batch-size", "8",
+                 "--head-steps", "5", "--r", "3", "--out", str(out)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    result = json.loads((out / "probe.json").read_text())
+    allocated = result["allocated_rank"]
+    assert len(allocated) == 4 and sum(allocated.values()) == 3 * 4 and min(allocated.values()) >= 1
+    assert (out / "probe.png").stat().st_size > 5000 and "| allocated |" in (out / "probe.md").read_text()
+    command = printed["train"].split()
+    assert command[:2] == ["loralab", "train"] and command[-2:] == ["--rank-pattern", str(out / "rank_pattern.json")]
+    assert main(train_args(tiny, tmp_path / "run", "--epochs", "1", "--max-train", "16", *command[-2:])) == 0
+    assert {path: f.rank for path, f in factors(tmp_path / "run" / "adapter").items()} == allocated
+    kept = json.loads((tmp_path / "run" / "config.json").read_text())["rank_pattern"]
+    assert json.loads(kept) == json.loads((out / "rank_pattern.json").read_text())
+
+
+def test_a_rank_pattern_file_that_cannot_be_read(tiny, tmp_path, capsys):
+    code = main(train_args(tiny, tmp_path / "run", "--rank-pattern", str(tmp_path / "missing.json")))
+    assert code == 2 and (f"--rank-pattern {tmp_path / 'missing.json'}: cannot read the file (No such file or "
+                          "directory); give a JSON object like '{\"query\": 4}' or the path of a .json file holding "
+                          "one.") in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[4, 2]")
+    code = main(train_args(tiny, tmp_path / "run", "--alpha-pattern", str(tmp_path / "list.json")))
+    assert code == 2 and "--alpha-pattern must be a JSON object {regex: number}, got '[4, 2]'." in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+

@@ -310,10 +310,12 @@ def probe_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from loralab.analysis.probe import ProbeConfig, write_probe
+    from loralab.analysis.probe import PATTERN_FILE, ProbeConfig, train_command, write_probe
 
-    result = write_probe(ProbeConfig(**dataclass_values(ProbeConfig, args)))
-    print(json.dumps({"predicted_rank": result["predicted_rank"], "seconds": round(result["seconds"], 1)}, indent=2))
+    cfg = ProbeConfig(**dataclass_values(ProbeConfig, args))
+    result = write_probe(cfg)
+    print(json.dumps({"predicted_rank": result["predicted_rank"], "rank_pattern": str(Path(cfg.out) / PATTERN_FILE),
+                      "train": train_command(cfg), "seconds": round(result["seconds"], 1)}, indent=2, ensure_ascii=False))
     return 0
 
 

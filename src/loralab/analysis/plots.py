@@ -177,3 +177,26 @@ def write_report(result: dict, out: Path) -> dict[str, str]:
         images[f"φ {key}"] = plot_phi(pair, out / f"phi_{safe(pair['first'])}__{safe(pair['second'])}.png").name
     (out / "analysis.md").write_text(markdown(result, images))
     return images
+
+
+def plot_probe(result: dict, path: Path) -> Path:
+    """`loralab probe`: each predictor's rank per layer (top, log scale) and the allocated ranks (bottom)."""
+    plt = pyplot()
+    layers = list(result["layers"])
+    x = range(len(layers))
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(min(16.0, 3.0 + 0.3 * len(layers)), 5.2),
+                                      gridspec_kw={"height_ratios": [1.4, 1]})
+    for key, marker in (("gradient", "o"), ("gradient_covariance", "s"), ("activation", "^")):
+        top.plot(x, [result["layers"][p][key] for p in layers], marker=marker, markersize=4, linewidth=1,
+                 label=f"{key.replace('_', ' ')} (median {result['predicted_rank'][key]:g})")
+    energy = result["config"]["energy"]
+    top.set(yscale="log", ylabel=f"rank at {energy:.0%} energy", title="Rank probe: what each layer's update needs")
+    top.legend(fontsize=7)
+    allocated = [result["allocated_rank"][p] for p in layers]
+    bottom.bar(x, allocated, color="tab:gray")
+    mean_r = result["config"]["r"]
+    bottom.axhline(mean_r, color="tab:red", linestyle="--", linewidth=1, label=f"uniform r = {mean_r}")
+    bottom.set(ylabel="allocated rank")
+    bottom.legend(fontsize=7)
+    bottom.set_xticks(list(x), short_names(layers), rotation=90, fontsize=6)
+    return save(fig, path)

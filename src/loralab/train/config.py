@@ -34,8 +34,9 @@ class TrainConfig:
         targets: Comma-separated module names (exact or .suffix), 'all-linear', or a regex. Default: the
             attention query and value projections for lora/dora, every tensor for did/said.
         rank_pattern: JSON object {regex: rank} overriding --r for modules whose name ends with the regex
-            (PEFT's rank_pattern), e.g. '{"output\\.dense": 4}'.
-        alpha_pattern: JSON object {regex: alpha}, like --rank-pattern for --alpha.
+            (PEFT's rank_pattern), e.g. '{"output\\.dense": 4}', or a .json file holding one (e.g. `loralab
+            probe`'s rank_pattern.json); the run's config keeps the object.
+        alpha_pattern: JSON object {regex: alpha} or a .json file, like --rank-pattern for --alpha.
         rslora: Scale by alpha/sqrt(r) (rank-stabilised LoRA).
         init: LoRA/DoRA initialisation: default (A Kaiming-uniform, B = 0), gaussian, pissa (A, B from W's
             top-r singular directions; W keeps the residual) or olora (from W's QR factors; Linear layers).
@@ -139,6 +140,7 @@ class TrainConfig:
         if self.dropout >= 1:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}.")
         for name in ("rank_pattern", "alpha_pattern"):
+            setattr(self, name, _pattern_from_file(name, getattr(self, name)))
             self.pattern(name)
         if self.init != "default" and not method.trains_adapter:
             raise ConfigError(f"--init {self.init} sets up a LoRA/DoRA adapter; --method {self.method} has none.")
@@ -166,7 +168,8 @@ class TrainConfig:
         try:
             value = json.loads(text) if isinstance(text, str) else text
         except json.JSONDecodeError as err:
-            raise ConfigError(f"--{flag(name)} must be a JSON object like '{{\"query\": 4}}', got {text!r} ({err}).") from None
+            raise ConfigError(f"--{flag(name)} must be a JSON object like '{{\"query\": 4}}' or a .json file holding "
+                              f"one, got {text!r} ({err}).") from None
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise ConfigError(f"--{flag(name)} must be a JSON object {{regex: number}}, got {text!r}.")
         return value
@@ -199,6 +202,22 @@ class TrainConfig:
 
 def flag(name: str) -> str:
     return name.replace("_", "-")
+
+
+def _pattern_from_file(name: str, value):
+    """A --rank-pattern / --alpha-pattern given as a path to a .json file → that file's JSON text, so the run's
+    config holds the pattern itself (and --resume compares patterns, not file names)."""
+    if not isinstance(value, str) or value.lstrip().startswith("{") or not value.endswith(".json"):
+        return value
+    try:
+        text = Path(value).read_text()
+        json.loads(text)
+    except OSError as err:
+        raise ConfigError(f"--{flag(name)} {value}: cannot read the file ({err.strerror}); give a JSON object "
+                          "like '{\"query\": 4}' or the path of a .json file holding one.") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--{flag(name)} {value}: not JSON ({err}).") from None
+    return json.dumps(json.loads(text))
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
