@@ -185,11 +185,30 @@ def test_run_directory_as_positional_or_flag(finished, tmp_path, capsys):
 
 
 def test_info_reads_a_run_or_its_adapter(finished, capsys):
-    by_run, by_adapter = run(["info", finished], capsys), run(["info", finished / "adapter"], capsys)
+    by_run, by_adapter = run(["info", finished, "--json"], capsys), run(["info", finished / "adapter", "--json"], capsys)
     assert by_run[0] == by_adapter[0] == 0 and json.loads(by_run[1]) == json.loads(by_adapter[1])
     summary = json.loads(by_run[1])
     assert summary["config"]["r"] == json.loads((finished / "config.json").read_text())["r"]
     assert summary["modules"] and all(m["delta_norm"] > 0 for m in summary["modules"].values())
+    code, text, _ = run(["info", finished], capsys)  # for people: the config in a few lines, one row per module
+    lines = text.splitlines()
+    assert code == 0 and lines[0] == (f"{finished / 'adapter'}: LoRA, 4 adapted modules, {summary['parameters']:,} "
+                                      f"parameters in {summary['tensors']} tensors")
+    assert lines[1] == "r 8, alpha 16 (scale alpha/r), dropout 0, init default"
+    assert lines[2] == f"base model: {summary['base_model']}" and summary["base_model"]
+    rows = {line.split()[0]: line.split()[1:] for line in lines[lines.index("") + 2:]}
+    assert list(rows) == list(summary["modules"])
+    for path, (kind, rank, scale, norm) in rows.items():
+        assert (kind, int(rank), float(scale)) == ("linear", 8, 2.0)
+        assert float(norm) == pytest.approx(summary["modules"][path]["delta_norm"], rel=1e-3)
+
+
+def test_output_into_a_closed_pipe_ends_quietly(finished):
+    """`loralab info RUN | head -1` when head has already gone: no traceback, exit status 141 (128 + SIGPIPE)."""
+    code = ("import os, sys\nfrom loralab.cli import main\nread, write = os.pipe()\nos.close(read)\n"
+            f"os.dup2(write, 1)\nsys.exit(main(['info', {str(finished)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert (proc.returncode, proc.stderr) == (141, "")
 
 
 def test_adapter_commands_on_a_run_without_an_adapter(tiny, tmp_path, capsys):

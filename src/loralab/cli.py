@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from dataclasses import MISSING, fields
@@ -20,6 +21,7 @@ from loralab.errors import ConfigError, LoralabError
 from loralab.train.config import TrainConfig, field_help
 
 INTERRUPTED = 130
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
 
 
 # ----- dataclass ↔ flags ---------------------------------------------------------------------------
@@ -208,13 +210,17 @@ def info_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors), "
                                         "or a LoRA/DoRA run (its adapter/)")
     parser.add_argument("--model", help="the base model (needed for DoRA's ΔW; default: the adapter's base_model_name_or_path)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON (config, parameters, per-module "
+                                                            "kind, rank, scaling, dora, delta_norm)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from loralab.analysis.summary import adapter_summary
+    from loralab.analysis.summary import adapter_summary, summary_text
     from loralab.compose.adapters import adapter_dir
 
-    print(json.dumps(adapter_summary(adapter_dir(args.adapter), model=args.model), indent=2, ensure_ascii=False))
+    directory = adapter_dir(args.adapter)
+    summary = adapter_summary(directory, model=args.model)
+    print(json.dumps(summary, indent=2, ensure_ascii=False) if args.json else summary_text(summary, str(directory)))
     return 0
 
 
@@ -430,6 +436,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"loralab {args.command}: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:  # whoever read stdout stopped (`loralab info RUN | head`): end quietly, as `cat` does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        return BROKEN_PIPE
 
 
 if __name__ == "__main__":
