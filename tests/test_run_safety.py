@@ -270,3 +270,29 @@ def test_ctrl_c_prints_the_resume_command_and_resume_is_bit_identical(tiny, fini
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     whole, again = adapter_tensors(finished), adapter_tensors(tmp_path / "int")
     assert whole.keys() == again.keys() and all((whole[k] == again[k]).all() for k in whole)
+
+
+def test_compare_lists_runs_side_by_side_and_unfinished_ones(tiny, finished, tmp_path, capsys):
+    assert main(quick(tiny, tmp_path / "r2", "--r", "2", "--seed", "1")) == 0
+    shutil.copytree(finished, tmp_path / "stopped")
+    (tmp_path / "stopped" / "result.json").unlink()  # as a run killed after its last checkpoint
+    assert main(["merge", str(finished), "--out", str(tmp_path / "merged")]) == 0  # an HF config.json: not a run
+    capsys.readouterr()
+    code, out, err = run(["compare", finished, tmp_path / "r2", tmp_path / "stopped", tmp_path / "merged"], capsys)
+    assert code == 0 and err == (f"loralab compare: skipped {tmp_path / 'merged'}: not a run directory (no `loralab "
+                                 "train` config.json)\n")
+    lines = out.splitlines()
+    assert lines[0] == f"All runs: method lora, model {tiny['model']}, data {tiny['data']} (the other shared settings: --json)"
+    assert lines[2] == ("| run | r | seed | trainable | best epoch | val loss | val accuracy | val macro_f1 | test loss | "
+                        "test accuracy | test macro_f1 | s | MB |")
+    result = json.loads((tmp_path / "r2" / "result.json").read_text())
+    cells = lines[5].strip("| ").split(" | ")
+    assert cells[:4] == [str(tmp_path / "r2"), "2", "1", f"{result['trainable_params']:,} "
+                         f"({100 * result['trainable_params'] / result['total_params']:.2g}%)"]
+    assert float(cells[9]) == pytest.approx(result["test"]["accuracy"], abs=1e-4)
+    assert lines[6].startswith(f"| {tmp_path / 'stopped'} | 8 | 0 | stopped: step 18, epoch 1 of 1 (--resume) |")
+    table = json.loads(run(["compare", finished, tmp_path / "r2", "--json"], capsys)[1])
+    assert table["varying"] == ["r", "seed"] and table["common"]["method"] == "lora" and len(table["rows"]) == 2
+    code, _, err = run(["compare", tmp_path / "merged"], capsys)
+    assert code == 2 and "is a run directory (the --out of `loralab train`, holding its config.json)" in err
+

@@ -206,6 +206,21 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run directories (`loralab train --out`), e.g. runs/*")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON (every field of every run)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from loralab import runs
+
+    table = runs.compare_runs(args.runs)
+    for path in table["skipped"]:
+        print(f"loralab compare: skipped {path}: not a run directory (no `loralab train` config.json)", file=sys.stderr)
+    print(json.dumps(table, indent=2, ensure_ascii=False) if args.json else runs.comparison_markdown(table))
+    return 0
+
+
 def info_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors), "
                                         "or a LoRA/DoRA run (its adapter/)")
@@ -377,6 +392,8 @@ COMMANDS = {
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
     "predict": (cmd_predict, predict_flags, "labels with probabilities, or generated answers, for new inputs (JSON lines)"),
     "merge": (cmd_merge, merge_flags, "merge a run's update into a plain Hugging Face model directory"),
+    "compare": (cmd_compare, compare_flags, "runs side by side: the settings that differ, parameters, metrics, time; "
+                                            "unfinished runs and where they stopped"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),
     "study": (cmd_study, study_flags, "the quick study (claim 1 on MiniLM/movie), or --full: every claim, with a report"),
     "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),

@@ -186,3 +186,89 @@ def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional
     if task == "classification":
         return classify(net, tokenizer, labels, inputs, max_length, batch_size)
     return answer(net, tokenizer, inputs, max_new_tokens, max_length)
+
+
+# ----- comparing runs ------------------------------------------------------------------------------
+SHOWN_ALWAYS = ("method", "model", "data")
+NOT_COMPARED = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every")
+
+
+def run_row(run: Path) -> dict:
+    """One run's config, status and (when finished) its parameters, metrics, time and memory."""
+    from loralab.train.checkpoint import STATE_FILE
+
+    cfg = json.loads((run / "config.json").read_text())
+    row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED}}
+    result_path, state_path = run / "result.json", run / "checkpoint" / STATE_FILE
+    if result_path.exists():
+        result = json.loads(result_path.read_text())
+        row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
+                   best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
+                   seconds=result["wall_time_s"], peak_mb=result.get("peak_memory_mb"))
+    elif state_path.exists():
+        state = json.loads(state_path.read_text())
+        row["status"] = f"stopped: step {state['step']}, epoch {state['epoch']} of {cfg['epochs']} (--resume)"
+    else:
+        row["status"] = "no checkpoint yet (running, or stopped in its first epoch)"
+    return row
+
+
+def is_run(path: Path) -> bool:
+    """A `loralab train --out` directory: its config.json holds TrainConfig fields (a model's does not)."""
+    from dataclasses import fields
+
+    try:
+        saved = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(saved, dict) and "method" in saved and set(saved) <= {f.name for f in fields(TrainConfig)}
+
+
+def compare_runs(paths: list[str | Path]) -> dict:
+    """Runs side by side: {"common": config values every run shares, "varying": the fields that differ,
+    "rows": `run_row` of each, "skipped": directories that are not runs}."""
+    runs, skipped = [], []
+    for path in map(Path, paths):
+        (runs if is_run(path) else skipped).append(path)
+    if not runs:
+        raise DataError(f"none of {[str(p) for p in paths]} is a run directory (the --out of `loralab train`, "
+                        "holding its config.json).")
+    rows = [run_row(run) for run in runs]
+    fields = list(rows[0]["config"])
+    values = {f: [json.dumps(r["config"].get(f), sort_keys=True) for r in rows] for f in fields}
+    varying = [f for f in fields if len(set(values[f])) > 1]
+    common = {f: rows[0]["config"][f] for f in fields if f not in varying}
+    return {"common": common, "varying": varying, "rows": rows, "skipped": [str(p) for p in skipped]}
+
+
+def comparison_markdown(table: dict) -> str:
+    """`compare_runs` as a Markdown table: the shared settings above it, one row per run with the fields
+    that differ, trainable parameters, the validation and test metrics, wall time and peak memory."""
+    common, rows = table["common"], table["rows"]
+    shown = [f for f in SHOWN_ALWAYS if f in common]
+    lines = ["All runs: " + ", ".join(f"{f} {common[f]}" for f in shown) + " (the other shared settings: --json)",
+             ""] if shown else []
+    metrics = [(split, key) for split in ("validation", "test") for key in
+               dict.fromkeys(k for r in rows if "test" in r for k in r[split] if k != "n")]
+    header = ["run", *table["varying"], "trainable", "best epoch",
+              *(f"{'val' if split == 'validation' else split} {key}" for split, key in metrics), "s", "MB"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [r["run"], *(cell(r["config"].get(f)) for f in table["varying"])]
+        if r["status"] == "finished":
+            cells += [f"{r['trainable']:,} ({100 * r['trainable'] / r['total']:.2g}%)", str(r["best_epoch"]),
+                      *(cell(r[s].get(k)) for s, k in metrics), f"{r['seconds']:.0f}", cell(r["peak_mb"], ".0f")]
+        else:
+            cells += [r["status"]] + [""] * (len(header) - len(cells) - 1)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cell(value, spec: str = ".4g") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, str) and value.startswith("{"):  # a rank or alpha pattern: its size, not its text
+        return f"{{{len(json.loads(value))} entries}}"
+    if isinstance(value, float):
+        return format(value, spec)
+    return value if isinstance(value, str) else json.dumps(value)
