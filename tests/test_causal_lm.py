@@ -83,4 +83,6 @@ def test_lora_adapter_of_a_causal_run_loads_in_peft(tiny_chat, tmp_path):
     ours = load_run(tmp_path / "lora")[1].eval()
     with torch.no_grad():
         torch.testing.assert_close(ours(input_ids=ids).logits, theirs(input_ids=ids).logits, atol=1e-5, rtol=0)
-    assert predict(str(tmp_path / "lora"), "--text", "hello")[0]["prompt"] == "hello"
+    by_run = predict(str(tmp_path / "lora"), "--text", "hello")
+    assert by_run[0]["prompt"] == "hello"  # the adapter on its own (task_type CAUSAL_LM) answers the same
+    assert predict("--model", tiny_chat["model"], "--adapter", str(tmp_path / "lora" / "adapter"), "--text", "hello") == by_run

@@ -220,6 +220,43 @@ def test_predict_reproduces_the_test_accuracy_and_reads_every_input_form(tiny, t
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
 
 
+def test_predict_and_merge_a_model_plus_an_adapter(tiny, tmp_path, capsys):
+    """--model M --adapter DIR (e.g. a composed adapter): the same probabilities as the run the adapter came
+    from; label names from --labels, else LABEL_i; `merge --model --adapter` writes a model that predicts the same."""
+    from loralab.cli import main
+
+    run, texts = tmp_path / "run", ["a gripping, moving film", "dull and far too long"]
+    assert main(train_args(tiny, run, "--epochs", "1")) == 0
+
+    def predict(*args):
+        capsys.readouterr()
+        assert main(["predict", *args, "--max-length", "32", "--text", texts[0], "--text", texts[1]]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    by_run = predict(str(run))
+    by_adapter = predict("--model", tiny["model"], "--adapter", str(run / "adapter"), "--labels", "negative,positive")
+    assert by_adapter == by_run and by_run[0]["label"] in ("negative", "positive")
+    unnamed = predict("--model", tiny["model"], "--adapter", str(run / "adapter"))
+    assert [list(r["probabilities"].values()) for r in unnamed] == [list(r["probabilities"].values()) for r in by_run]
+    assert set(unnamed[0]["probabilities"]) == {"LABEL_0", "LABEL_1"}
+    assert main(["merge", "--model", tiny["model"], "--adapter", str(run / "adapter"), "--labels", "negative,positive",
+                 "--out", str(tmp_path / "merged")]) == 0
+    assert predict("--model", str(tmp_path / "merged")) == by_run
+    for args, message in (
+        (["predict", str(run), "--adapter", str(run / "adapter"), "--text", "x"],
+         "RUN predicts with the run's own adapter; --adapter goes with --model."),
+        (["predict", str(run), "--labels", "a,b", "--text", "x"],
+         "--labels names the classes of an --adapter's head; a run or a merged model has its own."),
+        (["predict", "--model", tiny["model"], "--adapter", str(run / "adapter"), "--labels", "a,b,c", "--text", "x"],
+         "--labels names 3 labels; the classification head has 2."),
+        (["merge", "--model", tiny["model"], "--adapter", str(run / "adapter"), "--out", str(run / "adapter" / "m")],
+         f"--out {run / 'adapter' / 'm'} is the adapter directory {run / 'adapter'}, inside it or above it"),
+        (["merge", "--model", tiny["model"], "--out", str(tmp_path / "m")], "or --model and --adapter DIR."),
+    ):
+        capsys.readouterr()
+        assert main(args) == 2 and message in capsys.readouterr().err
+
+
 def test_pissa_run_evaluates_and_loads_in_peft_on_the_original_base(tiny, tmp_path):
     """--init pissa: W keeps the residual while training; the saved adapter says so, and both `loralab eval`
     and PEFT rebuild that residual from the original base (same test loss; equal logits, atol 1e-5)."""

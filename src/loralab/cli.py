@@ -174,7 +174,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def predict_flags(parser: argparse.ArgumentParser) -> None:
     run_flags(parser, required=False)
-    parser.add_argument("--model", help="instead of RUN: a model directory with a task head (e.g. from `loralab merge`)")
+    parser.add_argument("--model", help="instead of RUN: a model directory with a task head (e.g. from `loralab merge`), "
+                                        "or any model with --adapter")
+    adapter_flags(parser)
     parser.add_argument("--text", action="append", default=[], help="an input (repeat the flag for several)")
     parser.add_argument("--file", help="inputs: a .txt with one per line (- for standard input), or a .csv/.tsv/.jsonl "
                                        "with a text (sentence, prompt) column")
@@ -189,20 +191,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     inputs = [*args.text, *(data.read_inputs(args.file) if args.file else [])]
     for row in runs.predict(inputs, run=run_dir(args), model=args.model, max_new_tokens=args.max_new_tokens,
-                            batch_size=args.batch_size, max_length=args.max_length):
+                            batch_size=args.batch_size, max_length=args.max_length, adapter=args.adapter,
+                            labels=label_list(args)):
         print(json.dumps(row, ensure_ascii=False))
     return 0
 
 
+def adapter_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", help="with --model: a PEFT-format adapter directory (e.g. from `loralab compose`) "
+                                          "merged into the model first")
+    parser.add_argument("--labels", help="with --adapter: comma-separated class names in the head's order (default: "
+                                         "the model's, else LABEL_0, LABEL_1, …)")
+
+
+def label_list(args: argparse.Namespace) -> Optional[list[str]]:
+    if args.labels is not None and args.adapter is None:
+        raise ConfigError("--labels names the classes of an --adapter's head; a run or a merged model has its own.")
+    return None if args.labels is None else [name.strip() for name in args.labels.split(",")]
+
+
 def merge_flags(parser: argparse.ArgumentParser) -> None:
-    run_flags(parser, required=True)
+    run_flags(parser, required=False)
+    parser.add_argument("--model", help="instead of RUN: the base model an --adapter is merged into")
+    adapter_flags(parser)
     parser.add_argument("--out", required=True, help="a new directory for the merged HF model (outside the run)")
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from loralab import runs
 
-    print(runs.merge_run(run_dir(args), args.out))
+    run, labels = run_dir(args), label_list(args)
+    if run and (args.model or args.adapter):
+        raise ConfigError("RUN merges a finished run; --model and --adapter go without it.")
+    if run:
+        print(runs.merge_run(run, args.out))
+    elif args.model and args.adapter:
+        print(runs.merge_adapter(args.model, args.adapter, args.out, labels))
+    else:
+        raise ConfigError("give the run directory: RUN or --run RUN (a `loralab train --out` directory), or --model "
+                          "and --adapter DIR.")
     return 0
 
 

@@ -14,7 +14,7 @@ from loralab import data as datasets
 from loralab import models
 from loralab.errors import ConfigError, DataError
 from loralab.io.atomic import atomic_directory
-from loralab.io.peft_format import CONFIG_FILE
+from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, split_adapter_tensors
 from loralab.methods import get_method
 from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
@@ -80,14 +80,14 @@ def evaluate_splits(net, tokenizer, labels, task, data, seed, max_eval, max_leng
     return results
 
 
-def check_merge_out(run: Path, out: Path) -> None:
-    """The merged model goes to a new (or empty) directory outside the run."""
+def check_merge_out(run: Path, out: Path, kind: str = "run") -> None:
+    """The merged model goes to a new (or empty) directory outside the run (or adapter directory)."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a new directory for the merged model.")
     resolved_run, resolved_out = run.resolve(), out.resolve()
     if resolved_out == resolved_run or resolved_run in resolved_out.parents or resolved_out in resolved_run.parents:
-        raise ConfigError(f"--out {out} is the run directory {run}, inside it or above it; merging there would mix the "
-                          "merged model with the run's files. Give a directory outside the run.")
+        raise ConfigError(f"--out {out} is the {kind} directory {run}, inside it or above it; merging there would mix "
+                          f"the merged model with the {kind}'s files. Give a directory outside the {kind}.")
     if out.is_dir() and any(out.iterdir()):
         raise ConfigError(f"--out {out} is not empty; give a new directory for the merged model (nothing was written).")
 
@@ -100,7 +100,20 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
     run, out = Path(run), Path(out)
     check_merge_out(run, out)
     cfg, net, tokenizer, labels, task = load_run(run)
-    net = get_method(cfg.method).merge(net)
+    return save_merged(get_method(cfg.method).merge(net), tokenizer, labels, out)
+
+
+def merge_adapter(model: str, adapter: str | Path, out: str | Path, labels: Optional[list[str]] = None) -> Path:
+    """``model`` with a PEFT-format ``adapter`` merged in, as a plain HF model directory (see `adapter_task`
+    for the task and label names); written like `merge_run`."""
+    adapter, out = Path(adapter), Path(out)
+    check_merge_out(adapter, out, kind="adapter")
+    net, tokenizer, labels, _ = model_with_adapter(model, adapter, labels)
+    return save_merged(net, tokenizer, labels, out)
+
+
+def save_merged(net, tokenizer, labels: list[str], out: Path) -> Path:
+    """Write a merged model (label names in its config) through a temporary directory renamed to ``out``."""
     if labels:
         net.config.id2label = dict(enumerate(labels))
         net.config.label2id = {name: i for i, name in enumerate(labels)}
@@ -110,15 +123,53 @@ def merge_run(run: str | Path, out: str | Path) -> Path:
     return out
 
 
-def model_for_prediction(run: Optional[str | Path] = None, model: Optional[str] = None):
+def adapter_task(model: str, adapter: str | Path, labels: Optional[list[str]]) -> tuple[str, list[str]]:
+    """(task, label names) for ``model`` plus a PEFT-format ``adapter``: a causal LM when the adapter says
+    so (task_type CAUSAL_LM) or carries no head on a causal LM; else a classifier whose label count is
+    the adapter's head's (the smallest output size among its saved head weights: the output layer), named
+    by ``labels``, the model's own label names, or LABEL_0, LABEL_1, … as Hugging Face names them."""
+    cfg, tensors = read_adapter_dir(adapter)
+    heads = {name.split(".")[-1] for name in cfg.modules_to_save}
+    head_sizes = [t.shape[0] for key, t in split_adapter_tensors(tensors)[1].items()
+                  if t.dim() == 2 and heads & set(key.split(".")[:-1])]
+    task_type = json.loads((Path(adapter) / CONFIG_FILE).read_text()).get("task_type")
+    own_task, own_labels = model_task(model)
+    if task_type == "CAUSAL_LM" or (not head_sizes and own_task == "causal_lm"):
+        return "causal_lm", []
+    if not head_sizes and own_task != "classification":
+        raise DataError(f"adapter {adapter} carries no classification head (modules_to_save) and model {model!r} has "
+                        "none of its own: there is nothing to predict labels with. Give the model the adapter was "
+                        "trained on with its head, or a run directory.")
+    count = min(head_sizes) if head_sizes else len(own_labels)
+    if labels is not None and len(labels) != count:
+        raise ConfigError(f"--labels names {len(labels)} labels; the classification head has {count}.")
+    return "classification", labels or (own_labels if len(own_labels) == count else [f"LABEL_{i}" for i in range(count)])
+
+
+def model_with_adapter(model: str, adapter: str | Path, labels: Optional[list[str]] = None):
+    """(``model`` with ``adapter`` merged in, tokenizer, label names, task)."""
+    task, names = adapter_task(model, adapter, labels)
+    net, tokenizer = models.load(model, task, num_labels=len(names) or None)
+    ll.load_adapter(net, adapter)
+    return ll.merge_and_unload(net), tokenizer, names, task
+
+
+def model_for_prediction(run: Optional[str | Path] = None, model: Optional[str] = None,
+                         adapter: Optional[str | Path] = None, labels: Optional[list[str]] = None):
     """(plain model in eval mode, tokenizer, labels, task, token limit) of a run (its update merged in; the
-    run's --max-length), or of a model directory with a task head (a merged run, any HF classifier or causal
-    LM; 128 tokens)."""
+    run's --max-length), of a model plus a PEFT-format adapter (see `adapter_task`; 128 tokens), or of a
+    model directory with a task head (a merged run, any HF classifier or causal LM; 128 tokens)."""
     if (run is None) == (model is None):
-        raise ConfigError("give a run directory (RUN) or --model DIR (a merged run or a classifier / causal LM).")
+        raise ConfigError("give a run directory (RUN) or --model DIR (a merged run or a classifier / causal LM, "
+                          "or any model with --adapter DIR).")
+    if run is not None and adapter is not None:
+        raise ConfigError("RUN predicts with the run's own adapter; --adapter goes with --model.")
     if run is not None:
         cfg, net, tokenizer, labels, task = load_run(run)
         net, max_length = get_method(cfg.method).merge(net), cfg.max_length
+    elif adapter is not None:
+        net, tokenizer, labels, task = model_with_adapter(model, adapter, labels)
+        max_length = 128
     else:
         task, labels = task_of(model)
         net, tokenizer = models.load(model, task)
@@ -126,8 +177,8 @@ def model_for_prediction(run: Optional[str | Path] = None, model: Optional[str] 
     return net.eval(), tokenizer, labels, task, max_length
 
 
-def task_of(model: str) -> tuple[str, list[str]]:
-    """("classification", label names) or ("causal_lm", []) from a model directory's architectures."""
+def model_task(model: str) -> tuple[Optional[str], list[str]]:
+    """("classification", label names), ("causal_lm", []) or (None, []) from a model directory's architectures."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(models.resolve(model))
@@ -136,6 +187,17 @@ def task_of(model: str) -> tuple[str, list[str]]:
         return "classification", [config.id2label[i] for i in range(config.num_labels)]
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return "causal_lm", []
+    return None, []
+
+
+def task_of(model: str) -> tuple[str, list[str]]:
+    """`model_task` of a model that must have a trained task head to predict with."""
+    task, labels = model_task(model)
+    if task is not None:
+        return task, labels
+    from transformers import AutoConfig
+
+    architectures = AutoConfig.from_pretrained(models.resolve(model)).architectures or []
     raise DataError(f"model {model!r} ({', '.join(architectures) or 'no architectures in config.json'}) has no "
                     "trained task head to predict with; give a run directory, or a model merged from one "
                     "(`loralab merge RUN --out DIR`).")
@@ -174,13 +236,14 @@ def answer(net, tokenizer, prompts: list[str], max_new_tokens: int, max_length: 
 
 
 def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional[str] = None,
-            max_new_tokens: int = 64, batch_size: int = 32, max_length: Optional[int] = None) -> list[dict]:
+            max_new_tokens: int = 64, batch_size: int = 32, max_length: Optional[int] = None,
+            adapter: Optional[str | Path] = None, labels: Optional[list[str]] = None) -> list[dict]:
     """Labels with probabilities (classification) or generated responses (causal LM) for ``inputs``;
     ``max_length`` tokens per input (default: the run's, or 128)."""
     if not inputs:
         raise DataError("nothing to predict on: give texts (--text), or --file FILE (a .txt with one per line, "
                         "a .csv/.tsv/.jsonl with a text or prompt column, or - for standard input).")
-    net, tokenizer, labels, task, default_length = model_for_prediction(run, model)
+    net, tokenizer, labels, task, default_length = model_for_prediction(run, model, adapter, labels)
     max_length = max_length or default_length
     models.check_max_length(net, tokenizer, max_length, model or str(run))
     if task == "classification":
