@@ -418,7 +418,8 @@ COMMANDS = {
     "train": (cmd_train, train_flags, "fine-tune a model: full, lora, dora, did or said"),
     "eval": (cmd_eval, eval_flags, "validation and test metrics of a run, or of a model plus an adapter"),
     "predict": (cmd_predict, predict_flags, "labels with probabilities, or generated answers, for new inputs (JSON lines)"),
-    "merge": (cmd_merge, merge_flags, "merge a run's update into a plain Hugging Face model directory"),
+    "merge": (cmd_merge, merge_flags, "merge a run's update (or a PEFT adapter: --model, --adapter) into a plain Hugging "
+                                        "Face model directory"),
     "compare": (cmd_compare, compare_flags, "runs side by side: the settings that differ, parameters, metrics, time; "
                                             "unfinished runs and where they stopped"),
     "info": (cmd_info, info_flags, "config, parameter count and per-layer ‖ΔW‖ of an adapter directory"),

@@ -253,7 +253,7 @@ def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional
 
 # ----- comparing runs ------------------------------------------------------------------------------
 SHOWN_ALWAYS = ("method", "model", "data")
-NOT_COMPARED = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every")
+NOT_COMPARED = ("out", "resume", "overwrite")  # where a run is and how it was started, not what it is
 
 
 def run_row(run: Path) -> dict:
