@@ -199,6 +199,9 @@ def test_analyze_writes_every_plot_and_compares_ranks(adapter_pair, tmp_path):
     result = analyze([str(root / "ours"), str(root / "r8")], tmp_path / "out", model=str(base_dir))
     pair = result["pairs"]["ours vs r8"]
     assert (pair["k1"], pair["k2"]) == (4, 8) and 0 <= pair["mean_top_phi"] <= 1
+    # both injected right after build()'s seed: r = 8 drew r = 4's rows first in the first layer only
+    assert pair["shared_start"] == ["bert.encoder.layer.0.attention.self.query"]
+    assert "**Shared start** (ours vs r8): in 1 of 4 layers" in (tmp_path / "out" / "analysis.md").read_text()
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"analysis.json", "analysis.md", "spectra.png", "effective_rank.png", "k90.png", "intruders.png",
             "magnitude_direction.png", "phi_ours__r8.png"} <= files

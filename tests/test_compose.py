@@ -9,6 +9,7 @@ import torch
 
 import loralab as ll
 from conftest import build, inputs, logits, train_step
+from loralab.analysis import similarity
 from loralab.analysis.factors import delta_weight, factors
 from loralab.compose import adapters as compose_io
 from loralab.compose import combine, geometry, task_arithmetic
@@ -224,6 +225,43 @@ def test_geometry_of_identical_opposite_and_random_adapters(tmp_path):
     assert flipped["max_principal_cosine"] == pytest.approx(1.0, abs=1e-9)
     result = geometry.adapters_geometry({"x": f}, {"x": f})
     assert abs(result["summary"]["random_cosine"]) < 0.3 < result["summary"]["pair_cosine"]
+
+
+def test_output_angles_and_the_distance_between_the_as():
+    from loralab.analysis.factors import Factors
+
+    gen = torch.Generator().manual_seed(4)
+    f = ll_factors(gen, 60, 40, 4)
+    basis = torch.linalg.qr(torch.randn(60, 8, generator=gen, dtype=torch.float64))[0]
+    own, other = Factors(f.A, basis[:, :4], 1.0), Factors(f.A, basis[:, 4:], 1.0)  # orthogonal column spaces
+    assert geometry.pair_geometry(own, other)["max_output_principal_cosine"] == pytest.approx(0.0, abs=1e-12)
+    assert geometry.pair_geometry(own, own)["mean_output_principal_cosine"] == pytest.approx(1.0, abs=1e-12)
+    independent = ll_factors(gen, 60, 40, 4)
+    assert geometry.pair_geometry(f, f)["a_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert abs(geometry.pair_geometry(f, independent)["a_cosine"]) < 4 / (4 * 40) ** 0.5  # ≈ 0, sd 1/√(r·in)
+    assert not geometry.pair_geometry(f, independent)["started_together"]
+    assert similarity.a_cosine(f, ll_factors(gen, 60, 30, 4)) is None  # another input size
+    prefix = Factors(torch.cat([f.A, independent.A]), torch.cat([f.B, independent.B], 1), 1.0)  # r = 8, same first rows
+    assert geometry.pair_geometry(f, prefix)["a_cosine"] == pytest.approx(1.0, abs=1e-12)
+    assert geometry.pair_geometry(f, prefix)["started_together"]
+
+
+@pytest.mark.parametrize("seeds,shared", [((0, 0), True), ((0, 1), False)])
+def test_adapters_started_from_the_same_a_are_flagged(seeds, shared):
+    """Same seed → same initial A; training moves A little, so the input subspaces agree by construction."""
+    trained = []
+    for seed, data_seed in zip(seeds, (10, 11)):  # different data for the two "tasks"
+        model = build("bert")  # (seeds its own weights)
+        torch.manual_seed(seed)
+        ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets=["query", "value"]))
+        for step in range(5):
+            train_step(model, inputs(seed=data_seed + 100 * step))
+        trained.append(factors(model))
+    result = geometry.adapters_geometry(*trained)
+    assert result["shared_start"] is shared
+    cos = result["summary"]["pair_a_cosine"]
+    assert cos > 0.9 if shared else abs(cos) < 4 / (4 * 16) ** 0.5
+    assert abs(result["summary"]["random_a_cosine"]) < 0.5
 
 
 @pytest.mark.parametrize("init", ["pissa", "olora"])

@@ -63,7 +63,7 @@ def trajectory(source: str) -> list[dict]:
 
 
 def analyze_source(source: str, model: Optional[str], rank: Optional[int], bases: BaseSpectra,
-                   intruder_k: int, epsilon: float) -> tuple[dict, dict[str, spectra.SVD]]:
+                   intruder_k: int, epsilon: float) -> tuple[dict, dict[str, spectra.SVD], dict]:
     updates = load_updates(source, model)
     svds, layers = {}, {}
     for path, update in updates.items():
@@ -73,8 +73,9 @@ def analyze_source(source: str, model: Optional[str], rank: Optional[int], bases
         layers[path] = layer_report(update, svds[path], base_svd, r, intruder_k, epsilon)
     kind = "full" if any(u.dense is not None for u in updates.values()) else (
         "dora" if any(u.factors.magnitude is not None for u in updates.values()) else "lora")
+    factors = {path: u.factors for path, u in updates.items() if u.factors is not None}
     return {"source": str(source), "kind": kind, "layers": layers, "trajectory": trajectory(source),
-            "summary": summarize_layers(layers)}, svds
+            "summary": summarize_layers(layers)}, svds, factors
 
 
 def summarize_layers(layers: dict) -> dict:
@@ -109,19 +110,26 @@ def compare_sources(a: dict[str, spectra.SVD], b: dict[str, spectra.SVD], max_k:
             "per_layer_phi": {p: per_layer[p]["phi"] for p in shared}}
 
 
+def shared_start(first: dict, second: dict, layers: list[str]) -> list[str]:
+    """The layers whose two adapters started from the same A rows (same seed: `similarity.started_together`);
+    φ of their input subspaces is high there by construction, not because the updates learned alike."""
+    return [p for p in layers if p in first and p in second and similarity.started_together(first[p], second[p])]
+
+
 def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, names: Optional[list[str]] = None,
             rank: Optional[int] = None, intruder_k: int = 10, epsilon: float = 0.5, plots: bool = True) -> dict:
     """Measure every source, compare every pair, write analysis.json (and the report with ``plots``)."""
     started = time.time()
     names = names or [source_label(s) for s in sources]
-    bases, reports, svds = BaseSpectra(), {}, {}
+    bases, reports, svds, factors = BaseSpectra(), {}, {}, {}
     for name, source in zip(names, sources):
-        reports[name], svds[name] = analyze_source(source, model, rank, bases, intruder_k, epsilon)
+        reports[name], svds[name], factors[name] = analyze_source(source, model, rank, bases, intruder_k, epsilon)
     pairs = {}
     for first, second in itertools.combinations(names, 2):
         found = compare_sources(svds[first], svds[second])
         if found:
-            pairs[f"{first} vs {second}"] = {"first": first, "second": second, **found}
+            pairs[f"{first} vs {second}"] = {"first": first, "second": second, **found,
+                                             "shared_start": shared_start(factors[first], factors[second], found["layers"])}
     result = {"sources": reports, "pairs": pairs, "intruder_k": intruder_k, "epsilon": epsilon,
               "seconds": time.time() - started}
     out = Path(out)

@@ -6,6 +6,11 @@ For ΔW_1, ΔW_2 of one layer (out, in):
   ⟨s_1B_1A_1, s_2B_2A_2⟩_F = s_1s_2·Σ (B_1ᵀB_2) ⊙ (A_1A_2ᵀ), (r_1, r_2) matrices only;
 * principal angles between the input subspaces (row spaces of A_1, A_2): cos θ_k are the singular
   values of Q_1ᵀQ_2, Q_i an orthonormal basis of A_iᵀ; reported as the largest cosine and the mean;
+* the same between the output subspaces (column spaces of B_1, B_2);
+* the cosine of the A's themselves (`similarity.a_cosine`): ≈ 0 for independent initialisations, clearly
+  positive when the adapters started from the same A (the same seed and shapes), since A moves little
+  in training. Their input subspaces then agree by construction, not because the tasks need the same
+  directions; B starts at 0, so the output angles are all learned;
 * sign-conflict rate (TIES, Yadav et al. 2023, §3): among the entries in both updates' top
   ``density`` fraction by magnitude, the share whose signs differ (dense, per layer).
 
@@ -14,9 +19,12 @@ For ΔW_1, ΔW_2 of one layer (out, in):
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from loralab.analysis.factors import Factors
+from loralab.analysis.similarity import a_cosine, started_together
 from loralab.compose.task_arithmetic import trim
 
 
@@ -28,11 +36,17 @@ def cosine(f1: Factors, f2: Factors) -> float:
     return inner / (n1 * n2) if n1 > 0 and n2 > 0 else 0.0
 
 
-def principal_cosines(f1: Factors, f2: Factors) -> torch.Tensor:
-    """cos θ_k between the input subspaces of the two updates, descending."""
-    q1 = torch.linalg.qr(f1.A.double().T)[0]
-    q2 = torch.linalg.qr(f2.A.double().T)[0]
-    return torch.linalg.svdvals(q1.T @ q2)
+def principal_cosines(f1: Factors, f2: Factors, side: str = "input") -> torch.Tensor:
+    """cos θ_k between the input subspaces (row spaces of A) or the output subspaces (column spaces of B)
+    of the two updates, descending."""
+    def basis(f: Factors) -> torch.Tensor:
+        return torch.linalg.qr(f.A.double().T if side == "input" else f.B.double())[0]
+
+    return torch.linalg.svdvals(basis(f1).T @ basis(f2))
+
+
+MEASURES = ("cosine", "max_principal_cosine", "mean_principal_cosine", "max_output_principal_cosine",
+            "mean_output_principal_cosine", "sign_conflict", "a_cosine")
 
 
 def sign_conflicts(f1: Factors, f2: Factors, density: float = 0.2) -> float:
@@ -43,9 +57,11 @@ def sign_conflicts(f1: Factors, f2: Factors, density: float = 0.2) -> float:
 
 
 def pair_geometry(f1: Factors, f2: Factors, density: float = 0.2) -> dict:
-    cosines = principal_cosines(f1, f2)
-    return {"cosine": cosine(f1, f2), "max_principal_cosine": float(cosines[0]),
-            "mean_principal_cosine": float(cosines.mean()), "sign_conflict": sign_conflicts(f1, f2, density)}
+    inputs, outputs = principal_cosines(f1, f2, "input"), principal_cosines(f1, f2, "output")
+    return {"cosine": cosine(f1, f2), "max_principal_cosine": float(inputs[0]),
+            "mean_principal_cosine": float(inputs.mean()), "max_output_principal_cosine": float(outputs[0]),
+            "mean_output_principal_cosine": float(outputs.mean()), "sign_conflict": sign_conflicts(f1, f2, density),
+            "a_cosine": a_cosine(f1, f2), "started_together": started_together(f1, f2)}
 
 
 def random_like(f: Factors, generator: torch.Generator) -> Factors:
@@ -57,7 +73,8 @@ def random_like(f: Factors, generator: torch.Generator) -> Factors:
 
 def adapters_geometry(first: dict[str, Factors], second: dict[str, Factors], density: float = 0.2,
                       seed: int = 0) -> dict:
-    """Per shared layer: the pair's geometry and a random baseline of the same shapes; plus medians."""
+    """Per shared layer: the pair's geometry and a random baseline of the same shapes; plus medians and
+    ``shared_start``: the A's started equal in most shared layers (see the module docstring)."""
     import statistics
 
     generator = torch.Generator().manual_seed(seed)
@@ -65,7 +82,9 @@ def adapters_geometry(first: dict[str, Factors], second: dict[str, Factors], den
     layers = {p: {"pair": pair_geometry(first[p], second[p], density),
                   "random": pair_geometry(random_like(first[p], generator), random_like(second[p], generator), density)}
               for p in shared}
-    keys = ("cosine", "max_principal_cosine", "mean_principal_cosine", "sign_conflict")
-    summary = {f"{which}_{k}": statistics.median(layers[p][which][k] for p in shared) for which in ("pair", "random")
-               for k in keys} if shared else {}
-    return {"layers": layers, "summary": summary}
+    summary = {}
+    for which, key in itertools.product(("pair", "random"), MEASURES):
+        values = [layers[p][which][key] for p in shared if layers[p][which][key] is not None]
+        summary[f"{which}_{key}"] = statistics.median(values) if values else None
+    together = sum(layers[p]["pair"]["started_together"] for p in shared)
+    return {"layers": layers, "summary": summary, "shared_start": together > len(shared) / 2}

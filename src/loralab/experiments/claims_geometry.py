@@ -107,7 +107,9 @@ def claim_10(ctx: Context) -> dict:
     from loralab.experiments.interference import run_interference
 
     tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
-    runs = [str(ctx.run_dir(plan.lora_unit(t, ctx.sizes, 0, ctx.lr("lora")))) for t in tasks]
+    # the i-th task's seed-i run (claim 1 trained them): adapters of one seed start from the same A, and their
+    # input subspaces would then agree by construction (`compose.geometry`)
+    runs = [str(ctx.run_dir(plan.lora_unit(t, ctx.sizes, i, ctx.lr("lora")))) for i, t in enumerate(tasks)]
     result = run_interference(runs, ctx.out / "interference")
     table = result["table"]
     composes = all(r["all_w1"] > r["chance"] + 0.5 * (r["own"] - r["chance"]) for r in table.values())

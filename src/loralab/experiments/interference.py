@@ -30,7 +30,7 @@ from loralab import data as datasets
 from loralab import models
 from loralab.compose import compose
 from loralab.compose.adapters import read_source
-from loralab.compose.geometry import adapters_geometry
+from loralab.compose.geometry import MEASURES, adapters_geometry
 from loralab.errors import ConfigError
 from loralab.experiments.stats import spearman
 from loralab.runs import read_run
@@ -106,7 +106,7 @@ def negation(tasks: list[Task], sources: list[Path]) -> list[dict]:
 
 def predictors(table: dict, geometry: dict) -> dict:
     """Spearman between each pair's interference (own − pair at w=1, on each task) and each geometry measure."""
-    drops, measures = [], {k: [] for k in ("cosine", "max_principal_cosine", "mean_principal_cosine", "sign_conflict")}
+    drops, measures = [], {k: [] for k in MEASURES if k != "a_cosine"}
     for task, row in table.items():
         for other, acc in row["pairs_w1"].items():
             g = geometry.get(f"{task} vs {other}") or geometry.get(f"{other} vs {task}")
@@ -128,7 +128,7 @@ def run_interference(runs: list[str], out: str | Path, max_eval: Optional[int] =
     geometry = {f"{a} vs {b}": adapters_geometry(factor_sets[a], factor_sets[b])
                 for a, b in itertools.combinations(factor_sets, 2)}
     result = {"runs": runs, "table": table, "negation": negation(tasks, sources), "tolerance": TOLERANCE,
-              "geometry": {k: {"summary": v["summary"], "layers": v["layers"]} for k, v in geometry.items()},
+              "geometry": geometry,
               "predictors": predictors(table, geometry), "seconds": time.time() - started}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -45,19 +45,39 @@ def markdown(result: dict) -> str:
               "| negated | control | control alone | control + negation | stays |", "|---|---|---:|---:|---|"]
     lines += [f"| {n['negated']} | {n['control']} | {n['control_own']:.3f} | {n['control_with_negation']:.3f} | "
               f"{'yes' if n['stays'] else 'no'} |" for n in result["negation"]]
-    lines += ["", "Geometry (medians over shared layers; random = same shapes and norms, random directions):", "",
-              "| pair | cosine | random | max principal cos | random | mean principal cos | random | sign conflict | "
-              "random |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for pair, g in result["geometry"].items():
-        s = g["summary"]
-        lines.append(f"| {pair} | " + " | ".join(f"{s[f'pair_{k}']:.3f} | {s[f'random_{k}']:.3f}" for k in
-                                                   ("cosine", "max_principal_cosine", "mean_principal_cosine",
-                                                    "sign_conflict")) + " |")
+    lines += geometry_lines(result["geometry"])
     p = result["predictors"]
     rho = ", ".join(f"{k} {v:+.2f}" if v is not None else f"{k} n/a" for k, v in p["spearman"].items())
     lines += ["", f"Which geometry tracks interference (own − pair at w=1, over {p['n_ordered_pairs']} ordered pairs; "
               f"Spearman ρ, a small n): {rho}.", "", "![interference](interference.png)", ""]
     return "\n".join(lines)
+
+
+def geometry_lines(geometry: dict) -> list[str]:
+    """The pairs' geometry table (each cell: the pair, then the random baseline in parentheses) and a warning
+    for pairs whose A's started equal."""
+    def both(s: dict, key: str) -> str:
+        pair, random = s[f"pair_{key}"], s[f"random_{key}"]
+        return "–" if pair is None else f"{pair:.3f} ({random:.3f})"
+
+    lines = ["", "Geometry, medians over shared layers (in parentheses: random directions of the same shapes and "
+             "norms). Principal cosines of the input subspaces (row spaces of A) and of the output subspaces (column "
+             "spaces of B), max / mean:", "",
+             "| pair | cosine of ΔWs | input principal cos | output principal cos | sign conflict | cosine of A's |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for pair, g in geometry.items():
+        s = g["summary"]
+        lines.append(f"| {pair} | {both(s, 'cosine')} | {both(s, 'max_principal_cosine')} / "
+                     f"{both(s, 'mean_principal_cosine')} | {both(s, 'max_output_principal_cosine')} / "
+                     f"{both(s, 'mean_output_principal_cosine')} | {both(s, 'sign_conflict')} | {both(s, 'a_cosine')} |")
+    shared = [pair for pair, g in geometry.items() if g.get("shared_start")]
+    if shared:
+        lines += ["", f"**Shared start** ({', '.join(shared)}): in most layers the two A matrices are correlated "
+                  "beyond chance (cosine more than 4 standard deviations of independent starts, which give ≈ 0): these "
+                  "adapters began from the same A — the same --seed and shapes — and A moves little in training. "
+                  "Their input subspaces agree by construction, not because the tasks share directions: read the "
+                  "output-subspace angles (B starts at 0), or train each task with its own --seed."]
+    return lines
 
 
 def write_report(result: dict, out: Path) -> None:

@@ -40,8 +40,10 @@ METHODS = {
        "fitted on frozen features, per-layer ranks at 90% energy of the summed gradient, of the gradient covariance "
        "and of the activations; the task's prediction is the median over layers. Compared with claim 2's needed "
        "rank by Spearman's ρ. Then the 96 rank units of uniform r=8 are re-divided by the probe and trained.",
-    10: "The query/value LoRA r=8 adapters (seed 0) of movie, tweets and sms, each task with its own head: own "
-        "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation.",
+    10: "The query/value LoRA r=8 adapters of movie, tweets and sms (seeds 0, 1, 2: adapters of one seed start from the "
+        "same A, which would make their input subspaces agree by construction), each task with its own head: own "
+        "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation; "
+        "the geometry of each pair (docs/compose.md).",
     11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, seed 0) for "
         "full fine-tuning, LoRA r=8 and DoRA r=8; the sign of their correlation across layers and steps.",
 }
