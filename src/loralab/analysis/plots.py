@@ -159,10 +159,10 @@ def markdown(result: dict, images: dict[str, str]) -> str:
         for key, pair in result["pairs"].items():
             if pair.get("shared_start"):
                 lines += ["", f"**Shared start** ({key}): in {len(pair['shared_start'])} of {len(pair['layers'])} layers "
-                          "the two adapters' A matrices are correlated beyond chance over their common rows (they began "
-                          "equal) — the same --seed; a higher rank draws the lower one's rows first, so "
-                          "r = 8 and r = 64 runs of one seed share their first adapted layer's start. φ there is high by "
-                          "construction; compare adapters trained with different seeds (LoRA §7.2 does)."]
+                          "the two adapters' A matrices are correlated over their common rows beyond what training alone "
+                          "gives (cosine > 0.3): they began equal — the same --seed; a higher rank draws the lower one's rows "
+                          "first, so r = 8 and r = 64 runs of one seed share their first adapted layer's start. φ there is "
+                          "high by construction; compare adapters trained with different seeds (LoRA §7.2 does)."]
     lines += [""] + [f"![{title}]({file})" for title, file in images.items()] + [""]
     return "\n".join(lines)
 
