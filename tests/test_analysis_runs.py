@@ -94,3 +94,18 @@ def test_a_rank_pattern_file_that_cannot_be_read(tiny, tmp_path, capsys):
     assert code == 2 and "--alpha-pattern must be a JSON object {regex: number}, got '[4, 2]'." in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
+def test_forgetting_of_classifier_runs(runs, tiny, capsys):
+    """CKA drift per layer against the freshly loaded base: a q/v adapter leaves the embeddings alone (CKA 1
+    there, exactly), full fine-tuning does not; both drift at the last layer."""
+    found = {}
+    for name in ("r8", "full"):
+        capsys.readouterr()
+        assert main(["forgetting", str(runs / name), "--on", tiny["data"], "--max-texts", "12", "--max-length", "32"]) == 0
+        found[name] = json.loads(capsys.readouterr().out)
+    r8, full = found["r8"], found["full"]
+    assert (r8["on"], r8["texts"], r8["trained_on"]) == (tiny["data"], 12, tiny["data"])
+    assert len(r8["cka_per_layer"]) == 3  # embeddings and two blocks
+    assert r8["cka_per_layer"][0] == pytest.approx(1.0, abs=1e-12) and full["cka_per_layer"][0] < 1 - 1e-6
+    assert 0 < r8["drift"] == pytest.approx(1 - r8["cka_per_layer"][-1]) and full["drift"] > 0
+

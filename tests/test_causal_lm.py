@@ -65,6 +65,24 @@ def test_train_eval_predict_merge(tiny_chat, tmp_path):
     run_cli(["merge", str(tmp_path / "full"), "--out", str(tmp_path / "merged")])
     assert predict("--model", str(tmp_path / "merged"), "--text", unseen) == [{"prompt": unseen, "response": ANSWER}]
 
+    # forgetting on news prose: the base's loss recomputed with HF's own loss, token-weighted; the tuned model's higher
+    forgot = json.loads(run_cli(["forgetting", str(tmp_path / "full"), "--max-texts", "8", "--max-length", "40"]).stdout)
+    assert (forgot["on"], forgot["texts"]) == ("bbc", 8) and forgot["tuned_loss"] > forgot["base_loss"] + 0.1
+    assert forgot["kl_base_tuned"] > 0 and forgot["loss_increase"] == pytest.approx(
+        forgot["tuned_loss"] - forgot["base_loss"], abs=1e-12)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loralab.analysis.forgetting import reference_rows, reference_texts
+
+    base, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_chat["model"]), AutoTokenizer.from_pretrained(tiny_chat["model"])
+    total = tokens = 0
+    with torch.no_grad():
+        for row in reference_rows(reference_texts("bbc", 8), tokenizer, 40):
+            ids = torch.tensor([row["input_ids"]])
+            total += float(base(input_ids=ids, labels=ids).loss) * (ids.shape[1] - 1)
+            tokens += ids.shape[1] - 1
+    assert tokens == forgot["tokens"] and total / tokens == pytest.approx(forgot["base_loss"], abs=1e-5)
+
 
 def test_lora_adapter_of_a_causal_run_loads_in_peft(tiny_chat, tmp_path):
     peft = pytest.importorskip("peft")

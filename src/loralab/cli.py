@@ -248,6 +248,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def forgetting_flags(parser: argparse.ArgumentParser) -> None:
+    run_flags(parser, required=True)
+    parser.add_argument("--on", help="dataset name or file whose test texts measure it (default: bbc, news prose; "
+                                     "movie for a bbc run)")
+    parser.add_argument("--max-texts", type=int, default=60, help="texts from its test split (default: 60)")
+    parser.add_argument("--max-length", type=int, default=96, help="tokens per text (default: 96)")
+    parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
+
+
+def cmd_forgetting(args: argparse.Namespace) -> int:
+    from loralab.analysis.forgetting import run_forgetting
+
+    result = run_forgetting(run_dir(args), on=args.on, max_texts=args.max_texts, max_length=args.max_length,
+                            batch_size=args.batch_size)
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
 def info_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="a PEFT-format adapter directory (adapter_config.json + adapter_model.safetensors), "
                                         "or a LoRA/DoRA run (its adapter/)")
@@ -426,6 +444,8 @@ COMMANDS = {
     "study": (cmd_study, study_flags, "the quick study (claim 1 on MiniLM/movie), or --full: every claim, with a report"),
     "intrinsic": (cmd_intrinsic, intrinsic_flags, "intrinsic dimension: SAID/DID sweep over d and seeds, d90 and a plot"),
     "analyze": (cmd_analyze, analyze_flags, "spectra, subspace similarity, amplification, intruders, ΔM/ΔD of updates"),
+    "forgetting": (cmd_forgetting, forgetting_flags, "what a run forgot: next-token loss and KL against its base "
+                                                     "(causal LM), or CKA drift per layer (classifier), on other text"),
     "probe": (cmd_probe, probe_flags, "predict the rank a task needs from the pretrained model, before training"),
     "compose": (cmd_compose, compose_flags, "combine adapters exactly (cat, svd) or by TIES/DARE into one adapter"),
     "interference": (cmd_interference, interference_flags, "what combining task adapters costs, with the geometry"),

@@ -79,3 +79,45 @@ def representation_drift(base: Forward, tuned: Forward, rows: list[dict], pad_id
     cka = [linear_cka(a, b) for a, b in zip(pooled_states(base, rows, pad_id), pooled_states(tuned, rows, pad_id))]
     return {"examples": len(rows), "cka_per_layer": cka, "last_layer_cka": cka[-1], "drift": 1.0 - cka[-1],
             "measure": "linear CKA of mean-pooled hidden states (Kornblith et al. 2019)"}
+
+
+DEFAULT_REFERENCE = "bbc"  # news prose: another domain than every other packaged task (movie for a bbc run)
+
+
+def reference_texts(name: str, limit: int) -> list[str]:
+    """Up to ``limit`` texts of a dataset's test split: the text of classification rows, the prompt and
+    response of prompt/response rows."""
+    from loralab import data as datasets
+
+    split = datasets.load(name, "test", 0, limit)
+    return [e["text"] if "text" in e else f"{e['prompt']}\n{e['response']}" for e in split.examples]
+
+
+@torch.no_grad()
+def run_forgetting(run, on: str | None = None, max_texts: int = 60, max_length: int = 96,
+                   batch_size: int = 16) -> dict:
+    """What a finished run forgot, against its freshly loaded base model, on another dataset's texts:
+    `lm_forgetting` for a causal LM, `representation_drift` (CKA per layer) for a classifier."""
+    from pathlib import Path
+
+    from loralab import models
+    from loralab.runs import load_run
+    from loralab.train.evaluate import autocast
+
+    cfg, tuned, tokenizer, labels, task = load_run(run)
+    on = on or ("movie" if Path(cfg.data).stem == DEFAULT_REFERENCE else DEFAULT_REFERENCE)
+    base, _ = models.load(cfg.model, task, num_labels=len(labels) or None,
+                          attn_implementation=models.attention_for(cfg.precision))
+    base.eval()
+    tuned.eval()
+    texts = reference_texts(on, max_texts)
+    header = {"run": str(run), "model": cfg.model, "method": cfg.method, "trained_on": cfg.data, "on": on,
+              "texts": len(texts), "max_length": max_length}
+    with autocast(cfg.precision):
+        if task == "causal_lm":
+            rows = reference_rows(texts, tokenizer, max_length)
+            return {**header, **lm_forgetting(lambda b: base(**b), lambda b: tuned(**b), rows, tokenizer.pad_token_id,
+                                              batch_size)}
+        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+        rows = [{"input_ids": i, "labels": 0} for i in ids]  # a placeholder label: collate wants one
+        return {**header, **representation_drift(lambda b: base(**b), lambda b: tuned(**b), rows, tokenizer.pad_token_id)}
