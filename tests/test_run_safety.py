@@ -296,3 +296,38 @@ def test_compare_lists_runs_side_by_side_and_unfinished_ones(tiny, finished, tmp
     code, _, err = run(["compare", tmp_path / "merged"], capsys)
     assert code == 2 and "is a run directory (the --out of `loralab train`, holding its config.json)" in err
 
+
+def test_a_run_being_trained_is_locked_against_a_second_writer(tiny, tmp_path, capsys):
+    """While one `loralab train` writes --out (held still by SIGSTOP once it holds the lock): a second train
+    with --overwrite or --resume is refused without touching the run; eval and compare say it is training;
+    the first run then finishes normally and leaves no lock file."""
+    import signal
+    import time
+
+    from loralab.train.run_dir import LOCK_FILE, lock_holder
+
+    out = tmp_path / "live"
+    proc = subprocess.Popen([sys.executable, "-m", "loralab", *quick(tiny, out, "--epochs", "40")], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (lock_holder(out) and (out / "config.json").exists()) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        holder = lock_holder(out)
+        assert holder and holder.startswith(f"pid {proc.pid} on "), holder
+        before = listing(out)
+        for extra in (["--overwrite"], ["--resume"]):
+            code, _, err = run(quick(tiny, out, "--epochs", "40", *extra), capsys)
+            assert code == 2 and (f"--out {out} is being written by another `loralab train` ({holder}); wait for it "
+                                  "to finish or stop it, or give another --out.") in err, err
+        assert listing(out) == before
+        code, _, err = run(["eval", out], capsys)
+        assert code == 2 and f"{out} is still training ({holder}): its adapter/ is written when it finishes." in err
+        code, text, _ = run(["compare", out], capsys)
+        assert code == 0 and f"| {out} | training ({holder})" in text
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()[-2000:]
+    assert (out / "result.json").is_file() and not (out / LOCK_FILE).exists() and lock_holder(out) is None
+

@@ -19,10 +19,14 @@ from loralab.methods import get_method
 from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
 from loralab.train.evaluate import autocast, evaluate
+from loralab.train.run_dir import lock_holder
 
 
 def read_run(run: str | Path) -> TrainConfig:
     path = Path(run) / "config.json"
+    holder = lock_holder(Path(run)) if Path(run).is_dir() else None
+    if not path.exists() and holder:
+        raise DataError(f"{run} is still training ({holder}): it has just started.")
     if not path.exists():
         if (Path(run) / CONFIG_FILE).exists():
             raise DataError(f"{run} is an adapter directory, not a run: give its run directory (the --out of "
@@ -32,6 +36,8 @@ def read_run(run: str | Path) -> TrainConfig:
     cfg = TrainConfig.from_dict(json.loads(path.read_text()))
     method = get_method(cfg.method)
     if not (Path(run) / method.saved_as).exists():
+        if holder:
+            raise DataError(f"{run} is still training ({holder}): its {method.saved_as}/ is written when it finishes.")
         raise DataError(f"{run} has no {method.saved_as}/: the run did not finish (resume it with "
                         f"`loralab train ... --out {run} --resume`).")
     return cfg
@@ -268,11 +274,15 @@ def run_row(run: Path) -> dict:
         row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
                    best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
                    seconds=result["wall_time_s"], peak_mb=result.get("peak_memory_mb"))
+    elif lock_holder(run):
+        where = json.loads(state_path.read_text()) if state_path.exists() else None
+        row["status"] = (f"training ({lock_holder(run)})" + (f"; checkpoint at step {where['step']}, epoch "
+                                                             f"{where['epoch']} of {cfg['epochs']}" if where else ""))
     elif state_path.exists():
         state = json.loads(state_path.read_text())
         row["status"] = f"stopped: step {state['step']}, epoch {state['epoch']} of {cfg['epochs']} (--resume)"
     else:
-        row["status"] = "no checkpoint yet (running, or stopped in its first epoch)"
+        row["status"] = "stopped before its first checkpoint (nothing to resume)"
     return row
 
 

@@ -108,7 +108,7 @@ class Trainer:
         self.load_data_and_model()  # data, model, targets and lengths are checked before --out changes at all:
         self.build_optimizer()      # a refused --overwrite run leaves the old run as it was
         self.barrier()
-        created = run_dir.create_out(self.cfg, self.out) if self.main else False
+        created, held = run_dir.create_out(self.cfg, self.out) if self.main else (False, None)
         try:
             self.restore()
             self.emit("on_train_begin")
@@ -118,6 +118,8 @@ class Trainer:
             if self.main:
                 run_dir.discard_if_empty(self.out, created)
             raise
+        finally:
+            run_dir.release(held)
 
     def setup_processes(self) -> None:
         """Rank and world size; a gloo process group when launched by torchrun with > 1 process."""

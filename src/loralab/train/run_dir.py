@@ -4,7 +4,12 @@
   and config have loaded without error (a refused run leaves the old one untouched);
 * ``--resume`` needs a checkpoint in ``--out`` and a config that matches the one the run started
   with in everything that changes the result (`TrainConfig.differences`);
-* a run that fails before writing any checkpoint leaves no directory behind (`discard_if_empty`).
+* a run that fails before writing any checkpoint leaves no directory behind (`discard_if_empty`);
+* one process at a time writes a run: `create_out` takes an exclusive lock on ``<out>/.lock`` (``flock``,
+  which the kernel releases when the process dies, so a killed run's leftover file locks nothing; a
+  finished or failed run removes it) and checks ``--out`` again under it; a second ``loralab train`` on
+  the same ``--out`` — a second ``--resume``, or an ``--overwrite`` that would delete a live run — is
+  refused, naming the process that holds it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import time
 from pathlib import Path
+from typing import IO, Optional
 
 from loralab.errors import ConfigError
 from loralab.train.checkpoint import has_checkpoint
@@ -21,8 +29,9 @@ from loralab.train.config import TrainConfig
 CONFIG_FILE = "config.json"
 
 
-def check_out(cfg: TrainConfig) -> Path:
-    """Check ``cfg.out`` against the rules above without changing anything; return it as a Path."""
+def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
+    """Check ``cfg.out`` against the rules above without changing anything; return it as a Path.
+    ``locked``: this process holds the run's lock (so it is not asked who does)."""
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {cfg.out} is a file; give a directory for the run (it is created if missing).")
@@ -31,10 +40,13 @@ def check_out(cfg: TrainConfig) -> Path:
         raise ConfigError(f"--out {cfg.out}: {parent} is a file, so the run directory cannot be made there.")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ConfigError(f"--out {cfg.out}: cannot write in {parent}; choose a directory you can write to.")
+    holder = lock_holder(out) if out.is_dir() and not locked else None
+    if holder:
+        raise busy(out, holder)
     if cfg.resume:
         check_resume(cfg, out)
-    elif out.is_dir() and any(out.iterdir()) and not cfg.overwrite:
-        held = sorted(p.name for p in out.iterdir())[:6]
+    elif out.is_dir() and held_files(out) and not cfg.overwrite:
+        held = held_files(out)[:6]
         raise ConfigError(f"--out {cfg.out} is not empty (it holds {held}); give a new --out, add --resume to "
                           "continue the run there, or --overwrite to delete it and start again.")
     return out
@@ -57,14 +69,108 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
                           "the original values, or start a new run with a new --out.")
 
 
-def create_out(cfg: TrainConfig, out: Path) -> bool:
-    """Make ``out`` ready (clearing it for --overwrite); True when this call created the directory."""
+def held_files(out: Path) -> list[str]:
+    """What a run directory holds, the lock file aside."""
+    return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
+
+
+def create_out(cfg: TrainConfig, out: Path) -> tuple[bool, Optional[IO]]:
+    """Lock ``out`` for this process and make it ready (clearing it for --overwrite): (True when this call
+    created the directory, the held lock — pass it to `release`)."""
     created = not out.exists()
-    if cfg.overwrite and out.is_dir():
-        shutil.rmtree(out)
-        created = True
     out.mkdir(parents=True, exist_ok=True)
-    return created
+    try:
+        handle = lock(out)
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    try:
+        check_out(cfg, locked=True)  # again, under the lock: another process may have changed --out meanwhile
+    except BaseException:
+        release(handle)
+        raise
+    if cfg.overwrite:
+        for name in held_files(out):
+            if (out / name).is_dir():
+                shutil.rmtree(out / name)
+            else:
+                (out / name).unlink()
+        created = True
+    return created, handle
+
+
+LOCK_FILE = ".lock"
+
+
+def lock(out: Path) -> Optional[IO]:
+    """An exclusive ``flock`` on ``out/.lock`` holding this process's id, or an error naming the holder.
+    None where ``fcntl`` does not exist (Windows): no lock there."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    attempts = 0
+    while True:
+        handle = open(out / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            attempts += 1
+            if attempts >= 10:  # a writer holds it for the whole run; `lock_holder`'s probe only for an instant
+                raise busy(out, holder or "another process") from None
+            time.sleep(0.05)
+            continue
+        try:
+            if os.fstat(handle.fileno()).st_ino == os.stat(out / LOCK_FILE).st_ino:
+                break  # the file is still the lock (its holder removes it when it lets go)
+        except FileNotFoundError:
+            pass
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+    handle.flush()
+    return handle
+
+
+def busy(out: Path, holder: str) -> ConfigError:
+    return ConfigError(f"--out {out} is being written by another `loralab train` ({holder}); wait for it to finish "
+                       "or stop it, or give another --out.")
+
+
+def lock_holder(out: Path) -> Optional[str]:
+    """Who is writing the run in ``out`` now ("pid N on host, since …"), or None when nobody is."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        handle = open(out / LOCK_FILE)
+    except OSError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+    return None
+
+
+def release(handle: Optional[IO]) -> None:
+    """Let go of `lock`: remove the lock file (a process that opened it meanwhile sees it is gone and
+    opens the new one), then close it, which releases the flock."""
+    if handle is None:
+        return
+    try:
+        if os.fstat(handle.fileno()).st_ino == os.stat(handle.name).st_ino:
+            os.unlink(handle.name)
+    except FileNotFoundError:
+        pass  # discard_if_empty removed the whole run directory
+    handle.close()
 
 
 def discard_if_empty(out: Path, created: bool) -> None:
