@@ -268,16 +268,16 @@ def run_row(run: Path) -> dict:
 
     cfg = json.loads((run / "config.json").read_text())
     row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED}}
-    result_path, state_path = run / "result.json", run / "checkpoint" / STATE_FILE
+    result_path, state_path, holder = run / "result.json", run / "checkpoint" / STATE_FILE, lock_holder(run)
     if result_path.exists():
         result = json.loads(result_path.read_text())
         row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
                    best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
                    seconds=result["wall_time_s"], peak_mb=result.get("peak_memory_mb"))
-    elif lock_holder(run):
+    elif holder:
         where = json.loads(state_path.read_text()) if state_path.exists() else None
-        row["status"] = (f"training ({lock_holder(run)})" + (f"; checkpoint at step {where['step']}, epoch "
-                                                             f"{where['epoch']} of {cfg['epochs']}" if where else ""))
+        row["status"] = f"training ({holder})" + (f"; checkpoint at step {where['step']}, epoch {where['epoch']} of "
+                                                  f"{cfg['epochs']}" if where else "")
     elif state_path.exists():
         state = json.loads(state_path.read_text())
         row["status"] = f"stopped: step {state['step']}, epoch {state['epoch']} of {cfg['epochs']} (--resume)"
