@@ -291,6 +291,10 @@ def test_compare_lists_runs_side_by_side_and_unfinished_ones(tiny, finished, tmp
                          f"({100 * result['trainable_params'] / result['total_params']:.2g}%)"]
     assert float(cells[9]) == pytest.approx(result["test"]["accuracy"], abs=1e-4)
     assert lines[6].startswith(f"| {tmp_path / 'stopped'} | 8 | 0 | stopped: step 18, epoch 1 of 1 (--resume) |")
+    shutil.copytree(finished, tmp_path / "damaged")
+    (tmp_path / "damaged" / "result.json").write_text('{"method": "lora", "test": {')  # cut short by a full disk
+    code, out, _ = run(["compare", tmp_path / "damaged"], capsys)
+    assert code == 0 and f"| {tmp_path / 'damaged'} | damaged: result.json is not readable JSON |" in out
     table = json.loads(run(["compare", finished, tmp_path / "r2", "--json"], capsys)[1])
     assert table["varying"] == ["r", "seed"] and table["common"]["method"] == "lora" and len(table["rows"]) == 2
     code, _, err = run(["compare", tmp_path / "merged"], capsys)

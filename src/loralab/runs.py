@@ -269,7 +269,10 @@ def run_row(run: Path) -> dict:
     cfg = json.loads((run / "config.json").read_text())
     row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED}}
     result_path, state_path, holder = run / "result.json", run / "checkpoint" / STATE_FILE, lock_holder(run)
-    if result_path.exists():
+    damaged = [p.relative_to(run) for p in (result_path, state_path) if p.exists() and readable_json(p) is None]
+    if damaged:
+        row["status"] = f"damaged: {', '.join(map(str, damaged))} is not readable JSON"
+    elif result_path.exists():
         result = json.loads(result_path.read_text())
         row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
                    best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
@@ -286,14 +289,18 @@ def run_row(run: Path) -> dict:
     return row
 
 
+def readable_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def is_run(path: Path) -> bool:
     """A `loralab train --out` directory: its config.json holds TrainConfig fields (a model's does not)."""
     from dataclasses import fields
 
-    try:
-        saved = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
+    saved = readable_json(path / "config.json")
     return isinstance(saved, dict) and "method" in saved and set(saved) <= {f.name for f in fields(TrainConfig)}
 
 
