@@ -268,21 +268,20 @@ def run_row(run: Path) -> dict:
 
     cfg = json.loads((run / "config.json").read_text())
     row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED}}
-    result_path, state_path, holder = run / "result.json", run / "checkpoint" / STATE_FILE, lock_holder(run)
-    damaged = [p.relative_to(run) for p in (result_path, state_path) if p.exists() and readable_json(p) is None]
+    files = {name: run / name for name in ("result.json", f"checkpoint/{STATE_FILE}") if (run / name).exists()}
+    read = {name: readable_json(path) for name, path in files.items()}
+    result, state, holder = read.get("result.json"), read.get(f"checkpoint/{STATE_FILE}"), lock_holder(run)
+    damaged = [name for name, value in read.items() if value is None]
     if damaged:
-        row["status"] = f"damaged: {', '.join(map(str, damaged))} is not readable JSON"
-    elif result_path.exists():
-        result = json.loads(result_path.read_text())
+        row["status"] = f"damaged: {', '.join(damaged)} is not readable JSON"
+    elif result:
         row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
                    best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
                    seconds=result["wall_time_s"], peak_mb=result.get("peak_memory_mb"))
     elif holder:
-        where = json.loads(state_path.read_text()) if state_path.exists() else None
-        row["status"] = f"training ({holder})" + (f"; checkpoint at step {where['step']}, epoch {where['epoch']} of "
-                                                  f"{cfg['epochs']}" if where else "")
-    elif state_path.exists():
-        state = json.loads(state_path.read_text())
+        row["status"] = f"training ({holder})" + (f"; checkpoint at step {state['step']}, epoch {state['epoch']} of "
+                                                  f"{cfg['epochs']}" if state else "")
+    elif state:
         row["status"] = f"stopped: step {state['step']}, epoch {state['epoch']} of {cfg['epochs']} (--resume)"
     else:
         row["status"] = "stopped before its first checkpoint (nothing to resume)"

@@ -105,6 +105,8 @@ def run_forgetting(run, on: str | None = None, max_texts: int = 60, max_length: 
     from loralab.train.evaluate import autocast
 
     cfg, tuned, tokenizer, labels, task = load_run(run)
+    # the base loaded again, not the tuned model under `ll.disabled`: full and DID runs have no adapter to
+    # switch off, and a PiSSA/OLoRA run's disabled model is the residual W − s·B₀·A₀, not the base
     on = on or ("movie" if Path(cfg.data).stem == DEFAULT_REFERENCE else DEFAULT_REFERENCE)
     base, _ = models.load(cfg.model, task, num_labels=len(labels) or None,
                           attn_implementation=models.attention_for(cfg.precision))

@@ -83,12 +83,13 @@ def a_cosine(f1: Factors, f2: Factors) -> Optional[float]:
 STARTED_TOGETHER = 0.3  # MiniLM, 100 steps at lr 4e-3: shared starts 0.44-0.74, independent ones |cos| <= 0.26
 
 
-def started_together(f1: Factors, f2: Factors) -> bool:
-    """`a_cosine` above 0.3 and four standard deviations of untrained independent starts: the two A's began equal.
+def started_together(f1: Factors, f2: Factors, cos: Optional[float] = None) -> bool:
+    """`a_cosine` (``cos`` when already computed) above 0.3 and four standard deviations of untrained
+    independent starts: the two A's began equal.
 
     0.3, not just the four deviations (0.07 at 8 × 384): training aligns the rows of A with a few input
     directions the data shares, which correlates even independently started A's — measured up to 0.26
     between r = 8 and r = 64 runs of one task (the same data order), 0.09 across tasks; A's of one start
     kept 0.44-0.74 (docs/compose.md)."""
-    cos = a_cosine(f1, f2)
+    cos = a_cosine(f1, f2) if cos is None else cos
     return cos is not None and cos > max(STARTED_TOGETHER, 4 / math.sqrt(min(f1.rank, f2.rank) * f1.A.shape[1]))

@@ -58,10 +58,11 @@ def sign_conflicts(f1: Factors, f2: Factors, density: float = 0.2) -> float:
 
 def pair_geometry(f1: Factors, f2: Factors, density: float = 0.2) -> dict:
     inputs, outputs = principal_cosines(f1, f2, "input"), principal_cosines(f1, f2, "output")
+    a_cos = a_cosine(f1, f2)
     return {"cosine": cosine(f1, f2), "max_principal_cosine": float(inputs[0]),
             "mean_principal_cosine": float(inputs.mean()), "max_output_principal_cosine": float(outputs[0]),
             "mean_output_principal_cosine": float(outputs.mean()), "sign_conflict": sign_conflicts(f1, f2, density),
-            "a_cosine": a_cosine(f1, f2), "started_together": started_together(f1, f2)}
+            "a_cosine": a_cos, "started_together": started_together(f1, f2, a_cos)}
 
 
 def random_like(f: Factors, generator: torch.Generator) -> Factors:

@@ -210,14 +210,13 @@ def _pattern_from_file(name: str, value):
     if not isinstance(value, str) or value.lstrip().startswith("{") or not value.endswith(".json"):
         return value
     try:
-        text = Path(value).read_text()
-        json.loads(text)
+        pattern = json.loads(Path(value).read_text())
     except OSError as err:
         raise ConfigError(f"--{flag(name)} {value}: cannot read the file ({err.strerror}); give a JSON object "
                           "like '{\"query\": 4}' or the path of a .json file holding one.") from None
     except json.JSONDecodeError as err:
         raise ConfigError(f"--{flag(name)} {value}: not JSON ({err}).") from None
-    return json.dumps(json.loads(text))
+    return json.dumps(pattern)
 
 
 def _check_choice(name: str, value, choices: tuple) -> None:
