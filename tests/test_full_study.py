@@ -37,6 +37,15 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     assert again["claims"]["1"]["rows"][0]["ratio"] == row["ratio"] and again["meta"]["runs_trained_or_read"] == trained
 
 
+def test_a_claims_missing_runs_train_together(tiny_plan, tmp_path, capsys):
+    """Claim 10 alone: after the lr sweep (movie, seed 0) its other two adapters are one batch, not one run at a time."""
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
+                           sizes=tiny_plan, seeds=(0, 1))
+    batches = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "already done" in line]
+    assert batches == ["1 runs", "2 runs"], batches
+    assert study["claims"]["10"]["verdict"] != "not run"
+
+
 def test_bad_claim_and_task_lists_are_refused(tmp_path):
     from loralab.errors import ConfigError
 

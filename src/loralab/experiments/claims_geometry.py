@@ -25,8 +25,9 @@ def claim_6(ctx: Context) -> dict:
     from loralab.analysis.updates import load_updates
 
     rows, verdicts = [], []
-    for task in ctx.tasks:
-        updates = load_updates(ctx.run_dir(plan.full_unit(task, ctx.sizes, 0, ctx.lr("full"))))
+    runs = ctx.dirs([plan.full_unit(task, ctx.sizes, 0, ctx.lr("full")) for task in ctx.tasks])
+    for task, run in zip(ctx.tasks, runs):
+        updates = load_updates(run)
         layers = {}
         for path, u in updates.items():
             s = summarize(u.svd(), keep=8)
@@ -47,12 +48,14 @@ def claim_7(ctx: Context) -> dict:
     from loralab.analysis.report import compare_sources
     from loralab.analysis.updates import load_updates
 
+    lr = ctx.lr("lora")
+    units = {task: {"r8": plan.lora_unit(task, ctx.sizes, 0, lr, r=8), "r64": plan.lora_unit(task, ctx.sizes, 0, lr, r=64),
+                    "r8_seed1": plan.lora_unit(task, ctx.sizes, 1, lr, r=8)} for task in ctx.tasks}
+    ctx.dirs([u for per_task in units.values() for u in per_task.values()])
     rows = []
     for task in ctx.tasks:
         svds = {name: {p: u.svd() for p, u in load_updates(ctx.run_dir(unit), with_base=False).items()}
-                for name, unit in {"r8": plan.lora_unit(task, ctx.sizes, 0, ctx.lr("lora"), r=8),
-                                   "r64": plan.lora_unit(task, ctx.sizes, 0, ctx.lr("lora"), r=64),
-                                   "r8_seed1": plan.lora_unit(task, ctx.sizes, 1, ctx.lr("lora"), r=8)}.items()}
+                for name, unit in units[task].items()}
         ranks = compare_sources(svds["r8"], svds["r64"])
         seeds = compare_sources(svds["r8"], svds["r8_seed1"])
         rows.append({"task": task, "r8_vs_r64": {k: ranks[k] for k in ("mean_phi", "baseline", "mean_top_phi", "k1", "k2")},
@@ -109,7 +112,7 @@ def claim_10(ctx: Context) -> dict:
     tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
     # the i-th task's seed-i run (claim 1 trained them): adapters of one seed start from the same A, and their
     # input subspaces would then agree by construction (`compose.geometry`)
-    runs = [str(ctx.run_dir(plan.lora_unit(t, ctx.sizes, i, ctx.lr("lora")))) for i, t in enumerate(tasks)]
+    runs = [str(d) for d in ctx.dirs([plan.lora_unit(t, ctx.sizes, i, ctx.lr("lora")) for i, t in enumerate(tasks)])]
     result = run_interference(runs, ctx.out / "interference")
     table = result["table"]
     composes = all(r["all_w1"] > r["chance"] + 0.5 * (r["own"] - r["chance"]) for r in table.values())

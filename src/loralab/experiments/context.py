@@ -60,8 +60,12 @@ class Context:
         return self.outcomes[number]
 
     def run_dir(self, unit: Unit) -> Path:
-        self.run([unit])
-        return self.run_dirs[unit.name]
+        return self.dirs([unit])[0]
+
+    def dirs(self, units: list[Unit]) -> list[Path]:
+        """The run directories of ``units``, training the missing ones together (in parallel)."""
+        self.run(units)
+        return [self.run_dirs[u.name] for u in units]
 
     def params(self, unit: Unit) -> int:
         return self.run([unit])[unit.name]["trainable_params"]
