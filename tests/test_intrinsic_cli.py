@@ -24,6 +24,18 @@ def test_said_trains_saves_and_reloads(tiny, tmp_path):
     merged = json.loads(run_cli(["eval", "--model", str(tmp_path / "merged"), "--data", tiny["data"]]).stdout)
     assert abs(merged["test"]["loss"] - result["test"]["loss"]) < 1e-5
 
+    refused = run_cli(["analyze", str(run), "--out", str(tmp_path / "a")], check=False)
+    assert refused.returncode == 2 and (f"{run} is a said run, which keeps neither adapter/ nor model/; analysis reads "
+                                        f"adapters and fully tuned models. Merge it first: `loralab merge {run} --out "
+                                        f"DIR`, then analyze DIR with --model {tiny['model']}.") in refused.stderr
+    no_base = run_cli(["analyze", str(tmp_path / "merged"), "--out", str(tmp_path / "a")], check=False)
+    assert no_base.returncode == 2 and "pass that base (--model, e.g. minilm)" in no_base.stderr
+    run_cli(["analyze", str(tmp_path / "merged"), "--model", tiny["model"], "--out", str(tmp_path / "a")])
+    layers = json.loads((tmp_path / "a" / "analysis.json").read_text())["sources"]["merged"]["layers"]
+    spectra = [layer["spectrum"] for layer in layers.values()]
+    # a random subspace moves every linear layer, in (nearly) every direction: θ − θ0 = P·θ_d
+    assert len(spectra) > 0 and all(s["effective_rank"] > 0.5 * min(s["shape"]) for s in spectra), spectra
+
 
 def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
     out = tmp_path / "sweep"

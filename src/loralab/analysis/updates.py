@@ -67,10 +67,11 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
     """{module path: LayerUpdate} of a run directory, an adapter directory or a live adapted model.
 
     Args:
-        source: `loralab train` run (lora, dora or full), PEFT-format adapter directory, or a model
-            with adapter ``name`` injected.
+        source: `loralab train` run (lora, dora or full), PEFT-format adapter directory, HF model
+            directory (a tuned or merged model: ΔW = its weights − the base's), or a model with adapter
+            ``name`` injected.
         model: The base model (name or directory) for base weights; default: the run's model or the
-            adapter's ``base_model_name_or_path``.
+            adapter's ``base_model_name_or_path`` (required for a model directory).
         with_base: Read W0 for every layer (needed for DoRA, amplification, intruders, ΔM/ΔD).
     """
     if isinstance(source, nn.Module):
@@ -84,8 +85,14 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
             return load_updates(root / "adapter", model or config["model"], with_base)
         if (root / "model").is_dir():
             return full_updates(root / "model", model or config["model"])
-        raise AdapterError(f"{root} is a {config['method']} run with neither adapter/ nor model/; analysis reads "
-                           "adapters and fully tuned models (merge a subspace run with `loralab merge` first).")
+        raise AdapterError(f"{root} is a {config['method']} run, which keeps neither adapter/ nor model/; analysis "
+                           f"reads adapters and fully tuned models. Merge it first: `loralab merge {root} --out DIR`, "
+                           f"then analyze DIR with --model {config['model']}.")
+    if (root / "config.json").exists() and not (root / "adapter_config.json").exists():
+        if model is None:
+            raise AdapterError(f"{root} is a model directory (a fully tuned or merged model); its update is measured "
+                               "against the base it was tuned from: pass that base (--model, e.g. minilm).")
+        return full_updates(root, model)
     fs = factors(root)
     needs_base = with_base or any(f.magnitude is not None for f in fs.values())
     base_source = model or json.loads((root / "adapter_config.json").read_text()).get("base_model_name_or_path")
