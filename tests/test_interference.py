@@ -55,6 +55,8 @@ def test_compose_command_writes_a_loadable_adapter(task_runs, tiny, tmp_path, ca
     assert main(["compose", movie, tweets, *flags, "--out", str(tmp_path / "c")]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["ranks"] == [4] and 0 < printed["max_relative_error"] < 1
+    labels = json.loads((task_runs / "movie" / "result.json").read_text())["labels"]
+    assert json.loads((tmp_path / "c" / "compose.json").read_text())["labels"] == labels == ["negative", "positive"]
     assert main(["compose", "--adapters", movie, tweets, *flags, "--out", str(tmp_path / "c2")]) == 0
     weights = "adapter_model.safetensors"
     assert (tmp_path / "c" / weights).read_bytes() == (tmp_path / "c2" / weights).read_bytes()  # same either way

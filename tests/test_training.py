@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -222,7 +223,8 @@ def test_predict_reproduces_the_test_accuracy_and_reads_every_input_form(tiny, t
 
 def test_predict_and_merge_a_model_plus_an_adapter(tiny, tmp_path, capsys):
     """--model M --adapter DIR (e.g. a composed adapter): the same probabilities as the run the adapter came
-    from; label names from --labels, else LABEL_i; `merge --model --adapter` writes a model that predicts the same."""
+    from; label names from --labels, else the run's, else LABEL_i; `merge --model --adapter` writes a model that
+    predicts the same."""
     from loralab.cli import main
 
     run, texts = tmp_path / "run", ["a gripping, moving film", "dull and far too long"]
@@ -236,7 +238,9 @@ def test_predict_and_merge_a_model_plus_an_adapter(tiny, tmp_path, capsys):
     by_run = predict(str(run))
     by_adapter = predict("--model", tiny["model"], "--adapter", str(run / "adapter"), "--labels", "negative,positive")
     assert by_adapter == by_run and by_run[0]["label"] in ("negative", "positive")
-    unnamed = predict("--model", tiny["model"], "--adapter", str(run / "adapter"))
+    assert predict("--model", tiny["model"], "--adapter", str(run / "adapter")) == by_run  # names from result.json
+    shutil.copytree(run / "adapter", tmp_path / "loose")  # away from its run, nothing names the classes
+    unnamed = predict("--model", tiny["model"], "--adapter", str(tmp_path / "loose"))
     assert [list(r["probabilities"].values()) for r in unnamed] == [list(r["probabilities"].values()) for r in by_run]
     assert set(unnamed[0]["probabilities"]) == {"LABEL_0", "LABEL_1"}
     assert main(["merge", "--model", tiny["model"], "--adapter", str(run / "adapter"), "--labels", "negative,positive",

@@ -14,7 +14,7 @@ from loralab import data as datasets
 from loralab import models
 from loralab.errors import ConfigError, DataError
 from loralab.io.atomic import atomic_directory
-from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, split_adapter_tensors
+from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, saved_labels, split_adapter_tensors
 from loralab.methods import get_method
 from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
@@ -133,7 +133,8 @@ def adapter_task(model: str, adapter: str | Path, labels: Optional[list[str]]) -
     """(task, label names) for ``model`` plus a PEFT-format ``adapter``: a causal LM when the adapter says
     so (task_type CAUSAL_LM) or carries no head on a causal LM; else a classifier whose label count is
     the adapter's head's (the smallest output size among its saved head weights: the output layer), named
-    by ``labels``, the model's own label names, or LABEL_0, LABEL_1, … as Hugging Face names them."""
+    by ``labels``, the names the adapter keeps (`saved_labels`: a run's adapter, a composed one), the model's
+    own label names, or LABEL_0, LABEL_1, … as Hugging Face names them."""
     cfg, tensors = read_adapter_dir(adapter)
     heads = {name.split(".")[-1] for name in cfg.modules_to_save}
     head_sizes = [t.shape[0] for key, t in split_adapter_tensors(tensors)[1].items()
@@ -149,6 +150,9 @@ def adapter_task(model: str, adapter: str | Path, labels: Optional[list[str]]) -
     count = min(head_sizes) if head_sizes else len(own_labels)
     if labels is not None and len(labels) != count:
         raise ConfigError(f"--labels names {len(labels)} labels; the classification head has {count}.")
+    saved = saved_labels(adapter)
+    if labels is None and saved is not None and len(saved) == count:
+        return "classification", saved
     return "classification", labels or (own_labels if len(own_labels) == count else [f"LABEL_{i}" for i in range(count)])
 
 

@@ -3,10 +3,10 @@
     compose(["runs/movie", "runs/sms"], [1.0, 1.0], method="svd", rank=16, head="keep:0", out="combo/")
 
 The result is a PEFT-format adapter directory (loralab and PEFT load it; it merges like any
-other) plus ``compose.json`` with the method, weights, sources and each layer's relative
-Frobenius error. Per-layer ranks go to ``rank_pattern`` and every layer's scale is 1
-(``alpha_pattern``), keyed by the escaped full module path, so both tools rebuild exactly
-the same layers.
+other) plus ``compose.json`` with the method, weights, sources, each layer's relative
+Frobenius error and the class names of the head it keeps (when the sources name theirs).
+Per-layer ranks go to ``rank_pattern`` and every layer's scale is 1 (``alpha_pattern``),
+keyed by the escaped full module path, so both tools rebuild exactly the same layers.
 
 ``modules_to_save`` heads (e.g. each task's classifier) are never combined silently: ``head``
 must say ``sum`` (Σ w_i·head_i, heads of equal shape), ``keep:N`` (adapter N's head) or
@@ -26,6 +26,7 @@ from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, adapter_meta, factors
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
+from loralab.io import peft_format
 from loralab.io.atomic import atomic_directory
 from loralab.io.peft_format import peft_config_dict, read_adapter_dir, split_adapter_tensors, write_adapter_dir
 
@@ -45,6 +46,17 @@ def adapter_dir(source: str | Path) -> Path:
                            f"its metrics and parameter counts are in {source / 'result.json'}, and `loralab analyze` "
                            "reads its update (a did or said run's once `loralab merge` has made it a model).")
     return source
+
+
+def head_labels(sources: list, head: Optional[str]) -> Optional[list[str]]:
+    """The class names of the head that `combine_heads` kept: adapter N's for 'keep:N', the common ones for
+    'sum' (None when they differ or are unknown, and for 'none')."""
+    if head is None or head == "none":
+        return None
+    if head.startswith("keep:"):
+        return peft_format.saved_labels(adapter_dir(sources[int(head.split(":", 1)[1])]))
+    names = [peft_format.saved_labels(adapter_dir(s)) for s in sources]
+    return names[0] if all(n == names[0] for n in names) else None
 
 
 def read_source(source: str | Path) -> tuple[dict[str, Factors], dict[str, torch.Tensor], dict]:
@@ -137,7 +149,7 @@ def compose(sources: list, weights: list[float], out: str | Path, method: str = 
     report = {"method": method, "weights": list(weights), "sources": [str(s) for s in sources], "rank": rank,
               "energy": energy, "head": head, "ranks": {p: f.rank for p, f in result.items()},
               "relative_error": errors or {p: 0.0 for p in result},
-              "max_relative_error": max((errors or {"": 0.0}).values())}
+              "max_relative_error": max((errors or {"": 0.0}).values()), "labels": head_labels(sources, head)}
     with atomic_directory(out) as staging:
         write_adapter_dir(staging, config, modules, heads)
         (staging / "compose.json").write_text(json.dumps(report, indent=1) + "\n")

@@ -281,6 +281,20 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str
     return cfg, tensors
 
 
+def saved_labels(directory: str | os.PathLike) -> list[str] | None:
+    """The class names an adapter's head was trained (or composed) for, where loralab keeps them beside the
+    adapter: a composed adapter's compose.json, or the result.json of the run whose ``adapter/`` this is.
+    PEFT's format has no place for them; None when unknown."""
+    root = Path(directory)
+    kept = root / "compose.json" if (root / "compose.json").exists() else root.parent / "result.json"
+    if (kept.name == "result.json" and root.name != "adapter") or not kept.exists():
+        return None
+    try:
+        return json.loads(kept.read_text()).get("labels") or None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:
     """The PEFT keys and shapes an adapter with ``cfg`` must have on ``model``."""
     shapes: dict[str, tuple[int, ...]] = {}
