@@ -12,11 +12,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from loralab.cli import main
+from loralab.train.config import TrainConfig
 from test_training import ENV, adapter_tensors, train_args
 
 pytestmark = pytest.mark.usefixtures("keep_threads")
@@ -299,6 +301,30 @@ def test_compare_lists_runs_side_by_side_and_unfinished_ones(tiny, finished, tmp
     assert table["varying"] == ["r", "seed"] and table["common"]["method"] == "lora" and len(table["rows"]) == 2
     code, _, err = run(["compare", tmp_path / "merged"], capsys)
     assert code == 2 and "is a run directory (the --out of `loralab train`, holding its config.json)" in err
+
+
+def test_compare_shows_each_method_its_own_settings(tiny, finished, tmp_path, capsys):
+    """A LoRA run beside a SAID run: r, alpha, dropout belong to the one, d and projection to the other ("–")."""
+    assert main(quick(tiny, tmp_path / "said", "--method", "said", "--d", "300", "--lr", "5e-2")) == 0
+    capsys.readouterr()
+    table = json.loads(run(["compare", finished, tmp_path / "said", "--json"], capsys)[1])
+    lora, said = (r["config"] for r in table["rows"])
+    assert (lora["r"], said["d"], said["projection"]) == (8, 300, "fastfood")
+    assert not {"d", "projection"} & set(lora) and not {"r", "alpha", "dropout", "init", "rslora"} & set(said)
+    assert {"method", "r", "d", "projection"} <= set(table["varying"]) and "rank_pattern" not in table["varying"]
+    lines = run(["compare", finished, tmp_path / "said"], capsys)[1].splitlines()
+    assert lines[0] == f"All runs: model {tiny['model']}, data {tiny['data']} (the other shared settings: --json)"
+    header = lines[2].strip("| ").split(" | ")
+    cells = {row[0]: dict(zip(header, row)) for row in (line.strip("| ").split(" | ") for line in lines[4:])}
+    assert (cells[str(finished)]["d"], cells[str(tmp_path / "said")]["r"]) == ("–", "–")
+    assert (cells[str(finished)]["r"], cells[str(tmp_path / "said")]["d"]) == ("8", "300")
+
+
+def test_resume_ignores_what_the_method_does_not_read():
+    lora = TrainConfig(method="lora", d=1000)
+    assert lora.differences(replace(lora, d=500)) == {}  # a LoRA run never reads --d
+    assert TrainConfig(method="said", d=1000).differences(TrainConfig(method="said", d=500)) == {"d": (1000, 500)}
+    assert set(lora.differences(replace(lora, method="full", r=4))) == {"method", "r"}
 
 
 def test_a_run_being_trained_is_locked_against_a_second_writer(tiny, tmp_path, capsys):

@@ -3,6 +3,7 @@ predict on new inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -271,7 +272,8 @@ def run_row(run: Path) -> dict:
     from loralab.train.checkpoint import STATE_FILE
 
     cfg = json.loads((run / "config.json").read_text())
-    row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED}}
+    ignored = TrainConfig.from_dict(cfg).ignored_fields()
+    row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED and k not in ignored}}
     files = {name: run / name for name in ("result.json", f"checkpoint/{STATE_FILE}") if (run / name).exists()}
     read = {name: readable_json(path) for name, path in files.items()}
     result, state, holder = read.get("result.json"), read.get(f"checkpoint/{STATE_FILE}"), lock_holder(run)
@@ -301,10 +303,8 @@ def readable_json(path: Path):
 
 def is_run(path: Path) -> bool:
     """A `loralab train --out` directory: its config.json holds TrainConfig fields (a model's does not)."""
-    from dataclasses import fields
-
     saved = readable_json(path / "config.json")
-    return isinstance(saved, dict) and "method" in saved and set(saved) <= {f.name for f in fields(TrainConfig)}
+    return isinstance(saved, dict) and "method" in saved and set(saved) <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
 def compare_runs(paths: list[str | Path]) -> dict:
@@ -317,10 +317,12 @@ def compare_runs(paths: list[str | Path]) -> dict:
         raise DataError(f"none of {[str(p) for p in paths]} is a run directory (the --out of `loralab train`, "
                         "holding its config.json).")
     rows = [run_row(run) for run in runs]
-    fields = list(rows[0]["config"])
-    values = {f: [json.dumps(r["config"].get(f), sort_keys=True) for r in rows] for f in fields}
-    varying = [f for f in fields if len(set(values[f])) > 1]
-    common = {f: rows[0]["config"][f] for f in fields if f not in varying}
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if any(f.name in r["config"] for r in rows)]
+    # a field only some runs' methods read (a LoRA run's r next to a full run) is "–" for the others, and
+    # shown when it is set where it is read
+    read = {f: [json.dumps(r["config"][f], sort_keys=True) for r in rows if f in r["config"]] for f in fields}
+    common = {f: rows[0]["config"][f] for f in fields if len(read[f]) == len(rows) and len(set(read[f])) == 1}
+    varying = [f for f in fields if f not in common and set(read[f]) - {"null", "false"}]
     return {"common": common, "varying": varying, "rows": rows, "skipped": [str(p) for p in skipped]}
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from loralab.methods.base import TrainingMethod, get_method, method_names, register
+from loralab.methods.base import TrainingMethod, get_method, method_names, method_specific_fields, register
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name != "base":
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["TrainingMethod", "get_method", "method_names", "register"]
+__all__ = ["TrainingMethod", "get_method", "method_names", "method_specific_fields", "register"]

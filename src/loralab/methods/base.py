@@ -30,6 +30,8 @@ class TrainingMethod:
     summary: ClassVar[str] = ""
     saved_as: ClassVar[str] = ""  # the run subdirectory `save` writes
     trains_adapter: ClassVar[bool] = False  # a low-rank adapter, so the adapter flags (--init) apply
+    # the TrainConfig fields only some methods read: a run of another method ignores them (`compare` shows "–")
+    config_fields: ClassVar[tuple[str, ...]] = ()
 
     def check(self, cfg: "TrainConfig") -> None:
         """Refuse method-specific config values (raise `ConfigError`); nothing by default."""
@@ -69,6 +71,11 @@ def register(cls: type[TrainingMethod]) -> type[TrainingMethod]:
         raise ValueError(f"training method name {cls.name!r} is empty or already registered")
     _METHODS[cls.name] = cls()
     return cls
+
+
+def method_specific_fields() -> set[str]:
+    """Every TrainConfig field some method reads and another ignores (`TrainingMethod.config_fields`)."""
+    return {name for method in _METHODS.values() for name in method.config_fields}
 
 
 def method_names() -> tuple[str, ...]:

@@ -31,6 +31,7 @@ class Lora(TrainingMethod):
     summary = "low-rank update ΔW = s·B·A on the targets, task head trained fully"
     saved_as = "adapter"
     trains_adapter = True
+    config_fields = ("r", "alpha", "dropout", "targets", "rank_pattern", "alpha_pattern", "rslora", "init")
     dora = False
 
     def check(self, cfg) -> None:

@@ -18,6 +18,7 @@ class DirectIntrinsic(TrainingMethod):
     name = "did"
     summary = "θ = θ0 + P·θ_d, only θ_d (d values) trains"
     saved_as = "intrinsic"
+    config_fields = ("d", "projection", "targets")
     said = False
 
     def check(self, cfg) -> None:

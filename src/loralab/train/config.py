@@ -185,11 +185,20 @@ class TrainConfig:
         changes["out"] = str(Path(self.out).resolve())
         return replace(self, **changes)
 
+    def ignored_fields(self) -> set[str]:
+        """The method-specific fields this run's method does not read (a LoRA run's --d, a full run's --r)."""
+        from loralab.methods import get_method, method_specific_fields
+
+        return method_specific_fields() - set(get_method(self.method).config_fields)
+
     def differences(self, other: "TrainConfig") -> dict[str, tuple]:
-        """{field: (self's value, other's value)} for fields that change the result (see RESUME_MAY_CHANGE)."""
+        """{field: (self's value, other's value)} for fields that change the result (see RESUME_MAY_CHANGE;
+        a field neither run's method reads changes nothing)."""
         mine, theirs = self.with_absolute_paths(), other.with_absolute_paths()
+        ignored = self.ignored_fields() & other.ignored_fields()
         return {f.name: (getattr(mine, f.name), getattr(theirs, f.name)) for f in fields(self)
-                if f.name not in RESUME_MAY_CHANGE and getattr(mine, f.name) != getattr(theirs, f.name)}
+                if f.name not in RESUME_MAY_CHANGE and f.name not in ignored
+                and getattr(mine, f.name) != getattr(theirs, f.name)}
 
     def to_dict(self) -> dict:
         return asdict(self)
