@@ -208,6 +208,21 @@ def test_analyze_writes_every_plot_and_compares_ranks(adapter_pair, tmp_path):
     assert all((tmp_path / "out" / f).stat().st_size > 5000 for f in files if f.endswith(".png"))
 
 
+@pytest.mark.parametrize("setting, message", [
+    ({"rank": 0}, "--rank is how many top directions of a dense update amplification uses: ≥ 1, got 0."),
+    ({"intruder_k": 0}, "--intruder-k is how many top singular vectors are checked for intruders: ≥ 1, got 0."),
+    ({"epsilon": 1.5}, "--epsilon is a cosine threshold in (0, 1)"),
+])
+def test_analyze_refuses_settings_that_measure_nothing(adapter_pair, tmp_path, setting, message):
+    """--epsilon 1.5 made every top direction an intruder; --rank 0 silently became 8."""
+    from loralab.errors import ConfigError
+
+    base_dir, root = adapter_pair
+    with pytest.raises(ConfigError) as err:
+        analyze([str(root / "ours")], tmp_path / "out", model=str(base_dir), **setting)
+    assert str(err.value).startswith(message) and not (tmp_path / "out").exists()
+
+
 def test_dora_summary_reports_the_real_weight_change(tmp_path):
     base_dir = tmp_path / "base"
     build("bert").save_pretrained(base_dir)

@@ -22,6 +22,7 @@ import torch
 
 from loralab.analysis import geometry, similarity, spectra
 from loralab.analysis.updates import LayerUpdate, load_updates
+from loralab.errors import ConfigError
 
 
 def source_label(source: str) -> str:
@@ -44,7 +45,7 @@ class BaseSpectra:
 
 def layer_report(update: LayerUpdate, svd: spectra.SVD, base_svd: Optional[spectra.SVD], rank: int,
                  intruder_k: int, epsilon: float) -> dict:
-    row = {"rank": rank, "spectrum": spectra.summarize(svd)}
+    row = {"rank": min(rank, *update.shape), "spectrum": spectra.summarize(svd)}
     if update.base is not None:
         tuned = update.tuned()
         row["amplification"] = geometry.amplification(update.base, svd, rank, w_svd=base_svd)
@@ -116,9 +117,20 @@ def shared_start(first: dict, second: dict, layers: list[str]) -> list[str]:
     return [p for p in layers if p in first and p in second and similarity.started_together(first[p], second[p])]
 
 
+def check_settings(rank: Optional[int], intruder_k: int, epsilon: float) -> None:
+    if rank is not None and rank < 1:
+        raise ConfigError(f"--rank is how many top directions of a dense update amplification uses: ≥ 1, got {rank}.")
+    if intruder_k < 1:
+        raise ConfigError(f"--intruder-k is how many top singular vectors are checked for intruders: ≥ 1, got {intruder_k}.")
+    if not 0 < epsilon < 1:
+        raise ConfigError(f"--epsilon is a cosine threshold in (0, 1) (one of the tuned weight's top singular vectors whose "
+                          f"best cosine to every base singular vector is below it is an intruder; default 0.5), got {epsilon}.")
+
+
 def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, names: Optional[list[str]] = None,
             rank: Optional[int] = None, intruder_k: int = 10, epsilon: float = 0.5, plots: bool = True) -> dict:
     """Measure every source, compare every pair, write analysis.json (and the report with ``plots``)."""
+    check_settings(rank, intruder_k, epsilon)
     started = time.time()
     names = names or [source_label(s) for s in sources]
     bases, reports, svds, factors = BaseSpectra(), {}, {}, {}
