@@ -99,3 +99,36 @@ def test_every_documented_command_line_parses():
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{where}: `loralab {line}` does not parse")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "runs/x", "--max-eval", "0"], "--max-eval"),
+    (["predict", "runs/x", "--text", "a", "--batch-size", "0"], "--batch-size"),
+    (["predict", "runs/x", "--text", "a", "--max-new-tokens", "0"], "--max-new-tokens"),
+    (["forgetting", "runs/x", "--max-texts", "0"], "--max-texts"),
+    (["forgetting", "runs/x", "--max-length", "-3"], "--max-length"),
+    (["analyze", "runs/x", "--out", "a", "--intruder-k", "0"], "--intruder-k"),
+    (["interference", "runs/a", "runs/b", "--out", "i", "--max-eval", "0"], "--max-eval"),
+    (["study", "--workers", "0"], "--workers"),
+])
+def test_count_flags_refuse_zero_before_anything_runs(argv, flag, capsys):
+    """Each of these ended in an IndexError, a ZeroDivisionError or a shape error deep in the work."""
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    value = argv[argv.index(flag) + 1]
+    assert exit_.value.code == 2
+    assert f"argument {flag}: must be an integer ≥ 1, got {value}" in capsys.readouterr().err
+
+
+def test_probe_settings_are_checked_when_made():
+    from loralab.analysis.probe import ProbeConfig
+    from loralab.errors import ConfigError
+
+    for field, value, message in (("batches", 0, "--batches must be an integer ≥ 1, got 0."),
+                                  ("head_steps", -1, "--head-steps must be an integer ≥ 0, got -1."),
+                                  ("r", 0, "--r must be an integer ≥ 1, got 0."),
+                                  ("energy", 1.5, "--energy is the fraction of the energy a rank must reach, in (0, 1]; "
+                                                  "got 1.5.")):
+        with pytest.raises(ConfigError) as err:
+            ProbeConfig(**{field: value})
+        assert str(err.value) == message

@@ -32,6 +32,17 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def positive(text: str) -> int:
+    """argparse type of a count flag: an integer ≥ 1 (0 used to end in a traceback or in nothing measured)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer ≥ 1, got {value}")
+    return value
+
+
 def field_default(f):
     return f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
 
@@ -153,7 +164,7 @@ def eval_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", help="a PEFT-format adapter directory to load on --model")
     parser.add_argument("--data", help="dataset name or file (with --run: evaluate the run on this data instead)")
     parser.add_argument("--seed", type=int, default=None, help="split seed (default: the run's, or 0)")
-    parser.add_argument("--max-eval", type=int, default=None, help="at most this many examples per split")
+    parser.add_argument("--max-eval", type=positive, default=None, help="at most this many examples per split")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -180,9 +191,9 @@ def predict_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text", action="append", default=[], help="an input (repeat the flag for several)")
     parser.add_argument("--file", help="inputs: a .txt with one per line (- for standard input), or a .csv/.tsv/.jsonl "
                                        "with a text (sentence, prompt) column")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="causal LM: tokens to generate (default: 64)")
-    parser.add_argument("--batch-size", type=int, default=32, help="classification: texts per batch (default: 32)")
-    parser.add_argument("--max-length", type=int, default=None,
+    parser.add_argument("--max-new-tokens", type=positive, default=64, help="causal LM: tokens to generate (default: 64)")
+    parser.add_argument("--batch-size", type=positive, default=32, help="classification: texts per batch (default: 32)")
+    parser.add_argument("--max-length", type=positive, default=None,
                         help="tokens per input (default: the run's --max-length; with --model: 128)")
 
 
@@ -252,9 +263,9 @@ def forgetting_flags(parser: argparse.ArgumentParser) -> None:
     run_flags(parser, required=True)
     parser.add_argument("--on", help="dataset name or file whose test texts measure it (default: bbc, news prose; "
                                      "movie for a bbc run)")
-    parser.add_argument("--max-texts", type=int, default=60, help="texts from its test split (default: 60)")
-    parser.add_argument("--max-length", type=int, default=96, help="tokens per text (default: 96)")
-    parser.add_argument("--batch-size", type=int, default=16, help="texts per forward pass (default: 16)")
+    parser.add_argument("--max-texts", type=positive, default=60, help="texts from its test split (default: 60)")
+    parser.add_argument("--max-length", type=positive, default=96, help="tokens per text (default: 96)")
+    parser.add_argument("--batch-size", type=positive, default=16, help="texts per forward pass (default: 16)")
 
 
 def cmd_forgetting(args: argparse.Namespace) -> int:
@@ -289,7 +300,7 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
                         help="run every claim on four tasks with seeds (hours); default: the quick study (claim 1)")
     parser.add_argument("--claims", help="with --full: comma-separated claim numbers 1-11 (default: all)")
     parser.add_argument("--tasks", help="with --full: comma-separated subset of movie,tweets,trec,sms (default: all)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=positive, default=None,
                         help="runs at a time, cores split between them (default: 2 with --full, else 1)")
     parser.add_argument("--executor", default="local", choices=("local", "ray"),
                         help="local worker processes, or Ray (pip install 'loralab[ray]') (default: local)")
@@ -300,8 +311,8 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
                         help="quick study: model name or local HF directory (default: minilm)")
     parser.add_argument("--data", default=None,
                         help="quick study: classification dataset name or CSV/TSV/JSONL file (default: movie)")
-    parser.add_argument("--max-train", type=int, default=None, help="quick study: training examples per run")
-    parser.add_argument("--epochs", type=int, default=None, help="quick study: epochs per run")
+    parser.add_argument("--max-train", type=positive, default=None, help="quick study: training examples per run")
+    parser.add_argument("--epochs", type=positive, default=None, help="quick study: epochs per run")
     parser.add_argument("--seed", type=int, default=None, help="quick study: seed (default: 0)")
     parser.add_argument("--precision", default=None, choices=("fp32", "bf16"),
                         help="quick study: fp32, or bf16 autocast (default: fp32)")
@@ -350,9 +361,10 @@ def analyze_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where to write analysis.json, analysis.md and the plots")
     parser.add_argument("--model", help="the base model (default: each run's model or adapter's base_model_name_or_path)")
     parser.add_argument("--names", help="comma-separated labels for the sources (default: their directory names)")
-    parser.add_argument("--rank", type=int, default=None,
+    parser.add_argument("--rank", type=positive, default=None,
                         help="top directions for amplification of dense updates (default: 8; adapters use their rank)")
-    parser.add_argument("--intruder-k", type=int, default=10, help="top singular vectors checked for intruders (default: 10)")
+    parser.add_argument("--intruder-k", type=positive, default=10,
+                        help="top singular vectors checked for intruders (default: 10)")
     parser.add_argument("--epsilon", type=float, default=0.5, help="intruder cosine threshold (default: 0.5)")
 
 
@@ -420,7 +432,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 def interference_flags(parser: argparse.ArgumentParser) -> None:
     paths_flags(parser, "runs", "LoRA runs trained on different tasks")
     parser.add_argument("--out", required=True, help="where to write interference.json/.md/.png")
-    parser.add_argument("--max-eval", type=int, default=None, help="test examples per task (default: each run's)")
+    parser.add_argument("--max-eval", type=positive, default=None, help="test examples per task (default: each run's)")
 
 
 def cmd_interference(args: argparse.Namespace) -> int:

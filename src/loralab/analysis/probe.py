@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from loralab.analysis.spectra import energy_rank
-from loralab.errors import ConfigError
+from loralab.errors import ConfigError, DataError
 from loralab.train.batching import collate, encode, epoch_order
 
 
@@ -68,6 +68,14 @@ class ProbeConfig:
     head_steps: int = 100
     seed: int = 0
     out: str = "runs/probe"
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("batches", 1), ("batch_size", 1), ("max_length", 1), ("r", 1), ("head_steps", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"--{name.replace('_', '-')} must be an integer ≥ {minimum}, got {value!r}.")
+        if not 0 < self.energy <= 1:
+            raise ConfigError(f"--energy is the fraction of the energy a rank must reach, in (0, 1]; got {self.energy}.")
 
 
 class LayerStats:
@@ -149,6 +157,9 @@ def probe_batches(cfg: ProbeConfig):
     model, tokenizer = models.load(cfg.model, train.task, num_labels=len(train.labels) or None)
     models.check_max_length(model, tokenizer, cfg.max_length, cfg.model)
     count = min(cfg.batches, len(train) // cfg.batch_size) * cfg.batch_size
+    if count == 0:
+        raise DataError(f"{cfg.data}'s training split has {len(train)} examples, fewer than one batch of "
+                        f"{cfg.batch_size}; lower --batch-size.")
     chosen = [train.examples[i] for i in epoch_order(len(train), cfg.seed, 0)[:count]]
     rows = encode(replace(train, examples=chosen), tokenizer, cfg.max_length)
     batches = [collate(rows[i : i + cfg.batch_size], tokenizer.pad_token_id) for i in range(0, count, cfg.batch_size)]
@@ -163,8 +174,6 @@ def run_probe(cfg: ProbeConfig) -> dict:
     from loralab.methods.lora import refuse_unmatched_targets
     from loralab.train.config import TrainConfig
 
-    if not isinstance(cfg.r, int) or cfg.r < 1:
-        raise ConfigError(f"--r is the mean rank of the allocation, an integer ≥ 1; got {cfg.r!r}.")
     started = time.time()
     model, train, batches = probe_batches(cfg)
     targets = TrainConfig(targets=cfg.targets).target_spec()
