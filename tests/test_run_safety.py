@@ -299,6 +299,14 @@ def test_compare_lists_runs_side_by_side_and_unfinished_ones(tiny, finished, tmp
     assert code == 0 and f"| {tmp_path / 'damaged'} | damaged: result.json is not readable JSON |" in out
     table = json.loads(run(["compare", finished, tmp_path / "r2", "--json"], capsys)[1])
     assert table["varying"] == ["r", "seed"] and table["common"]["method"] == "lora" and len(table["rows"]) == 2
+    losses = {row["run"]: row["test"]["loss"] for row in table["rows"]}
+    for key, expected in (("r", [tmp_path / "r2", tmp_path / "stopped", finished]),  # a setting: ascending, stable
+                          ("test.loss", [*sorted(losses, key=losses.get), tmp_path / "stopped"])):  # no metrics: last
+        order = [r["run"] for r in json.loads(run(["compare", tmp_path / "stopped", finished, tmp_path / "r2", "--sort",
+                                                     key, "--json"], capsys)[1])["rows"]]
+        assert order == [str(p) for p in expected], (key, order)
+    code, _, err = run(["compare", finished, "--sort", "test.bleu"], capsys)
+    assert code == 2 and "--sort test.bleu: no run has test 'bleu'; these have ['accuracy', 'loss', 'macro_f1']." in err
     code, _, err = run(["compare", tmp_path / "merged"], capsys)
     assert code == 2 and "is a run directory (the --out of `loralab train`, holding its config.json)" in err
 

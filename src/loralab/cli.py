@@ -247,12 +247,16 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def compare_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="run directories (`loralab train --out`), e.g. runs/*")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON (every field of every run)")
+    parser.add_argument("--sort", help="order the runs: test.METRIC or val.METRIC best first (e.g. test.accuracy, "
+                                       "val.loss), or a setting (lr, r, seed, …), trainable, seconds, peak_mb ascending")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from loralab import runs
 
     table = runs.compare_runs(args.runs)
+    if args.sort:
+        runs.sort_rows(table, args.sort)
     for path in table["skipped"]:
         print(f"loralab compare: skipped {path}: not a run directory (no `loralab train` config.json)", file=sys.stderr)
     print(json.dumps(table, indent=2, ensure_ascii=False) if args.json else runs.comparison_markdown(table))

@@ -326,6 +326,38 @@ def compare_runs(paths: list[str | Path]) -> dict:
     return {"common": common, "varying": varying, "rows": rows, "skipped": [str(p) for p in skipped]}
 
 
+LOWER_IS_BETTER = ("loss", "perplexity")
+RUN_NUMBERS = ("trainable", "seconds", "peak_mb")
+
+
+def sort_rows(table: dict, key: str) -> None:
+    """Order ``table``'s rows by ``key``, in place: ``test.METRIC`` or ``val.METRIC`` best first (accuracy and
+    F1 high, loss and perplexity low), a setting (lr, r, seed, …) or trainable/seconds/peak_mb ascending;
+    rows without a value (unfinished runs) last."""
+    rows = table["rows"]
+    split, _, metric = key.partition(".")
+    if split in ("val", "validation", "test") and metric:
+        split = "test" if split == "test" else "validation"
+        if not any(metric in r.get(split, {}) for r in rows):
+            found = sorted({k for r in rows for k in r.get(split, {}) if k != "n"})
+            raise ConfigError(f"--sort {key}: no run has {split} {metric!r}; these have {found}.")
+        sign = 1 if metric in LOWER_IS_BETTER else -1
+        rows.sort(key=lambda r: (r.get(split, {}).get(metric) is None, sign * (r.get(split, {}).get(metric) or 0)))
+        return
+    if key in RUN_NUMBERS:
+        rows.sort(key=lambda r: (r.get(key) is None, r.get(key) or 0))
+        return
+    if not any(key in r["config"] for r in rows):
+        raise ConfigError(f"--sort takes test.METRIC or val.METRIC (e.g. test.accuracy, val.loss), a setting of the "
+                          f"runs (e.g. lr, r, seed) or one of {list(RUN_NUMBERS)}; got {key!r}.")
+
+    def setting(row):
+        value = row["config"].get(key)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return value is None, not number, value if number else 0, str(value)
+    rows.sort(key=setting)
+
+
 def comparison_markdown(table: dict) -> str:
     """`compare_runs` as a Markdown table: the shared settings above it, one row per run with the fields
     that differ, trainable parameters, the validation and test metrics, wall time and peak memory."""
