@@ -90,3 +90,16 @@ def pearson(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
     cov = sum((a - mx) * (b - my) for a, b in zip(xs, ys))
     norm = math.sqrt(sum((a - mx) ** 2 for a in xs) * sum((b - my) ** 2 for b in ys))
     return cov / norm if norm else None
+
+
+def binomial_tail(successes: int, n: int, p: float) -> float:
+    """P(X ≥ successes) for X ~ Binomial(n, p): the one-sided exact test of a rate above ``p`` (in log
+    space, so a test split of thousands does not overflow)."""
+    if successes <= 0 or p >= 1:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    def log_pmf(k: int) -> float:
+        return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                + k * math.log(p) + (n - k) * math.log1p(-p))
+    return min(1.0, sum(math.exp(log_pmf(k)) for k in range(successes, n + 1)))

@@ -21,6 +21,7 @@ from loralab.train.config import TrainConfig
 MODEL, DATA = "minilm", "movie"
 MAX_TRAIN, EPOCHS, MAX_LENGTH, BATCH, RANK, ALPHA = 3000, 2, 64, 16, 8, 16
 CLAIM_ACCURACY, CLAIM_FEWER = 0.98, 100  # claim 1: ≥ 98% of full FT's accuracy with ≥ 100× fewer parameters
+LEARNED_P = 0.05  # full FT must beat always answering the majority class at this one-sided level to compare with
 
 
 @dataclass
@@ -73,11 +74,35 @@ def summarise(results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def claim_verdict(rows: list[dict]) -> Optional[str]:
-    """Claim 1's sentence for LoRA r=8 on query/value, or None without a full-FT row."""
+def majority_rate(labels: list) -> float:
+    """Test accuracy of always answering the most frequent test label."""
+    return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
+def learned(rows: list[dict], meta: dict) -> tuple[bool, float]:
+    """(full FT beat the majority class, its one-sided exact binomial p-value) on the test split."""
+    from loralab.experiments.stats import binomial_tail
+
+    full, n = next(r for r in rows if r["run"] == "full"), meta["test_examples"]
+    p = binomial_tail(round(full["test_accuracy"] * n), n, meta["majority_class"])
+    return p < LEARNED_P, p
+
+
+def claim_verdict(rows: list[dict], meta: dict) -> Optional[str]:
+    """Claim 1's sentence for LoRA r=8 on query/value, or None without a full-FT row. Inconclusive when full
+    fine-tuning itself is not clearly above the majority class: a ratio to chance level says nothing."""
     lora = next((r for r in rows if r["run"] == "lora-qv-r8"), None)
     if not lora or "accuracy_vs_full" not in lora:
         return None
+    above, p = learned(rows, meta) if "majority_class" in meta else (True, 0.0)
+    if not above:
+        full = next(r for r in rows if r["run"] == "full")
+        return (f"**Claim: LoRA r=8 reaches ≥ {CLAIM_ACCURACY:.0%} of full fine-tuning's accuracy with ≥ {CLAIM_FEWER}× "
+                f"fewer trainable parameters — inconclusive here**: full fine-tuning's test accuracy "
+                f"{full['test_accuracy']:.4f} is not clearly above always answering the majority class "
+                f"({meta['majority_class']:.4f}; one-sided binomial p = {p:.2g} over {meta['test_examples']} test "
+                "examples), so there is nothing to compare LoRA with yet. Train on more examples or for more epochs "
+                "(--max-train, --epochs), or use a dataset with a larger test split.")
     holds = lora["accuracy_vs_full"] >= CLAIM_ACCURACY and lora["params_fewer_than_full"] >= CLAIM_FEWER
     return (f"**Claim: LoRA r=8 reaches ≥ {CLAIM_ACCURACY:.0%} of full fine-tuning's accuracy with ≥ {CLAIM_FEWER}× "
             f"fewer trainable parameters — {'holds' if holds else 'does not hold'} here**: "
@@ -108,7 +133,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"{r['test_accuracy']:.4f} | {r.get('accuracy_vs_full', 1):.3f} | {r['test_macro_f1']:.4f} | "
             f"{r['wall_time_s']:.0f} s | {r['peak_memory_mb']:.0f} MB |"
         )
-    verdict = claim_verdict(rows)
+    if "majority_class" in meta:
+        lines += ["", f"Always answering the most frequent test label scores {meta['majority_class']:.4f}."]
+    verdict = claim_verdict(rows, meta)
     if verdict:
         lines += ["", verdict]
     lines += ["", "![accuracy vs trainable parameters](study.png)", "",
@@ -116,7 +143,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Path:
+def plot(rows: list[dict], results: dict[str, dict], path: Path, majority: Optional[float] = None) -> Path:
     from loralab.plotting import pyplot, save
 
     plt = pyplot()
@@ -132,6 +159,9 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path) -> Path:
     if full:
         left.axhline(CLAIM_ACCURACY * full["test_accuracy"], color="grey", linestyle="--", linewidth=1,
                      label=f"{CLAIM_ACCURACY:.0%} of full FT")
+    if majority is not None:
+        left.axhline(majority, color="black", linestyle=":", linewidth=1, label=f"majority class {majority:.2f}")
+    if full or majority is not None:
         left.legend(fontsize=8, loc="lower right")
     left.set_xscale("log")
     left.set(xlabel="trainable parameters (log)", ylabel="test accuracy", title="accuracy vs trainable parameters")
@@ -166,11 +196,12 @@ def run_study(out: str = "reports", runs_dir: str = "runs/study", max_train: Opt
     rows = summarise(results)
     meta = {
         "model": model, "data": data, "max_train": max_train, "epochs": epochs, "seed": seed, "precision": precision,
-        "test_examples": len(test), "study_time_s": time.time() - started,
+        "test_examples": len(test), "majority_class": majority_rate([e["label"] for e in test.examples]),
+        "study_time_s": time.time() - started,
         "torch": torch.__version__, "runs_dir": str(runs_dir),
     }
     (out_dir / "study.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    plot(rows, results, out_dir / "study.png")
+    plot(rows, results, out_dir / "study.png", meta["majority_class"])
     text = markdown(rows, meta)
     (out_dir / "study.md").write_text(text)
     print(text)
