@@ -32,6 +32,7 @@ from loralab.compose import compose
 from loralab.compose.adapters import read_source
 from loralab.compose.geometry import MEASURES, adapters_geometry
 from loralab.errors import ConfigError
+from loralab.experiments import stats
 from loralab.experiments.stats import spearman
 from loralab.runs import read_run
 from loralab.train.batching import encode
@@ -86,10 +87,7 @@ def task_table(task: Task, tasks: list[Task], sources: list[Path]) -> dict:
 
 def majority_rate(task: Task) -> float:
     """Accuracy of always answering the most frequent test label: "chance" for negation."""
-    counts: dict[int, int] = {}
-    for r in task.rows:
-        counts[r["labels"]] = counts.get(r["labels"], 0) + 1
-    return max(counts.values()) / len(task.rows)
+    return stats.majority_rate([r["labels"] for r in task.rows])
 
 
 def negation(tasks: list[Task], sources: list[Path]) -> list[dict]:

@@ -103,3 +103,8 @@ def binomial_tail(successes: int, n: int, p: float) -> float:
         return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
                 + k * math.log(p) + (n - k) * math.log1p(-p))
     return min(1.0, sum(math.exp(log_pmf(k)) for k in range(successes, n + 1)))
+
+
+def majority_rate(labels: Sequence) -> float:
+    """Accuracy of always answering the most frequent label: the chance level of a classification test."""
+    return max(labels.count(label) for label in set(labels)) / len(labels)

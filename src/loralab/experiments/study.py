@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from loralab.experiments import stats
 from loralab.experiments.launcher import Unit, make_executor, run_units
 from loralab.train.config import TrainConfig
 
@@ -74,17 +75,10 @@ def summarise(results: dict[str, dict]) -> list[dict]:
     return rows
 
 
-def majority_rate(labels: list) -> float:
-    """Test accuracy of always answering the most frequent test label."""
-    return max(labels.count(label) for label in set(labels)) / len(labels)
-
-
 def learned(rows: list[dict], meta: dict) -> tuple[bool, float]:
     """(full FT beat the majority class, its one-sided exact binomial p-value) on the test split."""
-    from loralab.experiments.stats import binomial_tail
-
     full, n = next(r for r in rows if r["run"] == "full"), meta["test_examples"]
-    p = binomial_tail(round(full["test_accuracy"] * n), n, meta["majority_class"])
+    p = stats.binomial_tail(round(full["test_accuracy"] * n), n, meta["majority_class"])
     return p < LEARNED_P, p
 
 
@@ -159,8 +153,11 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path, majority: Optio
     if full:
         left.axhline(CLAIM_ACCURACY * full["test_accuracy"], color="grey", linestyle="--", linewidth=1,
                      label=f"{CLAIM_ACCURACY:.0%} of full FT")
-    if majority is not None:
+    lowest = min((r["test_accuracy"] for r in rows), default=0.0)
+    if majority is not None and majority >= lowest - 0.05:
         left.axhline(majority, color="black", linestyle=":", linewidth=1, label=f"majority class {majority:.2f}")
+    elif majority is not None:  # far below the arms: a line there would squash their differences flat
+        left.plot([], [], " ", label=f"majority class {majority:.2f} (below)")
     if full or majority is not None:
         left.legend(fontsize=8, loc="lower right")
     left.set_xscale("log")
@@ -196,7 +193,7 @@ def run_study(out: str = "reports", runs_dir: str = "runs/study", max_train: Opt
     rows = summarise(results)
     meta = {
         "model": model, "data": data, "max_train": max_train, "epochs": epochs, "seed": seed, "precision": precision,
-        "test_examples": len(test), "majority_class": majority_rate([e["label"] for e in test.examples]),
+        "test_examples": len(test), "majority_class": stats.majority_rate([e["label"] for e in test.examples]),
         "study_time_s": time.time() - started,
         "torch": torch.__version__, "runs_dir": str(runs_dir),
     }
