@@ -168,8 +168,13 @@ def test_eval_honours_data_seed_and_max_eval(tiny, finished, tmp_path, capsys):
     other = tmp_path / "three.csv"
     other.write_text("text,label\n" + "".join(f"row {i},{'abc'[i % 3]}\n" for i in range(60)))
     code, _, err = run(["eval", "--run", finished, "--data", other], capsys)
-    assert code == 2 and "has task classification with labels ['a', 'b', 'c']" in err
-    assert "was trained for classification with labels ['negative', 'positive']" in err
+    assert code == 2 and (f"--data {other} has labels ['a', 'b', 'c']; run {finished} was trained for labels "
+                          "['negative', 'positive']. Evaluate on a dataset with the same labels.") in err
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(40)))
+    code, _, err = run(["eval", "--run", finished, "--data", chat], capsys)
+    assert code == 2 and (f"--data {chat} is prompt/response data; run {finished} was trained on classification "
+                          "data with labels ['negative', 'positive']. Evaluate on data of the run's kind.") in err
 
 
 def test_run_directory_as_positional_or_flag(finished, tmp_path, capsys):

@@ -71,12 +71,19 @@ def evaluate_run(run: str | Path, data: Optional[str] = None, seed: Optional[int
     cfg, net, tokenizer, labels, task = load_run(run)
     if data is not None and data != cfg.data:
         other_task, other_labels, _ = datasets.read_all(data)
-        if other_task != task or (task == "classification" and other_labels != labels):
-            raise DataError(f"--data {data} has task {other_task} with labels {other_labels}; run {run} was trained "
-                            f"for {task} with labels {labels}. Evaluate on a dataset with the same labels.")
+        if other_task != task:
+            raise DataError(f"--data {data} is {describe_task(other_task, other_labels)}; run {run} was trained on "
+                            f"{describe_task(task, labels)}. Evaluate on data of the run's kind.")
+        if task == "classification" and other_labels != labels:
+            raise DataError(f"--data {data} has labels {other_labels}; run {run} was trained for labels {labels}. "
+                            "Evaluate on a dataset with the same labels.")
     with autocast(cfg.precision):  # a bf16 run is evaluated as it was trained, so its test metrics reproduce
         return evaluate_splits(net, tokenizer, labels, task, data or cfg.data, cfg.seed if seed is None else seed,
                                cfg.max_eval if max_eval is None else max_eval, cfg.max_length, cfg.eval_batch_size)
+
+
+def describe_task(task: str, labels: list[str]) -> str:
+    return f"classification data with labels {labels}" if task == "classification" else "prompt/response data"
 
 
 def evaluate_splits(net, tokenizer, labels, task, data, seed, max_eval, max_length, batch_size) -> dict:
