@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 
@@ -47,6 +48,20 @@ def test_interference_table_negation_and_geometry(task_runs, tmp_path, capsys):
     # both runs used --seed 0: the same initial A, which the report says instead of reading shared directions into it
     assert result["geometry"]["movie vs tweets"]["shared_start"] and summary["pair_a_cosine"] > 0.3
     assert "**Shared start** (movie vs tweets): in most layers the two A matrices are correlated" in text
+
+
+def test_two_runs_of_one_dataset_and_a_run_without_an_adapter(task_runs, tiny, tmp_path, capsys):
+    """Two runs of movie (e.g. two seeds) were one table row and a TypeError; a full run, a missing adapter/."""
+    shutil.copytree(task_runs / "movie", tmp_path / "again")
+    assert main(["interference", str(task_runs / "movie"), str(tmp_path / "again"), "--out", str(tmp_path / "i")]) == 0
+    result = json.loads((tmp_path / "i" / "interference.json").read_text())
+    first, second = "movie (movie)", "movie (again)"
+    assert set(result["table"]) == {first, second} and list(result["geometry"]) == [f"{first} vs {second}"]
+    assert result["geometry"][f"{first} vs {second}"]["summary"]["pair_cosine"] == pytest.approx(1.0)  # the same ΔW
+    assert main(train_args(tiny, tmp_path / "full", "--epochs", "1", "--method", "full")) == 0
+    capsys.readouterr()
+    assert main(["interference", str(task_runs / "movie"), str(tmp_path / "full"), "--out", str(tmp_path / "j")]) == 2
+    assert f"{tmp_path / 'full'} is a 'full' run, which keeps no adapter" in capsys.readouterr().err
 
 
 def test_compose_command_writes_a_loadable_adapter(task_runs, tiny, tmp_path, capsys):

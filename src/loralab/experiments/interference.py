@@ -29,7 +29,7 @@ import loralab as ll
 from loralab import data as datasets
 from loralab import models
 from loralab.compose import compose
-from loralab.compose.adapters import read_source
+from loralab.compose.adapters import adapter_dir, read_source
 from loralab.compose.geometry import MEASURES, adapters_geometry
 from loralab.errors import ConfigError
 from loralab.experiments import stats
@@ -119,8 +119,12 @@ def run_interference(runs: list[str], out: str | Path, max_eval: Optional[int] =
     started = time.time()
     if len(runs) < 2:
         raise ConfigError("give at least two runs (`loralab interference A B --out OUT`) to measure interference.")
-    sources = [Path(r) / "adapter" for r in runs]
+    sources = [adapter_dir(r) for r in runs]  # a full or subspace run is refused here, with what to do instead
     tasks = [Task(i, Path(r), max_eval) for i, r in enumerate(runs)]
+    stems, dirs = [t.name for t in tasks], [t.run.name for t in tasks]
+    for t in tasks:  # two runs of one dataset (e.g. two seeds) keep apart under their directories' names
+        if stems.count(t.name) > 1:
+            t.name = f"{t.name} ({t.run.name if dirs.count(t.run.name) == 1 else t.run})"
     table = {t.name: task_table(t, tasks, sources) for t in tasks}
     factor_sets = {t.name: read_source(s)[0] for t, s in zip(tasks, sources)}
     geometry = {f"{a} vs {b}": adapters_geometry(factor_sets[a], factor_sets[b])
