@@ -208,6 +208,22 @@ def test_analyze_writes_every_plot_and_compares_ranks(adapter_pair, tmp_path):
     assert all((tmp_path / "out" / f).stat().st_size > 5000 for f in files if f.endswith(".png"))
 
 
+def test_sources_of_one_name_are_kept_apart(adapter_pair, tmp_path):
+    """runs/a/x and runs/b/x were both "x": the second report replaced the first, and x was compared with itself."""
+    import shutil
+
+    from loralab.errors import ConfigError
+
+    base_dir, root = adapter_pair
+    for parent in ("a", "b"):
+        shutil.copytree(root / "ours", tmp_path / parent / "x")
+    result = analyze([str(tmp_path / "a" / "x"), str(tmp_path / "b" / "x")], tmp_path / "out", model=str(base_dir),
+                     plots=False)
+    assert list(result["sources"]) == ["a/x", "b/x"] and list(result["pairs"]) == ["a/x vs b/x"]
+    with pytest.raises(ConfigError, match="name the same directory more than once"):
+        analyze([str(tmp_path / "a" / "x"), str(tmp_path / "a" / "x")], tmp_path / "out2", model=str(base_dir))
+
+
 @pytest.mark.parametrize("setting, message", [
     ({"rank": 0}, "--rank is how many top directions of a dense update amplification uses: ≥ 1, got 0."),
     ({"intruder_k": 0}, "--intruder-k is how many top singular vectors are checked for intruders: ≥ 1, got 0."),

@@ -364,7 +364,8 @@ def analyze_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("sources", nargs="+", help="runs (`loralab train --out`) or adapter directories (ours or PEFT's)")
     parser.add_argument("--out", required=True, help="where to write analysis.json, analysis.md and the plots")
     parser.add_argument("--model", help="the base model (default: each run's model or adapter's base_model_name_or_path)")
-    parser.add_argument("--names", help="comma-separated labels for the sources (default: their directory names)")
+    parser.add_argument("--names", help="comma-separated labels for the sources (default: their directory names, with "
+                                        "parent directories where two share a name)")
     parser.add_argument("--rank", type=positive, default=None,
                         help="top directions for amplification of dense updates (default: 8; adapters use their rank)")
     parser.add_argument("--intruder-k", type=positive, default=10,

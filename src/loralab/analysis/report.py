@@ -25,9 +25,16 @@ from loralab.analysis.updates import LayerUpdate, load_updates
 from loralab.errors import ConfigError
 
 
-def source_label(source: str) -> str:
-    path = Path(source)
-    return path.parent.name if path.name == "adapter" else path.name
+def source_labels(sources: list[str]) -> list[str]:
+    """Each source's directory name (a run's, for its ``adapter/``), with as many parent directories as
+    it takes to tell apart sources of one name (runs/a/x and runs/b/x: a/x and b/x)."""
+    paths = [Path(s).resolve() for s in sources]
+    paths = [p.parent if p.name == "adapter" else p for p in paths]
+    for depth in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    raise ConfigError(f"sources {sources} name the same directory more than once; give each once.")
 
 
 class BaseSpectra:
@@ -132,7 +139,9 @@ def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, na
     """Measure every source, compare every pair, write analysis.json (and the report with ``plots``)."""
     check_settings(rank, intruder_k, epsilon)
     started = time.time()
-    names = names or [source_label(s) for s in sources]
+    if names is not None and len(set(names)) < len(names):
+        raise ConfigError(f"--names {','.join(names)} gives a label twice; every source needs its own.")
+    names = names or source_labels(sources)
     bases, reports, svds, factors = BaseSpectra(), {}, {}, {}
     for name, source in zip(names, sources):
         reports[name], svds[name], factors[name] = analyze_source(source, model, rank, bases, intruder_k, epsilon)
