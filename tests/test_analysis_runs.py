@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from loralab.analysis.probe import ProbeConfig, run_probe
 from loralab.analysis.report import analyze
@@ -52,6 +53,23 @@ def test_analyze_runs_of_every_kind(runs, tiny, tmp_path):
     assert len(result["sources"]["dora"]["trajectory"]) == 3
     text = (tmp_path / "analysis.md").read_text()
     assert "| r8 | lora | 4 |" in text and "phi_r2__r8.png" in text
+
+
+def test_a_merged_run_measures_as_its_adapter(runs, tiny, tmp_path):
+    """`loralab merge` then analyze the model directory: the DoRA run's own layers, the same spectra as
+    from its adapter (fp32 merge rounding only); the layers it left alone (bit-identical) are not zeros in
+    the medians. An unchanged model has nothing to measure."""
+    from loralab.errors import AdapterError
+
+    assert main(["merge", str(runs / "dora"), "--out", str(tmp_path / "merged")]) == 0
+    result = analyze([str(runs / "dora"), str(tmp_path / "merged")], tmp_path / "a", model=tiny["model"], plots=False)
+    adapter, merged = result["sources"]["dora"]["layers"], result["sources"]["merged"]["layers"]
+    assert list(merged) == list(adapter) and len(merged) == 4  # not the 13 linear layers of the model
+    for path in adapter:
+        torch.testing.assert_close(torch.tensor(merged[path]["spectrum"]["singular_values"]),
+                                   torch.tensor(adapter[path]["spectrum"]["singular_values"]), atol=2e-6, rtol=1e-4)
+    with pytest.raises(AdapterError, match="equals .* in every linear layer: there is no update to measure"):
+        analyze([tiny["model"]], tmp_path / "b", model=tiny["model"], plots=False)
 
 
 def test_probe_predicts_ranks_per_layer(tiny):

@@ -101,7 +101,9 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
 
 
 def full_updates(tuned_dir: Union[str, os.PathLike], base_model: str, targets="all-linear") -> dict[str, LayerUpdate]:
-    """ΔW = W_ft − W0 for every layer ``targets`` matches (default: all linear layers but the head).
+    """ΔW = W_ft − W0 for every layer ``targets`` matches (default: all linear layers but the head) that
+    changed: a merged adapter leaves the layers it did not adapt bit-identical, and those zeros would
+    dominate every median.
 
     The module names come from a weightless (meta-device) copy of the tuned model's architecture; only
     the matched weights are read, from both models' safetensors files.
@@ -123,4 +125,8 @@ def full_updates(tuned_dir: Union[str, os.PathLike], base_model: str, targets="a
         n_in, n_out = layer_shape(module)
         specs[path] = (layer_kind(module), (n_out, n_in))
     tuned, base = base_weights(str(tuned_dir), specs), base_weights(base_model, specs)
-    return {p: LayerUpdate(p, dense=tuned[p].double() - base[p].double(), base=base[p]) for p in specs}
+    changed = [p for p in specs if not torch.equal(tuned[p], base[p])]
+    if not changed:
+        raise AdapterError(f"{tuned_dir} equals {base_model} in every linear layer: there is no update to measure. "
+                           "Is --model the model it was tuned from, and did it train?")
+    return {p: LayerUpdate(p, dense=tuned[p].double() - base[p].double(), base=base[p]) for p in changed}
