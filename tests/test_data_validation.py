@@ -101,7 +101,10 @@ def test_causal_lm_rows_need_prompt_and_response(tmp_path):
     ("mini-lm", r"model 'mini-lm' is not a packaged model \('minilm', 'smollm2'\) nor an existing directory "
                 r"\(a Hugging Face model directory holds config.json, model.safetensors"),
     ("someorg/somemodel", r"model 'someorg/somemodel' looks like a hub id, but the hub is out of reach \(offline, "
-                          r"or HF_HUB_OFFLINE is set\)"),
+                          r"or HF_HUB_OFFLINE is set\)\. Use a packaged model"),
+    # the base a PEFT adapter trained online names: the packaged copy is offered
+    ("sentence-transformers/all-MiniLM-L6-v2", r"out of reach .* It is what the packaged 'minilm' holds: give --model "
+                                               r"minilm\."),
 ])
 def test_bad_model_names_fail_at_once(given, message, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

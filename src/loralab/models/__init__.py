@@ -78,6 +78,8 @@ def fix_chat_tokenizer(tokenizer) -> None:
 
 
 PACKAGED = ("minilm", "smollm2")
+# the hub ids the packaged models come from: a PEFT adapter trained online names these as its base
+PACKAGED_FROM = {"sentence-transformers/all-MiniLM-L6-v2": "minilm", "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2"}
 DESCRIPTIONS = {"minilm": "all-MiniLM-L6-v2, BERT 6×384", "smollm2": "SmolLM2-135M-Instruct, Llama architecture"}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 MODEL_DIR_NEEDS = "config.json, model.safetensors (or sharded safetensors) and the tokenizer files"
@@ -103,8 +105,11 @@ def resolve(name_or_path: str) -> str:
         raise DataError(f"model {name_or_path!r} is not a packaged model {PACKAGED} nor an existing directory "
                         f"(a Hugging Face model directory holds {MODEL_DIR_NEEDS}); a hub id looks like org/name.")
     if not hub_reachable():
+        packaged = PACKAGED_FROM.get(name_or_path)
+        hint = (f"It is what the packaged {packaged!r} holds: give --model {packaged}." if packaged else
+                f"Use a packaged model {PACKAGED} or a local model directory (--model).")
         raise DataError(f"model {name_or_path!r} looks like a hub id, but the hub is out of reach (offline, or "
-                        f"HF_HUB_OFFLINE is set). Use a packaged model {PACKAGED} or a local model directory.")
+                        f"HF_HUB_OFFLINE is set). {hint}")
     return name_or_path
 
 
