@@ -94,13 +94,26 @@ def test_resume_refuses_a_different_config(tiny, finished, capsys):
 
 
 def test_resume_may_change_threads_and_logging(tiny, finished, tmp_path, capsys):
-    """Resuming a finished run with other --threads / --log-every re-tests it and reproduces its result."""
+    """A run stopped after its last checkpoint (no result.json), resumed with other --threads / --log-every,
+    re-tests it and reproduces its result."""
     out = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(finished), str(out)], check=True)
     (out / "config.json").write_text((finished / "config.json").read_text().replace(str(finished), str(out)))
+    (out / "result.json").unlink()
     code, _, _ = run(quick(tiny, out, "--resume", "--threads", "2", "--log-every", "3"), capsys)
     assert code == 0
     assert json.loads((out / "result.json").read_text())["test"] == json.loads((finished / "result.json").read_text())["test"]
+
+
+def test_resume_of_a_finished_run_changes_nothing(tiny, finished, capsys):
+    """It re-tested the run and rewrote result.json with the re-test's seconds as the run's wall time, and
+    appended a second test record; a sweep rerun with --resume must leave finished runs as they are."""
+    before = {p.relative_to(finished): p.read_bytes() for p in finished.rglob("*") if p.is_file()}
+    code, out, err = run(quick(tiny, finished, "--resume"), capsys)
+    assert code == 0 and f"loralab train: {finished} had already finished; nothing to resume, nothing was changed." in err
+    result = json.loads((finished / "result.json").read_text())
+    assert json.loads(out)["test"] == {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()}
+    assert {p.relative_to(finished): p.read_bytes() for p in finished.rglob("*") if p.is_file()} == before
 
 
 def test_resume_without_a_checkpoint_is_refused(tiny, tmp_path, capsys):

@@ -105,6 +105,9 @@ class Trainer:
     def run(self) -> dict:
         self.setup_processes()
         self.out = run_dir.check_out(self.cfg)
+        finished = run_dir.finished_result(self.out) if self.cfg.resume else None
+        if finished is not None:  # --resume of a run that ended: its result stands, nothing is rewritten
+            return finished
         self.load_data_and_model()  # data, model, targets and lengths are checked before --out changes at all:
         self.build_optimizer()      # a refused --overwrite run leaves the old run as it was
         self.barrier()

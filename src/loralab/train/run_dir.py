@@ -69,6 +69,14 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
                           "the original values, or start a new run with a new --out.")
 
 
+def finished_result(out: Path) -> Optional[dict]:
+    """The result.json of a run that ran to its end, or None (none yet, or not readable: resume rewrites it)."""
+    try:
+        return json.loads((out / "result.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
 def held_files(out: Path) -> list[str]:
     """What a run directory holds, the lock file aside."""
     return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
