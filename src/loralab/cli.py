@@ -84,17 +84,13 @@ def train_flags(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loralab.train import train
-    from loralab.train.run_dir import finished_result
 
     cfg = TrainConfig(**dataclass_values(TrainConfig, args, read_config_file(args.config)))
-    finished = finished_result(Path(cfg.out)) if cfg.resume else None
     try:
         result = train(cfg)
     except KeyboardInterrupt:
         print(interrupted_message(cfg, args.argv), file=sys.stderr)
         return INTERRUPTED
-    if finished is not None:
-        print(f"loralab train: {cfg.out} had already finished; nothing to resume, nothing was changed.", file=sys.stderr)
     test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()}
     print(json.dumps({"out": cfg.out, "trainable_params": result["trainable_params"], "test": test,
                       "wall_time_s": round(result["wall_time_s"], 1)}))

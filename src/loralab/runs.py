@@ -14,7 +14,7 @@ import loralab as ll
 from loralab import data as datasets
 from loralab import models
 from loralab.errors import ConfigError, DataError
-from loralab.io.atomic import atomic_directory
+from loralab.io.atomic import atomic_directory, readable_json
 from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, saved_labels, split_adapter_tensors
 from loralab.methods import get_method
 from loralab.train.batching import chat_prompt, collate, encode
@@ -299,13 +299,6 @@ def run_row(run: Path) -> dict:
     else:
         row["status"] = "stopped before its first checkpoint (nothing to resume)"
     return row
-
-
-def readable_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
 
 
 def is_run(path: Path) -> bool:

@@ -74,3 +74,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def readable_json(path: str | os.PathLike):
+    """A JSON file's content, or None when it is missing or not readable JSON (e.g. cut short by a full disk)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None

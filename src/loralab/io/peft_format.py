@@ -34,7 +34,7 @@ from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, in_model_order, on_inner_module
 from loralab.errors import AdapterError
-from loralab.io.atomic import atomic_save_tensors, atomic_write_text
+from loralab.io.atomic import atomic_save_tensors, atomic_write_text, readable_json
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -286,13 +286,13 @@ def saved_labels(directory: str | os.PathLike) -> list[str] | None:
     adapter: a composed adapter's compose.json, or the result.json of the run whose ``adapter/`` this is.
     PEFT's format has no place for them; None when unknown."""
     root = Path(directory)
-    kept = root / "compose.json" if (root / "compose.json").exists() else root.parent / "result.json"
-    if (kept.name == "result.json" and root.name != "adapter") or not kept.exists():
+    if (root / "compose.json").exists():
+        kept = readable_json(root / "compose.json")
+    elif root.name == "adapter":
+        kept = readable_json(root.parent / "result.json")
+    else:
         return None
-    try:
-        return json.loads(kept.read_text()).get("labels") or None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-        return None
+    return (kept.get("labels") or None) if isinstance(kept, dict) else None
 
 
 def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:

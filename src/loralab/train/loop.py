@@ -16,6 +16,7 @@ import json
 import math
 import os
 import resource
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -107,6 +108,9 @@ class Trainer:
         self.out = run_dir.check_out(self.cfg)
         finished = run_dir.finished_result(self.out) if self.cfg.resume else None
         if finished is not None:  # --resume of a run that ended: its result stands, nothing is rewritten
+            if self.main:
+                print(f"loralab train: {self.out} had already finished; nothing to resume, nothing was changed.",
+                      file=sys.stderr)
             return finished
         self.load_data_and_model()  # data, model, targets and lengths are checked before --out changes at all:
         self.build_optimizer()      # a refused --overwrite run leaves the old run as it was

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Optional
 
 from loralab.errors import ConfigError
+from loralab.io.atomic import readable_json
 from loralab.train.checkpoint import has_checkpoint
 from loralab.train.config import TrainConfig
 
@@ -71,10 +72,8 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
 
 def finished_result(out: Path) -> Optional[dict]:
     """The result.json of a run that ran to its end, or None (none yet, or not readable: resume rewrites it)."""
-    try:
-        return json.loads((out / "result.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+    result = readable_json(out / "result.json")
+    return result if isinstance(result, dict) else None
 
 
 def held_files(out: Path) -> list[str]:
