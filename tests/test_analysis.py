@@ -250,7 +250,7 @@ def test_dora_summary_reports_the_real_weight_change(tmp_path):
 
     summary = adapter_summary(tmp_path / "dora", model=str(base_dir))
     layer = model.bert.encoder.layer[0].attention.self.query
-    merged = ll.LoraLayer.merged_weight(layer, layer.weight_out_in(), "default")[0]
+    merged = layer.variants["default"].merged_weight(layer, layer.weight_out_in(), "default")
     expected = float((merged.double() - layer.weight_out_in().double()).norm())
     got = summary["modules"]["bert.encoder.layer.0.attention.self.query"]
     assert got["dora"] and got["delta_norm"] == pytest.approx(expected, rel=1e-6)

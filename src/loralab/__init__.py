@@ -14,6 +14,7 @@ from loralab.adapters import (
     default_targets,
     delete_adapter,
     disabled,
+    frozen,
     inject,
     match_targets,
     merge,
@@ -31,6 +32,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdapterError", "LoraConfig", "LoraLayer", "ModulesToSave", "active_adapters", "adapter_state_dict",
-    "default_targets", "delete_adapter", "disabled", "inject", "load_adapter", "match_targets", "merge", "merge_and_unload",
-    "routing", "save_adapter", "set_active", "set_trainable", "trainable_parameters", "unmerge",
+    "default_targets", "delete_adapter", "disabled", "frozen", "inject", "load_adapter", "match_targets", "merge",
+    "merge_and_unload", "routing", "save_adapter", "set_active", "set_trainable", "trainable_parameters", "unmerge",
 ]

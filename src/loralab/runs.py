@@ -264,9 +264,10 @@ def predict(inputs: list[str], run: Optional[str | Path] = None, model: Optional
     net, tokenizer, labels, task, default_length = model_for_prediction(run, model, adapter, labels)
     max_length = max_length or default_length
     models.check_max_length(net, tokenizer, max_length, model or str(run))
-    if task == "classification":
-        return classify(net, tokenizer, labels, inputs, max_length, batch_size)
-    return answer(net, tokenizer, inputs, max_new_tokens, max_length)
+    with ll.frozen(net):  # serving: DoRA norms (and the like) computed once, not per call
+        if task == "classification":
+            return classify(net, tokenizer, labels, inputs, max_length, batch_size)
+        return answer(net, tokenizer, inputs, max_new_tokens, max_length)
 
 
 # ----- comparing runs ------------------------------------------------------------------------------

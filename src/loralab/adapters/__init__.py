@@ -1,5 +1,6 @@
 """LoRA and DoRA adapters: layers, injection, management and merging."""
 
+from loralab.adapters.cache import frozen
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import default_targets, inject, match_targets
 from loralab.adapters.lora import LoraLayer
@@ -17,6 +18,6 @@ from loralab.adapters.modules_to_save import ModulesToSave
 
 __all__ = [
     "LoraConfig", "LoraLayer", "ModulesToSave", "default_targets", "inject", "match_targets", "active_adapters", "delete_adapter",
-    "disabled", "routing", "set_active", "set_trainable", "trainable_parameters", "merge", "merge_and_unload",
+    "disabled", "frozen", "routing", "set_active", "set_trainable", "trainable_parameters", "merge", "merge_and_unload",
     "unmerge",
 ]

@@ -11,17 +11,15 @@ Geometric(p) (by inversion: ⌊log(1 − u)/log(1 − p)⌋ + 1, u uniform): ~p�
 one per element. Nothing of size (T, in) is kept from the forward to the backward — only the K ≈ p·T·in
 positions (int32 while T·in < 2³¹: 5% of an fp32 x's bytes at p = 0.05).
 
-x − X_d is never a second copy of x: the two products run on x itself with the K dropped entries
-zeroed for the duration of the GEMM and written back bit for bit afterwards (`SparseDropout.zeroed`),
-three K-sized index operations instead of a (T, in) copy per product. The rank-r input gradient
-Gᵀ·A is written into ∂L/∂x first, zeroed at the drops, and g·W accumulated into it. The sparse
-alternatives — a CSR product for A·X_dᵀ, X_dᵀ·Gᵀ for ∂A, a sampled product for the input gradient at
-the drops — measured slower on CPU (X_dᵀ·Gᵀ alone costs ~5 copies of x; docs/results.md).
+x − X_d is a copy of x with the K dropped entries zeroed (`SparseDropout.kept`), made for each product
+and freed after it: x itself is never written — other nodes saved it (q, k and v share their input),
+another thread may read it, it may be read-only memory. The rank-r input gradient Gᵀ·A is written into
+∂L/∂x first (a tensor this code creates), zeroed at the drops, and g·W accumulated into it. The sparse
+alternatives — a CSR product for A·X_dᵀ, X_dᵀ·Gᵀ for ∂A — measured slower on CPU (docs/results.md).
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -67,25 +65,55 @@ class SparseDropout:
         return cls(packed.long(), x2d.shape[0], x2d.shape[1], p)
 
     def zero_(self, t2d: torch.Tensor) -> torch.Tensor:
-        """t2d with the dropped entries set to 0, in place; t2d (T, n) contiguous."""
+        """t2d with the dropped entries set to 0, in place: only for a (T, n) contiguous tensor the caller made."""
         t2d.view(-1).index_fill_(0, self.positions, 0)
         return t2d
 
-    @contextlib.contextmanager
-    def zeroed(self, x2d: torch.Tensor):
-        """x − X_d for the duration of the block: x itself with the dropped entries zeroed, restored on exit.
+    def kept(self, x2d: torch.Tensor) -> torch.Tensor:
+        """x − X_d: a new (T, n) contiguous tensor, x with the dropped entries zeroed; x is not touched."""
+        return self.zero_(x2d.clone(memory_format=torch.contiguous_format))
 
-        Writes go through ``x2d.data`` so x's version counter does not move: other autograd nodes that
-        saved x (q, k and v share their input) still find it unchanged, which it is once the block exits.
-        A non-contiguous or inference-mode x gets a zeroed copy instead.
-        """
-        if not x2d.is_contiguous() or x2d.is_inference():
-            yield self.zero_(x2d.clone(memory_format=torch.contiguous_format))
-            return
-        flat = x2d.data.view(-1)
-        values = flat.gather(0, self.positions)  # 1-D gather runs on every thread; index_select on one
-        flat.index_fill_(0, self.positions, 0)
-        try:
-            yield x2d.data
-        finally:
-            flat.index_copy_(0, self.positions, values)
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The dense mask of x̃ = x ⊙ mask: 0 at the drops, 1/(1 − p) elsewhere, in x's shape and dtype (the
+        composed formula's, for double backward)."""
+        mask = torch.full((x.numel(),), self.keep_scale, dtype=x.dtype, device=x.device)
+        return mask.index_fill_(0, self.positions, 0).view(x.shape)
+
+
+class DenseDropout:
+    """The same interface over a dense keep mask (T, n) of bools: what runs under torch.compile, whose
+    graphs cannot hold the data-dependent number of drop positions. Saves T·n bytes instead of ~4·p·T·n."""
+
+    def __init__(self, keep: torch.Tensor, p: float):
+        self.keep = keep
+        self.keep_scale = 1.0 / (1.0 - p)
+
+    @classmethod
+    def sample(cls, x2d: torch.Tensor, p: float) -> "DenseDropout":
+        return cls(torch.rand(x2d.shape, device=x2d.device) >= p, p)
+
+    def packed(self) -> torch.Tensor:
+        return self.keep
+
+    def zero_(self, t2d: torch.Tensor) -> torch.Tensor:
+        return t2d.mul_(self.keep)
+
+    def kept(self, x2d: torch.Tensor) -> torch.Tensor:
+        return x2d * self.keep
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.keep * self.keep_scale).to(x.dtype).view(x.shape)
+
+
+def sample_dropout(x2d: torch.Tensor, p: float):
+    """The dropped entries of x2d (T, n): as positions (`SparseDropout`), or as a dense mask while compiling."""
+    if p <= 0:
+        return None
+    return DenseDropout.sample(x2d, p) if torch.compiler.is_compiling() else SparseDropout.sample(x2d, p)
+
+
+def unpack_dropout(saved, x2d: torch.Tensor, p: float):
+    """The dropout a forward saved (`packed`), for the backward; None without dropout."""
+    if saved is None:
+        return None
+    return DenseDropout(saved, p) if saved.dtype == torch.bool else SparseDropout.unpack(saved, x2d, p)

@@ -48,3 +48,15 @@ class AdapterHost(nn.Module):
         """(adapter name or BASE, indices of its examples) for each name in ``route``, in first-seen order."""
         for name in self.route_names(batch):
             yield name, self.route_rows(name, device)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside torch.compile's and (Distributed)DataParallel's wrappers — where the adapters,
+    their configs and the module names PEFT's keys use live — or ``model`` itself."""
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model

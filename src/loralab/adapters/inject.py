@@ -24,7 +24,8 @@ from torch import nn
 
 from loralab.adapters.checkpointing import let_gradients_through_checkpoints
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.lora import LoraLayer, check_supported, layer_kind
+from loralab.adapters.kinds import check_supported, layer_kind
+from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import set_active
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers, on_inner_module

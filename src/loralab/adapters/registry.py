@@ -9,22 +9,10 @@ from typing import Iterator, Union
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.host import BASE, AdapterHost
+from loralab.adapters.host import BASE, AdapterHost, unwrap
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside torch.compile's and (Distributed)DataParallel's wrappers — where the adapters,
-    their configs and the module names PEFT's keys use live — or ``model`` itself."""
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-        else:
-            return model
 
 
 def in_model_order(paths) -> list[str]:

@@ -179,7 +179,8 @@ def _find_key(index: dict, key: str) -> str:
 
 
 def _live_base(module: nn.Module) -> torch.Tensor:
-    from loralab.adapters.lora import LoraLayer, layer_kind
+    from loralab.adapters.kinds import layer_kind
+    from loralab.adapters.lora import LoraLayer
 
     if isinstance(module, LoraLayer):
         if module.merged:

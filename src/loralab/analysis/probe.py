@@ -170,7 +170,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
     """Probe ``cfg.targets`` of ``cfg.model`` on ``cfg.data``; returns per-layer and per-task ranks."""
     from loralab.adapters.config import LoraConfig
     from loralab.adapters.inject import match_targets
-    from loralab.adapters.lora import layer_kind
+    from loralab.adapters.kinds import layer_kind
     from loralab.methods.lora import refuse_unmatched_targets
     from loralab.train.config import TrainConfig
 

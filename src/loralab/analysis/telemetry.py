@@ -42,7 +42,7 @@ class Telemetry(Callback):
     def full_updates(trainer) -> dict[str, LayerUpdate]:
         from loralab.adapters.config import LoraConfig
         from loralab.adapters.inject import match_targets
-        from loralab.adapters.lora import layer_kind, layer_shape
+        from loralab.adapters.kinds import layer_kind, layer_shape
         from loralab.analysis.factors import base_weights
 
         specs = {}

@@ -112,7 +112,7 @@ def full_updates(tuned_dir: Union[str, os.PathLike], base_model: str, targets="a
 
     from loralab.adapters.config import LoraConfig
     from loralab.adapters.inject import match_targets
-    from loralab.adapters.lora import layer_kind, layer_shape
+    from loralab.adapters.kinds import layer_kind, layer_shape
 
     config = AutoConfig.from_pretrained(tuned_dir)
     heads = {"ForSequenceClassification": AutoModelForSequenceClassification, "ForCausalLM": AutoModelForCausalLM}

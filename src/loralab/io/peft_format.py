@@ -30,7 +30,8 @@ from torch import nn
 
 from loralab.adapters.config import LoraConfig
 from loralab.adapters.inject import inject, match_modules_to_save, match_targets
-from loralab.adapters.lora import LoraLayer, layer_kind, layer_shape
+from loralab.adapters.kinds import layer_kind, layer_shape
+from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, in_model_order, on_inner_module
 from loralab.errors import AdapterError

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.func import functional_call
 
+from loralab.adapters.cache import DerivedCache
 from loralab.adapters.inject import name_matches
 from loralab.errors import AdapterError
 from loralab.subspace.projections import Projection, make_projection
@@ -108,7 +109,7 @@ class IntrinsicModel(nn.Module):
         model.requires_grad_(False)
         self.theta_d = nn.Parameter(torch.zeros(dim - n_lambda))
         self.said_lambda = nn.Parameter(torch.ones(n_lambda)) if said else None
-        self._cache: Optional[tuple[tuple, dict]] = None
+        self.derived = DerivedCache()  # θ for evaluation, kept inside `loralab.frozen`
 
     def parameters_now(self) -> dict[str, torch.Tensor]:
         """θ for every moving tensor: θ0 + λ·(P·θ_d) reshaped, by parameter name."""
@@ -119,13 +120,11 @@ class IntrinsicModel(nn.Module):
 
     def forward(self, *args, **kwargs):
         if torch.is_grad_enabled():
-            self._cache = None
             return functional_call(self.model, self.parameters_now(), args, kwargs)
-        key = (self.theta_d._version, None if self.said_lambda is None else self.said_lambda._version,
-               self.theta_d.data_ptr())
-        if self._cache is None or self._cache[0] != key:  # evaluation: build θ once per state of θ_d
-            self._cache = (key, {n: t.detach() for n, t in self.parameters_now().items()})
-        return functional_call(self.model, self._cache[1], args, kwargs)
+        params = dict(self.model.named_parameters())
+        sources = (*(p for _, p in self.trainable()), *(params[n] for n in self.names))  # θ_d, λ, θ0
+        theta = self.derived.get("theta", sources, lambda: {n: t.detach() for n, t in self.parameters_now().items()})
+        return functional_call(self.model, theta, args, kwargs)  # θ built once per `frozen` block
 
     @torch.no_grad()
     def merge_into_model(self) -> nn.Module:

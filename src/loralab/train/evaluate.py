@@ -8,6 +8,7 @@ import math
 import torch
 from torch import nn
 
+from loralab.adapters.cache import frozen
 from loralab.progress import progress as progress_bar
 from loralab.train.batching import IGNORE, collate
 
@@ -38,6 +39,13 @@ def evaluate(
     """Metrics of ``model`` on encoded ``rows`` (see `batching.encode`)."""
     was_training = model.training
     model.eval()
+    with frozen(model):  # the weights are constant here: DoRA norms, SAID's θ computed once
+        result = _evaluate(model, rows, task, num_classes, pad_id, batch_size, desc, progress)
+    model.train(was_training)
+    return result
+
+
+def _evaluate(model, rows, task, num_classes, pad_id, batch_size, desc, progress) -> dict[str, float]:
     total_loss, total_weight = 0.0, 0
     predictions, labels = [], []
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # less padding
@@ -57,7 +65,6 @@ def evaluate(
             total_weight += tokens
         bar.update(1)
     bar.close()
-    model.train(was_training)
     loss = total_loss / max(total_weight, 1)
     if task == "classification":
         accuracy = sum(p == y for p, y in zip(predictions, labels)) / max(len(labels), 1)
