@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import loralab as ll
-from conftest import build, inputs, logits, train_step
+from conftest import build, inputs, train_step
 from loralab.adapters.dropout import dropped_positions
 
 BF16_ATOL = 0.05  # logits of magnitude ~1; bf16 keeps ~3 significant digits
