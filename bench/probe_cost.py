@@ -36,12 +36,12 @@ def epoch_seconds(task: str, out: Path) -> dict:
     from loralab.train.config import TrainConfig
     from loralab.train.loop import train
 
-    cfg = TrainConfig(model="minilm", data=task, method="lora", targets="query,value", r=8, alpha=16.0, lr=4e-3,
+    cfg = TrainConfig(model="minilm", data=task, method="lora", targets="query,value", lr=4e-3,
                       epochs=1, batch_size=16, max_length=64, max_eval=300, seed=0, out=str(out))
     started = time.time()
     result = train(cfg, progress=False)
-    return {"seconds": time.time() - started, "train_examples": result["train_examples"], "steps": result["steps"],
-            "validation_accuracy": result["validation"]["accuracy"]}
+    return {"seconds": time.time() - started, "train_examples": result.train_examples, "steps": result.steps,
+            "validation_accuracy": result.validation["accuracy"]}
 
 
 def main() -> None:

@@ -347,10 +347,13 @@ def test_compare_shows_each_method_its_own_settings(tiny, finished, tmp_path, ca
 
 
 def test_resume_ignores_what_the_method_does_not_read():
-    lora = TrainConfig(method="lora", d=1000)
-    assert lora.differences(replace(lora, d=500)) == {}  # a LoRA run never reads --d
-    assert TrainConfig(method="said", d=1000).differences(TrainConfig(method="said", d=500)) == {"d": (1000, 500)}
-    assert set(lora.differences(replace(lora, method="full", r=4))) == {"method", "r"}
+    from loralab.train.config import LoraSettings, SubspaceSettings
+
+    lora = TrainConfig(method="lora", subspace=SubspaceSettings(d=1000))
+    assert lora.differences(replace(lora, subspace=SubspaceSettings(d=500))) == {}  # a LoRA run never reads --dim
+    said = TrainConfig(method="said", subspace=SubspaceSettings(d=1000))
+    assert said.differences(replace(said, subspace=SubspaceSettings(d=500))) == {"subspace.d": (1000, 500)}
+    assert set(lora.differences(replace(lora, method="full", lora=LoraSettings(r=4)))) == {"method", "lora.r"}
 
 
 def test_a_run_being_trained_is_locked_against_a_second_writer(tiny, tmp_path, capsys):

@@ -288,14 +288,16 @@ def test_pissa_run_evaluates_and_loads_in_peft_on_the_original_base(tiny, tmp_pa
 
 
 def test_scheduler_shapes_in_the_logged_learning_rate(tiny, tmp_path):
-    """--scheduler after a linear warm-up: lr·(1 − p), lr·(1 + cos πp)/2 or lr, p the post-warm-up progress."""
+    """--scheduler after a linear warm-up (transformers' schedulers): lr·(1 − p), lr·(1 + cos πp)/2 or lr, p the
+    post-warm-up progress; during warm-up lr·t/warmup."""
     import math
 
-    from loralab.train.loop import lr_schedule
-
-    assert [lr_schedule(10, 2)(t) for t in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
-    assert [lr_schedule(10, 2, "cosine")(t) for t in (0, 2, 6)] == [0.5, 1.0, 0.5 * (1 + math.cos(math.pi / 2))]
-    assert lr_schedule(10, 0, "cosine")(10) == 0.0 and lr_schedule(10, 2, "constant")(7) == 1.0
+    run_cli(train_args(tiny, tmp_path / "lin", "--epochs", "1", "--warmup", "0.2", "--log-every", "1", "--lr", "0.01"))
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "lin" / "metrics.jsonl").read_text().splitlines()
+           if json.loads(x).get("type") == "train"]
+    warmup = round(0.2 * 18)
+    assert lrs == pytest.approx([0.01 * (t / warmup if t < warmup else (18 - t) / (18 - warmup)) for t in range(1, 19)],
+                                abs=1e-12)
     run_cli(train_args(tiny, tmp_path / "cos", "--epochs", "1", "--scheduler", "cosine", "--warmup", "0",
                        "--log-every", "1", "--lr", "0.01"))
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "cos" / "metrics.jsonl").read_text().splitlines()

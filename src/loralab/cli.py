@@ -9,6 +9,7 @@ where the last checkpoint is and the command that resumes it, and exits 130.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from loralab.errors import ConfigError, LoralabError
-from loralab.train.config import TrainConfig, field_help
+from loralab.train.config import TrainConfig, field_help, flag_of
 
 INTERRUPTED = 130
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
@@ -47,73 +48,148 @@ def field_default(f):
     return f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
 
 
-def add_dataclass_flags(parser: argparse.ArgumentParser, cls, extra_help: Optional[dict] = None) -> None:
-    """One flag per field of ``cls``. Defaults are shown in the help but not set on ``args``, so
-    `dataclass_values` can tell a given flag from an omitted one."""
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, extra_help: Optional[dict] = None, prefix: str = "",
+                        flag_of=None, skip: tuple[str, ...] = ()) -> None:
+    """One flag per field of ``cls`` (a nested dataclass field: one per field of it, named by ``flag_of``).
+    Defaults are shown in the help but not set on ``args``, so `dataclass_values` can tell a given flag from
+    an omitted one; ``dest`` is the field's dotted name (``lora.r``)."""
     helps = {**field_help(cls), **(extra_help or {})}
     for f in fields(cls):
-        flag, default, text = "--" + f.name.replace("_", "-"), field_default(f), helps.get(f.name, "")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=text)
+        name = prefix + f.name
+        if name in skip:
+            continue
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not MISSING else None):
+            group = parser.add_argument_group(f"{f.name} (methods {', '.join(methods_reading(f.name))})",
+                                              helps.get(f.name, ""))
+            add_dataclass_flags(group, f.default_factory, prefix=name + ".", flag_of=flag_of)
+            continue
+        flags = [flag_of(name) if flag_of else "--" + f.name.replace("_", "-")]
+        flags += [alias for alias, field_name in FLAG_ALIASES.items() if field_name == name]
+        default, text = field_default(f), helps.get(f.name, "")
+        if f.type in ("bool", bool, "Optional[bool]"):
+            parser.add_argument(*flags, dest=name, action="store_true", default=argparse.SUPPRESS, help=text)
             continue
         kind = {"int": int, "float": float, "Optional[int]": int, "Optional[float]": float,
                 "list[int]": int_list}.get(str(f.type), str)
-        if default is not None:
+        if default is not None and default != {}:
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             text = f"{text} (default: {shown})"
-        parser.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(), help=text)
+        choices = CHOICES.get(name)
+        parser.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
+                            help=text + (f" {{{', '.join(choices)}}}" if choices else ""))
+
+
+def methods_reading(section: str) -> list[str]:
+    from loralab.methods import get_method, method_names
+
+    return [n for n in method_names() if section in get_method(n).config_fields]
+
+
+FLAG_ALIASES = {"--r": "lora.r", "--d": "subspace.d"}  # the old short flags (torchrun swallows them: use --rank, --dim)
+
+
+def choices_of() -> dict[str, tuple]:
+    from loralab.adapters.config import INITS
+    from loralab.methods import method_names
+    from loralab.train import config
+
+    return {"method": method_names(), "lora.init": INITS, "subspace.projection": config.PROJECTIONS,
+            "scheduler": config.SCHEDULERS, "precision": config.PRECISIONS, "metric_for_best": config.METRICS}
+
+
+CHOICES: dict[str, tuple] = {}
 
 
 def dataclass_values(cls, args: argparse.Namespace, base: Optional[dict] = None) -> dict:
-    """``base`` (e.g. a --config file) updated with the flags given on the command line."""
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(base or {}) - names)
-    if unknown:
-        raise ConfigError(f"unknown fields {unknown} in the config file; known: {sorted(names)}.")
-    return {**(base or {}), **{k: v for k, v in vars(args).items() if k in names}}
+    """``base`` (e.g. a --config file) updated with the flags given on the command line; dotted flag
+    destinations (``lora.r``) go into their section."""
+    values = dict(base or {})
+    for key, value in vars(args).items():
+        section, _, leaf = key.partition(".")
+        if leaf and section in {f.name for f in fields(cls)}:
+            values[section] = {**(values.get(section) or {}), leaf: value}
+        elif key in {f.name for f in fields(cls)}:
+            values[key] = value
+    return values
 
 
 # ----- commands ------------------------------------------------------------------------------------
 def train_flags(parser: argparse.ArgumentParser) -> None:
     from loralab.methods import get_method, method_names
 
+    CHOICES.update(choices_of())
     listed = "; ".join(f"{n}: {get_method(n).summary}" for n in method_names())
-    add_dataclass_flags(parser, TrainConfig, {"method": f"How to fine-tune — {listed}."})
-    parser.add_argument("--config", help="a JSON file of these fields (flags given here override it)")
+    add_dataclass_flags(parser, TrainConfig, {"method": f"How to fine-tune — {listed}."}, flag_of=flag_of,
+                        skip=("resume",))
+    parser.add_argument("--resume", nargs="?", const=True, default=argparse.SUPPRESS, metavar="RUN",
+                        help="continue the run in --out from its last checkpoint (the config must match); "
+                             "--resume RUN reads the run's own config, so no other flag is needed")
+    parser.add_argument("--config", help="a JSON or YAML file of these fields, sections as objects (lora: {r: 8}); "
+                                         "flags given here override it")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loralab.train import train
 
-    cfg = TrainConfig(**dataclass_values(TrainConfig, args, read_config_file(args.config)))
+    cfg = TrainConfig.from_dict(dataclass_values(TrainConfig, args, train_base(args)))
     try:
         result = train(cfg)
     except KeyboardInterrupt:
         print(interrupted_message(cfg, args.argv), file=sys.stderr)
         return INTERRUPTED
-    test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result["test"].items()}
-    print(json.dumps({"out": cfg.out, "trainable_params": result["trainable_params"], "test": test,
-                      "wall_time_s": round(result["wall_time_s"], 1)}))
+    test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.test.items()}
+    print(json.dumps({"out": cfg.out, "trainable_params": result.trainable_params, "test": test,
+                      "wall_time_s": round(result.wall_time_s, 1)}))
     return 0
 
 
+def train_base(args: argparse.Namespace) -> Optional[dict]:
+    """The fields a train command starts from: --config's, or with ``--resume RUN`` the run's own config."""
+    resume = getattr(args, "resume", None)
+    if isinstance(resume, str):
+        if args.config:
+            raise ConfigError(f"--resume {resume} reads that run's config; drop --config.")
+        from loralab.rundir import RunDir
+
+        saved = RunDir(resume).config()
+        if saved is None:
+            raise ConfigError(f"--resume {resume}: not a run directory (no readable config.json); give the --out of a "
+                              "`loralab train` run, or --resume alone with --out.")
+        args.resume = True
+        return {**saved, "out": resume, "resume": True}
+    return read_config_file(args.config)
+
+
 def read_config_file(path: Optional[str]) -> Optional[dict]:
+    """A --config file: JSON, or YAML (.yaml / .yml); sections as nested objects."""
     if path is None:
         return None
+    yaml = Path(path).suffix.lower() in (".yaml", ".yml")
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ConfigError(f"--config {path}: cannot read it as JSON ({err}).") from None
+        text = Path(path).read_text(encoding="utf-8")
+        if yaml:
+            import yaml as pyyaml
+
+            data = pyyaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except ImportError:
+        raise ConfigError(f"--config {path}: YAML needs PyYAML (pip install pyyaml), or give the config as JSON.") from None
+    except Exception as err:  # noqa: BLE001 - JSON's ValueError, PyYAML's YAMLError, OSError; others raise
+        if not isinstance(err, (OSError, ValueError)) and not type(err).__module__.startswith("yaml"):
+            raise
+        raise ConfigError(f"--config {path}: cannot read it as {'YAML' if yaml else 'JSON'} ({err}).") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"--config {path}: expected a JSON object of train fields, got {type(data).__name__}.")
+        raise ConfigError(f"--config {path}: expected an object of train fields, got {type(data).__name__}.")
     return data
 
 
 def interrupted_message(cfg: TrainConfig, argv: list[str]) -> str:
     """Where the last checkpoint is and the exact command that resumes from it."""
+    from loralab.rundir import RunDir
     from loralab.train.checkpoint import STATE_FILE, has_checkpoint
 
-    ckpt = Path(cfg.out) / "checkpoint"
+    ckpt = RunDir(cfg.out).checkpoint
     if not has_checkpoint(ckpt):
         return ("loralab train: interrupted before the first checkpoint (one is written at the end of every epoch, "
                 "or every --checkpoint-every N steps); nothing to resume. Run the same command again to start over.")
@@ -513,7 +589,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return COMMANDS[args.command][0](args)
     except LoralabError as err:
-        print(f"loralab {args.command}: error: {err}", file=sys.stderr)
+        print(f"loralab {args.command}: error: {err.rendered(flag_of)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"loralab {args.command}: interrupted", file=sys.stderr)

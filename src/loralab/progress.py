@@ -51,4 +51,10 @@ def progress(total: int, desc: str, enabled: bool = True, initial: int = 0, plai
     return PlainProgress(total, desc, initial=initial)
 
 
-__all__ = ["progress", "PlainProgress"]
+def write_line(text: str, enabled: bool = True) -> None:
+    """A line on stderr that does not break a tqdm bar drawn there (e.g. validation metrics while training)."""
+    if enabled:
+        tqdm.write(text, file=sys.stderr)
+
+
+__all__ = ["progress", "PlainProgress", "write_line"]

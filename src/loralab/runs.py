@@ -3,7 +3,6 @@ predict on new inputs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -15,16 +14,18 @@ from loralab import data as datasets
 from loralab import models
 from loralab.errors import ConfigError, DataError
 from loralab.io.atomic import atomic_directory, readable_json
-from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, saved_labels, split_adapter_tensors
+from loralab.io.peft_format import CONFIG_FILE, read_adapter_dir, split_adapter_tensors
 from loralab.methods import get_method
+from loralab.rundir import RunDir, adapter_labels
 from loralab.train.batching import chat_prompt, collate, encode
 from loralab.train.config import TrainConfig
-from loralab.train.evaluate import autocast, evaluate
+from loralab.train.devices import resolve_device
+from loralab.train.evaluate import evaluate
 from loralab.train.run_dir import lock_holder
 
 
 def read_run(run: str | Path) -> TrainConfig:
-    path = Path(run) / "config.json"
+    path = RunDir(run).config_file
     holder = lock_holder(Path(run)) if Path(run).is_dir() else None
     if not path.exists() and holder:
         raise DataError(f"{run} is still training ({holder}): it has just started.")
@@ -36,7 +37,7 @@ def read_run(run: str | Path) -> TrainConfig:
         raise DataError(f"{run} is not a run directory (no config.json); give the --out of a `loralab train` run.")
     cfg = TrainConfig.from_dict(json.loads(path.read_text()))
     method = get_method(cfg.method)
-    if not (Path(run) / method.saved_as).exists():
+    if not RunDir(run).artefact(method.saved_as).exists():
         if holder:
             raise DataError(f"{run} is still training ({holder}): its {method.saved_as}/ is written when it finishes.")
         raise DataError(f"{run} has no {method.saved_as}/: the run did not finish (resume it with "
@@ -56,10 +57,16 @@ def evaluate_adapter(model: str, data: str, adapter: Optional[str | Path], seed:
                      max_eval: Optional[int] = None, max_length: int = 128, batch_size: int = 64) -> dict:
     """Validation and test metrics of a model (plus a PEFT-format adapter) on a dataset's seeded splits."""
     task, labels, _ = datasets.read_all(data)
+    if task == "classification" and not models.has_classification_head(model) and \
+            (adapter is None or not read_adapter_dir(adapter)[0].modules_to_save):
+        raise DataError(f"model {model!r} has no trained classification head (its checkpoint is "
+                        f"{models.architectures(model) or 'a bare encoder'}), so the head would be random and the metrics "
+                        "chance. Evaluate a run (`loralab eval RUN`), a merged model, or --adapter DIR with a trained head.")
     net, tokenizer = models.load(model, task, num_labels=len(labels) or None)
     if adapter is not None:
         ll.load_adapter(net, adapter)
-    return evaluate_splits(net, tokenizer, labels, task, data, seed, max_eval, max_length, batch_size)
+    return evaluate_splits(net, tokenizer, labels, task, datasets.load_splits(data, seed, 0, max_eval), max_length,
+                           batch_size)
 
 
 def evaluate_run(run: str | Path, data: Optional[str] = None, seed: Optional[int] = None,
@@ -77,20 +84,29 @@ def evaluate_run(run: str | Path, data: Optional[str] = None, seed: Optional[int
         if task == "classification" and other_labels != labels:
             raise DataError(f"--data {data} has labels {other_labels}; run {run} was trained for labels {labels}. "
                             "Evaluate on a dataset with the same labels.")
-    with autocast(cfg.precision):  # a bf16 run is evaluated as it was trained, so its test metrics reproduce
-        return evaluate_splits(net, tokenizer, labels, task, data or cfg.data, cfg.seed if seed is None else seed,
-                               cfg.max_eval if max_eval is None else max_eval, cfg.max_length, cfg.eval_batch_size)
+    own_splits = data is None or data == cfg.data
+    splits = datasets.load_splits(data or cfg.data, cfg.seed if seed is None else seed, 0,
+                                  cfg.max_eval if max_eval is None else max_eval,
+                                  cfg.val_data if own_splits else None, cfg.test_data if own_splits else None)
+    # evaluated as it was trained (precision, batches), so a run's own test metrics reproduce
+    return evaluate_splits(net, tokenizer, labels, task, splits, cfg.max_length, cfg.eval_batch_size, cfg.eval_tokens,
+                           cfg.precision)
 
 
 def describe_task(task: str, labels: list[str]) -> str:
     return f"classification data with labels {labels}" if task == "classification" else "prompt/response data"
 
 
-def evaluate_splits(net, tokenizer, labels, task, data, seed, max_eval, max_length, batch_size) -> dict:
+def evaluate_splits(net, tokenizer, labels, task, splits: dict, max_length: int, batch_size: int = 64,
+                    max_tokens: int = 16384, precision: str = "fp32") -> dict:
+    """Validation and test metrics of ``net`` on ``splits`` (`data.load_splits`), on this machine's device."""
+    device = resolve_device("auto")
+    net.to(device)
     results = {}
     for split in ("validation", "test"):
-        rows = encode(datasets.load(data, split, seed, max_eval), tokenizer, max_length)
-        results[split] = evaluate(net, rows, task, len(labels), tokenizer.pad_token_id, batch_size, desc=split)
+        rows = encode(splits[split], tokenizer, max_length)
+        results[split] = evaluate(net, rows, task, len(labels), tokenizer.pad_token_id, batch_size, desc=split,
+                                  max_tokens=max_tokens, precision=precision, device=device)
     return results
 
 
@@ -141,7 +157,7 @@ def adapter_task(model: str, adapter: str | Path, labels: Optional[list[str]]) -
     """(task, label names) for ``model`` plus a PEFT-format ``adapter``: a causal LM when the adapter says
     so (task_type CAUSAL_LM) or carries no head on a causal LM; else a classifier whose label count is
     the adapter's head's (the smallest output size among its saved head weights: the output layer), named
-    by ``labels``, the names the adapter keeps (`saved_labels`: a run's adapter, a composed one), the model's
+    by ``labels``, the names the adapter keeps (`rundir.adapter_labels`: a run's adapter, a composed one), the model's
     own label names, or LABEL_0, LABEL_1, … as Hugging Face names them."""
     cfg, tensors = read_adapter_dir(adapter)
     heads = {name.split(".")[-1] for name in cfg.modules_to_save}
@@ -158,7 +174,7 @@ def adapter_task(model: str, adapter: str | Path, labels: Optional[list[str]]) -
     count = min(head_sizes) if head_sizes else len(own_labels)
     if labels is not None and len(labels) != count:
         raise ConfigError(f"--labels names {len(labels)} labels; the classification head has {count}.")
-    saved = saved_labels(adapter)
+    saved = adapter_labels(adapter)
     if labels is None and saved is not None and len(saved) == count:
         return "classification", saved
     return "classification", labels or (own_labels if len(own_labels) == count else [f"LABEL_{i}" for i in range(count)])
@@ -279,19 +295,21 @@ def run_row(run: Path) -> dict:
     """One run's config, status and (when finished) its parameters, metrics, time and memory."""
     from loralab.train.checkpoint import STATE_FILE
 
-    cfg = json.loads((run / "config.json").read_text())
-    ignored = TrainConfig.from_dict(cfg).ignored_fields()
-    row = {"run": str(run), "config": {k: v for k, v in cfg.items() if k not in NOT_COMPARED and k not in ignored}}
-    files = {name: run / name for name in ("result.json", f"checkpoint/{STATE_FILE}") if (run / name).exists()}
+    rundir = RunDir(run)
+    config = TrainConfig.from_dict(rundir.config())
+    cfg = config.flat(frozenset(config.ignored_fields()) | set(NOT_COMPARED))
+    row = {"run": str(run), "config": cfg}
+    files = {path.relative_to(run).as_posix(): path for path in (rundir.result_file, rundir.checkpoint / STATE_FILE)
+             if path.exists()}
     read = {name: readable_json(path) for name, path in files.items()}
-    result, state, holder = read.get("result.json"), read.get(f"checkpoint/{STATE_FILE}"), lock_holder(run)
+    result, state, holder = rundir.result(), read.get(f"{rundir.checkpoint.name}/{STATE_FILE}"), lock_holder(run)
     damaged = [name for name, value in read.items() if value is None]
     if damaged:
         row["status"] = f"damaged: {', '.join(damaged)} is not readable JSON"
     elif result:
-        row.update(status="finished", trainable=result["trainable_params"], total=result["total_params"],
-                   best_epoch=result["best_epoch"], validation=result["validation"], test=result["test"],
-                   seconds=result["wall_time_s"], peak_mb=result.get("peak_memory_mb"))
+        row.update(status="finished", trainable=result.trainable_params, total=result.total_params,
+                   best_epoch=result.best_epoch, validation=result.validation, test=result.test,
+                   seconds=result.wall_time_s, peak_mb=result.peak_memory_mb)
     elif holder:
         row["status"] = f"training ({holder})" + (f"; checkpoint at step {state['step']}, epoch {state['epoch']} of "
                                                   f"{cfg['epochs']}" if state else "")
@@ -304,8 +322,7 @@ def run_row(run: Path) -> dict:
 
 def is_run(path: Path) -> bool:
     """A `loralab train --out` directory: its config.json holds TrainConfig fields (a model's does not)."""
-    saved = readable_json(path / "config.json")
-    return isinstance(saved, dict) and "method" in saved and set(saved) <= {f.name for f in dataclasses.fields(TrainConfig)}
+    return RunDir(path).is_run()
 
 
 def compare_runs(paths: list[str | Path]) -> dict:
@@ -318,12 +335,12 @@ def compare_runs(paths: list[str | Path]) -> dict:
         raise DataError(f"none of {[str(p) for p in paths]} is a run directory (the --out of `loralab train`, "
                         "holding its config.json).")
     rows = [run_row(run) for run in runs]
-    fields = [f.name for f in dataclasses.fields(TrainConfig) if any(f.name in r["config"] for r in rows)]
+    fields = [name for name in TrainConfig().flat() if any(name in r["config"] for r in rows)]
     # a field only some runs' methods read (a LoRA run's r next to a full run) is "–" for the others, and
     # shown when it is set where it is read
     read = {f: [json.dumps(r["config"][f], sort_keys=True) for r in rows if f in r["config"]] for f in fields}
     common = {f: rows[0]["config"][f] for f in fields if len(read[f]) == len(rows) and len(set(read[f])) == 1}
-    varying = [f for f in fields if f not in common and set(read[f]) - {"null", "false"}]
+    varying = [f for f in fields if f not in common and set(read[f]) - {"null", "false", "{}"}]
     return {"common": common, "varying": varying, "rows": rows, "skipped": [str(p) for p in skipped]}
 
 
@@ -385,8 +402,8 @@ def comparison_markdown(table: dict) -> str:
 def cell(value, spec: str = ".4g") -> str:
     if value is None:
         return "–"
-    if isinstance(value, str) and value.startswith("{"):  # a rank or alpha pattern: its size, not its text
-        return f"{{{len(json.loads(value))} entries}}"
+    if isinstance(value, dict):  # a rank or alpha pattern: its size, not its text
+        return f"{{{len(value)} entries}}" if value else "–"
     if isinstance(value, float):
         return format(value, spec)
     return value if isinstance(value, str) else json.dumps(value)

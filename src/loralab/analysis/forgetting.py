@@ -102,7 +102,7 @@ def run_forgetting(run, on: str | None = None, max_texts: int = 60, max_length: 
 
     from loralab import models
     from loralab.runs import load_run
-    from loralab.train.evaluate import autocast
+    from loralab.train.devices import autocast
 
     cfg, tuned, tokenizer, labels, task = load_run(run)
     # the base loaded again, not the tuned model under `ll.disabled`: full and DID runs have no adapter to

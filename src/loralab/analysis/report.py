@@ -23,13 +23,14 @@ import torch
 from loralab.analysis import geometry, similarity, spectra
 from loralab.analysis.updates import LayerUpdate, load_updates
 from loralab.errors import ConfigError
+from loralab.rundir import RunDir
 
 
 def source_labels(sources: list[str]) -> list[str]:
     """Each source's directory name (a run's, for its ``adapter/``), with as many parent directories as
     it takes to tell apart sources of one name (runs/a/x and runs/b/x: a/x and b/x)."""
     paths = [Path(s).resolve() for s in sources]
-    paths = [p.parent if p.name == "adapter" else p for p in paths]
+    paths = [RunDir.owning(p).path if RunDir.owning(p) else p for p in paths]
     for depth in range(1, max(len(p.parts) for p in paths) + 1):
         labels = ["/".join(p.parts[-depth:]) for p in paths]
         if len(set(labels)) == len(labels):
@@ -63,11 +64,7 @@ def layer_report(update: LayerUpdate, svd: spectra.SVD, base_svd: Optional[spect
 
 def trajectory(source: str) -> list[dict]:
     """The telemetry records of a run's metrics.jsonl (empty when it logged none)."""
-    metrics = Path(source) / "metrics.jsonl"
-    if not metrics.exists():
-        return []
-    lines = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
-    return [r for r in lines if r.get("type") == "analysis"]
+    return [r for r in RunDir(source).metrics() if r.get("type") == "analysis"]
 
 
 def analyze_source(source: str, model: Optional[str], rank: Optional[int], bases: BaseSpectra,

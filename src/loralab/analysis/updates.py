@@ -24,6 +24,7 @@ from torch import nn
 from loralab.analysis.factors import Factors, base_weights, delta_weight, factors, layer_specs
 from loralab.analysis.spectra import SVD, dense_svd, low_rank_svd
 from loralab.errors import AdapterError
+from loralab.rundir import MODEL, RunDir
 
 
 @dataclass
@@ -78,13 +79,13 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
         fs = factors(source, name)
         bases = base_weights(source, layer_specs(fs)) if with_base else {}
         return {p: LayerUpdate(p, factors=f, base=bases.get(p)) for p, f in fs.items()}
-    root = Path(source)
-    if (root / "config.json").exists() and (root / "result.json").exists():
-        config = json.loads((root / "config.json").read_text())
-        if (root / "adapter").is_dir():  # what the run saved decides: an adapter, or a whole tuned model
-            return load_updates(root / "adapter", model or config["model"], with_base)
-        if (root / "model").is_dir():
-            return full_updates(root / "model", model or config["model"])
+    root, run = Path(source), RunDir(source)
+    if run.is_run() and run.finished():
+        config = run.config()
+        if run.adapter() is not None:  # what the run saved decides: an adapter, or a whole tuned model
+            return load_updates(run.adapter(), model or config["model"], with_base)
+        if run.artefact(MODEL).is_dir():
+            return full_updates(run.artefact(MODEL), model or config["model"])
         raise AdapterError(f"{root} is a {config['method']} run, which keeps neither adapter/ nor model/; analysis "
                            f"reads adapters and fully tuned models. Merge it first: `loralab merge {root} --out DIR`, "
                            f"then analyze DIR with --model {config['model']}.")

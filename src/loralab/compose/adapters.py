@@ -26,9 +26,9 @@ from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, adapter_meta, factors
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
-from loralab.io import peft_format
 from loralab.io.atomic import atomic_directory
 from loralab.io.peft_format import peft_config_dict, read_adapter_dir, split_adapter_tensors, write_adapter_dir
+from loralab.rundir import COMPOSE_FILE, RunDir, adapter_labels
 
 METHODS = ("cat", "svd", "ties", "dare")
 
@@ -36,16 +36,17 @@ METHODS = ("cat", "svd", "ties", "dare")
 def adapter_dir(source: str | Path) -> Path:
     """An adapter directory, or a run directory's ``adapter/``; a run of a method that keeps no adapter
     (full, did, said) is refused with what to use instead."""
-    source = Path(source)
-    if (source / "adapter" / "adapter_config.json").exists():
-        return source / "adapter"
-    run_config = source / "config.json"
-    if (source / "result.json").exists() and run_config.exists() and not (source / "adapter_config.json").exists():
-        method = json.loads(run_config.read_text()).get("method", "?")
-        raise AdapterError(f"{source} is a {method!r} run, which keeps no adapter (only lora and dora runs do); "
-                           f"its metrics and parameter counts are in {source / 'result.json'}, and `loralab analyze` "
-                           "reads its update (a did or said run's once `loralab merge` has made it a model).")
-    return source
+    run = RunDir(source)
+    if not run.is_run():
+        return Path(source)
+    if run.adapter() is not None:
+        return run.adapter()
+    if not run.finished():
+        raise AdapterError(f"{source} is a run that has not finished; its adapter/ is written when it ends (resume it: "
+                           f"`loralab train --config {run.config_file} --resume`).")
+    raise AdapterError(f"{source} is a {run.config().get('method')!r} run, which keeps no adapter (only lora and dora "
+                       f"runs do); its metrics and parameter counts are in {run.result_file}, and `loralab analyze` "
+                       "reads its update (a did or said run's once `loralab merge` has made it a model).")
 
 
 def head_labels(sources: list, head: Optional[str]) -> Optional[list[str]]:
@@ -54,8 +55,8 @@ def head_labels(sources: list, head: Optional[str]) -> Optional[list[str]]:
     if head is None or head == "none":
         return None
     if head.startswith("keep:"):
-        return peft_format.saved_labels(adapter_dir(sources[int(head.split(":", 1)[1])]))
-    names = [peft_format.saved_labels(adapter_dir(s)) for s in sources]
+        return adapter_labels(adapter_dir(sources[int(head.split(":", 1)[1])]))
+    names = [adapter_labels(adapter_dir(s)) for s in sources]
     return names[0] if all(n == names[0] for n in names) else None
 
 
@@ -152,5 +153,5 @@ def compose(sources: list, weights: list[float], out: str | Path, method: str = 
               "max_relative_error": max((errors or {"": 0.0}).values()), "labels": head_labels(sources, head)}
     with atomic_directory(out) as staging:
         write_adapter_dir(staging, config, modules, heads)
-        (staging / "compose.json").write_text(json.dumps(report, indent=1) + "\n")
+        (staging / COMPOSE_FILE).write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -242,9 +242,11 @@ def _classification_rows(path: Path, records: list, labels: Optional[list[str]])
         names.append(name)
     kinds = {_is_number(n) for n in names}
     if len(kinds) > 1 and not labels:
-        numeric = next(n for n in names if _is_number(n))
-        named = next(n for n in names if not _is_number(n))
-        raise DataError(f"{path}: labels mix numbers ({numeric!r}) and names ({named!r}); use one kind for every row.")
+        numbered = list(zip((number for number, _ in records), names))
+        line, numeric = next((k, n) for k, n in numbered if _is_number(n))
+        other, named = next((k, n) for k, n in numbered if not _is_number(n))
+        raise DataError(f"{path}: labels mix numbers ({path}:{line}: {numeric!r}) and names ({path}:{other}: "
+                        f"{named!r}); use one kind for every row.")
     classes = [canonical_label(c) for c in labels] if labels else sorted(
         set(names), key=lambda n: (0, float(n), "") if _is_number(n) else (1, 0.0, n))
     if len(classes) < 2:
@@ -328,6 +330,43 @@ def split_indices(rows: list[dict], task: str, seed: int) -> dict[str, list[int]
     return parts
 
 
+def load_splits(name: str, seed: int = 0, max_train: Optional[int] = None, max_eval: Optional[int] = None,
+                val_data: Optional[str] = None, test_data: Optional[str] = None) -> dict[str, Dataset]:
+    """{split: Dataset} for a run: ``name`` split 80/10/10 by ``seed`` (as `load`), or — with ``val_data`` and
+    ``test_data`` — all of ``name`` for training (shuffled by ``seed``) and those files as they are. The
+    dataset is read once; at most ``max_train`` / ``max_eval`` examples per split."""
+    if val_data is None:
+        task, classes, rows = read_all(name)
+        parts = checked_split(name, rows, task, seed)
+        return {s: Dataset(name=name, task=task, labels=classes,
+                           examples=[rows[i] for i in parts[s][:max_train if s == "train" else max_eval]])
+                for s in SPLITS}
+    task, classes, rows = read_all(name)
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    splits = {"train": Dataset(name=name, task=task, labels=classes, examples=[rows[i] for i in order[:max_train]])}
+    for split, path in (("validation", val_data), ("test", test_data)):
+        other_task, _, other_rows = read_all(path, classes or None)
+        if other_task != task:
+            raise DataError(f"{path} ({split} data) is {_kind(other_task)}, but {name} is {_kind(task)}; give "
+                            "split files of the training data's kind.")
+        splits[split] = Dataset(name=path, task=task, labels=classes, examples=other_rows[:max_eval])
+    return splits
+
+
+def _kind(task: str) -> str:
+    return "text/label (classification) data" if task == "classification" else "prompt/response data"
+
+
+def checked_split(name: str, rows: list[dict], task: str, seed: int) -> dict[str, list[int]]:
+    parts = split_indices(rows, task, seed)
+    empty = [s for s in SPLITS if not parts[s]]
+    if empty:
+        raise DataError(f"{name} has {len(rows)} rows: too few for the 80/10/10 split (the {', '.join(empty)} "
+                        f"split{'s are' if len(empty) > 1 else ' is'} empty); give at least 10 rows per class.")
+    return parts
+
+
 def load(
     name: str, split: str = "train", seed: int = 0, limit: Optional[int] = None, labels: Optional[list[str]] = None
 ) -> Dataset:
@@ -339,12 +378,7 @@ def load(
     if split not in SPLITS:
         raise DataError(f"split must be one of {SPLITS}, got {split!r}.")
     task, classes, rows = read_all(name, labels)
-    parts = split_indices(rows, task, seed)
-    empty = [s for s in SPLITS if not parts[s]]
-    if empty:
-        raise DataError(f"{name} has {len(rows)} rows: too few for the 80/10/10 split (the {', '.join(empty)} "
-                        f"split{'s are' if len(empty) > 1 else ' is'} empty); give at least 10 rows per class.")
-    chosen = parts[split]
+    chosen = checked_split(name, rows, task, seed)[split]
     if limit is not None:
         chosen = chosen[:limit]
     return Dataset(name=name, task=task, labels=classes, examples=[rows[i] for i in chosen])

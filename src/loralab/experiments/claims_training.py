@@ -16,7 +16,7 @@ def accuracy_by_seed(ctx: Context, make) -> dict[str, dict[int, float]]:
     results = ctx.run(list(units.values()))
     out: dict[str, dict[int, float]] = {t: {} for t in ctx.tasks}
     for (t, s), unit in units.items():
-        out[t][s] = results[unit.name]["test"]["accuracy"]
+        out[t][s] = results[unit.name].test["accuracy"]
     return out
 
 
@@ -125,9 +125,9 @@ def claim_5(ctx: Context) -> dict:
         def measure(d: int) -> float:
             units = [plan.said_unit(task, ctx.sizes, s, d, ctx.lr("said"), ctx.moving_tensors) for s in plan.D90_SEEDS]
             results = ctx.run(units)
-            points[d] = {"validation": mean_ci([results[u.name]["validation"]["accuracy"] for u in units]),
-                         "test": mean_ci([results[u.name]["test"]["accuracy"] for u in units]),
-                         "full_dim": results[units[0].name]["subspace"]["full_dim"]}
+            points[d] = {"validation": mean_ci([results[u.name].validation["accuracy"] for u in units]),
+                         "test": mean_ci([results[u.name].test["accuracy"] for u in units]),
+                         "full_dim": results[units[0].name].subspace["full_dim"]}
             return points[d]["validation"]["mean"]
 
         d90, below = find_d90(measure, list(plan.D90_DIMS), threshold, refine=1)

@@ -42,7 +42,7 @@ class Context:
         return replace(self, tasks=tuple(t for t in self.tasks if t in tasks) or self.tasks)
 
     def run(self, units: list[Unit]) -> dict[str, dict]:
-        """Train what is not cached (in parallel); {unit name: result.json}."""
+        """Train what is not cached (in parallel); {unit name: its `RunResult`}."""
         from loralab.experiments.launcher import code_version, unit_dir
 
         missing = [u for u in dict((u.name, u) for u in units).values() if u.name not in self.results]
@@ -68,10 +68,10 @@ class Context:
         return [self.run_dirs[u.name] for u in units]
 
     def params(self, unit: Unit) -> int:
-        return self.run([unit])[unit.name]["trainable_params"]
+        return self.run([unit])[unit.name].trainable_params
 
     def validation(self, unit: Unit) -> float:
-        return self.run([unit])[unit.name]["validation"]["accuracy"]
+        return self.run([unit])[unit.name].validation["accuracy"]
 
     @property
     def moving_tensors(self) -> int:
@@ -87,7 +87,7 @@ class Context:
             units = plan.lr_units(self.sizes, self.moving_tensors)[family]
             results = self.run(units)
             grid = plan.LR_GRID[family]
-            per_lr = {lr: statistics.fmean(results[u.name]["validation"]["accuracy"]
+            per_lr = {lr: statistics.fmean(results[u.name].validation["accuracy"]
                                            for u in units[i::len(grid)]) for i, lr in enumerate(grid)}
             tasks = sorted({u.config.data for u in units})
             best = max(grid, key=lambda lr: (per_lr[lr], -lr))

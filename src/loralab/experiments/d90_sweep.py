@@ -21,8 +21,9 @@ from typing import Optional
 
 from loralab.errors import ConfigError, DataError
 from loralab.experiments.launcher import Unit, make_executor, run_units
+from loralab.rundir import RunDir, RunResult
 from loralab.subspace.d90 import find_d90
-from loralab.train.config import TrainConfig
+from loralab.train.config import SubspaceSettings, TrainConfig
 
 
 @dataclass
@@ -111,7 +112,8 @@ def run_config(cfg: SweepConfig, method: str, seed: int, d: Optional[int] = None
                   batch_size=cfg.batch_size)
     if d is None:
         return TrainConfig(**common, lr=cfg.full_lr)
-    return TrainConfig(**common, lr=subspace_lr(cfg, d), d=d, projection=cfg.projection, warmup=0.1)
+    return TrainConfig(**common, lr=subspace_lr(cfg, d), subspace=SubspaceSettings(d=d, projection=cfg.projection),
+                       warmup=0.1)
 
 
 class Sweep:
@@ -130,8 +132,8 @@ class Sweep:
             method = self.method_for(d)
             units = [Unit(f"{method}-d{d}-s{seed}", run_config(self.cfg, method, seed, d)) for seed in self.cfg.seeds]
             results = run_units(units, Path(self.cfg.out) / "runs", self.executor, desc=f"d={d}")
-            runs = [{"seed": u.config.seed, "validation": results[u.name]["validation"]["accuracy"],
-                     "test": results[u.name]["test"]["accuracy"], "wall_time_s": results[u.name]["wall_time_s"]}
+            runs = [{"seed": u.config.seed, "validation": results[u.name].validation["accuracy"],
+                     "test": results[u.name].test["accuracy"], "wall_time_s": results[u.name].wall_time_s}
                     for u in units]
             self.points[d] = summarise_point(d, method, runs)
         return self.points[d]["validation_mean"]
@@ -200,9 +202,33 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def full_baseline(cfg: SweepConfig, executor) -> dict:
+BASELINE_MUST_MATCH = ("model", "data", "max_train", "max_eval", "max_length", "epochs", "batch_size")
+
+
+def baseline_result(cfg: SweepConfig) -> RunResult:
+    """The result of the --baseline run, which must be a finished full fine-tuning run of the sweep's model,
+    data and sizes (a baseline trained on other settings makes d90 meaningless)."""
+    run = RunDir(cfg.baseline)
+    result = run.result() if run.is_run() else None
+    if result is None:
+        raise ConfigError(f"--baseline {cfg.baseline} is not a finished `loralab train` run (no readable result.json).")
+    if result.method != "full":
+        raise ConfigError(f"--baseline {cfg.baseline} is a {result.method!r} run; d90 is measured against full "
+                          "fine-tuning (--method full).")
+    wanted = run_config(cfg, "full", cfg.seeds[0]).to_dict()
+    given = result.config
+    differ = [f"{k}: baseline {given.get(k)!r}, sweep {wanted[k]!r}" for k in BASELINE_MUST_MATCH
+              if str(given.get(k)) != str(wanted[k]) and not (k in ("model", "data") and
+                                                            Path(str(given.get(k))).name == Path(str(wanted[k])).name)]
+    if differ:
+        raise ConfigError(f"--baseline {cfg.baseline} was trained on other settings than the sweep ({'; '.join(differ)}); "
+                          "train the sweep with the baseline's settings, or drop --baseline to train a matching one.")
+    return result
+
+
+def full_baseline(cfg: SweepConfig, executor) -> RunResult:
     if cfg.baseline:
-        return json.loads((Path(cfg.baseline) / "result.json").read_text())
+        return baseline_result(cfg)
     unit = Unit(f"full-s{cfg.seeds[0]}", run_config(cfg, "full", cfg.seeds[0]))
     return run_units([unit], Path(cfg.out) / "runs", executor, desc="full FT baseline")[unit.name]
 
@@ -215,13 +241,13 @@ def run_sweep(cfg: SweepConfig, executor=None) -> dict:
     executor = executor or make_executor("local", cfg.workers)
     m = moving_tensors(cfg.model, cfg.data)
     full = full_baseline(cfg, executor)
-    threshold_value = cfg.threshold * full["validation"]["accuracy"]
+    threshold_value = cfg.threshold * full.validation["accuracy"]
     sweep = Sweep(cfg, m, executor)
     d90, below = find_d90(sweep.measure, cfg.dims, threshold_value, cfg.refine)
     report = {
         "config": asdict(cfg), "m": m, "threshold": cfg.threshold, "threshold_value": threshold_value,
-        "full": {"validation": full["validation"]["accuracy"], "test": full["test"]["accuracy"],
-                 "trainable_params": full["trainable_params"]},
+        "full": {"validation": full.validation["accuracy"], "test": full.test["accuracy"],
+                 "trainable_params": full.trainable_params},
         "d90": d90, "d90_below": below, "points": [sweep.points[d] for d in sorted(sweep.points)],
         "seconds": time.time() - started,
     }

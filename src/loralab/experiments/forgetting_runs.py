@@ -22,8 +22,8 @@ REFERENCE, REFERENCE_TEXTS, REFERENCE_TOKENS = "bbc", 60, 96
 def chosen_lr(ctx: Context, method: str) -> float:
     units = [plan.smollm2_unit(method, lr) for lr in plan.SMOLLM2_LR_GRID[method]]
     results = ctx.run(units)
-    best = min(units, key=lambda u: results[u.name]["validation"]["loss"])
-    ctx.lr_table[f"smollm2-{method}"] = {"grid": {f"{u.config.lr:g}": results[u.name]["validation"]["loss"]
+    best = min(units, key=lambda u: results[u.name].validation["loss"])
+    ctx.lr_table[f"smollm2-{method}"] = {"grid": {f"{u.config.lr:g}": results[u.name].validation["loss"]
                                                   for u in units}, "chosen": best.config.lr,
                                          "metric": "validation loss (lower is better)"}
     return best.config.lr
@@ -59,8 +59,8 @@ def smollm2_forgetting(ctx: Context) -> list[dict]:
     for unit in units:
         r = results[unit.name]
         out.append({"name": unit.name, "method": unit.config.method, "rank": unit.config.r if unit.config.method != "full"
-                    else None, "lr": unit.config.lr, "trainable_params": r["trainable_params"],
-                    "test_loss": r["test"]["loss"], "base_test_loss": base_loss, "gain": base_loss - r["test"]["loss"],
+                    else None, "lr": unit.config.lr, "trainable_params": r.trainable_params,
+                    "test_loss": r.test["loss"], "base_test_loss": base_loss, "gain": base_loss - r.test["loss"],
                     "forgetting": forgetting_of(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)})
     return out
 

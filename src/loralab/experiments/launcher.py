@@ -30,6 +30,7 @@ from typing import Iterable, Optional
 
 from loralab.errors import ConfigError, TrainingError
 from loralab.progress import progress
+from loralab.rundir import RunDir, RunResult
 from loralab.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 # Packages whose code decides what a training run computes.
@@ -66,16 +67,17 @@ def unit_dir(root: Path, unit: Unit, version: str) -> Path:
 
 
 def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
-    """Train one unit in a fresh ``loralab train`` process (resuming a killed one); return result.json.
+    """Train one unit in a fresh ``loralab train`` process (resuming a killed one); return its result.json.
 
     Runs in whichever process the executor uses (a thread of this one, or a Ray worker).
     """
     from loralab.train.checkpoint import has_checkpoint
 
-    out = Path(cfg_dict["out"])
-    if (out / "result.json").exists():
-        return json.loads((out / "result.json").read_text())
-    resume = has_checkpoint(out / "checkpoint")
+    run = RunDir(cfg_dict["out"])
+    out = run.path
+    if run.result() is not None:
+        return run.result().to_dict()
+    resume = has_checkpoint(run.checkpoint)
     cfg = {**cfg_dict, "resume": resume, "overwrite": out.exists() and not resume}
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump(cfg, handle)
@@ -85,10 +87,11 @@ def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     finally:
         os.unlink(handle.name)
-    if code != 0 or not (out / "result.json").exists():
+    result = run.result()
+    if code != 0 or result is None:
         tail = Path(log_path).read_text()[-1500:]
         raise TrainingError(f"run {out.name} failed (exit code {code}); its log is {log_path}:\n{tail}")
-    return json.loads((out / "result.json").read_text())
+    return result.to_dict()
 
 
 class LocalExecutor:
@@ -140,8 +143,8 @@ def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] 
     return LocalExecutor(workers, threads)
 
 
-def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs") -> dict[str, dict]:
-    """Train every unit not yet finished under ``root``; return {unit name: result.json}.
+def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs") -> dict[str, RunResult]:
+    """Train every unit not yet finished under ``root``; return {unit name: its `RunResult`}.
 
     Finished units are read back, not run. A failed unit does not stop the others; the first
     failure is raised once every unit has ended.
@@ -157,8 +160,9 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
     results, jobs, pending = {}, [], []
     for unit in units:
         out = unit_dir(root, unit, version)
-        if (out / "result.json").exists():
-            results[unit.name] = json.loads((out / "result.json").read_text())
+        finished = RunDir(out).result()
+        if finished is not None:
+            results[unit.name] = finished
             continue
         cfg = replace(unit.config, out=str(out.resolve()), threads=executor.threads, resume=False, overwrite=False)
         jobs.append((cfg.to_dict(), str((root / "logs" / f"{out.name}.log").resolve())))
@@ -169,14 +173,14 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
     return {name: results[name] for name in names}
 
 
-def _collect(executor, jobs: list, pending: list[str], desc: str) -> dict[str, dict]:
+def _collect(executor, jobs: list, pending: list[str], desc: str) -> dict[str, RunResult]:
     futures, as_completed = executor.submit_all(jobs)
     name_of = {id(f): n for f, n in zip(futures, pending)}
     bar = progress(len(futures), desc)
     done, failures = {}, []
     for future in as_completed(futures):
         try:
-            done[name_of[id(future)]] = future.result()
+            done[name_of[id(future)]] = RunResult.from_dict(future.result())
         except Exception as err:  # noqa: BLE001 - reported below, after the other runs end
             failures.append(err)
         bar.update(1)

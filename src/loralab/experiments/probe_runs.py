@@ -40,7 +40,7 @@ def probe_tasks(ctx: Context) -> dict[str, dict]:
             cache.write_text(json.dumps(result, indent=1))
         found[task] = json.loads(cache.read_text())
         run = ctx.run([plan.lora_unit(task, ctx.sizes, 0, ctx.lr("lora"))])
-        epoch = next(iter(run.values()))["wall_time_s"] / ctx.sizes.epochs
+        epoch = next(iter(run.values())).wall_time_s / ctx.sizes.epochs
         found[task].update(epoch_seconds=epoch, cost_fraction=found[task]["seconds"] / epoch)
     return found
 
@@ -57,8 +57,8 @@ def allocated_vs_uniform(ctx: Context, probes: dict[str, dict]) -> dict:
     results = ctx.run([unit for pair in pairs.values() for unit in pair])  # one batch: both workers stay busy
     uniform, allocated, per_task = {}, {}, {}
     for (task, seed), (flat, probed) in pairs.items():
-        uniform.setdefault(task, {})[seed] = results[flat.name]["test"]["accuracy"]
-        allocated.setdefault(task, {})[seed] = results[probed.name]["test"]["accuracy"]
+        uniform.setdefault(task, {})[seed] = results[flat.name].test["accuracy"]
+        allocated.setdefault(task, {})[seed] = results[probed.name].test["accuracy"]
     for task in ctx.tasks:
         per_task[task] = paired(allocated[task], uniform[task])
     pooled = mean_ci([v for t in ctx.tasks for v in per_task[t]["values"]])

@@ -17,7 +17,7 @@ from typing import Optional
 
 from loralab.experiments import stats
 from loralab.experiments.launcher import Unit, make_executor, run_units
-from loralab.train.config import TrainConfig
+from loralab.train.config import LoraSettings, TrainConfig
 
 MODEL, DATA = "minilm", "movie"
 MAX_TRAIN, EPOCHS, MAX_LENGTH, BATCH, RANK, ALPHA = 3000, 2, 64, 16, 8, 16
@@ -49,7 +49,7 @@ ARMS = [
 def unit(arm: Arm, max_train: int, epochs: int, seed: int, precision: str = "fp32", model: str = MODEL,
          data: str = DATA) -> Unit:
     return Unit(arm.name, TrainConfig(
-        model=model, data=data, method=arm.method, targets=arm.targets, r=RANK, alpha=ALPHA, lr=arm.lr,
+        model=model, data=data, method=arm.method, targets=arm.targets, lora=LoraSettings(r=RANK, alpha=ALPHA), lr=arm.lr,
         epochs=epochs, batch_size=BATCH, max_train=max_train, max_length=MAX_LENGTH, seed=seed, precision=precision))
 
 
@@ -64,13 +64,13 @@ def summarise(results: dict[str, dict]) -> list[dict]:
         row = {
             "run": arm.name, "label": arm.label, "method": arm.method, "lr": arm.lr,
             "targets": "all" if arm.method == "full" else arm.targets or "attention query/value",
-            "trainable_params": r["trainable_params"], "total_params": r["total_params"],
-            "test_accuracy": r["test"]["accuracy"], "test_macro_f1": r["test"]["macro_f1"],
-            "best_epoch": r["best_epoch"], "wall_time_s": r["wall_time_s"], "peak_memory_mb": r["peak_memory_mb"],
+            "trainable_params": r.trainable_params, "total_params": r.total_params,
+            "test_accuracy": r.test["accuracy"], "test_macro_f1": r.test["macro_f1"],
+            "best_epoch": r.best_epoch, "wall_time_s": r.wall_time_s, "peak_memory_mb": r.peak_memory_mb,
         }
         if full:
-            row["params_fewer_than_full"] = full["trainable_params"] / r["trainable_params"]
-            row["accuracy_vs_full"] = r["test"]["accuracy"] / full["test"]["accuracy"]
+            row["params_fewer_than_full"] = full.trainable_params / r.trainable_params
+            row["accuracy_vs_full"] = r.test["accuracy"] / full.test["accuracy"]
         rows.append(row)
     return rows
 
@@ -138,7 +138,7 @@ def plot(rows: list[dict], results: dict[str, dict], path: Path, majority: Optio
         left.scatter(r["trainable_params"], r["test_accuracy"], s=60)
         left.annotate(r["label"], (r["trainable_params"], r["test_accuracy"]), textcoords="offset points",
                       xytext=(6, 4), fontsize=8)
-        history = [h for h in results[r["run"]]["history"] if h.get("split") == "validation"]
+        history = [h for h in results[r["run"]].history if h.get("split") == "validation"]
         right.plot([h["epoch"] for h in history], [h["accuracy"] for h in history], marker="o", label=r["label"])
         right.set_xticks([h["epoch"] for h in history])
     full = next((r for r in rows if r["run"] == "full"), None)

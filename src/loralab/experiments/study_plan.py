@@ -8,12 +8,11 @@ rates come from the ``lr`` stage: a sweep on the *validation* split of two tasks
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from typing import Optional
 
 from loralab.experiments.launcher import Unit
-from loralab.train.config import TrainConfig
+from loralab.train.config import LoraSettings, SubspaceSettings, TrainConfig
 
 TASKS = ("movie", "tweets", "trec", "sms")
 SEEDS = (0, 1, 2)
@@ -66,9 +65,8 @@ def lora_unit(task: str, sizes: Sizes, seed: int, lr: float, method: str = "lora
     targets, base_r, pattern = PLACEMENTS[placement]
     r = r if placement == "qv" and rank_pattern is None else base_r
     pattern = dict(rank_pattern if rank_pattern is not None else pattern)
-    cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, r=r, alpha=2.0 * r, lr=lr,
-                  rank_pattern=json.dumps(pattern) if pattern else None,
-                  alpha_pattern=json.dumps({k: 2.0 * v for k, v in pattern.items()}) if pattern else None)
+    lora = LoraSettings(r=r, alpha=2.0 * r, rank_pattern=pattern, alpha_pattern={k: 2.0 * v for k, v in pattern.items()})
+    cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, lora=lora, lr=lr)
     return Unit(f"{task}-{method}-{placement}{tag}-r{r}-lr{lr:g}-s{seed}", cfg)
 
 
@@ -80,7 +78,7 @@ def said_unit(task: str, sizes: Sizes, seed: int, d: int, lr_at_1000: float, m: 
     """SAID at d (DID when d ≤ m, the number of moving tensors), lr·√(1000/d) (see docs/intrinsic.md)."""
     method = "did" if d <= m else "said"
     lr = float(f"{lr_at_1000 * (1000 / d) ** 0.5:.4g}")
-    cfg = replace(base_config(task, sizes, seed), method=method, d=d, lr=lr, warmup=0.1)
+    cfg = replace(base_config(task, sizes, seed), method=method, subspace=SubspaceSettings(d=d), lr=lr, warmup=0.1)
     return Unit(f"{task}-{method}-d{d}-lr{lr:g}-s{seed}", cfg)
 
 
@@ -105,4 +103,4 @@ def smollm2_unit(method: str, lr: float, r: int = 8) -> Unit:
                        eval_batch_size=16, seed=0, lr=lr, method=method)
     if method == "full":
         return Unit(f"chatqa-full-lr{lr:g}", base)
-    return Unit(f"chatqa-lora-r{r}-lr{lr:g}", replace(base, targets="q_proj,v_proj", r=r, alpha=2.0 * r))
+    return Unit(f"chatqa-lora-r{r}-lr{lr:g}", replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=2.0 * r)))

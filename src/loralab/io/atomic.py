@@ -1,7 +1,10 @@
 """Atomic writes: a reader (or a process killed half-way) never sees half a file or directory.
 
 Each writer goes through a temporary name in the target's own directory, then `os.replace`
-renames it into place; on any failure the temporary is removed and the target is untouched.
+renames it into place; on any failure the temporary is removed and the target is untouched. A
+temporary left by a killed process (its name holds the writer's pid) is removed by the next write
+next to it. Files get the modes any other tool would give them: 0666 and 0777 less the umask
+(temporary files are created 0600, which would otherwise stick).
 """
 
 from __future__ import annotations
@@ -17,13 +20,60 @@ from typing import Callable, Iterator
 import torch
 
 
+def umask() -> int:
+    """The process's umask (read without changing it where /proc tells, else set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temporary_prefix(path: Path) -> str:
+    """``.<name>.<pid>.``: the writer's pid in the name, so a leftover can be told from a live write."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` whose writing process no longer exists (killed mid-write)."""
+    for leftover in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        parts = leftover.name[len(path.name) + 2:].split(".", 1)
+        if not parts[0].isdigit() or int(parts[0]) == os.getpid() or pid_alive(int(parts[0])):
+            continue
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)``, then rename ``tmp_path`` to ``path``."""
+    """Call ``write(tmp_path)``, then rename ``tmp_path`` to ``path`` (mode 0666 less the umask)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -65,9 +115,11 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    remove_stale_temporaries(path)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp"))
     try:
         yield staging
+        os.chmod(staging, 0o777 & ~umask())
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
         os.replace(staging, path)

@@ -35,7 +35,7 @@ from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, in_model_order, on_inner_module
 from loralab.errors import AdapterError
-from loralab.io.atomic import atomic_save_tensors, atomic_write_text, readable_json
+from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -280,20 +280,6 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str
     except (SafetensorError, OSError) as err:
         raise AdapterError(f"{weights} is not a readable safetensors file ({err}).") from None
     return cfg, tensors
-
-
-def saved_labels(directory: str | os.PathLike) -> list[str] | None:
-    """The class names an adapter's head was trained (or composed) for, where loralab keeps them beside the
-    adapter: a composed adapter's compose.json, or the result.json of the run whose ``adapter/`` this is.
-    PEFT's format has no place for them; None when unknown."""
-    root = Path(directory)
-    if (root / "compose.json").exists():
-        kept = readable_json(root / "compose.json")
-    elif root.name == "adapter":
-        kept = readable_json(root.parent / "result.json")
-    else:
-        return None
-    return (kept.get("labels") or None) if isinstance(kept, dict) else None
 
 
 def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:

@@ -8,6 +8,7 @@ from typing import Optional
 from torch import nn
 
 from loralab.methods.base import TrainingMethod, register
+from loralab.rundir import MODEL
 
 
 @register
@@ -16,7 +17,7 @@ class FullFineTuning(TrainingMethod):
 
     name = "full"
     summary = "every weight trains (the reference)"
-    saved_as = "model"
+    saved_as = MODEL
 
     def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
         model.requires_grad_(True)

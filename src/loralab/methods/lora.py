@@ -11,6 +11,7 @@ from loralab.adapters.inject import unmatched_entries
 from loralab.adapters.registry import adapter_configs
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
+from loralab.rundir import ADAPTER
 
 
 def refuse_unmatched_targets(model: nn.Module, targets, matched: list[str]) -> None:
@@ -18,8 +19,8 @@ def refuse_unmatched_targets(model: nn.Module, targets, matched: list[str]) -> N
     silently adapt, or probe, fewer layers)."""
     unmatched = unmatched_entries(model, targets)
     if unmatched:
-        raise ConfigError(f"--targets entries {unmatched} match no module in this model (spelt right?); the "
-                          f"others match {len(matched)}, e.g. {matched[:3]}.")
+        raise ConfigError("{} entries " + f"{unmatched} match no module in this model (spelt right?); the "
+                          f"others match {len(matched)}, e.g. {matched[:3]}.", ("targets",))
 
 
 @register
@@ -29,29 +30,18 @@ class Lora(TrainingMethod):
 
     name = "lora"
     summary = "low-rank update ΔW = s·B·A on the targets, task head trained fully"
-    saved_as = "adapter"
+    saved_as = ADAPTER
     trains_adapter = True
-    config_fields = ("r", "alpha", "dropout", "targets", "rank_pattern", "alpha_pattern", "rslora", "init")
+    config_fields = ("lora", "targets")
     dora = False
-
-    def check(self, cfg) -> None:
-        """The adapter fields LoraConfig would refuse, refused now with the flag names."""
-        from loralab.errors import AdapterError
-
-        try:
-            ll.LoraConfig(r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rank_pattern=cfg.pattern("rank_pattern"),
-                          alpha_pattern=cfg.pattern("alpha_pattern"), init=cfg.init)
-        except AdapterError as err:
-            raise ConfigError(str(err).replace("LoraConfig.rank_pattern", "--rank-pattern")
-                              .replace("LoraConfig.alpha_pattern", "--alpha-pattern")
-                              .replace("LoraConfig.init", "--init")) from None
 
     def adapter_config(self, model: nn.Module, cfg, task: str) -> ll.LoraConfig:
         from loralab import models
 
+        lora = cfg.lora
         return ll.LoraConfig(
-            r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout, rslora=cfg.rslora, dora=self.dora, init=cfg.init,
-            rank_pattern=cfg.pattern("rank_pattern"), alpha_pattern=cfg.pattern("alpha_pattern"),
+            r=lora.r, alpha=lora.alpha, dropout=lora.dropout, rslora=lora.rslora, dora=self.dora, init=lora.init,
+            rank_pattern=lora.rank_pattern, alpha_pattern=lora.alpha_pattern,
             targets=cfg.target_spec(),  # None: the model's attention query/value (`ll.default_targets`)
             modules_to_save=models.head_names(model) if task == "classification" else [],
         )

@@ -8,6 +8,7 @@ from torch import nn
 
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
+from loralab.rundir import INTRINSIC
 
 
 @register
@@ -17,22 +18,27 @@ class DirectIntrinsic(TrainingMethod):
 
     name = "did"
     summary = "θ = θ0 + P·θ_d, only θ_d (d values) trains"
-    saved_as = "intrinsic"
-    config_fields = ("d", "projection", "targets")
+    saved_as = INTRINSIC
+    config_fields = ("subspace", "targets")
     said = False
 
     def check(self, cfg) -> None:
         if cfg.gradient_checkpointing:  # the weights are rebuilt from θ_d in each forward, outside the blocks
-            raise ConfigError(f"--gradient-checkpointing works with full, lora and dora, not with --method {self.name}; "
-                              "train without it (or lower --batch-size / --max-length to save memory).")
+            raise ConfigError("{} works with full, lora and dora, not with {} " + self.name + "; train without it (or "
+                              "lower {} / {} to save memory).", ("gradient_checkpointing", "method", "batch_size",
+                                                                  "max_length"))
+        if cfg.fsdp:  # the subspace model rebuilds every weight from θ_d: nothing to shard
+            raise ConfigError("{} shards the weights of full, lora and dora; {} " + self.name + " trains d values.",
+                              ("fsdp", "method"))
 
     def prepare(self, model: nn.Module, cfg, task: str) -> nn.Module:
         from loralab.subspace.intrinsic import IntrinsicModel
 
-        return IntrinsicModel(model, cfg.d, cfg.projection, said=self.said, targets=cfg.target_spec(), seed=cfg.seed)
+        return IntrinsicModel(model, cfg.subspace.d, cfg.subspace.projection, said=self.said, targets=cfg.target_spec(),
+                              seed=cfg.seed)
 
     def describe(self, trained: nn.Module, cfg) -> dict:
-        return {"subspace": {"d": cfg.d, "projection": cfg.projection, "full_dim": trained.full_dim}}
+        return {"subspace": {"d": cfg.subspace.d, "projection": cfg.subspace.projection, "full_dim": trained.full_dim}}
 
     def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
         from loralab import models

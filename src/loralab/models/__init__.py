@@ -235,13 +235,21 @@ def check_task_support(path: str, name_or_path: str, task: str) -> None:
     from transformers import AutoConfig
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
         MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
     )
 
     try:
-        model_type = AutoConfig.from_pretrained(path).model_type
+        config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
         return  # from_pretrained reports what is wrong with the directory
+    model_type, architectures = config.model_type, config.architectures or []
+    generative = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
+    if task == "causal_lm" and model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not generative:
+        raise DataError(f"model {name_or_path!r} is an encoder ({model_type}, {', '.join(architectures) or 'no head'}): "
+                        "it reads text but was not trained to write it, so prompt/response data would train it as a "
+                        "language model from scratch. Use a decoder language model: --model smollm2 (or a local "
+                        "causal LM directory).")
     supported = {"classification": MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
                  "causal_lm": MODEL_FOR_CAUSAL_LM_MAPPING_NAMES}[task]
     if model_type not in supported:
@@ -250,6 +258,21 @@ def check_task_support(path: str, name_or_path: str, task: str) -> None:
                        ("sequence-classification", "text/label data needs a model with such a class, e.g. minilm"))
         raise DataError(f"model {name_or_path!r} is a {model_type!r} model, and transformers has no {kind} class "
                         f"for it: {needs}.")
+
+
+def architectures(name_or_path: str) -> list[str]:
+    """The model classes a checkpoint's config.json names (e.g. ['BertModel'])."""
+    from transformers import AutoConfig
+
+    try:
+        return list(AutoConfig.from_pretrained(resolve(name_or_path)).architectures or [])
+    except (OSError, ValueError):
+        return []
+
+
+def has_classification_head(name_or_path: str) -> bool:
+    """Whether a checkpoint was saved with a sequence-classification head (trained, presumably)."""
+    return any(a.endswith("ForSequenceClassification") for a in architectures(name_or_path))
 
 
 HEAD_NAMES = ("classifier", "score")

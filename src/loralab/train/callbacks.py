@@ -6,7 +6,7 @@ A callback sees the `Trainer` (its config, model, state, metrics log) at these p
 * ``on_step(trainer, loss)`` — after each optimizer step (``trainer.state.step`` counts them);
 * ``on_eval(trainer, record)`` — after each validation pass, with its metrics record;
 * ``on_checkpoint(trainer, path)`` — after a checkpoint is written;
-* ``on_train_end(trainer, result)`` — after the test pass, with result.json's content.
+* ``on_train_end(trainer, result)`` — after the test pass, with its `RunResult` (result.json).
 
 Measurements plug in here (`loralab.analysis.telemetry`); the loop knows none of them.
 """
@@ -31,7 +31,7 @@ class Callback:
     def on_checkpoint(self, trainer, path: Path) -> None:
         pass
 
-    def on_train_end(self, trainer, result: dict) -> None:
+    def on_train_end(self, trainer, result) -> None:
         pass
 
 

@@ -7,7 +7,7 @@ hyper-parameters, best-so-far bookkeeping, the config) naming a tensor file
 * ``param.<name>`` — every trainable parameter;
 * ``best.<name>`` — the trainable parameters of the best validation epoch so far;
 * ``opt.<i>.<key>`` — AdamW state of the i-th trainable parameter (``step``, ``exp_avg``, ``exp_avg_sq``);
-* ``rng.torch`` — the global torch RNG state (dropout).
+* ``rng.torch`` (and ``rng.cuda`` on a GPU) — the global torch RNG state (dropout).
 
 The tensor file is written first, then the JSON is renamed into place, then older
 tensor files are removed: a kill at any moment leaves the previous checkpoint usable.
@@ -16,6 +16,8 @@ tensor files are removed: a kill at any moment leaves the previous checkpoint us
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -24,6 +26,8 @@ from safetensors.torch import load_file
 
 from loralab.errors import TrainingError
 from loralab.io.atomic import atomic_save_tensors, atomic_write_text
+from loralab.train.devices import set_rng_state
+from loralab.train.distributed import full_state, full_tensor, like
 
 STATE_FILE = "checkpoint.json"
 
@@ -35,19 +39,27 @@ def save_checkpoint(
     scheduler,
     best: Optional[dict[str, torch.Tensor]],
     state: dict,
+    rng: dict[str, torch.Tensor],
+    write: bool = True,
 ) -> Path:
-    """Write the checkpoint for ``state['step']`` and drop older tensor files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"param.{n}": p.detach().clone() for n, p in named_params}
+    """Write the checkpoint for ``state['step']`` and drop older tensor files.
+
+    Under FSDP every process calls this (the sharded tensors are gathered whole, a collective) and only
+    the one with ``write`` writes.
+    """
+    tensors = {f"param.{n}": full_tensor(p.detach()).clone() for n, p in named_params}
     for n, value in (best or {}).items():
-        tensors[f"best.{n}"] = value
-    opt_state = optimizer.state_dict()
+        tensors[f"best.{n}"] = full_tensor(value)
+    opt_state = full_state(optimizer.state_dict())
     for index, param_state in opt_state["state"].items():
         for key, value in param_state.items():
             tensors[f"opt.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
-    tensors["rng.torch"] = torch.get_rng_state()
+    tensors.update(rng)
     name = f"checkpoint-{state['step']}.safetensors"
-    atomic_save_tensors(directory / name, tensors)
+    if not write:
+        return directory / STATE_FILE
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(directory / name, {k: v.cpu() for k, v in tensors.items()})
     record = dict(state)
     record["tensor_file"] = name
     record["param_names"] = [n for n, _ in named_params]
@@ -65,8 +77,10 @@ def load_checkpoint(
     named_params: list[tuple[str, torch.nn.Parameter]],
     optimizer: torch.optim.Optimizer,
     scheduler,
+    device: Optional[torch.device] = None,
 ) -> tuple[dict, Optional[dict[str, torch.Tensor]]]:
-    """Restore parameters, optimizer, scheduler and RNG; return (state, best parameters or None)."""
+    """Restore parameters, optimizer, scheduler and RNG; return (state, best parameters or None).
+    Tensors go to each parameter's device and layout (FSDP shards)."""
     record = json.loads((directory / STATE_FILE).read_text())
     names = [n for n, _ in named_params]
     if record["param_names"] != names:
@@ -74,24 +88,38 @@ def load_checkpoint(
             f"checkpoint in {directory} was written for other trainable parameters "
             f"({len(record['param_names'])} vs {len(names)}); resume with the same method and targets, or use a new --out."
         )
-    tensors = load_file(str(directory / record["tensor_file"]))
+    name = record.get("tensor_file")
+    if not isinstance(name, str) or not re.fullmatch(r"checkpoint-\d+\.safetensors", name):
+        raise TrainingError(f"{directory / STATE_FILE} names {name!r} as its tensor file; a checkpoint's tensors are "
+                            "checkpoint-<step>.safetensors in the same directory. The checkpoint is damaged: start "
+                            "a new run (--overwrite).")
+    tensors = load_file(str(directory / name))
+    params = dict(named_params)
     with torch.no_grad():
-        for name, param in named_params:
-            param.copy_(tensors[f"param.{name}"])
+        for n, param in named_params:
+            param.copy_(like(param, tensors[f"param.{n}"]))
     opt_state: dict[int, dict] = {}
     for key, value in tensors.items():
         if key.startswith("opt."):
             _, index, field = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[field] = value
+            param = params[names[int(index)]]
+            opt_state.setdefault(int(index), {})[field] = like(param, value) if value.shape == param.shape else value
     groups = record["optimizer_groups"]
     for group in groups:
         if "betas" in group:
             group["betas"] = tuple(group["betas"])
     optimizer.load_state_dict({"state": opt_state, "param_groups": groups})
     scheduler.load_state_dict({**scheduler.state_dict(), **record["scheduler"]})
-    torch.set_rng_state(tensors["rng.torch"])
-    best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")} or None
-    return record, best
+    set_rng_state(tensors, device or torch.device("cpu"))
+    best = {k[len("best."):]: like(params[k[len("best."):]], v) for k, v in tensors.items() if k.startswith("best.")}
+    return record, best or None
+
+
+def prune_checkpoint(directory: Path) -> None:
+    """Remove a finished run's checkpoint (--save-total-limit 0): the run keeps its trained model or adapter and
+    result, and can no longer be resumed."""
+    if directory.is_dir():
+        shutil.rmtree(directory)
 
 
 def has_checkpoint(directory: Path) -> bool:

@@ -1,21 +1,20 @@
 """The training loop, one `Trainer` for every method, in named steps with hooks.
 
-AdamW with linear warm-up then linear decay to zero, gradient clipping and accumulation,
-evaluation on the validation split after every epoch, the best epoch kept (accuracy for
-classification, loss for causal LM) and tested at the end. What is trained comes from the
-method (`loralab.methods`); what is measured along the way comes from callbacks
-(`loralab.train.callbacks`). Checkpoints (`checkpoint.py`) let a killed run resume to
-bit-identical weights. Under ``torchrun`` it trains with DistributedDataParallel (gloo on
-CPU): every global batch of ``batch_size`` examples is split evenly over the processes.
+AdamW with warm-up and a linear, cosine or constant schedule (transformers' schedulers), gradient
+clipping and accumulation, validation every ``eval_steps`` optimizer steps (or at each epoch's end), the
+best validation's weights kept (``metric_for_best``) and tested at the end, early stopping after
+``patience`` validations without a better one. What is trained comes from the method
+(`loralab.methods`); the loss from the task (`objective.Objective`); what is measured along the way from
+callbacks (`loralab.train.callbacks`). Checkpoints (`checkpoint.py`) let a killed run resume to
+bit-identical weights. Under ``torchrun`` every global batch of ``batch_size`` examples is split evenly
+over the processes, with DDP or FSDP2 (`distributed.py`), on the device ``--device`` names (`devices.py`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -24,21 +23,21 @@ from typing import Optional, Sequence
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 import loralab as ll
 from loralab import data as datasets
 from loralab import models
 from loralab.errors import TrainingError
-from loralab.io.atomic import atomic_write_json
 from loralab.methods import get_method
-from loralab.progress import progress
-from loralab.train import run_dir
+from loralab.progress import progress, write_line
+from loralab.rundir import RunDir, RunResult
+from loralab.train import devices, distributed, run_dir
 from loralab.train.batching import collate, encode, epoch_order
 from loralab.train.callbacks import Callback, standard_callbacks
-from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, save_checkpoint
+from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, prune_checkpoint, save_checkpoint
 from loralab.train.config import TrainConfig
-from loralab.train.evaluate import autocast, evaluate
+from loralab.train.evaluate import evaluate
+from loralab.train.objective import Objective
 
 
 @dataclass
@@ -48,44 +47,25 @@ class TrainState:
     step: int = 0  # optimizer steps done
     epoch: int = 0  # epochs finished
     micro: int = 0  # micro-batches done in the current epoch
-    best_metric: Optional[float] = None
-    best_epoch: Optional[int] = None
-    history: list = field(default_factory=list)  # validation records, one per epoch
+    best_metric: Optional[float] = None  # the best validation's metric_for_best, higher is better (loss negated)
+    best_epoch: Optional[int] = None  # the epoch the best validation was in
+    best_step: Optional[int] = None
+    history: list = field(default_factory=list)  # validation records
+    stopped: bool = False  # early stopping ended the run
     elapsed: float = 0.0  # wall seconds before the last resume
 
 
-def lr_schedule(total_steps: int, warmup_steps: int, shape: str = "linear"):
-    """Multiplier of the peak lr at step t: (t + 1)/warmup while warming up; then, with
-    p = (t − warmup)/(total − warmup), 1 − p (linear), (1 + cos πp)/2 (cosine) or 1 (constant)."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if shape == "constant":
-            return 1.0
-        if shape == "cosine":
-            progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))  # 1 − p
-
-    return factor
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (Linux ru_maxrss is in KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 class MetricsLog:
-    """metrics.jsonl: one JSON object per line; on resume, lines past the checkpoint are dropped."""
+    """metrics.jsonl: one JSON object per line; on resume, records past the checkpoint (and a last line cut
+    short by a kill) are dropped."""
 
-    def __init__(self, path: Path, enabled: bool, resume_step: Optional[int]):
-        self.path, self.enabled = path, enabled
-        if enabled and resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= resume_step]
-            path.write_text("".join(line + "\n" for line in kept))
+    def __init__(self, run: RunDir, enabled: bool, resume_step: Optional[int]):
+        self.path, self.enabled = run.metrics_file, enabled
+        if enabled and resume_step is not None:
+            kept = [record for record in run.metrics() if record.get("step", 0) <= resume_step]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
         elif enabled:
-            path.write_text("")
+            self.path.write_text("")
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -103,10 +83,11 @@ class Trainer:
         self.resumed_from: Optional[int] = None
 
     # ----- the run, step by step ---------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self) -> RunResult:
         self.setup_processes()
         self.out = run_dir.check_out(self.cfg)
-        finished = run_dir.finished_result(self.out) if self.cfg.resume else None
+        self.rundir = RunDir(self.out)
+        finished = self.rundir.result() if self.cfg.resume else None
         if finished is not None:  # --resume of a run that ended: its result stands, nothing is rewritten
             if self.main:
                 print(f"loralab train: {self.out} had already finished; nothing to resume, nothing was changed.",
@@ -119,7 +100,7 @@ class Trainer:
         try:
             self.restore()
             self.emit("on_train_begin")
-            self.run_epochs()
+            self.train()
             return self.finish()
         except BaseException:
             if self.main:
@@ -129,24 +110,27 @@ class Trainer:
             run_dir.release(held)
 
     def setup_processes(self) -> None:
-        """Rank and world size; a gloo process group when launched by torchrun with > 1 process."""
+        """Rank, world size and device; a process group (NCCL on CUDA, gloo on CPU) under torchrun."""
+        cfg = self.cfg
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.device = devices.resolve_device(cfg.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
+            dist.init_process_group(devices.process_group_backend(self.device))
         self.rank = dist.get_rank() if self.world > 1 else 0
         self.main = self.rank == 0
-        if self.cfg.threads or self.world > 1:
-            torch.set_num_threads(self.cfg.threads or max(1, (os.cpu_count() or 1) // self.world))
-        if self.cfg.batch_size % self.world:
-            raise TrainingError(f"--batch-size {self.cfg.batch_size} must be divisible by the {self.world} processes.")
+        if cfg.threads or self.world > 1:
+            torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // self.world))
+        if cfg.batch_size % self.world:
+            raise TrainingError(f"--batch-size {cfg.batch_size} must be divisible by the {self.world} processes.")
 
     def load_data_and_model(self) -> None:
         """Seeded splits, the base model, the method's trainable module and the encoded rows."""
         cfg = self.cfg
         self.started = time.time()
         torch.manual_seed(cfg.seed)
-        split = {s: datasets.load(cfg.data, s, cfg.seed, cfg.max_train if s == "train" else cfg.max_eval)
-                 for s in datasets.SPLITS}
+        split = datasets.load_splits(cfg.data, cfg.seed, cfg.max_train, cfg.max_eval, cfg.val_data, cfg.test_data)
         self.task, self.labels = split["train"].task, split["train"].labels
         base, self.tokenizer = models.load(cfg.model, self.task, num_labels=len(self.labels) or None,
                                            attn_implementation=models.attention_for(cfg.precision))
@@ -157,59 +141,63 @@ class Trainer:
         self.attention = getattr(base.config, "_attn_implementation", None)
         if cfg.gradient_checkpointing:
             models.enable_gradient_checkpointing(base, cfg.model)
-        self.model = self.method.prepare(base, cfg, self.task)
-        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        self.model = self.method.prepare(base, cfg, self.task).to(self.device)
         self.trainable, self.total = ll.trainable_parameters(self.model)
         self.rows = {s: encode(d, self.tokenizer, cfg.max_length) for s, d in split.items()}
         self.pad_id = self.tokenizer.pad_token_id
-        self.net = nn.parallel.DistributedDataParallel(self.model) if self.world > 1 else self.model
+        self.objective = Objective(self.model, self.task)
+        self.net = distributed.wrap(self.objective, self.device, self.world, cfg.fsdp)
+        self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # FSDP2's, once sharded
+        self.scaler = devices.grad_scaler(cfg.precision, self.device)
 
     def build_optimizer(self) -> None:
+        from transformers import get_scheduler
+
         cfg = self.cfg
         self.n_train = len(self.rows["train"])
         per_epoch = self.n_train // cfg.batch_size if self.world > 1 else math.ceil(self.n_train / cfg.batch_size)
         self.micro_per_epoch = per_epoch
         self.total_steps = math.ceil(per_epoch / cfg.grad_accum) * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
         self.optimizer = torch.optim.AdamW([p for _, p in self.named], lr=cfg.lr, weight_decay=cfg.weight_decay)
-        warmup_steps = round(cfg.warmup * self.total_steps)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_schedule(self.total_steps, warmup_steps,
-                                                                                      self.cfg.scheduler))
+        name = {"constant": "constant_with_warmup"}.get(cfg.scheduler, cfg.scheduler)
+        self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=round(cfg.warmup * self.total_steps),
+                                       num_training_steps=self.total_steps)
 
     def restore(self) -> None:
         """Load the checkpoint on --resume; otherwise record the config (absolute paths) in the run."""
-        if self.cfg.resume:
-            record, self.best = load_checkpoint(self.out / "checkpoint", self.named, self.optimizer, self.scheduler)
-            self.state = TrainState(**{k: record[k] for k in asdict(TrainState())})
+        if self.cfg.resume and has_checkpoint(self.rundir.checkpoint):  # (a run killed before any: starts over)
+            record, self.best = load_checkpoint(self.rundir.checkpoint, self.named, self.optimizer, self.scheduler,
+                                                self.device)
+            self.state = TrainState(**{k: record[k] for k in asdict(TrainState()) if k in record})
             self.resumed_from = self.state.step
         elif self.main:
-            atomic_write_json(self.out / run_dir.CONFIG_FILE, self.cfg.with_absolute_paths().to_dict())
-        self.log = MetricsLog(self.out / "metrics.jsonl", self.main, self.resumed_from)
+            self.rundir.write_config(self.cfg.with_absolute_paths().to_dict())
+        self.log = MetricsLog(self.rundir, self.main, self.resumed_from)
 
-    def run_epochs(self) -> None:
+    def train(self) -> None:
         self.bar = progress(self.total_steps, f"{self.cfg.method} {self.cfg.model}/{self.cfg.data}",
                             enabled=self.show_progress and self.main, initial=self.state.step)
         for epoch in range(self.state.epoch, self.cfg.epochs):
-            if self.stopped_early():
+            if self.state.stopped or self.state.step >= self.total_steps:
                 break
             self.train_epoch(epoch)
-            self.validate(epoch)
+            if self.state.stopped:
+                break
+            if not self.cfg.eval_steps:  # (with --eval-steps, validation follows the steps)
+                self.validate(epoch)
             self.state.epoch, self.state.micro = epoch + 1, 0
             self.checkpoint()
         self.bar.close()
 
-    def stopped_early(self) -> bool:
-        """--patience N: the last N validations did not beat the best one (read from the history, so a
-        resumed run stops where the uninterrupted one would)."""
-        patience, best = self.cfg.patience, self.state.best_epoch
-        return bool(patience and best is not None and self.state.epoch - best >= patience)
-
     def train_epoch(self, epoch: int) -> None:
         """Micro-batches of this epoch's fixed order, from where a resumed run stopped."""
         cfg = self.cfg
-        lengths = [len(r["input_ids"]) for r in self.rows["train"]] if cfg.group_by_length else None
+        lengths = [len(r["input_ids"]) for r in self.rows["train"]] if self.group_by_length() else None
         order = epoch_order(self.n_train, cfg.seed, epoch, lengths, cfg.batch_size)
         micro = [order[i : i + cfg.batch_size] for i in range(0, self.micro_per_epoch * cfg.batch_size, cfg.batch_size)]
-        self.net.train()
+        self.objective.train()
         running = 0.0
         for index in range(self.state.micro if epoch == self.state.epoch else 0, len(micro)):
             group_start = index - index % cfg.grad_accum
@@ -219,27 +207,38 @@ class Trainer:
             if last_of_group:
                 self.optimizer_step(epoch, index, running)
                 running = 0.0
+                if self.state.stopped or self.state.step >= self.total_steps:
+                    return
+
+    def group_by_length(self) -> bool:
+        """--group-by-length, on by default for causal LM (answers vary in length: padding is the waste)."""
+        return self.task == "causal_lm" if self.cfg.group_by_length is None else self.cfg.group_by_length
 
     def forward_backward(self, batch_ids: list[int], group_size: int, sync: bool, epoch: int) -> float:
         """Loss of one micro-batch (this process's share), backward scaled for accumulation."""
         batch = collate([self.rows["train"][i] for i in batch_ids[self.rank :: self.world]], self.pad_id)
-        no_sync = contextlib.nullcontext() if self.world == 1 or sync else self.net.no_sync()
-        with no_sync:
-            with autocast(self.cfg.precision):
-                loss = self.net(**batch).loss
-            value = loss.detach().float().clone()
-            if self.world > 1:
-                dist.all_reduce(value, op=dist.ReduceOp.AVG)
+        batch = devices.to_device(batch, self.device)
+        with distributed.sync_gradients(self.net, sync):
+            with devices.autocast(self.cfg.precision, self.device):
+                loss = self.net(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+            value = distributed.mean(loss.detach().float(), self.world)
             if not torch.isfinite(value):
                 raise self.non_finite_loss(value.item(), epoch)
-            (loss / group_size).backward()
+            scaled = loss / group_size
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return value.item()
 
     def optimizer_step(self, epoch: int, index: int, loss: float) -> None:
         cfg, state = self.cfg, self.state
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_([p for _, p in self.named], cfg.max_grad_norm)
-        self.optimizer.step()
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         state.step += 1
@@ -250,63 +249,88 @@ class Trainer:
         if state.step % cfg.log_every == 0:
             self.log.write({"type": "train", "step": state.step, "epoch": epoch + 1, "loss": loss, "lr": lr})
         self.emit("on_step", loss=loss)
-        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0:
+        validated = cfg.eval_steps and (state.step % cfg.eval_steps == 0 or state.step >= self.total_steps)
+        if validated:
+            self.validate(epoch)
+        if validated or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
             self.checkpoint()
+
+    # ----- validation and the best weights -----------------------------------------------------
+    def metric_for_best(self) -> str:
+        return self.cfg.metric_for_best or ("accuracy" if self.task == "classification" else "loss")
 
     def validate(self, epoch: int) -> None:
         metrics = self.evaluate("validation")
-        record = {"type": "eval", "split": "validation", "step": self.state.step, "epoch": epoch + 1, **metrics}
-        self.state.history.append(record)
+        state = self.state
+        record = {"type": "eval", "split": "validation", "step": state.step, "epoch": epoch + 1, **metrics}
+        state.history.append(record)
         self.log.write(record)
-        value = metrics["accuracy"] if self.task == "classification" else -metrics["loss"]
-        if self.state.best_metric is None or value > self.state.best_metric:
-            self.state.best_metric, self.state.best_epoch = value, epoch + 1
+        name = self.metric_for_best()
+        value = -metrics[name] if name == "loss" else metrics[name]
+        if state.best_metric is None or value > state.best_metric:
+            state.best_metric, state.best_epoch, state.best_step = value, epoch + 1, state.step
             self.best = {n: p.detach().clone() for n, p in self.named}
+        since_best = sum(1 for h in state.history if h["step"] > state.best_step)
+        if self.cfg.patience and since_best >= self.cfg.patience and state.step >= self.cfg.min_steps:
+            state.stopped = True
+        if self.main:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+            write_line(f"step {state.step}/{self.total_steps}, epoch {epoch + 1}: validation {shown}"
+                       f"{' (best)' if state.best_step == state.step else ''}"
+                       f"{'; stopping: no better ' + name + f' in {since_best} validations' if state.stopped else ''}",
+                       enabled=self.show_progress)
         self.emit("on_eval", record=record)
 
     def evaluate(self, split: str) -> dict:
-        with autocast(self.cfg.precision):
-            return evaluate(self.model, self.rows[split], self.task, len(self.labels), self.pad_id,
-                            self.cfg.eval_batch_size, desc=split, progress=self.show_progress and self.main)
+        cfg = self.cfg
+        return evaluate(self.model, self.rows[split], self.task, len(self.labels), self.pad_id, cfg.eval_batch_size,
+                        desc=split, progress=self.show_progress and self.main, max_tokens=cfg.eval_tokens,
+                        precision=cfg.precision, device=self.device, objective=self.net, rank=self.rank,
+                        world=self.world)
 
     def checkpoint(self) -> None:
-        if not self.main:
-            return
+        """Every process takes part (FSDP gathers its shards); the main one writes."""
         record = {**asdict(self.state), "elapsed": self.state.elapsed + time.time() - self.started,
                   "config": self.cfg.to_dict()}
-        path = save_checkpoint(self.out / "checkpoint", self.named, self.optimizer, self.scheduler, self.best, record)
-        self.emit("on_checkpoint", path=path)
+        path = save_checkpoint(self.rundir.checkpoint, self.named, self.optimizer, self.scheduler, self.best, record,
+                               devices.rng_state(self.device), write=self.main)
+        if self.main:
+            self.emit("on_checkpoint", path=path)
 
-    def finish(self) -> dict:
-        """Restore the best epoch's parameters, test them, write the trained model and result.json."""
+    def finish(self) -> RunResult:
+        """Restore the best validation's parameters, test them, write the trained model and result.json."""
         if self.best is not None:
             with torch.no_grad():
                 for name, param in self.named:
                     param.copy_(self.best[name])
-        best_record = next(h for h in self.state.history if h["epoch"] == self.state.best_epoch)
+        best_record = next(h for h in self.state.history if h["step"] == self.state.best_step)
         test = self.evaluate("test")
         result = self.result({k: v for k, v in best_record.items() if k not in ("type", "split", "step", "epoch")}, test)
+        with distributed.unsharded(self.objective):  # FSDP: every process gathers; the main one writes
+            if self.main:
+                self.method.save(self.model, self.tokenizer, self.out)
         if self.main:
-            self.method.save(self.model, self.tokenizer, self.out)
             self.log.write({"type": "eval", "split": "test", "step": self.state.step, **test})
-            atomic_write_json(self.out / "result.json", result)
+            self.rundir.write_result(result)
+            if self.cfg.save_total_limit == 0:
+                prune_checkpoint(self.rundir.checkpoint)
         self.emit("on_train_end", result=result)
         self.barrier()
         return result
 
-    def result(self, validation: dict, test: dict) -> dict:
+    def result(self, validation: dict, test: dict) -> RunResult:
         cfg = self.cfg
-        return {
-            "method": cfg.method, "model": cfg.model, "data": cfg.data, "task": self.task, "labels": self.labels,
-            "config": cfg.to_dict(), "lora": None, "subspace": None, **self.method.describe(self.model, cfg),
-            "trainable_params": self.trainable, "total_params": self.total,
-            "train_examples": self.n_train, "steps": self.state.step, "epochs_trained": self.state.epoch,
-            "best_epoch": self.state.best_epoch,
-            "validation": validation, "test": test, "history": self.state.history,
-            "wall_time_s": self.state.elapsed + time.time() - self.started,
-            "peak_memory_mb": peak_memory_mb(), "world_size": self.world, "resumed_from_step": self.resumed_from,
-            "attention": self.attention, "torch": torch.__version__,
-        }
+        return RunResult(
+            method=cfg.method, model=cfg.model, data=cfg.data, task=self.task, labels=self.labels,
+            config=cfg.to_dict(), **self.method.describe(self.model, cfg),
+            trainable_params=self.trainable, total_params=self.total,
+            train_examples=self.n_train, steps=self.state.step, epochs_trained=self.state.epoch,
+            best_epoch=self.state.best_epoch, best_step=self.state.best_step, validation=validation, test=test,
+            history=self.state.history, wall_time_s=self.state.elapsed + time.time() - self.started,
+            peak_memory_mb=devices.peak_memory_mb(), peak_device_memory_mb=devices.peak_device_memory_mb(self.device),
+            device=str(self.device), world_size=self.world, resumed_from_step=self.resumed_from,
+            attention=self.attention, torch=torch.__version__,
+        )
 
     # ----- helpers -----------------------------------------------------------------------------
     def emit(self, hook: str, **kwargs) -> None:
@@ -319,7 +343,7 @@ class Trainer:
 
     def last_checkpoint(self) -> Optional[tuple[Path, int]]:
         """(checkpoint directory, its step), or None when none was written."""
-        ckpt = Path(self.cfg.out) / "checkpoint"
+        ckpt = RunDir(self.cfg.out).checkpoint
         if not has_checkpoint(ckpt):
             return None
         return ckpt, json.loads((ckpt / STATE_FILE).read_text())["step"]
@@ -332,6 +356,6 @@ class Trainer:
                              f"{where}. Lower --lr (now {self.cfg.lr}) or --max-grad-norm, then resume with --resume.")
 
 
-def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True) -> dict:
+def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True) -> RunResult:
     """Run one fine-tuning job; returns (and writes to ``<out>/result.json``) its result."""
     return Trainer(cfg, callbacks, progress).run()

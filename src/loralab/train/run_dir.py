@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,11 +24,9 @@ from pathlib import Path
 from typing import IO, Optional
 
 from loralab.errors import ConfigError
-from loralab.io.atomic import readable_json
+from loralab.rundir import CONFIG_FILE, LOCK_FILE, RunDir
 from loralab.train.checkpoint import has_checkpoint
 from loralab.train.config import TrainConfig
-
-CONFIG_FILE = "config.json"
 
 
 def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
@@ -44,9 +43,15 @@ def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
     holder = lock_holder(out) if out.is_dir() and not locked else None
     if holder:
         raise busy(out, holder)
-    if cfg.resume:
+    run = RunDir(out)
+    never_checkpointed = run.is_run() and not has_checkpoint(run.checkpoint) and not run.finished()
+    if cfg.resume and not never_checkpointed:
         check_resume(cfg, out)
-    elif out.is_dir() and held_files(out) and not cfg.overwrite:
+    elif out.is_dir() and held_files(out) and cfg.overwrite and not (run.is_run() or has_checkpoint(run.checkpoint)):
+        held = held_files(out)[:6]
+        raise ConfigError(f"--out {cfg.out} holds files that are not a loralab run ({held}); --overwrite only ever "
+                          "deletes a run directory. Give a new --out (nothing was deleted).")
+    elif out.is_dir() and held_files(out) and not cfg.overwrite and not never_checkpointed:
         held = held_files(out)[:6]
         raise ConfigError(f"--out {cfg.out} is not empty (it holds {held}); give a new --out, add --resume to "
                           "continue the run there, or --overwrite to delete it and start again.")
@@ -54,7 +59,7 @@ def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
 
 
 def check_resume(cfg: TrainConfig, out: Path) -> None:
-    if not has_checkpoint(out / "checkpoint"):
+    if not has_checkpoint(RunDir(out).checkpoint):
         raise ConfigError(f"--resume: {out} has no checkpoint to resume from (is --out spelled right?). "
                           "To start a new run there, drop --resume.")
     saved_path = out / CONFIG_FILE
@@ -70,12 +75,6 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
                           "the original values, or start a new run with a new --out.")
 
 
-def finished_result(out: Path) -> Optional[dict]:
-    """The result.json of a run that ran to its end, or None (none yet, or not readable: resume rewrites it)."""
-    result = readable_json(out / "result.json")
-    return result if isinstance(result, dict) else None
-
-
 def held_files(out: Path) -> list[str]:
     """What a run directory holds, the lock file aside."""
     return sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
@@ -84,30 +83,39 @@ def held_files(out: Path) -> list[str]:
 def create_out(cfg: TrainConfig, out: Path) -> tuple[bool, Optional[IO]]:
     """Lock ``out`` for this process and make it ready (clearing it for --overwrite): (True when this call
     created the directory, the held lock — pass it to `release`)."""
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:  # one process creates the directory; another that finds it made must not remove it on failing the lock
+        out.mkdir()
+        created = True
+    except FileExistsError:
+        created = False
     try:
         handle = lock(out)
     except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
+        if created:  # only if still empty: the process holding the lock may already be writing in it
+            with contextlib.suppress(OSError):
+                out.rmdir()
         raise
     try:
         check_out(cfg, locked=True)  # again, under the lock: another process may have changed --out meanwhile
     except BaseException:
         release(handle)
         raise
-    if cfg.overwrite:
-        for name in held_files(out):
-            if (out / name).is_dir():
-                shutil.rmtree(out / name)
-            else:
-                (out / name).unlink()
+    run = RunDir(out)
+    if cfg.overwrite or (run.is_run() and not has_checkpoint(run.checkpoint) and not run.finished()):
+        clear(out)  # --overwrite, or a run killed before its first checkpoint (nothing of it to keep)
         created = True
     return created, handle
 
 
-LOCK_FILE = ".lock"
+def clear(out: Path) -> None:
+    """Delete what ``out`` holds except the lock; a symbolic link is removed, never followed."""
+    for name in held_files(out):
+        path = out / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def lock(out: Path) -> Optional[IO]:
@@ -182,5 +190,6 @@ def release(handle: Optional[IO]) -> None:
 
 def discard_if_empty(out: Path, created: bool) -> None:
     """Remove a run directory this process created when no checkpoint or result made it in."""
-    if created and out.is_dir() and not has_checkpoint(out / "checkpoint") and not (out / "result.json").exists():
+    run = RunDir(out)
+    if created and out.is_dir() and not has_checkpoint(run.checkpoint) and not run.finished():
         shutil.rmtree(out, ignore_errors=True)
