@@ -98,8 +98,8 @@ def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
     assert command[:2] == ["loralab", "train"] and command[-2:] == ["--rank-pattern", str(out / "rank_pattern.json")]
     assert main(train_args(tiny, tmp_path / "run", "--epochs", "1", "--max-train", "16", *command[-2:])) == 0
     assert {path: f.rank for path, f in factors(tmp_path / "run" / "adapter").items()} == allocated
-    kept = json.loads((tmp_path / "run" / "config.json").read_text())["rank_pattern"]
-    assert json.loads(kept) == json.loads((out / "rank_pattern.json").read_text())
+    kept = json.loads((tmp_path / "run" / "config.json").read_text())["lora"]["rank_pattern"]
+    assert kept == json.loads((out / "rank_pattern.json").read_text())
 
 
 def test_a_rank_pattern_file_that_cannot_be_read(tiny, tmp_path, capsys):

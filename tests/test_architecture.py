@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "loralab"
-ALWAYS = {"errors", "progress", "plotting", "io.atomic"}
+ALWAYS = {"errors", "progress", "plotting", "io.atomic", "rundir"}
 ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS and itself)
-    "errors": set(), "progress": set(),
+    "errors": set(), "progress": set(), "rundir": set(),
     "adapters": set(),
     "io": {"adapters"},
     "data": {"io"},

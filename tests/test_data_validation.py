@@ -38,7 +38,8 @@ def rows(n: int, labels=("pos", "neg")) -> str:
      r"notext.jsonl:3 has no text; every row needs a non-empty 'text'"),
     ("emptytext.csv", "text,label\n" + rows(20) + ",pos\n", r"emptytext.csv:22 has no text"),
     ("mixed.jsonl", '{"text": "a", "label": 1}\n{"text": "b", "label": "positive"}\n',
-     r"mixed.jsonl: labels mix numbers \('1'\) and names \('positive'\); use one kind for every row"),
+     r"mixed.jsonl: labels mix numbers \(\S*mixed.jsonl:1: '1'\) and names \(\S*mixed.jsonl:2: 'positive'\); use one "
+     r"kind for every row"),
     ("tiny.csv", "text,label\na,x\nb,y\nc,x\nd,y\n",
      r"tiny.csv has 4 rows: too few for the 80/10/10 split \(the validation, test splits are empty\); give at "
      r"least 10 rows per class"),

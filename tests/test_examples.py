@@ -35,5 +35,8 @@ def test_hf_trainer_example_runs():
                           env=ENV, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "12 adapted modules, e.g. bert.encoder.layer.0.attention.self.query" in proc.stdout  # q/v of 6 blocks
-    assert "saved: ['adapter_config.json', 'adapter_model.safetensors']" in proc.stdout
+    # the checkpoint holds the adapter (PEFT format, with its card) and the tokenizer — not model.safetensors
+    held = re.search(r"checkpoint holds: (\[.*\])", proc.stdout).group(1)
+    assert "'adapter_config.json', 'adapter_model.safetensors'" in held and "model.safetensors'" not in \
+        held.replace("adapter_model.safetensors'", "")
     assert "reloaded adapter gives the same logits: True" in proc.stdout

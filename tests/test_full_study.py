@@ -73,7 +73,7 @@ def test_ray_executor_runs_two_units_on_a_local_cluster(tiny, tmp_path):
     assert sorted(results) == ["tiny-s0", "tiny-s1"]
     local = run_units(tiny_units(tiny), tmp_path / "local", LocalExecutor(workers=2))
     for name in results:  # the same config trains to the same result wherever it runs
-        assert results[name]["test"] == local[name]["test"]
+        assert results[name].test == local[name].test
 
 
 def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):

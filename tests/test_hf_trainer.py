@@ -84,3 +84,39 @@ def test_trainer_with_gradient_checkpointing_trains_every_adapter_tensor(tmp_pat
         assert len(moved) == len(before) == 2 * 2 * 2 + 2  # A and B of q/v in 2 blocks, the head's weight and bias
         losses[checkpointing] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses[True]) == 3 and losses[True] == losses[False]
+
+
+def test_adapter_trainer_checkpoints_hold_the_adapter_not_the_base(tmp_path):
+    """AdapterTrainer: every checkpoint is a PEFT adapter directory (the LoRA factors and the head, a few KB) and no
+    model.safetensors (the frozen base, 87 MB for MiniLM); resume_from_checkpoint and load_best_model_at_end read
+    it back, and PEFT loads it."""
+    peft = pytest.importorskip("peft")
+    from transformers import TrainingArguments
+
+    from loralab.integrations.hf_trainer import AdapterTrainer
+
+    def trainer_for(out, epochs, **extra):
+        model = build("bert")
+        ll.inject(model, ll.LoraConfig(r=4, alpha=8, targets=["query", "value"], modules_to_save=["classifier"]))
+        args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, num_train_epochs=epochs,
+                                 learning_rate=5e-2, save_strategy="epoch", eval_strategy="epoch", logging_strategy="no",
+                                 report_to=[], use_cpu=True, dataloader_num_workers=0, seed=0, **extra)
+        return model, AdapterTrainer(model=model, args=args, train_dataset=Rows(), eval_dataset=Rows(6))
+
+    model, trainer = trainer_for(tmp_path / "full", 2)
+    trainer.train()
+    checkpoint = tmp_path / "full" / "checkpoint-6"
+    names = {p.name for p in checkpoint.iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= names
+    assert "model.safetensors" not in names and "pytorch_model.bin" not in names
+    theirs = peft.PeftModel.from_pretrained(build("bert"), checkpoint)
+    torch.testing.assert_close(logits(theirs, inputs()), logits(model.eval(), inputs()), atol=1e-5, rtol=0)
+    # resume from the first epoch's checkpoint: the same weights as the uninterrupted run
+    resumed, trainer = trainer_for(tmp_path / "full", 2)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-3"))
+    for (name, a), (_, b) in zip(model.named_parameters(), resumed.named_parameters()):
+        if a.requires_grad:
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
+    best, trainer = trainer_for(tmp_path / "best", 2, load_best_model_at_end=True, metric_for_best_model="loss")
+    trainer.train()
+    assert trainer.state.best_model_checkpoint is not None

@@ -206,7 +206,7 @@ def test_a_peft_adapter_listing_names_of_several_architectures_loads(tmp_path):
 def test_probe_refuses_a_misspelt_target_before_fitting(tiny):
     from loralab.analysis.probe import ProbeConfig, run_probe
 
-    with pytest.raises(ConfigError, match=r"--targets entries \['valeu'\] match no module in this model \(spelt right\?\); "
+    with pytest.raises(ConfigError, match=r"targets entries \['valeu'\] match no module in this model \(spelt right\?\); "
                                           r"the others match 2, e.g. \['bert.encoder.layer.0.attention.self.query'"):
         run_probe(ProbeConfig(model=tiny["model"], data=tiny["data"], targets="query,valeu", batches=1, batch_size=4,
                               max_length=16))

@@ -107,7 +107,7 @@ def test_stale_temporaries_are_cleaned_and_never_shipped(tmp_path):
     ll.save_adapter(model, adapter)
     assert not any(p.exists() for p in stale) and live.exists()
     assert sorted(p.name for p in adapter.iterdir() if not p.name.startswith(".")) == [
-        "adapter_config.json", "adapter_model.safetensors"]
+        "README.md", "adapter_config.json", "adapter_model.safetensors"]
 
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])

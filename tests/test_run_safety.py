@@ -88,7 +88,7 @@ def test_resume_refuses_a_different_config(tiny, finished, capsys):
     before = listing(finished)
     code, _, err = run(quick(tiny, finished, "--resume", "--lr", "1e-2", "--r", "4", "--threads", "2"), capsys)
     assert code == 2
-    assert (f"--resume: the run in {finished} was started with a different config (--r was 8, now 4; --lr was 0.005, "
+    assert (f"--resume: the run in {finished} was started with a different config (--rank was 8, now 4; --lr was 0.005, "
             "now 0.01). Resume with the original values, or start a new run with a new --out.") in err
     assert listing(finished) == before
 
@@ -208,7 +208,7 @@ def test_info_reads_a_run_or_its_adapter(finished, capsys):
     by_run, by_adapter = run(["info", finished, "--json"], capsys), run(["info", finished / "adapter", "--json"], capsys)
     assert by_run[0] == by_adapter[0] == 0 and json.loads(by_run[1]) == json.loads(by_adapter[1])
     summary = json.loads(by_run[1])
-    assert summary["config"]["r"] == json.loads((finished / "config.json").read_text())["r"]
+    assert summary["config"]["r"] == json.loads((finished / "config.json").read_text())["lora"]["r"]
     assert summary["modules"] and all(m["delta_norm"] > 0 for m in summary["modules"].values())
     code, text, _ = run(["info", finished], capsys)  # for people: the config in a few lines, one row per module
     lines = text.splitlines()

@@ -137,9 +137,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(interrupted_message(cfg, args.argv), file=sys.stderr)
         return INTERRUPTED
-    test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.test.items()}
-    print(json.dumps({"out": cfg.out, "trainable_params": result.trainable_params, "test": test,
-                      "wall_time_s": round(result.wall_time_s, 1)}))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one line for the run, not one per process
+        test = {k: round(v, 4) if isinstance(v, float) else v for k, v in result.test.items()}
+        print(json.dumps({"out": cfg.out, "trainable_params": result.trainable_params, "test": test,
+                          "wall_time_s": round(result.wall_time_s, 1)}))
     return 0
 
 

@@ -50,13 +50,32 @@ class AdapterHost(nn.Module):
             yield name, self.route_rows(name, device)
 
 
+def fsdp_classes() -> tuple[type, type]:
+    """(FSDP1's wrapper class, FSDP2's module mixin), or two placeholder classes where torch has none."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    except ImportError:  # pragma: no cover - a torch without distributed
+        return type("NoFSDP", (), {}), type("NoFSDP2", (), {})
+    return FullyShardedDataParallel, FSDPModule
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside torch.compile's and (Distributed)DataParallel's wrappers — where the adapters,
+    """The module inside torch.compile's, (Distributed)DataParallel's and FSDP1's wrappers — where the adapters,
     their configs and the module names PEFT's keys use live — or ``model`` itself."""
+    fsdp1, _ = fsdp_classes()
     while True:
         if isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile's OptimizedModule
             model = model._orig_mod
-        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel, fsdp1)):
             model = model.module
         else:
             return model
+
+
+def sharding(model: nn.Module) -> Optional[str]:
+    """"FSDP1" or "FSDP2" when the model (or a module inside it) is sharded that way, else None."""
+    fsdp1, fsdp2 = fsdp_classes()
+    modules = list(model.modules())
+    if any(isinstance(m, fsdp1) for m in modules):
+        return "FSDP1"
+    return "FSDP2" if any(isinstance(m, fsdp2) for m in modules) else None

@@ -28,7 +28,14 @@ from loralab.adapters.kinds import check_supported, layer_kind
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import set_active
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers, on_inner_module
+from loralab.adapters.registry import (
+    adapter_configs,
+    adapter_modules,
+    check_adapter_name,
+    lora_layers,
+    on_inner_module,
+    on_unsharded_module,
+)
 from loralab.errors import AdapterError
 
 ALL_LINEAR = "all-linear"
@@ -175,7 +182,7 @@ def match_modules_to_save(model: nn.Module, specs: list[str], strict: bool = Tru
     return found
 
 
-@on_inner_module
+@on_unsharded_module
 def inject(
     model: nn.Module, cfg: LoraConfig, name: str = "default", activate: bool = True, trainable: bool = True,
     autocast_adapter_dtype: bool = True,

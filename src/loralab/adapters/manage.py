@@ -10,7 +10,14 @@ from torch import nn
 from loralab.adapters.host import BASE
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, lora_layers, on_inner_module
+from loralab.adapters.registry import (
+    adapter_configs,
+    adapter_modules,
+    check_adapter_name,
+    lora_layers,
+    on_inner_module,
+    on_unsharded_module,
+)
 from loralab.errors import AdapterError
 
 
@@ -42,7 +49,7 @@ def set_active(model: nn.Module, names: Union[str, list[str]]) -> None:
     model.__dict__["_loralab_active"] = names
 
 
-@on_inner_module
+@on_unsharded_module
 def delete_adapter(model: nn.Module, name: str) -> None:
     """Remove adapter ``name``; layers left with no adapter go back to their plain base module."""
     check_adapter_name(model, name, new=False)

@@ -16,7 +16,7 @@ from loralab.adapters.checkpointing import remove_checkpoint_hooks
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.manage import active_adapters
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, lora_layers, on_inner_module
+from loralab.adapters.registry import adapter_configs, adapter_modules, lora_layers, on_unsharded_module
 from loralab.errors import AdapterError
 
 
@@ -29,7 +29,7 @@ def _owners(model: nn.Module) -> dict[int, list[str]]:
     return owners
 
 
-@on_inner_module
+@on_unsharded_module
 def merge(model: nn.Module) -> dict:
     """Fold the active adapters into the base weights of every adapted layer.
 
@@ -64,14 +64,14 @@ def merge(model: nn.Module) -> dict:
     return {"merged": names, "layers": len(changed), "rounded_to": ", ".join(narrow) or None}
 
 
-@on_inner_module
+@on_unsharded_module
 def unmerge(model: nn.Module) -> None:
     """Restore the base weights of every merged layer (a no-op when nothing is merged)."""
     for _, layer in lora_layers(model):
         layer.unmerge()
 
 
-@on_inner_module
+@on_unsharded_module
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge the active adapters and replace every adapted module by a plain one.
 

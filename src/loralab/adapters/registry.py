@@ -9,7 +9,7 @@ from typing import Iterator, Union
 from torch import nn
 
 from loralab.adapters.config import LoraConfig
-from loralab.adapters.host import BASE, AdapterHost, unwrap
+from loralab.adapters.host import BASE, AdapterHost, fsdp_classes, sharding, unwrap
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
 from loralab.errors import AdapterError
@@ -23,10 +23,31 @@ def in_model_order(paths) -> list[str]:
 
 
 def on_inner_module(fn):
-    """Decorator for the public functions: their first argument is `unwrap`-ped, so
-    ``ll.save_adapter(torch.compile(model), ...)`` or a DDP-wrapped model work as the plain model does."""
+    """Decorator for the public functions that read adapters: their first argument is `unwrap`-ped, so
+    ``ll.save_adapter(torch.compile(model), ...)`` or a DDP-wrapped model work as the plain model does. On
+    an FSDP1-wrapped model the call runs with the whole parameters gathered (on every process: call it on
+    all of them); FSDP2's sharded tensors are gathered where they are read (`io.peft_format.whole`)."""
     @functools.wraps(fn)
     def call(model, *args, **kwargs):
+        fsdp1, _ = fsdp_classes()
+        if isinstance(model, fsdp1):
+            with fsdp1.summon_full_params(model, writeback=False):
+                return fn(unwrap(model), *args, **kwargs)
+        return fn(unwrap(model), *args, **kwargs)
+    return call
+
+
+def on_unsharded_module(fn):
+    """Decorator for the public functions that change a model's modules or weights (inject, load, merge, delete):
+    as `on_inner_module`, but a model sharded by FSDP is refused — its parameters are pieces on every process."""
+    @functools.wraps(fn)
+    def call(model, *args, **kwargs):
+        kind = sharding(model)
+        if kind:
+            raise AdapterError(f"{fn.__name__} changes the model's layers or weights, which {kind} has sharded over "
+                               "the processes. Do it before sharding (inject and load adapters, then wrap), or after: "
+                               "save the adapter (ll.save_adapter, on every process) and merge it into an unsharded "
+                               "copy of the base model in one process.")
         return fn(unwrap(model), *args, **kwargs)
     return call
 

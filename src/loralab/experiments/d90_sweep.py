@@ -51,6 +51,8 @@ class SweepConfig:
         refine: Bisection steps between grid points.
         threshold: Fraction of the full-FT metric that defines d90.
         workers: Runs at a time (cores are split between them).
+        executor: local (worker processes here) or ray (a Ray cluster: --address, RAY_ADDRESS, or a local one).
+        address: With --executor ray, the cluster's address (e.g. auto, or ray://head:10001).
     """
 
     model: str = "minilm"
@@ -72,6 +74,8 @@ class SweepConfig:
     refine: int = 1
     threshold: float = 0.9
     workers: int = 1
+    executor: str = "local"
+    address: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.method not in ("said", "did"):
@@ -238,7 +242,7 @@ def run_sweep(cfg: SweepConfig, executor=None) -> dict:
     started = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    executor = executor or make_executor("local", cfg.workers)
+    executor = executor or make_executor(cfg.executor, cfg.workers, address=cfg.address)
     m = moving_tensors(cfg.model, cfg.data)
     full = full_baseline(cfg, executor)
     threshold_value = cfg.threshold * full.validation["accuracy"]

@@ -111,7 +111,13 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    """Each unit is a Ray task needing ``threads`` CPUs; Ray schedules them over the cluster."""
+    """Each unit is a Ray task needing ``threads`` CPUs; Ray schedules them over the cluster.
+
+    The cluster: ``address`` (``--address``, e.g. ``auto`` or ``ray://head:10001``), else ``RAY_ADDRESS``, else
+    one already running on this machine (``ray start --head``), else a local Ray started here. Every node
+    needs loralab and the data packages installed, and the run root on storage all nodes see
+    (docs/training.md, "Ray").
+    """
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, address: Optional[str] = None):
         try:
@@ -120,8 +126,7 @@ class RayExecutor:
             raise ConfigError("--executor ray needs Ray: pip install 'loralab[ray]'.") from None
         self.ray = ray
         if not ray.is_initialized():
-            ray.init(address=address, num_cpus=None if address else os.cpu_count(), include_dashboard=False,
-                     log_to_driver=False)
+            connect(ray, address or os.environ.get("RAY_ADDRESS"))
         self.threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
         self.remote = ray.remote(num_cpus=self.threads)(train_in_subprocess)
 
@@ -129,6 +134,23 @@ class RayExecutor:
         refs = [self.remote.remote(cfg, log) for cfg, log in jobs]
         futures = [ref.future() for ref in refs]
         return futures, concurrent.futures.as_completed
+
+
+def connect(ray, address: Optional[str]) -> None:
+    """Join the cluster at ``address`` or one running on this machine; start a local Ray when there is none.
+    (Ray refuses num_cpus when joining a cluster, so it is given only to a Ray started here.)"""
+    quiet = {"include_dashboard": False, "log_to_driver": False}
+    if address:
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as err:
+            raise ConfigError(f"--address {address}: no Ray cluster answers there ({err}); start one with "
+                              "`ray start --head` or give its address.") from None
+        return
+    try:
+        ray.init(address="auto", **quiet)  # a cluster this machine belongs to (ray start --head / --address)
+    except ConnectionError:
+        ray.init(num_cpus=os.cpu_count(), **quiet)
 
 
 EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}

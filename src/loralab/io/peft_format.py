@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 from safetensors import SafetensorError
@@ -33,9 +34,17 @@ from loralab.adapters.inject import inject, match_modules_to_save, match_targets
 from loralab.adapters.kinds import layer_kind, layer_shape
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.modules_to_save import ModulesToSave
-from loralab.adapters.registry import adapter_configs, adapter_modules, check_adapter_name, in_model_order, on_inner_module
+from loralab.adapters.registry import (
+    adapter_configs,
+    adapter_modules,
+    check_adapter_name,
+    in_model_order,
+    on_inner_module,
+    on_unsharded_module,
+)
 from loralab.errors import AdapterError
 from loralab.io.atomic import atomic_save_tensors, atomic_write_text
+from loralab.io.model_card import CARD_FILE, model_card
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -148,7 +157,13 @@ def adapter_state_dict(model: nn.Module, name: str) -> dict[str, torch.Tensor]:
         else:
             for key, value in module.modules_to_save[name].state_dict().items():
                 tensors[f"{PREFIX}{path}.{key}"] = value
-    return {k: v.detach().clone().contiguous() for k, v in tensors.items()}
+    return {k: whole(v.detach()).clone().contiguous() for k, v in tensors.items()}
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor sharded by FSDP2 (a DTensor) gathered whole from every process; any other tensor as it is."""
+    full = getattr(tensor, "full_tensor", None)
+    return full() if callable(full) else tensor
 
 
 # ----- config ---------------------------------------------------------------------------------
@@ -158,19 +173,26 @@ def config_to_peft(model: nn.Module, name: str, cfg: LoraConfig) -> dict:
     layers = {path: m for path, m in adapter_modules(model) if isinstance(m, LoraLayer) and name in m.adapter_names}
     base_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
     return peft_config_dict(cfg, in_model_order(layers), any(m.kind == "conv1d" for m in layers.values()), base_name,
-                            task_type(model))
+                            task_type(model, cfg))
 
 
-# PEFT's task types by the Hugging Face class name's ending, for generative models: PeftModel.from_pretrained
-# then builds PeftModelForCausalLM / ...Seq2SeqLM, as for an adapter PEFT trained. Not SEQ_CLS (nor TOKEN_CLS,
-# QUESTION_ANS): for those PEFT adds the head to modules_to_save and fails on an adapter that did not train it.
-TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"))
+# PEFT's task types by the Hugging Face class name's ending: PeftModel.from_pretrained (and the AutoPeftModelFor…
+# classes) then build PeftModelForCausalLM / …Seq2SeqLM / …SequenceClassification, as for an adapter PEFT trained.
+TASK_TYPES = (("ForCausalLM", "CAUSAL_LM"), ("LMHeadModel", "CAUSAL_LM"), ("ForConditionalGeneration", "SEQ_2_SEQ_LM"),
+              ("ForSequenceClassification", "SEQ_CLS"))
+PEFT_HEADS = ("classifier", "score")  # what PEFT's sequence-classification model adds to modules_to_save
 
 
-def task_type(model: nn.Module) -> str | None:
-    """PEFT's ``task_type`` for a generative Hugging Face model class; None (PEFT's default) otherwise."""
+def task_type(model: nn.Module, cfg: Optional[LoraConfig] = None) -> str | None:
+    """PEFT's ``task_type`` for the model's Hugging Face class; None (PEFT's default) otherwise. SEQ_CLS only for
+    an adapter that trained the head PEFT would add to modules_to_save (else PEFT looks for weights it lacks)."""
     name = type(model).__name__
-    return next((task for ending, task in TASK_TYPES if name.endswith(ending)), None)
+    task = next((task for ending, task in TASK_TYPES if name.endswith(ending)), None)
+    if task == "SEQ_CLS":
+        trained = {m.rsplit(".", 1)[-1] for m in (cfg.modules_to_save if cfg else [])}
+        heads = {h for h in PEFT_HEADS if isinstance(getattr(model, h, None), nn.Module)}
+        return task if heads and heads <= trained else None
+    return task
 
 
 def peft_config_dict(cfg: LoraConfig, target_modules: list[str], fan_in_fan_out: bool, base_name,
@@ -239,15 +261,24 @@ def config_from_peft(data: dict, where: str) -> LoraConfig:
 
 # ----- save -----------------------------------------------------------------------------------
 @on_inner_module
-def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> Path:
-    """Write adapter ``name`` in PEFT format (loadable with ``PeftModel.from_pretrained``)."""
+def save_adapter(model: nn.Module, directory: str | os.PathLike, name: str = "default", training: Optional[dict] = None,
+                 write: bool = True) -> Path:
+    """Write adapter ``name`` in PEFT format (loadable with ``PeftModel.from_pretrained``) with a model card
+    (README.md; ``training``: data, metrics, command, labels — see `model_card`).
+
+    On a model sharded by FSDP every process must call this (each gathers the adapter's shards); pass
+    ``write=False`` on all but one.
+    """
     check_adapter_name(model, name, new=False)
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
     tensors = adapter_state_dict(model, name)
     config = config_to_peft(model, name, adapter_configs(model)[name])
+    out = Path(directory)
+    if not write:
+        return out
+    out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / WEIGHTS_FILE, tensors, metadata={"format": "pt"})
     atomic_write_text(out / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / CARD_FILE, model_card(config, training))
     return out
 
 
@@ -365,7 +396,33 @@ def _check_tensors(tensors: dict[str, torch.Tensor], shapes: dict[str, tuple[int
             raise AdapterError(f"{where}: {key} holds non-finite values (nan/inf); the adapter is corrupt.")
 
 
-@on_inner_module
+@on_unsharded_module
+def copy_adapter_weights(model: nn.Module, directory: str | os.PathLike, name: str = "default") -> None:
+    """Fill the existing adapter ``name`` with the tensors of a saved one (same config: e.g. a checkpoint of
+    it), checked first; nothing is injected or activated."""
+    check_adapter_name(model, name, new=False)
+    cfg, tensors = read_adapter_dir(directory)
+    current = adapter_state_dict(model, name)
+    where = str(Path(directory) / WEIGHTS_FILE)
+    _check_tensors(tensors, {k: tuple(v.shape) for k, v in current.items()}, {},
+                   {k for k, v in current.items() if not v.is_floating_point()}, where)
+    params = {}
+    for path, module in adapter_modules(model):
+        if name not in module.adapter_names:
+            continue
+        if isinstance(module, LoraLayer):
+            keys = lora_keys(path, module.kind, dora=name in module.lora_magnitude)
+            params.update({keys["A"]: module.lora_A[name], keys["B"]: module.lora_B[name]})
+            if "m" in keys:
+                params[keys["m"]] = module.lora_magnitude[name]
+        else:
+            params.update({f"{PREFIX}{path}.{k}": v for k, v in module.modules_to_save[name].state_dict().items()})
+    with torch.no_grad():
+        for key, target in params.items():
+            target.copy_(tensors[key])
+
+
+@on_unsharded_module
 def load_adapter(
     model: nn.Module,
     directory: str | os.PathLike,

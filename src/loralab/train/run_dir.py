@@ -26,7 +26,7 @@ from typing import IO, Optional
 from loralab.errors import ConfigError
 from loralab.rundir import CONFIG_FILE, LOCK_FILE, RunDir
 from loralab.train.checkpoint import has_checkpoint
-from loralab.train.config import TrainConfig
+from loralab.train.config import TrainConfig, flag_of
 
 
 def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
@@ -69,8 +69,7 @@ def check_resume(cfg: TrainConfig, out: Path) -> None:
     saved = TrainConfig.from_dict(json.loads(saved_path.read_text()))
     differences = saved.differences(cfg)
     if differences:
-        listed = "; ".join(f"--{k.replace('_', '-')} was {a!r}, now {b!r}" for k, a, b in
-                           ((k, v[0], v[1]) for k, v in differences.items()))
+        listed = "; ".join(f"{flag_of(k)} was {a!r}, now {b!r}" for k, (a, b) in differences.items())
         raise ConfigError(f"--resume: the run in {out} was started with a different config ({listed}). Resume with "
                           "the original values, or start a new run with a new --out.")
 
