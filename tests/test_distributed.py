@@ -102,6 +102,7 @@ try:
 except ll.AdapterError as err:
     if dist.get_rank() == 0:
         print("REFUSED", err)
+dist.barrier()
 dist.destroy_process_group()
 '''
 

@@ -57,7 +57,15 @@ def test_train_writes_result_metrics_and_a_peft_adapter(tiny, tmp_path):
 
     base = AutoModelForSequenceClassification.from_pretrained(tiny["model"])
     model = peft.PeftModel.from_pretrained(base, tmp_path / "run" / "adapter")
-    assert model.peft_config["default"].modules_to_save == ["classifier"]
+    assert "classifier" in model.peft_config["default"].modules_to_save  # (PEFT adds its own SEQ_CLS head names)
+    auto = peft.AutoPeftModelForSequenceClassification.from_pretrained(tmp_path / "run" / "adapter")  # task_type SEQ_CLS
+    ids = torch.tensor([[101, 2023, 3185, 2001, 2307, 102]])
+    with torch.no_grad():
+        torch.testing.assert_close(auto.eval()(input_ids=ids).logits, model.eval()(input_ids=ids).logits, atol=1e-6,
+                                   rtol=0)
+    card = (tmp_path / "run" / "adapter" / "README.md").read_text()
+    assert f"base_model: {tiny['model']}" in card and "- test: loss" in card and "AutoPeftModelForSequenceClassification" \
+        in card
     evaluated = json.loads(run_cli(["eval", "--run", str(tmp_path / "run")]).stdout)
     assert evaluated["test"]["accuracy"] == pytest.approx(result["test"]["accuracy"], abs=1e-9)
 
