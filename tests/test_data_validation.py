@@ -51,11 +51,56 @@ def test_bad_dataset_files(tmp_path, name, content, message):
         datasets.load(write(tmp_path, name, content))
 
 
+def read_error(tmp_path, name: str, content) -> str:
+    with pytest.raises(DataError) as err:
+        datasets.read_all(write(tmp_path, name, content, "wb" if isinstance(content, bytes) else "w"))
+    return str(err.value)
+
+
+def test_files_that_would_be_read_wrong_are_refused(tmp_path):
+    """Issue 35: a repeated column (the last one silently won), an unquoted comma (extra fields dropped, the
+    label shifted), a stray quote (rows merged into one text, a fragment made a class), non-string JSONL text
+    (stringified and trained on), a lone surrogate, NUL bytes, JSON nested 200,000 deep."""
+    dup = "text,text,label\n" + "".join(f"a,b{i},{i % 2}\n" for i in range(30))
+    assert "the header names column(s) ['text'] more than once" in read_error(tmp_path, "dup.csv", dup)
+    ragged = "text,label\n" + rows(2) + "a nice, funny film,pos\n" + rows(20)
+    assert "ragged.csv:4 has 3 fields, the header 2: an unquoted comma in the text?" in read_error(
+        tmp_path, "ragged.csv", ragged)
+    stray = "text,label\n" + rows(2) + '"hi there,pos\n' + rows(20) + 'end" here,neg\n'
+    assert "stray.csv:4: a quote opened in this row runs over the next" in read_error(tmp_path, "stray.csv", stray)
+    for value in ("[1, 2]", '{"a": 1}', "3.5"):
+        lines = '{"text": "ok", "label": 1}\n{"text": ' + value + ', "label": 0}\n'
+        assert "list.jsonl:2: 'text' is a JSON" in read_error(tmp_path, "list.jsonl", lines)
+    surrogate = '{"text": "ok", "label": 1}\n{"text": "\\ud800", "label": 0}\n'
+    assert "sur.jsonl:2: 'text' holds a lone surrogate" in read_error(tmp_path, "sur.jsonl", surrogate)
+    assert "nul.csv:3 holds a NUL byte" in read_error(tmp_path, "nul.csv", "text,label\na,pos\nb\x00c,neg\n")
+    deep = "[" * 200_000 + "]" * 200_000 + "\n"
+    assert "deep.jsonl:1 is not valid JSON (nested too deeply)" in read_error(tmp_path, "deep.jsonl", deep)
+
+
+def test_files_that_read_right_now(tmp_path):
+    """CR-only line ends and a field over csv's 131,072-character limit (both a raw _csv.Error before); a quoted
+    text over several lines that does not look like rows; labels are case-sensitive names (documented)."""
+    cr = "text,label\r" + "".join(f"row {i},{['pos', 'neg'][i % 2]}\r" for i in range(30))
+    assert len(datasets.read_all(write(tmp_path, "cr.csv", cr))[2]) == 30
+    huge = "text,label\n" + "x" * 200_000 + ",pos\n" + rows(30)
+    assert len(datasets.read_all(write(tmp_path, "huge.csv", huge))[2][0]["text"]) == 200_000
+    multi = "text,label\n" + '"first line\nsecond, line of the same review",pos\n' + rows(30)
+    assert datasets.read_all(write(tmp_path, "multi.csv", multi))[2][0]["text"].count("\n") == 1
+    cased = "text,label\n" + "".join(f"row {i},{['pos', 'POS', 'neg'][i % 3]}\n" for i in range(30))
+    assert datasets.read_all(write(tmp_path, "cased.csv", cased))[1] == ["POS", "neg", "pos"]
+
+
 def test_non_utf8_names_file_line_and_fix(tmp_path):
     path = write(tmp_path, "latin.csv", ("text,label\n" + rows(20) + "caf\xe9 au lait,pos\n").encode("latin-1"), "wb")
     with pytest.raises(DataError, match=r"latin.csv:22 is not UTF-8 \(byte 0xe9\); re-save the file as UTF-8, e.g. "
-                                        r"iconv -f latin1 -t utf-8 latin.csv > fixed.csv"):
+                                        r"iconv -f latin1 -t utf-8 (.*)") as err:
         datasets.load(path)
+    import subprocess
+
+    command = str(err.value).split("e.g. ", 1)[1]  # run from elsewhere: the command names the file with its directory
+    subprocess.run(command, shell=True, cwd=Path(tmp_path).parent, check=True)
+    assert datasets.read_all(str(tmp_path / "fixed.csv"))[1] == ["neg", "pos"]
 
 
 def test_bom_is_stripped_and_numeric_labels_are_one_class(tmp_path):
@@ -87,7 +132,8 @@ def test_json_array_is_refused_with_a_command_that_converts_it(tmp_path):
     with pytest.raises(DataError, match=r"data.json: loralab reads JSON Lines .* convert it with: (.*)") as err:
         datasets.load(path)
     command = str(err.value).split("convert it with: ", 1)[1]
-    subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=tmp_path, check=True)
+    subprocess.run(command.replace("python ", f"{sys.executable} ", 1), shell=True, cwd=Path(tmp_path).parent,
+                   check=True)  # run from elsewhere: the command names the file with its directory
     assert datasets.read_all(str(tmp_path / "data.jsonl"))[1] == ["0", "1"]
 
 
@@ -146,3 +192,30 @@ def test_model_directory_without_its_tokenizer(tiny, tmp_path):
     with pytest.raises(DataError, match=rf"cannot load the tokenizer of model .*transformers says: .* \(are {tmp_path}'s "
                                         r"tokenizer files complete\? tokenizer.save_pretrained\(DIR\) writes them all\)"):
         models.load(str(tmp_path), "classification", num_labels=2)
+
+
+def test_a_huge_text_is_cut_before_it_is_tokenised():
+    """Issue 35: a 10 MB line was tokenised whole (2M words: 58 s, 1.8 GB) to keep its first --max-length tokens.
+    The tokenizer now sees at most max_length × 64 characters, and the tokens kept are the same."""
+    from transformers import AutoTokenizer
+
+    from loralab.train.batching import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir())
+    seen = []
+    real = tokenizer.__class__.__call__
+
+    def recording(self, texts, *args, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return real(self, texts, *args, **kwargs)
+
+    huge = "word " * 2_000_000
+    dataset = datasets.Dataset("x", "classification", ["a", "b"], [{"text": huge, "label": 0}])
+    tokenizer.__class__.__call__ = recording
+    try:
+        cut = encode(dataset, tokenizer, max_length=32)
+    finally:
+        tokenizer.__class__.__call__ = real
+    assert seen == [32 * 64]
+    whole = tokenizer([huge[:100_000]], truncation=True, max_length=32)["input_ids"][0]
+    assert cut[0]["input_ids"] == whole

@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 import loralab as ll
 from conftest import build, inputs, train_step
 from loralab import data as datasets
+from loralab.data.files import is_number
 from loralab.errors import AdapterError, DataError
 
 FULL = int(os.environ.get("LORALAB_FUZZ", "0"))
@@ -271,7 +272,7 @@ def oracle(path: Path) -> list[tuple[str, str]] | None:
         if name is None:
             return None
         out.append((str(body), name))
-    kinds = {datasets._is_number(n) for _, n in out}
+    kinds = {is_number(n) for _, n in out}
     if len(kinds) > 1 or len({n for _, n in out}) < 2:
         return None
     parts = datasets.split_indices([{"label": n} for _, n in out], "classification", 0)

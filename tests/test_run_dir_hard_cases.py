@@ -154,3 +154,41 @@ def test_checkpoint_naming_a_file_outside_is_refused(tiny, tmp_path, capsys):
     assert code == 2
     assert "names '../../outside.safetensors' as its tensor file; a checkpoint's tensors are " \
            "checkpoint-<step>.safetensors in the same directory." in err
+
+
+def test_outputs_that_cannot_be_written_end_in_one_line(tiny, tmp_path, capsys, monkeypatch):
+    """Issue 35, defect 12: a dangling-symlink --out, compose --out a symlink or on a read-only place, a full disk
+    while a checkpoint is saved: one-line errors (tracebacks before), and the previous checkpoint intact."""
+    import errno
+
+    dangling = tmp_path / "dangling"
+    dangling.symlink_to(tmp_path / "nowhere")
+    code, _, err = run(quick(tiny, dangling), capsys)
+    assert code == 2 and f"--out {dangling} is a symbolic link to {tmp_path / 'nowhere'}, which does not exist" in err
+    out = tmp_path / "run"
+    assert main(quick(tiny, out, "--epochs", "2")) == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    code, _, err = run(["compose", out, "--method", "cat", "--head", "keep:0", "--out", link], capsys)
+    assert code == 2 and f"--out {link} is a symbolic link (to {empty}); give the real directory" in err
+    import loralab.io.atomic as atomic
+
+    real, calls = atomic.atomic_write, []
+
+    def full_disk_after_the_first_checkpoint(path, write):  # config.json, then checkpoint 1's tensors and JSON
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, write)
+
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr(atomic, "atomic_write", full_disk_after_the_first_checkpoint)
+    code, _, err = run(quick(tiny, fresh, "--epochs", "2"), capsys)
+    assert code == 2 and "cannot write" in err and "No space left on device" in err and "Traceback" not in err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("loralab train: error: cannot write")
+    monkeypatch.setattr(atomic, "atomic_write", real)
+    assert json.loads((fresh / "checkpoint" / "checkpoint.json").read_text())["step"] == 18  # epoch 1's, intact
+    assert main(quick(tiny, fresh, "--epochs", "2", "--resume")) == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import shlex
@@ -23,6 +24,7 @@ from loralab.train.config import TrainConfig, field_help, flag_of
 
 INTERRUPTED = 130
 BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
+WRITE_ERRORS = (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG)
 
 
 # ----- dataclass ↔ flags ---------------------------------------------------------------------------
@@ -598,6 +600,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     except BrokenPipeError:  # whoever read stdout stopped (`loralab info RUN | head`): end quietly, as `cat` does
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
         return BROKEN_PIPE
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        print(f"loralab {args.command}: error: cannot write{where}: {os.strerror(err.errno)}. Nothing was changed "
+              "there (what was written before stays as it was); free space or choose another place.", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -9,10 +9,16 @@ Kalajdzievski 2023: s = alpha / √r). ``dora=True`` adds DoRA's magnitude vecto
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field, fields
 from typing import Optional, Union
+
+try:  # the regex parser: re._parser since Python 3.11, sre_parse before
+    import re._parser as re_parser
+except ImportError:  # pragma: no cover - Python 3.10
+    import sre_parse as re_parser
 
 from loralab.errors import AdapterError
 
@@ -88,8 +94,14 @@ class LoraConfig:
         for name, pattern in (("rank_pattern", self.rank_pattern), ("alpha_pattern", self.alpha_pattern)):
             if not isinstance(pattern, dict):
                 raise AdapterError(f"LoraConfig.{name} must be a dict {{regex: value}}, got {type(pattern).__name__}.")
+            regexes = sum(1 for key in pattern if isinstance(key, str) and _literal(key) is None)
+            if regexes > MAX_REGEX_KEYS:
+                raise AdapterError(f"LoraConfig.{name} has {regexes:,} regex keys (not module paths); at most "
+                                   f"{MAX_REGEX_KEYS:,}: matching each against every module would take minutes. Give "
+                                   "module paths (exact_pattern) or fewer, broader regexes.")
             for key, value in pattern.items():
-                _check_regex(f"{name} key", key)
+                if not isinstance(key, str) or _literal(key) is None:  # a module path needs no regex check
+                    _check_regex(f"{name} key", key)
                 if name == "rank_pattern":
                     _check_int(f"{name}[{key!r}]", value)
                 else:
@@ -131,9 +143,9 @@ class LoraConfig:
 def check_alpha(alpha, where: str, error=AdapterError) -> None:
     """alpha must be finite and > 0: 0 trains an adapter that does nothing, and a negative alpha silently
     flips the update's sign. Scaling or negating an adapter is composition, done explicitly."""
-    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and alpha > 0:
+    if isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and 0 < alpha <= MAX_ALPHA:
         return
-    raise error(f"{where} must be a finite number > 0, got {alpha!r}. The update is scaled by alpha/r (2·r is a "
+    raise error(f"{where} must be a number in (0, {MAX_ALPHA:g}], got {alpha!r}. The update is scaled by alpha/r (2·r is a "
                 "common choice); to scale or negate a trained adapter, combine it with a weight instead: "
                 "loralab compose DIR --weights -1 --out NEW.")
 
@@ -145,11 +157,61 @@ def exact_pattern(values: dict[str, float]) -> dict[str, float]:
 
 
 def _pattern_key(patterns: dict, module_name: str) -> Optional[str]:
-    """First key whose regex matches the end of ``module_name`` at a name boundary (PEFT rule)."""
-    for key in patterns:
-        if re.match(rf"(.*\.)?({key})$", module_name):
-            return key
-    return None
+    """First key (in the pattern's order) whose regex matches the end of ``module_name`` at a name boundary
+    (PEFT rule). Literal keys — module paths, as `exact_pattern` and `loralab probe` write them — are looked
+    up by the name's dotted suffixes; only the others are matched as regexes, each compiled once."""
+    table = _pattern_table(tuple(patterns))
+    parts = module_name.split(".")
+    found = [table.literal[s] for s in (".".join(parts[i:]) for i in range(len(parts))) if s in table.literal]
+    found += [index for index, regex in table.regexes if regex.match(module_name)]
+    return table.keys[min(found)] if found else None
+
+
+class _PatternTable:
+    def __init__(self, keys: tuple[str, ...]):
+        self.keys, self.literal, self.regexes = keys, {}, []
+        for index, key in enumerate(keys):
+            plain = _literal(key)
+            if plain is not None:
+                self.literal.setdefault(plain, index)
+            else:
+                self.regexes.append((index, re.compile(rf"(.*\.)?({key})$")))
+
+
+@functools.lru_cache(maxsize=64)
+def _pattern_table(keys: tuple[str, ...]) -> _PatternTable:
+    return _PatternTable(keys)
+
+
+def _literal(key: str) -> Optional[str]:
+    """The text a key matches if it is a plain (escaped) module path, else None."""
+    plain = re.sub(r"\\(.)", r"\1", key)
+    return plain if re.escape(plain) == key or (not re.search(r"[\\^$.|?*+()\[\]{}]", key) and plain == key) else None
+
+
+MAX_ALPHA = 1e6  # alpha/r scales the update; beyond this every output overflows
+MAX_PATTERN = 2000  # characters of one regex: a target or pattern key longer than this is not a module name
+MAX_REGEX_KEYS = 1000  # non-literal keys of a rank/alpha pattern (literal module paths are not limited)
+
+
+def _nested_repeat(parsed) -> bool:
+    """Whether a parsed regex has a repetition inside a repetition — (a*)*, (.*.*)*z — whose matching time can
+    grow exponentially with the name's length."""
+    def walk(items, inside: bool) -> bool:
+        for op, value in items:
+            name = str(op)
+            if name in ("MAX_REPEAT", "MIN_REPEAT", "POSSESSIVE_REPEAT"):
+                low, high, sub = value
+                if high > 1 and (inside or walk(sub, True)):
+                    return True
+            elif name == "SUBPATTERN":
+                if walk(value[-1], inside):
+                    return True
+            elif name == "BRANCH":
+                if any(walk(branch, inside) for branch in value[1]):
+                    return True
+        return False
+    return walk(parsed, False)
 
 
 def _check_int(name: str, value) -> None:
@@ -165,12 +227,20 @@ def _check_number(name: str, value) -> None:
 
 
 def _check_regex(name: str, pattern: str) -> None:
+    """A valid regex that matches in linear time: not too long, no repetition inside a repetition (adapter
+    configs may come from untrusted files; Python's re has no time limit)."""
     if not isinstance(pattern, str):
         raise AdapterError(f"LoraConfig {name} must be a string, got {type(pattern).__name__}.")
+    if len(pattern) > MAX_PATTERN:
+        raise AdapterError(f"LoraConfig {name} is {len(pattern):,} characters long; a module-name regex needs far fewer "
+                           f"(at most {MAX_PATTERN:,}).")
     try:
-        re.compile(pattern)
+        parsed = re_parser.parse(pattern)
     except re.error as err:
         raise AdapterError(f"LoraConfig {name} {pattern!r} is not a valid regex: {err}.") from None
+    if _nested_repeat(parsed):
+        raise AdapterError(f"LoraConfig {name} {pattern[:60]!r} repeats a group that itself repeats (like (a*)*), "
+                           "which can take exponential time to match; write it without the nesting, e.g. .*z.")
 
 
 def _check_pattern(name: str, value, allow_none: bool) -> None:

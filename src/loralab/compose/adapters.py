@@ -26,7 +26,7 @@ from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, adapter_meta, factors
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
-from loralab.io.atomic import atomic_directory
+from loralab.io.atomic import atomic_directory, check_new_directory
 from loralab.io.peft_format import peft_config_dict, read_adapter_dir, split_adapter_tensors, write_adapter_dir
 from loralab.rundir import COMPOSE_FILE, RunDir, adapter_labels
 
@@ -137,8 +137,7 @@ def compose(sources: list, weights: list[float], out: str | Path, method: str = 
             seed: int = 0) -> dict:
     """Combine ``sources`` (adapter or run directories) and write the result to ``out`` (new or empty)."""
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"--out {out} exists and is not an empty directory; give a new directory.")
+    check_new_directory(out)
     read = [read_source(s) for s in sources]
     check_same_base([m for _, _, m in read], sources)
     result, errors = combined([f for f, _, _ in read], list(weights), method, rank, energy, density, drop, seed)

@@ -17,6 +17,7 @@ is given, a local Ray otherwise; the run root must be on storage every node sees
 
 from __future__ import annotations
 
+import ast
 import concurrent.futures
 import hashlib
 import json
@@ -33,8 +34,9 @@ from loralab.progress import progress
 from loralab.rundir import RunDir, RunResult
 from loralab.train.config import RESUME_MAY_CHANGE, TrainConfig
 
-# Packages whose code decides what a training run computes.
-TRAINING_PATH = ("adapters", "data", "methods", "models", "subspace", "train")
+# Where the training path starts: everything these import (transitively, within loralab) decides what a run computes.
+TRAINING_ENTRY = ("loralab.train.loop", "loralab.methods", "loralab.analysis.telemetry", "loralab.train.trackers")
+DYNAMIC_PACKAGES = ("loralab.methods",)
 
 
 @dataclass(frozen=True)
@@ -46,14 +48,61 @@ class Unit:
 
 
 def code_version() -> str:
-    """A hash of the training path's source files (12 hex digits)."""
-    root = Path(__file__).resolve().parents[1]
+    """12 hex digits fixed by the code of every module on the training path (`training_modules`) — its syntax
+    tree, so docstrings, comments and formatting do not count — and the torch and transformers versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
     digest = hashlib.sha256()
-    for package in TRAINING_PATH:
-        for path in sorted((root / package).rglob("*.py")):
-            digest.update(str(path.relative_to(root)).encode())
-            digest.update(path.read_bytes())
+    for name, path in training_modules():
+        digest.update(name.encode())
+        digest.update(ast.dump(without_docstrings(ast.parse(path.read_text()))).encode())
+    for package in ("torch", "transformers"):
+        try:
+            digest.update(f"{package} {version(package)}".encode())
+        except PackageNotFoundError:
+            digest.update(f"{package} none".encode())
     return digest.hexdigest()[:12]
+
+
+def training_modules() -> list[tuple[str, Path]]:
+    """(module name, source file) of every loralab module `TRAINING_ENTRY` imports, directly or not (imports
+    inside functions included), sorted by name."""
+    root = Path(__file__).resolve().parents[1]  # src/loralab
+
+    def source(name: str) -> Optional[Path]:
+        parts = name.split(".")[1:]
+        for candidate in (root.joinpath(*parts).with_suffix(".py"), root.joinpath(*parts, "__init__.py")):
+            if candidate.exists():
+                return candidate
+        return None
+
+    found: dict[str, Path] = {}
+    todo = list(TRAINING_ENTRY) + ["loralab"]
+    while todo:
+        name = todo.pop()
+        path = source(name)
+        if name in found or path is None:
+            continue
+        found[name] = path
+        todo += [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]  # its parent packages
+        if name in DYNAMIC_PACKAGES:  # a registry that imports every module of its package at run time
+            todo += [f"{name}.{p.stem}" for p in path.parent.glob("*.py") if p.stem != "__init__"]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.startswith("loralab")]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("loralab"):
+                todo += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return sorted(found.items())
+
+
+def without_docstrings(tree: ast.AST) -> ast.AST:
+    """The tree with every module, class and function docstring removed."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
 
 
 def unit_key(cfg: TrainConfig, version: str) -> str:

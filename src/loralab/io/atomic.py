@@ -10,6 +10,7 @@ next to it. Files get the modes any other tool would give them: 0666 and 0777 le
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -100,10 +101,19 @@ def atomic_write_json(path: str | os.PathLike, data) -> Path:
 
 def atomic_save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata=None) -> Path:
     """Write a safetensors file atomically (tensors detached and made contiguous)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as err:  # its I/O errors, as the OSError they are (a full disk: ENOSPC)
+            full = "StorageFull" in str(err) or "No space" in str(err)
+            raise OSError(errno.ENOSPC if full else errno.EIO, f"{'no space left' if full else err}", str(path)) from None
+
+    return atomic_write(path, write)
 
 
 @contextlib.contextmanager
@@ -134,3 +144,23 @@ def readable_json(path: str | os.PathLike):
         return json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
+
+
+def check_new_directory(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """A directory about to be written as a whole: new, or empty; not a file, not a symbolic link (a link is
+    refused rather than followed: what it points to is not what the user named), in a place one can write."""
+    from loralab.errors import ConfigError
+
+    path = Path(path)
+    if path.is_symlink():
+        target = os.readlink(path)
+        raise ConfigError(f"{flag} {path} is a symbolic link (to {target}){'' if path.exists() else ', which does not exist'}; "
+                          "give the real directory, or a new one.")
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file; give a new directory.")
+    if path.is_dir() and any(path.iterdir()):
+        raise ConfigError(f"{flag} {path} is not empty; give a new directory (nothing was written).")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: cannot write in {parent} (read-only, or not yours); choose another place.")
+    return path

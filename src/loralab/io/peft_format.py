@@ -310,7 +310,40 @@ def read_adapter_dir(directory: str | os.PathLike) -> tuple[LoraConfig, dict[str
         tensors = load_file(str(weights))
     except (SafetensorError, OSError) as err:
         raise AdapterError(f"{weights} is not a readable safetensors file ({err}).") from None
+    check_factors(cfg, tensors, str(weights))
     return cfg, tensors
+
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+MAX_WEIGHT = 1e15
+
+
+def check_factors(cfg: LoraConfig, tensors: dict[str, torch.Tensor], where: str) -> None:
+    """What an adapter file must be whatever model it goes on: per adapted module an A (r, in) and a B (out, r)
+    with r the config's rank for that module, DoRA's m (out,), every tensor floating point (float32, float16,
+    bfloat16 or float64) and finite. `load_adapter` checks the shapes against the model besides."""
+    modules, others = split_adapter_tensors(tensors)
+    for path, parts in modules.items():
+        missing = [p for p in ("A", "B") if p not in parts]
+        if missing:
+            raise AdapterError(f"{where}: {path} has no lora_{missing[0]}; an adapted layer needs both lora_A and lora_B.")
+        a, b, r = parts["A"], parts["B"], cfg.rank_for(path)
+        if a.dim() != 2 or b.dim() != 2 or a.shape[0] != r or b.shape[1] != r:
+            raise AdapterError(f"{where}: {path} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; rank {r} (the "
+                               f"config's) needs A ({r}, in) and B (out, {r}). The file and its config disagree.")
+        if "m" in parts and (parts["m"].dim() != 1 or parts["m"].shape[0] != b.shape[0]):
+            raise AdapterError(f"{where}: {path}'s magnitude vector is {tuple(parts['m'].shape)}; DoRA's is ({b.shape[0]},).")
+    for key, tensor in tensors.items():
+        if tensor.dtype not in FLOATS and (key.removeprefix(PREFIX) not in others or tensor.is_floating_point()):
+            raise AdapterError(f"{where}: {key} holds {str(tensor.dtype).removeprefix('torch.')} values; adapter weights "
+                               "are float32, float16, bfloat16 or float64. Re-save the adapter.")
+        if tensor.is_floating_point() and tensor.dtype in FLOATS and tensor.numel():
+            if not torch.isfinite(tensor).all():
+                raise AdapterError(f"{where}: {key} holds non-finite values (nan/inf); the adapter is corrupt.")
+            largest = float(tensor.abs().max())
+            if largest > MAX_WEIGHT:
+                raise AdapterError(f"{where}: {key} holds values up to {largest:.3g}, far beyond any trained weight "
+                                   "(its outputs would overflow); the adapter is corrupt.")
 
 
 def expected_shapes(model: nn.Module, cfg: LoraConfig) -> dict[str, tuple[int, ...]]:

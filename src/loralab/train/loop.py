@@ -177,7 +177,7 @@ class Trainer:
         self.log = MetricsLog(self.rundir, self.main, self.resumed_from)
 
     def train(self) -> None:
-        self.bar = progress(self.total_steps, f"{self.cfg.method} {self.cfg.model}/{self.cfg.data}",
+        self.bar = progress(self.total_steps, f"{self.cfg.method} {Path(self.cfg.model).name}/{Path(self.cfg.data).name}",
                             enabled=self.show_progress and self.main, initial=self.state.step)
         for epoch in range(self.state.epoch, self.cfg.epochs):
             if self.state.stopped or self.state.step >= self.total_steps:

@@ -33,6 +33,9 @@ def check_out(cfg: TrainConfig, locked: bool = False) -> Path:
     """Check ``cfg.out`` against the rules above without changing anything; return it as a Path.
     ``locked``: this process holds the run's lock (so it is not asked who does)."""
     out = Path(cfg.out)
+    if out.is_symlink() and not out.exists():
+        raise ConfigError(f"--out {cfg.out} is a symbolic link to {os.readlink(out)}, which does not exist; make that "
+                          "directory, or give a real --out.")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {cfg.out} is a file; give a directory for the run (it is created if missing).")
     parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
