@@ -15,7 +15,7 @@ import torch
 
 
 def collate(rows, pad_id):
-    from loralab.train.batching import collate as ours
+    from loralab.tasks.batching import collate as ours
 
     return ours(rows, pad_id)
 
@@ -51,7 +51,7 @@ def main() -> None:
     from transformers import Trainer, TrainingArguments
 
     from loralab import data, models
-    from loralab.train.batching import encode
+    from loralab.tasks.batching import encode
 
     torch.manual_seed(0)
     model, tokenizer = models.load("smollm2", "causal_lm")  # the same float32 model and chat tokenizer

@@ -15,7 +15,7 @@ from transformers import TrainingArguments
 import loralab as ll
 from loralab import data, models
 from loralab.integrations.hf_trainer import AdapterTrainer
-from loralab.train.batching import collate, encode
+from loralab.tasks.batching import collate, encode
 from loralab.train.devices import native_bf16
 
 torch.manual_seed(0)

@@ -10,7 +10,7 @@ import torch
 
 import loralab as ll
 from loralab import data, models
-from loralab.train.batching import collate, encode
+from loralab.tasks.batching import collate, encode
 
 model, tokenizer = models.load("minilm", "classification", num_labels=2)  # any HF directory works too
 rows = encode(data.load("movie", "train", seed=0, limit=48), tokenizer, max_length=64)

@@ -14,7 +14,7 @@ from loralab.analysis import geometry, similarity, spectra
 from loralab.analysis.factors import factors
 from loralab.analysis.forgetting import linear_cka
 from loralab.analysis.probe import allocate_ranks
-from loralab.analysis.report import analyze
+from loralab.commands.analyze import analyze
 
 
 def orthonormal(n: int, k: int, seed: int) -> torch.Tensor:
@@ -146,7 +146,7 @@ def test_layers_of_an_adapter_file_come_in_model_order(tmp_path):
     configs list layers as the model does."""
     from transformers import BertConfig, BertForSequenceClassification
 
-    from loralab.compose.adapters import compose
+    from loralab.commands.compose import compose
 
     model = BertForSequenceClassification(BertConfig(vocab_size=16, hidden_size=8, num_hidden_layers=12,
                                                      num_attention_heads=2, intermediate_size=8))
@@ -246,7 +246,7 @@ def test_dora_summary_reports_the_real_weight_change(tmp_path):
     ll.inject(model, ll.LoraConfig(r=2, alpha=4, targets=["query"], dora=True))
     train_step(model, inputs())
     ll.save_adapter(model, tmp_path / "dora")
-    from loralab.analysis.summary import adapter_summary
+    from loralab.commands.info import adapter_summary
 
     summary = adapter_summary(tmp_path / "dora", model=str(base_dir))
     layer = model.bert.encoder.layer[0].attention.self.query
@@ -257,3 +257,24 @@ def test_dora_summary_reports_the_real_weight_change(tmp_path):
     assert got["delta_norm"] != pytest.approx(float(layer.delta_weight("default").detach().norm()), rel=1e-3)
     f = factors(tmp_path / "dora")["bert.encoder.layer.0.attention.self.query"]
     assert f.magnitude is not None and f.rank == 2
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_analyze_an_adapter_that_names_no_base(tmp_path, dora):
+    """An adapter saved from a model built in code (base_model_name_or_path null) was refused outright; its spectra
+    and effective ranks need only A, B and s. What needs the base is left out and named."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.ReLU(), torch.nn.Linear(10, 4))
+    ll.inject(model, ll.LoraConfig(r=3, targets=["0", "2"], dora=dora))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    saved = ll.save_adapter(model, tmp_path / "adapter")
+    assert json.loads((saved / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    result = analyze([str(saved)], tmp_path / "analysis")
+    report = next(iter(result["sources"].values()))
+    assert report["summary"]["layers"] == 2 and report["summary"]["effective_rank_median"] > 1
+    assert report["summary"]["amplification_median"] is None
+    assert "amplification, intruder dimensions and ΔM/ΔD need the base weights: give --model" in report["needs_base"]
+    assert "give --model" in (tmp_path / "analysis" / "analysis.md").read_text()

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from loralab.analysis.probe import ProbeConfig, run_probe
-from loralab.analysis.report import analyze
 from loralab.cli import main
+from loralab.commands.analyze import analyze
+from loralab.commands.probe import ProbeConfig, run_probe
 from test_training import train_args
 
 pytestmark = pytest.mark.usefixtures("keep_threads")

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "loralab"
 ALWAYS = {"errors", "progress", "plotting", "io.atomic", "rundir"}
-ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS and itself)
-    "errors": set(), "progress": set(), "rundir": set(),
+ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS and itself); docs/architecture.md's table
+    "errors": set(), "progress": set(), "plotting": set(), "rundir": set(),
     "adapters": set(),
     "io": {"adapters"},
-    "data": {"io"},
-    "models": {"io", "data"},
+    "data": set(),
+    "models": {"data"},
     "subspace": {"adapters"},
     "methods": {"adapters", "io", "models", "subspace"},
-    "analysis": {"adapters", "io", "data", "models", "train", "methods", "runs"},
-    "compose": {"adapters", "io", "analysis"},
-    "train": {"adapters", "io", "data", "models", "methods", "analysis"},
-    "runs": {"adapters", "io", "data", "models", "methods", "train"},
+    "tasks": {"adapters", "data"},
+    "analysis": {"adapters", "io", "models", "tasks"},
+    "compose": {"adapters", "analysis"},
+    "train": {"adapters", "io", "data", "models", "methods", "tasks", "analysis"},
+    "runs": {"adapters", "io", "data", "models", "methods", "tasks", "train"},
+    "commands": {"adapters", "io", "data", "models", "methods", "tasks", "analysis", "compose", "train", "runs"},
     "integrations": {"adapters", "io"},
 }
 
@@ -42,6 +45,8 @@ def imported(tree: ast.AST) -> set[str]:
             continue
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
             [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else [])
+        if isinstance(node, ast.ImportFrom) and node.module == "loralab":  # from loralab import models
+            names = [f"loralab.{a.name}" for a in node.names]
         for name in names:
             if name == "loralab" or name.startswith("loralab."):
                 rest = name.split(".")[1:]
@@ -87,3 +92,56 @@ def test_methods_are_chosen_by_the_registry_only():
                 if "method" in ast.unparse(node):
                     offenders.append(f"{path.relative_to(SRC)}:{node.lineno} {ast.unparse(node)}")
     assert not offenders, offenders
+
+
+def test_the_documented_layers_are_the_enforced_ones():
+    """docs/architecture.md's table of layers lists, per package, exactly what `ALLOWED` enforces."""
+    doc = (SRC.parents[1] / "docs" / "architecture.md").read_text()
+    rows = re.findall(r"^\| `([a-z_.]+)/?`[^|]*\|[^|]*\| ([^|]*)\|$", doc, re.M)
+    documented = {name: set(re.findall(r"`([a-z_.]+)`", allowed)) for name, allowed in rows}
+    layers = {k: v for k, v in ALLOWED.items() if k not in ALWAYS}
+    assert {k: v for k, v in documented.items() if k in layers} == layers
+    assert set(layers) <= set(documented), sorted(set(layers) - set(documented))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module → the loralab modules it imports (a submodule named in `from package import submodule` counts as
+    that submodule, not its package; imports inside functions count; TYPE_CHECKING-only imports do not)."""
+    names = {}
+    for path in SRC.rglob("*.py"):
+        parts = ("loralab", *path.relative_to(SRC).with_suffix("").parts)
+        names[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in names.items():
+        tree = ast.parse(path.read_text())
+        type_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                     and "TYPE_CHECKING" in ast.unparse(node.test) for n in ast.walk(node)}
+        deps = set()
+        for node in ast.walk(tree):
+            if id(node) in type_only:
+                continue
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name in names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = {f"{node.module}.{a.name}" for a in node.names} & set(names)
+                deps |= subs | ({node.module} if len(subs) < len(node.names) and node.module in names else set())
+        graph[name] = deps - {name}
+    return graph
+
+
+def test_no_import_cycles():
+    graph, cycles = import_graph(), []
+
+    def visit(module, path):
+        for dep in graph[module]:
+            if dep in path:
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in done:
+                visit(dep, path + [dep])
+        done.add(module)
+
+    done: set = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, cycles[:3]

@@ -121,7 +121,7 @@ def test_count_flags_refuse_zero_before_anything_runs(argv, flag, capsys):
 
 
 def test_probe_settings_are_checked_when_made():
-    from loralab.analysis.probe import ProbeConfig
+    from loralab.commands.probe import ProbeConfig
     from loralab.errors import ConfigError
 
     for field, value, message in (("batches", 0, "--batches must be an integer ≥ 1, got 0."),

@@ -11,7 +11,7 @@ import loralab as ll
 from conftest import build, inputs, logits, train_step
 from loralab.analysis import similarity
 from loralab.analysis.factors import delta_weight, factors
-from loralab.compose import adapters as compose_io
+from loralab.commands import compose as compose_io
 from loralab.compose import combine, geometry, task_arithmetic
 from loralab.errors import AdapterError
 from test_analysis import LargestTensor
@@ -209,7 +209,7 @@ def test_refusals(tmp_path):
     assert not (tmp_path / "x").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("mine")
-    with pytest.raises(Exception, match=r"--out .*full exists and is not an empty directory"):
+    with pytest.raises(Exception, match=r"--out .*full is not empty; give a new directory \(nothing was written\)"):
         compose_io.compose([tmp_path / "bert"], [1.0], tmp_path / "full")
 
 
@@ -276,7 +276,7 @@ def test_residual_init_adapters_are_not_measured_or_combined(init, tmp_path):
         with pytest.raises(ll.AdapterError, match=message):
             call()
     assert not (tmp_path / "c").exists()
-    from loralab.analysis.summary import adapter_summary
+    from loralab.commands.info import adapter_summary
 
     summary = adapter_summary(tmp_path / "a")  # `loralab info`: config and ranks, no ΔW norm
     assert summary["config"]["init"] == init and summary["note"].startswith(f"init {init}: W keeps the residual")

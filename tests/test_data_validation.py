@@ -199,7 +199,7 @@ def test_a_huge_text_is_cut_before_it_is_tokenised():
     The tokenizer now sees at most max_length × 64 characters, and the tokens kept are the same."""
     from transformers import AutoTokenizer
 
-    from loralab.train.batching import encode
+    from loralab.tasks.batching import encode
 
     tokenizer = AutoTokenizer.from_pretrained(models.minilm_dir())
     seen = []

@@ -8,8 +8,8 @@ import torch
 
 import loralab as ll
 from conftest import build
-from loralab.train.lm_loss import ChunkedLinearCrossEntropy, causal_lm_loss
-from loralab.train.objective import Objective
+from loralab.tasks.lm_loss import ChunkedLinearCrossEntropy, causal_lm_loss
+from loralab.tasks.objective import Objective
 
 
 def batch(vocab: int = 64, seed: int = 0):

@@ -16,8 +16,9 @@ import loralab as ll
 from loralab import models
 from loralab.adapters.lora import LoraLayer
 from loralab.adapters.registry import adapter_configs
-from loralab.analysis.probe import fit_head, pooled_positions
+from loralab.analysis.probe import pooled_positions
 from loralab.cli import main
+from loralab.commands.probe import fit_head
 from loralab.errors import AdapterError, ConfigError, DataError
 from test_training import train_args
 
@@ -174,7 +175,7 @@ def test_a_model_without_a_class_for_the_task_is_refused_before_loading(tiny, tm
 
 
 def test_plot_labels_tell_encoder_and_decoder_blocks_apart():
-    from loralab.analysis.plots import short_names
+    from loralab.commands.plots import short_names
 
     t5 = [f"transformer.{part}.block.0.layer.0.SelfAttention.q" for part in ("encoder", "decoder")]
     t5.append("transformer.decoder.block.0.layer.1.EncDecAttention.q")
@@ -204,7 +205,7 @@ def test_a_peft_adapter_listing_names_of_several_architectures_loads(tmp_path):
 
 
 def test_probe_refuses_a_misspelt_target_before_fitting(tiny):
-    from loralab.analysis.probe import ProbeConfig, run_probe
+    from loralab.commands.probe import ProbeConfig, run_probe
 
     with pytest.raises(ConfigError, match=r"targets entries \['valeu'\] match no module in this model \(spelt right\?\); "
                                           r"the others match 2, e.g. \['bert.encoder.layer.0.attention.self.query'"):

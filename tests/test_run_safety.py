@@ -88,19 +88,22 @@ def test_resume_refuses_a_different_config(tiny, finished, capsys):
     before = listing(finished)
     code, _, err = run(quick(tiny, finished, "--resume", "--lr", "1e-2", "--r", "4", "--threads", "2"), capsys)
     assert code == 2
-    assert (f"--resume: the run in {finished} was started with a different config (--rank was 8, now 4; --lr was 0.005, "
-            "now 0.01). Resume with the original values, or start a new run with a new --out.") in err
+    assert (f"--resume: the run in {finished} was started with a different config (--rank was 8, now 4; --lr was "
+            "0.005, now 0.01; --threads was 1, now 2). Resume with the original values, or start a new run with a new "
+            "--out.") in err
     assert listing(finished) == before
 
 
-def test_resume_may_change_threads_and_logging(tiny, finished, tmp_path, capsys):
-    """A run stopped after its last checkpoint (no result.json), resumed with other --threads / --log-every,
-    re-tests it and reproduces its result."""
+def test_resume_may_change_logging_not_threads(tiny, finished, tmp_path, capsys):
+    """A run stopped after its last checkpoint (no result.json), resumed with other --log-every, re-tests it and
+    reproduces its result; another --threads is refused (torch's GEMMs round differently at another count)."""
     out = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(finished), str(out)], check=True)
     (out / "config.json").write_text((finished / "config.json").read_text().replace(str(finished), str(out)))
     (out / "result.json").unlink()
-    code, _, _ = run(quick(tiny, out, "--resume", "--threads", "2", "--log-every", "3"), capsys)
+    code, _, err = run(quick(tiny, out, "--resume", "--threads", "2", "--log-every", "3"), capsys)
+    assert code == 2 and "--threads was 1, now 2" in err
+    code, _, _ = run(quick(tiny, out, "--resume", "--log-every", "3"), capsys)
     assert code == 0
     assert json.loads((out / "result.json").read_text())["test"] == json.loads((finished / "result.json").read_text())["test"]
 

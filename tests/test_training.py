@@ -93,13 +93,14 @@ def test_gradient_checkpointing_gives_the_same_adapter(tiny, tmp_path):
 KILL_SEED = int(os.environ.get("LORALAB_KILL_SEED", "20261123"))
 
 
-def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path):
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_sigkill_then_resume_is_bit_identical(tiny, tmp_path, threads):
     """Kill -9 at a seeded step (LORALAB_KILL_SEED picks another), resume, and end with exactly the
-    uninterrupted run's weights. A failure names the seed and step, so it can be rerun."""
-    run_cli(train_args(tiny, tmp_path / "whole", "--checkpoint-every", "1"))
+    uninterrupted run's weights, at one thread and at two. A failure names the seed and step, so it can be rerun."""
+    run_cli([*train_args(tiny, tmp_path / "whole", "--checkpoint-every", "1"), "--threads", threads])
     kill_at = random.Random(KILL_SEED).randint(3, 40)  # 54 steps in all
-    where = f"(LORALAB_KILL_SEED={KILL_SEED}, kill at step ≥ {kill_at})"
-    args = train_args(tiny, tmp_path / "killed", "--checkpoint-every", "1")
+    where = f"(LORALAB_KILL_SEED={KILL_SEED}, kill at step ≥ {kill_at}, {threads} threads)"
+    args = [*train_args(tiny, tmp_path / "killed", "--checkpoint-every", "1"), "--threads", threads]
     proc = subprocess.Popen([sys.executable, "-m", "loralab", *args], env=ENV,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "killed" / "checkpoint" / "checkpoint.json"
@@ -181,7 +182,7 @@ def test_bad_flags_are_reported(tiny, tmp_path):
 
 
 def test_group_by_length_is_a_seeded_permutation_of_similar_length_batches(tiny, tmp_path):
-    from loralab.train.batching import epoch_order
+    from loralab.tasks.batching import epoch_order
 
     lengths = [(7 * i) % 53 + 1 for i in range(500)]
     order = epoch_order(500, 3, 1, lengths, 8)

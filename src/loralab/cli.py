@@ -352,7 +352,7 @@ def forgetting_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_forgetting(args: argparse.Namespace) -> int:
-    from loralab.analysis.forgetting import run_forgetting
+    from loralab.commands.forgetting import run_forgetting
 
     result = run_forgetting(run_dir(args), on=args.on, max_texts=args.max_texts, max_length=args.max_length,
                             batch_size=args.batch_size)
@@ -369,8 +369,8 @@ def info_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from loralab.analysis.summary import adapter_summary, summary_text
-    from loralab.compose.adapters import adapter_dir
+    from loralab.commands.compose import adapter_dir
+    from loralab.commands.info import adapter_summary, summary_text
 
     directory = adapter_dir(args.adapter)
     summary = adapter_summary(directory, model=args.model)
@@ -453,7 +453,7 @@ def analyze_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from loralab.analysis.report import analyze
+    from loralab.commands.analyze import analyze
 
     names = args.names.split(",") if args.names else None
     if names and len(names) != len(args.sources):
@@ -466,13 +466,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def probe_flags(parser: argparse.ArgumentParser) -> None:
-    from loralab.analysis.probe import ProbeConfig
+    from loralab.commands.probe import ProbeConfig
 
     add_dataclass_flags(parser, ProbeConfig)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from loralab.analysis.probe import PATTERN_FILE, ProbeConfig, train_command, write_probe
+    from loralab.commands.probe import PATTERN_FILE, ProbeConfig, train_command, write_probe
 
     cfg = ProbeConfig(**dataclass_values(ProbeConfig, args))
     result = write_probe(cfg)
@@ -482,7 +482,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def compose_flags(parser: argparse.ArgumentParser) -> None:
-    from loralab.compose.adapters import METHODS
+    from loralab.commands.compose import METHODS
 
     paths_flags(parser, "adapters", "adapter directories (or runs), ours or PEFT's")
     parser.add_argument("--weights", nargs="+", type=float, default=None,
@@ -500,7 +500,7 @@ def compose_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
-    from loralab.compose import compose
+    from loralab.commands.compose import compose
 
     adapters = paths(args, "adapters")
     weights = args.weights or [1.0] * len(adapters)

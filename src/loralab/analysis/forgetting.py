@@ -8,8 +8,9 @@
   tuned model's mean-pooled hidden states, per layer: CKA(X, Y) = ‖YᵀX‖_F² / (‖XᵀX‖_F·‖YᵀY‖_F)
   for column-centred X, Y (examples × features); 1 − CKA is the drift.
 
-Both take two callables on a batch (the base and the tuned model), so an adapter's base is the
-same model under `loralab.disabled` and no second copy is needed.
+`lm_forgetting` takes the two models (their last hidden states and output layers, so the logits are
+formed a chunk of tokens at a time); `representation_drift` two callables on a batch. Which run, which
+texts: `loralab.commands.forgetting`.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+from torch import nn
 
-from loralab.train.batching import collate
+from loralab.tasks.batching import collate
+from loralab.tasks.lm_loss import logits_of
+from loralab.tasks.objective import decoder_and_head
 
 Forward = Callable[[dict], object]  # batch → model output
 
@@ -30,24 +34,44 @@ def reference_rows(texts: list[str], tokenizer, max_length: int) -> list[dict]:
 
 
 @torch.no_grad()
-def lm_forgetting(base: Forward, tuned: Forward, rows: list[dict], pad_id: int, batch_size: int = 16) -> dict:
-    """Next-token loss of each model on ``rows`` and the mean token KL(base ‖ tuned)."""
+def lm_forgetting(base: nn.Module, tuned: nn.Module, rows: list[dict], pad_id: int, batch_size: int = 16) -> dict:
+    """Next-token loss of each model on ``rows`` and the mean token KL(base ‖ tuned). From each model's last
+    hidden states and output layer, a chunk of tokens at a time (`tasks.lm_loss`): neither model's
+    (tokens, vocabulary) logits exist whole; a model without a separate output layer gives its logits."""
     totals = {"base": 0.0, "tuned": 0.0, "kl": 0.0}
     tokens = 0
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad_id)
         targets = batch.pop("labels")[:, 1:]
         mask = batch["attention_mask"][:, 1:].bool()
-        log_p = torch.log_softmax(base(batch).logits[:, :-1].double(), -1)[mask]  # (tokens, vocab)
-        log_q = torch.log_softmax(tuned(batch).logits[:, :-1].double(), -1)[mask]
-        picked = targets[mask]
-        totals["base"] -= float(log_p.gather(1, picked[:, None]).sum())
-        totals["tuned"] -= float(log_q.gather(1, picked[:, None]).sum())
-        totals["kl"] += float((log_p.exp() * (log_p - log_q)).sum())
+        picked = targets[mask]  # (N,)
+        (h_p, w_p, b_p), (h_q, w_q, b_q) = (last_states(model, batch, mask) for model in (base, tuned))
+        for at in range(0, picked.shape[0], CHUNK):
+            log_p = torch.log_softmax(logits_of(h_p[at:at + CHUNK], w_p, b_p).double(), -1)  # (C, vocab)
+            log_q = torch.log_softmax(logits_of(h_q[at:at + CHUNK], w_q, b_q).double(), -1)
+            target = picked[at:at + CHUNK, None]
+            totals["base"] -= float(log_p.gather(1, target).sum())
+            totals["tuned"] -= float(log_q.gather(1, target).sum())
+            totals["kl"] += float((log_p.exp() * (log_p - log_q)).sum())
         tokens += int(mask.sum())
     base_loss, tuned_loss = totals["base"] / tokens, totals["tuned"] / tokens
     return {"tokens": tokens, "base_loss": base_loss, "tuned_loss": tuned_loss, "loss_increase": tuned_loss - base_loss,
             "kl_base_tuned": totals["kl"] / tokens}
+
+
+CHUNK = 256  # tokens per chunk of logits (× vocabulary floats, for each of the two models)
+
+
+def last_states(model: nn.Module, batch: dict, mask: torch.Tensor):
+    """(hidden states at the masked positions (N, H), output weight (V, H), bias) — or, for a model without a
+    separate output layer, (its logits there (N, V), the identity, None)."""
+    found = decoder_and_head(model)
+    if found is None:
+        logits = model(**batch).logits[:, :-1][mask]
+        return logits, torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device), None
+    decoder, head = found
+    hidden = decoder(**batch).last_hidden_state[:, :-1][mask]
+    return hidden, head.weight, head.bias
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -79,47 +103,3 @@ def representation_drift(base: Forward, tuned: Forward, rows: list[dict], pad_id
     cka = [linear_cka(a, b) for a, b in zip(pooled_states(base, rows, pad_id), pooled_states(tuned, rows, pad_id))]
     return {"examples": len(rows), "cka_per_layer": cka, "last_layer_cka": cka[-1], "drift": 1.0 - cka[-1],
             "measure": "linear CKA of mean-pooled hidden states (Kornblith et al. 2019)"}
-
-
-DEFAULT_REFERENCE = "bbc"  # news prose: another domain than every other packaged task (movie for a bbc run)
-
-
-def reference_texts(name: str, limit: int) -> list[str]:
-    """Up to ``limit`` texts of a dataset's test split: the text of classification rows, the prompt and
-    response of prompt/response rows."""
-    from loralab import data as datasets
-
-    split = datasets.load(name, "test", 0, limit)
-    return [e["text"] if "text" in e else f"{e['prompt']}\n{e['response']}" for e in split.examples]
-
-
-@torch.no_grad()
-def run_forgetting(run, on: str | None = None, max_texts: int = 60, max_length: int = 96,
-                   batch_size: int = 16) -> dict:
-    """What a finished run forgot, against its freshly loaded base model, on another dataset's texts:
-    `lm_forgetting` for a causal LM, `representation_drift` (CKA per layer) for a classifier."""
-    from pathlib import Path
-
-    from loralab import models
-    from loralab.runs import load_run
-    from loralab.train.devices import autocast
-
-    cfg, tuned, tokenizer, labels, task = load_run(run)
-    # the base loaded again, not the tuned model under `ll.disabled`: full and DID runs have no adapter to
-    # switch off, and a PiSSA/OLoRA run's disabled model is the residual W − s·B₀·A₀, not the base
-    on = on or ("movie" if Path(cfg.data).stem == DEFAULT_REFERENCE else DEFAULT_REFERENCE)
-    base, _ = models.load(cfg.model, task, num_labels=len(labels) or None,
-                          attn_implementation=models.attention_for(cfg.precision))
-    base.eval()
-    tuned.eval()
-    texts = reference_texts(on, max_texts)
-    header = {"run": str(run), "model": cfg.model, "method": cfg.method, "trained_on": cfg.data, "on": on,
-              "texts": len(texts), "max_length": max_length}
-    with autocast(cfg.precision):
-        if task == "causal_lm":
-            rows = reference_rows(texts, tokenizer, max_length)
-            return {**header, **lm_forgetting(lambda b: base(**b), lambda b: tuned(**b), rows, tokenizer.pad_token_id,
-                                              batch_size)}
-        ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-        rows = [{"input_ids": i, "labels": 0} for i in ids]  # a placeholder label: collate wants one
-        return {**header, **representation_drift(lambda b: base(**b), lambda b: tuned(**b), rows, tokenizer.pad_token_id)}

@@ -52,7 +52,8 @@ class LayerUpdate:
         return delta_weight(self.factors, self.base)
 
     def svd(self) -> SVD:
-        if self.low_rank:
+        """ΔW's SVD; for DoRA without its base, the SVD of the low-rank part s·B·A (the direction's update)."""
+        if self.low_rank or (self.factors is not None and self.base is None):
             return low_rank_svd(self.factors.A, self.factors.B, self.factors.scale)
         return dense_svd(self.delta())
 
@@ -97,7 +98,8 @@ def load_updates(source: Union[str, os.PathLike, nn.Module], model: Optional[str
     fs = factors(root)
     needs_base = with_base or any(f.magnitude is not None for f in fs.values())
     base_source = model or json.loads((root / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    bases = base_weights(base_source, layer_specs(fs)) if needs_base else {}
+    # an adapter saved from a model built in code names no base: what the factors alone give is measured
+    bases = base_weights(base_source, layer_specs(fs)) if needs_base and base_source else {}
     return {p: LayerUpdate(p, factors=f, base=bases.get(p)) for p, f in fs.items()}
 
 

@@ -3,11 +3,10 @@
 * `combine` — the exact weighted sum (``cat``), re-ranked by a small SVD (``svd``), one adapter re-ranked;
 * `task_arithmetic` — TIES and DARE on each layer's ΔW, re-factored to a rank;
 * `geometry` — cosine, principal angles and sign conflicts between two adapters, with a random baseline;
-* `adapters.compose` — read adapter directories, combine, write a PEFT-format adapter.
+Reading adapter directories and writing the combined adapter is `loralab.commands.compose`.
 """
 
-from loralab.compose.adapters import compose
 from loralab.compose.combine import cat, rerank, svd
 from loralab.compose.task_arithmetic import dare, ties
 
-__all__ = ["cat", "compose", "dare", "rerank", "svd", "ties"]
+__all__ = ["cat", "dare", "rerank", "svd", "ties"]

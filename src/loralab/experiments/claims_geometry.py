@@ -45,8 +45,8 @@ def claim_6(ctx: Context) -> dict:
 
 @claim(7, "Top directions are shared across ranks (φ, LoRA §7.2)")
 def claim_7(ctx: Context) -> dict:
-    from loralab.analysis.report import compare_sources
     from loralab.analysis.updates import load_updates
+    from loralab.commands.analyze import compare_sources
 
     lr = ctx.lr("lora")
     units = {task: {"r8": plan.lora_unit(task, ctx.sizes, 0, lr, r=8), "r64": plan.lora_unit(task, ctx.sizes, 0, lr, r=64),
@@ -129,7 +129,7 @@ def claim_10(ctx: Context) -> dict:
 
 @claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")
 def claim_11(ctx: Context) -> dict:
-    from loralab.analysis.report import trajectory
+    from loralab.commands.analyze import trajectory
 
     rows = {}
     for name, unit in {"full": plan.full_unit("movie", ctx.sizes, 0, ctx.lr("full")),

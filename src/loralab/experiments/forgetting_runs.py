@@ -34,7 +34,7 @@ def base_and_reference(out: Path):
     from loralab import data as datasets
     from loralab import models
     from loralab.analysis.forgetting import reference_rows
-    from loralab.train.batching import encode
+    from loralab.tasks.batching import encode
     from loralab.train.evaluate import evaluate
 
     base, tokenizer = models.load("smollm2", "causal_lm")
@@ -72,4 +72,4 @@ def forgetting_of(run_dir: Path, base, rows: list[dict], pad_id: int) -> dict:
     from loralab.runs import load_run
 
     _, tuned, _, _, _ = load_run(run_dir)
-    return lm_forgetting(lambda b: base(**b), lambda b: tuned(**b), rows, pad_id, 8)
+    return lm_forgetting(base, tuned, rows, pad_id, 8)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Optional
@@ -28,14 +27,14 @@ from typing import Optional
 import loralab as ll
 from loralab import data as datasets
 from loralab import models
-from loralab.compose import compose
-from loralab.compose.adapters import adapter_dir, read_source
+from loralab.commands.compose import adapter_dir, composed, read_source
 from loralab.compose.geometry import MEASURES, adapters_geometry
 from loralab.errors import ConfigError
 from loralab.experiments import stats
 from loralab.experiments.stats import spearman
+from loralab.io.peft_format import attach_adapter, config_from_peft
 from loralab.runs import read_run
-from loralab.train.batching import encode
+from loralab.tasks.batching import encode
 from loralab.train.evaluate import evaluate
 
 TOLERANCE = 0.02  # a control task "stays" when within 2 accuracy points of its own adapter
@@ -55,11 +54,11 @@ class Task:
         split = datasets.load(self.cfg.data, "test", self.cfg.seed, max_eval or self.cfg.max_eval)
         self.rows, self.pad = encode(split, tokenizer, self.cfg.max_length), tokenizer.pad_token_id
 
-    def accuracy(self, sources: list[Path], weights: list[float]) -> float:
-        """Test accuracy with Σ w_i·ΔW_i on the encoder and this task's own head."""
-        with tempfile.TemporaryDirectory() as tmp:
-            compose(sources, weights, Path(tmp) / "a", method="cat", head=f"keep:{self.index}")
-            ll.load_adapter(self.model, Path(tmp) / "a", name="probe")
+    def accuracy(self, sources: list[tuple], weights: list[float]) -> float:
+        """Test accuracy with Σ w_i·ΔW_i on the encoder and this task's own head (composed in memory from the
+        adapters `read_source` read)."""
+        config, tensors, _ = composed(sources, weights, method="cat", head=f"keep:{self.index}")
+        attach_adapter(self.model, config_from_peft(config, "the composed adapter"), tensors, name="probe")
         try:
             return evaluate(self.model, self.rows, "classification", len(self.labels), self.pad, 64,
                             progress=False)["accuracy"]
@@ -67,7 +66,7 @@ class Task:
             ll.delete_adapter(self.model, "probe")
 
 
-def task_table(task: Task, tasks: list[Task], sources: list[Path]) -> dict:
+def task_table(task: Task, tasks: list[Task], sources: list[tuple]) -> dict:
     n, me = len(tasks), task.index
     only = lambda i, w=1.0: [w if j == i else 0.0 for j in range(n)]  # noqa: E731
     row = {"own": task.accuracy(sources, only(me)), "base": task.accuracy(sources, [0.0] * n),
@@ -90,7 +89,7 @@ def majority_rate(task: Task) -> float:
     return stats.majority_rate([r["labels"] for r in task.rows])
 
 
-def negation(tasks: list[Task], sources: list[Path]) -> list[dict]:
+def negation(tasks: list[Task], sources: list[tuple]) -> list[dict]:
     """For each (negated task t, control c): c with τ_c alone and with τ_c − τ_t."""
     rows = []
     for t, c in itertools.permutations(tasks, 2):
@@ -119,14 +118,14 @@ def run_interference(runs: list[str], out: str | Path, max_eval: Optional[int] =
     started = time.time()
     if len(runs) < 2:
         raise ConfigError("give at least two runs (`loralab interference A B --out OUT`) to measure interference.")
-    sources = [adapter_dir(r) for r in runs]  # a full or subspace run is refused here, with what to do instead
+    sources = [read_source(adapter_dir(r)) for r in runs]  # a full or subspace run is refused, saying what to do
     tasks = [Task(i, Path(r), max_eval) for i, r in enumerate(runs)]
     stems, dirs = [t.name for t in tasks], [t.run.name for t in tasks]
     for t in tasks:  # two runs of one dataset (e.g. two seeds) keep apart under their directories' names
         if stems.count(t.name) > 1:
             t.name = f"{t.name} ({t.run.name if dirs.count(t.run.name) == 1 else t.run})"
     table = {t.name: task_table(t, tasks, sources) for t in tasks}
-    factor_sets = {t.name: read_source(s)[0] for t, s in zip(tasks, sources)}
+    factor_sets = {t.name: s[0] for t, s in zip(tasks, sources)}
     geometry = {f"{a} vs {b}": adapters_geometry(factor_sets[a], factor_sets[b])
                 for a, b in itertools.combinations(factor_sets, 2)}
     result = {"runs": runs, "table": table, "negation": negation(tasks, sources), "tolerance": TOLERANCE,

@@ -35,7 +35,7 @@ from loralab.rundir import RunDir, RunResult
 from loralab.train.config import RESUME_MAY_CHANGE, TrainConfig
 
 # Where the training path starts: everything these import (transitively, within loralab) decides what a run computes.
-TRAINING_ENTRY = ("loralab.train.loop", "loralab.methods", "loralab.analysis.telemetry", "loralab.train.trackers")
+TRAINING_ENTRY = ("loralab.train.loop", "loralab.methods", "loralab.train.telemetry", "loralab.train.trackers")
 DYNAMIC_PACKAGES = ("loralab.methods",)
 
 

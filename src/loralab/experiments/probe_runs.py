@@ -23,7 +23,7 @@ PROBE_BATCHES, PROBE_BATCH_SIZE = 8, 16
 
 
 def probe_tasks(ctx: Context) -> dict[str, dict]:
-    from loralab.analysis.probe import ProbeConfig, run_probe
+    from loralab.commands.probe import ProbeConfig, run_probe
 
     found = {}
     for task in ctx.tasks:

@@ -147,7 +147,7 @@ def claim_6(c: dict, path: Path):
 def claim_7(c: dict, path: Path):
     import statistics
 
-    from loralab.analysis.plots import plot_phi
+    from loralab.commands.plots import plot_phi
 
     rows = c["rows"]
     first = rows[0]["r8_vs_r64"]

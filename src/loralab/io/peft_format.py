@@ -121,18 +121,20 @@ def split_adapter_tensors(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, d
     return modules, others
 
 
-def write_adapter_dir(directory: str | os.PathLike, config: dict, modules: dict[str, dict],
-                      others: dict[str, torch.Tensor]) -> Path:
-    """Write a PEFT adapter directory from per-module parts (the inverse of `split_adapter_tensors`).
-
-    ``config`` is a full adapter_config.json dict (see `peft_config_dict`).
-    """
+def adapter_tensors(modules: dict[str, dict], others: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """PEFT-keyed tensors from per-module parts (the inverse of `split_adapter_tensors`)."""
     tensors = {}
     for path, parts in modules.items():
         keys = lora_keys(path, "embedding" if parts.get("embedding") else "linear", dora="m" in parts)
         for part, key in keys.items():
             tensors[key] = parts[part]
     tensors.update({f"{PREFIX}{key}": value for key, value in others.items()})
+    return tensors
+
+
+def write_adapter_dir(directory: str | os.PathLike, config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a PEFT adapter directory: ``config`` (a full adapter_config.json dict, see `peft_config_dict`) and
+    PEFT-keyed ``tensors`` (see `adapter_tensors`)."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(out / WEIGHTS_FILE, {k: v.contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
@@ -473,7 +475,16 @@ def load_adapter(
     """
     check_adapter_name(model, name, new=True)
     cfg, tensors = read_adapter_dir(directory)
-    where = str(Path(directory) / WEIGHTS_FILE)
+    return attach_adapter(model, cfg, tensors, name, str(Path(directory) / WEIGHTS_FILE), activate, trainable)
+
+
+@on_unsharded_module
+def attach_adapter(model: nn.Module, cfg: LoraConfig, tensors: dict[str, torch.Tensor], name: str = "default",
+                   where: str = "adapter", activate: bool = True, trainable: bool = False) -> list[str]:
+    """`load_adapter` for an adapter already in memory: its config and PEFT-keyed tensors (e.g. a composition),
+    checked against the model first (``where`` names them in errors)."""
+    check_adapter_name(model, name, new=True)
+    check_factors(cfg, tensors, where)
     base_tensors = embedding_weights(model, match_targets(model, cfg))  # what PEFT may save besides the adapter
     _check_tensors(tensors, expected_shapes(model, cfg), {k: tuple(t.shape) for k, t in base_tensors.items()},
                    integer_keys(model, cfg), where)

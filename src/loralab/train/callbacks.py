@@ -8,7 +8,7 @@ A callback sees the `Trainer` (its config, model, state, metrics log) at these p
 * ``on_checkpoint(trainer, path)`` — after a checkpoint is written;
 * ``on_train_end(trainer, result)`` — after the test pass, with its `RunResult` (result.json).
 
-Measurements plug in here (`loralab.analysis.telemetry`); the loop knows none of them.
+Measurements plug in here (`loralab.train.telemetry`); the loop knows none of them.
 """
 
 from __future__ import annotations
@@ -33,17 +33,3 @@ class Callback:
 
     def on_train_end(self, trainer, result) -> None:
         pass
-
-
-def standard_callbacks(cfg) -> list[Callback]:
-    """The callbacks a config asks for by its flags (``--analysis-every``, ``--report-to``)."""
-    callbacks: list[Callback] = []
-    if cfg.analysis_every:
-        from loralab.analysis.telemetry import Telemetry
-
-        callbacks.append(Telemetry(cfg.analysis_every))
-    if cfg.trackers():
-        from loralab.train.trackers import trackers_for
-
-        callbacks += trackers_for(cfg.trackers())
-    return callbacks

@@ -27,7 +27,8 @@ SCHEDULERS = ("linear", "cosine", "constant")
 METRICS = ("accuracy", "macro_f1", "loss")
 REPORT_TO = ("tensorboard", "wandb", "mlflow")
 # Fields that change how a run is carried out or logged but not what it computes: --resume may differ in these.
-RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "threads", "log_every", "checkpoint_every", "analysis_every",
+# (Not threads: torch's own threaded GEMMs round differently at another thread count — 1e-5 on MiniLM.)
+RESUME_MAY_CHANGE = ("out", "resume", "overwrite", "log_every", "checkpoint_every", "analysis_every",
                      "gradient_checkpointing", "report_to", "save_total_limit")
 FLAGS = {"lora.r": "--rank", "subspace.d": "--dim"}  # fields whose flag is not `--<leaf name>`
 
@@ -159,7 +160,8 @@ class TrainConfig:
             to metrics.jsonl (0: off).
         report_to: Also log to these trackers, comma-separated: tensorboard, wandb, mlflow (each needs its
             package installed).
-        threads: torch CPU threads (torch's choice when not given).
+        threads: torch CPU threads (torch's choice when not given). Part of what a run computes: torch's threaded
+            matrix products round differently at another count, so --resume keeps it.
     """
 
     model: str = "minilm"

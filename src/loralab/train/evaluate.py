@@ -18,10 +18,10 @@ from torch import nn
 
 from loralab.adapters.cache import frozen
 from loralab.progress import progress as progress_bar
-from loralab.train.batching import collate
+from loralab.tasks.batching import collate
+from loralab.tasks.objective import Objective
 from loralab.train.devices import autocast, to_device
 from loralab.train.distributed import gather
-from loralab.train.objective import Objective
 
 
 @dataclass

@@ -31,13 +31,13 @@ from loralab.errors import TrainingError
 from loralab.methods import get_method
 from loralab.progress import progress, write_line
 from loralab.rundir import RunDir, RunResult
+from loralab.tasks.batching import collate, encode, epoch_order
+from loralab.tasks.objective import Objective
 from loralab.train import devices, distributed, run_dir
-from loralab.train.batching import collate, encode, epoch_order
-from loralab.train.callbacks import Callback, standard_callbacks
+from loralab.train.callbacks import Callback
 from loralab.train.checkpoint import STATE_FILE, has_checkpoint, load_checkpoint, prune_checkpoint, save_checkpoint
 from loralab.train.config import TrainConfig
 from loralab.train.evaluate import evaluate
-from loralab.train.objective import Objective
 
 
 @dataclass
@@ -360,6 +360,20 @@ class Trainer:
         where = f"the last good checkpoint is {last[0]} (step {last[1]})" if last else "no checkpoint was written yet"
         return TrainingError(f"training loss is {value} at step {self.state.step + 1} (epoch {epoch + 1}); stopped. "
                              f"{where}. Lower --lr (now {self.cfg.lr}) or --max-grad-norm, then resume with --resume.")
+
+
+def standard_callbacks(cfg) -> list[Callback]:
+    """The callbacks a config asks for by its flags (``--analysis-every``, ``--report-to``)."""
+    callbacks: list[Callback] = []
+    if cfg.analysis_every:
+        from loralab.train.telemetry import Telemetry
+
+        callbacks.append(Telemetry(cfg.analysis_every))
+    if cfg.trackers():
+        from loralab.train.trackers import trackers_for
+
+        callbacks += trackers_for(cfg.trackers())
+    return callbacks
 
 
 def train(cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True) -> RunResult:

@@ -27,7 +27,13 @@ from loralab.analysis.factors import Factors, adapter_meta, factors
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
 from loralab.io.atomic import atomic_directory, check_new_directory
-from loralab.io.peft_format import peft_config_dict, read_adapter_dir, split_adapter_tensors, write_adapter_dir
+from loralab.io.peft_format import (
+    adapter_tensors,
+    peft_config_dict,
+    read_adapter_dir,
+    split_adapter_tensors,
+    write_adapter_dir,
+)
 from loralab.rundir import COMPOSE_FILE, RunDir, adapter_labels
 
 METHODS = ("cat", "svd", "ties", "dare")
@@ -132,25 +138,34 @@ def adapter_config(result: dict[str, Factors], heads: dict, metas: list[dict]) -
                             tasks.pop() if len(tasks) == 1 else None)
 
 
-def compose(sources: list, weights: list[float], out: str | Path, method: str = "svd", rank: Optional[int] = None,
-            energy: Optional[float] = None, head: Optional[str] = None, density: float = 0.2, drop: float = 0.5,
-            seed: int = 0) -> dict:
-    """Combine ``sources`` (adapter or run directories) and write the result to ``out`` (new or empty)."""
-    out = Path(out)
-    check_new_directory(out)
-    read = [read_source(s) for s in sources]
-    check_same_base([m for _, _, m in read], sources)
+def composed(read: list[tuple], weights: list[float], method: str = "svd", rank: Optional[int] = None,
+             energy: Optional[float] = None, head: Optional[str] = None, density: float = 0.2, drop: float = 0.5,
+             seed: int = 0) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """The combination of adapters already read (`read_source`), in memory: (adapter_config.json dict, PEFT-keyed
+    tensors, {"ranks", "relative_error"})."""
+    check_same_base([m for _, _, m in read], [m.get("base_model_name_or_path") for _, _, m in read])
     result, errors = combined([f for f, _, _ in read], list(weights), method, rank, energy, density, drop, seed)
     combine.check_finite(result)
     heads = combine_heads([h for _, h, _ in read], list(weights), head)
     config = adapter_config(result, heads, [m for _, _, m in read])
     modules = {p: {"A": f.A.float().contiguous(), "B": f.B.float().contiguous(), "embedding": f.kind == "embedding"}
                for p, f in result.items()}
+    return config, adapter_tensors(modules, heads), {"ranks": {p: f.rank for p, f in result.items()},
+                                                      "relative_error": errors or {p: 0.0 for p in result}}
+
+
+def compose(sources: list, weights: list[float], out: str | Path, method: str = "svd", rank: Optional[int] = None,
+            energy: Optional[float] = None, head: Optional[str] = None, density: float = 0.2, drop: float = 0.5,
+            seed: int = 0) -> dict:
+    """Combine ``sources`` (adapter or run directories) and write the result to ``out`` (new or empty)."""
+    out = Path(out)
+    check_new_directory(out)
+    config, tensors, made = composed([read_source(s) for s in sources], weights, method, rank, energy, head, density,
+                                     drop, seed)
     report = {"method": method, "weights": list(weights), "sources": [str(s) for s in sources], "rank": rank,
-              "energy": energy, "head": head, "ranks": {p: f.rank for p, f in result.items()},
-              "relative_error": errors or {p: 0.0 for p in result},
-              "max_relative_error": max((errors or {"": 0.0}).values()), "labels": head_labels(sources, head)}
+              "energy": energy, "head": head, **made, "max_relative_error": max(made["relative_error"].values() or [0]),
+              "labels": head_labels(sources, head)}
     with atomic_directory(out) as staging:
-        write_adapter_dir(staging, config, modules, heads)
+        write_adapter_dir(staging, config, tensors)
         (staging / COMPOSE_FILE).write_text(json.dumps(report, indent=1) + "\n")
     return report

@@ -1,8 +1,9 @@
-"""Plots and the Markdown report of ``loralab analyze`` (on top of `report.analyze`'s JSON)."""
+"""Plots and the Markdown report of ``loralab analyze`` (on top of `commands.analyze`'s JSON)."""
 
 from __future__ import annotations
 
 import re
+import statistics
 from pathlib import Path
 
 from loralab.plotting import pyplot, save
@@ -140,6 +141,8 @@ def markdown(result: dict, images: dict[str, str]) -> str:
         lines.append(f"| {name} | {report['kind']} | {s['layers']} | {fmt(s['k90_median'], 'g')} | "
                      f"{fmt(s['effective_rank_median'], '.2f')} | {fmt(s['amplification_median'], '.3g')} | "
                      f"{s['intruders_total']} | {fmt(s['delta_m_median'], '.3g')} | {fmt(s['delta_d_median'], '.3g')} |")
+    lines += ["", *(f"**{name}**: {report['needs_base']}" for name, report in result["sources"].items()
+                     if report.get("needs_base"))]
     lines += ["", "Amplification (LoRA §7.3): ‖ΔW‖_F / ‖UᵀW0V‖_F with U, V the update's top-r singular vectors; "
               "next to ‖UᵀW0V‖_F for W0's own top-r directions and for random ones (medians over layers):", "",
               "| source | r | ‖ΔW‖_F | ΔW directions | W0's own | random | amplification |",
@@ -147,7 +150,7 @@ def markdown(result: dict, images: dict[str, str]) -> str:
     for name, report in result["sources"].items():
         rows = [r["amplification"] for r in report["layers"].values() if "amplification" in r]
         if rows:
-            med = {k: sorted(r[k] for r in rows)[len(rows) // 2] for k in rows[0]}
+            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}  # as the summary's medians
             lines.append(f"| {name} | {med['r']} | {med['delta_frobenius']:.3g} | {med['w_on_delta_directions']:.3g} | "
                          f"{med['w_on_own_directions']:.3g} | {med['w_on_random_directions']:.3g} | "
                          f"{med['amplification']:.3g} |")

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from loralab.train.lm_loss import IGNORE, causal_lm_loss
+from loralab.tasks.lm_loss import IGNORE, causal_lm_loss
 
 
 @dataclass

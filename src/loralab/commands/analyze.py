@@ -79,8 +79,16 @@ def analyze_source(source: str, model: Optional[str], rank: Optional[int], bases
     kind = "full" if any(u.dense is not None for u in updates.values()) else (
         "dora" if any(u.factors.magnitude is not None for u in updates.values()) else "lora")
     factors = {path: u.factors for path, u in updates.items() if u.factors is not None}
-    return {"source": str(source), "kind": kind, "layers": layers, "trajectory": trajectory(source),
-            "summary": summarize_layers(layers)}, svds, factors
+    report = {"source": str(source), "kind": kind, "layers": layers, "trajectory": trajectory(source),
+              "summary": summarize_layers(layers)}
+    if any(u.base is None for u in updates.values()):
+        report["needs_base"] = NEEDS_BASE + (" DoRA's spectra here are of s·B·A, not of its whole weight change."
+                                             if kind == "dora" else "")
+    return report, svds, factors
+
+
+NEEDS_BASE = ("The adapter names no base model, so only what its factors give is measured (spectra, effective rank, "
+              "φ between sources); amplification, intruder dimensions and ΔM/ΔD need the base weights: give --model.")
 
 
 def summarize_layers(layers: dict) -> dict:
@@ -154,7 +162,7 @@ def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, na
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
     if plots:
-        from loralab.analysis.plots import write_report
+        from loralab.commands.plots import write_report
 
         write_report(result, out)
     result["seconds"] = time.time() - started
