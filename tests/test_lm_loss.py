@@ -77,3 +77,36 @@ def test_bf16_autocast_stays_close_and_float32():
         out = Objective(model, "causal_lm")(ids, mask, labels)
     assert out.loss.dtype == torch.float32
     torch.testing.assert_close(out.loss, reference, atol=0.05, rtol=0.02)
+
+
+@pytest.mark.parametrize("padding", ["right", "left"])
+def test_the_lean_path_gives_the_same_loss_and_gradients(padding):
+    """`tasks.lean`: the gated MLP keeping two tensors instead of three, and a right-padded causal batch run without
+    its padding mask (a left-padded one keeps it): loss and every trainable gradient equal the plain model's."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        ids, mask, labels = batch()
+        if padding == "left":
+            ids, mask, labels = ids.flip(1), mask.flip(1), labels.flip(1)
+        results = []
+        for lean in (False, True):
+            model = build("llama").double()
+            ll.inject(model, ll.LoraConfig(r=2, targets="all-linear"))
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if "lora_B" in name:
+                        p.normal_()
+            if lean:
+                loss = Objective(model, "causal_lm", lean=True)(ids, mask, labels).loss
+            else:  # the model as Hugging Face runs it: the padding mask, every logit, the loss's definition in fp64
+                logits = model(input_ids=ids, attention_mask=mask).logits
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                         labels[:, 1:].reshape(-1), ignore_index=-100)
+            loss.backward()
+            results.append((loss, {n: p.grad for n, p in model.named_parameters() if p.requires_grad}))
+        (plain, plain_grads), (lean_loss, lean_grads) = results
+        torch.testing.assert_close(lean_loss, plain, atol=1e-10, rtol=0)
+        for name in plain_grads:
+            torch.testing.assert_close(lean_grads[name], plain_grads[name], atol=1e-10, rtol=1e-8, msg=name)
+    finally:
+        torch.set_default_dtype(torch.float32)

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from loralab.tasks.lean import lighten, right_padded
 from loralab.tasks.lm_loss import IGNORE, causal_lm_loss
 
 
@@ -45,10 +46,12 @@ def decoder_and_head(model: nn.Module):
 class Objective(nn.Module):
     """``forward(input_ids, attention_mask, labels)`` → `Output` for the run's task."""
 
-    def __init__(self, model: nn.Module, task: str):
+    def __init__(self, model: nn.Module, task: str, lean: bool = False):
         super().__init__()
         self.model, self.task = model, task
         self.chunked = task == "causal_lm" and decoder_and_head(model) is not None
+        if lean and self.chunked:
+            lighten(model)  # the same numbers, less kept for the backward (`tasks.lean`)
 
     def forward(self, input_ids, attention_mask, labels) -> Output:
         if self.task == "classification":
@@ -58,6 +61,7 @@ class Objective(nn.Module):
             loss = self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
             return Output(loss, int((labels[:, 1:] != IGNORE).sum()))
         decoder, head = decoder_and_head(self.model)
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+        mask = None if right_padded(attention_mask) else attention_mask  # causal: padding at the end is never seen
+        hidden = decoder(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, H)
         loss, count = causal_lm_loss(hidden, head.weight, head.bias, labels)
         return Output(loss, count)

@@ -145,7 +145,7 @@ class Trainer:
         self.trainable, self.total = ll.trainable_parameters(self.model)
         self.rows = {s: encode(d, self.tokenizer, cfg.max_length) for s, d in split.items()}
         self.pad_id = self.tokenizer.pad_token_id
-        self.objective = Objective(self.model, self.task)
+        self.objective = Objective(self.model, self.task, lean=True)
         self.net = distributed.wrap(self.objective, self.device, self.world, cfg.fsdp)
         self.named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]  # FSDP2's, once sharded
         self.scaler = devices.grad_scaler(cfg.precision, self.device)
