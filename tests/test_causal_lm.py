@@ -104,3 +104,33 @@ def test_lora_adapter_of_a_causal_run_loads_in_peft(tiny_chat, tmp_path):
     by_run = predict(str(tmp_path / "lora"), "--text", "hello")
     assert by_run[0]["prompt"] == "hello"  # the adapter on its own (task_type CAUSAL_LM) answers the same
     assert predict("--model", tiny_chat["model"], "--adapter", str(tmp_path / "lora" / "adapter"), "--text", "hello") == by_run
+
+
+def test_a_batch_above_train_tokens_gives_the_batch_gradient(tiny_chat, tmp_path):
+    """--train-tokens 64 runs each batch of 8 (≈ 8 × 40 tokens) as 8 single-row forwards; the loss each step logs
+    and the trained adapter equal one forward per batch's (float rounding only)."""
+    from safetensors.torch import load_file
+
+    runs = {}
+    for name, budget in (("split", "64"), ("whole", "100000")):
+        run_cli(["train", "--model", tiny_chat["model"], "--data", tiny_chat["data"], "--method", "lora", "--epochs",
+                 "1", "--batch-size", "8", "--lr", "1e-2", "--max-length", "64", "--threads", "1", "--log-every", "1", "--train-tokens",
+                 budget, "--out", str(tmp_path / name)])
+        logged = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = ([r["loss"] for r in logged if r.get("type") == "train"],
+                      load_file(tmp_path / name / "adapter" / "adapter_model.safetensors"))
+    (split_losses, split), (whole_losses, whole) = runs["split"], runs["whole"]
+    assert len(split_losses) == 6 and split_losses == pytest.approx(whole_losses, abs=1e-5)
+    assert split.keys() == whole.keys() and max((split[k] - whole[k]).abs().max().item() for k in split) < 1e-4
+    assert max((split[k] - whole[k]).abs().max().item() for k in split) > 0  # rounded differently: it did split
+
+
+def test_forward_pieces_are_the_same_on_every_process():
+    from loralab.tasks.batching import cut, forward_pieces
+
+    rows = lambda *lengths: [{"input_ids": [0] * n, "labels": [0] * n} for n in lengths]  # noqa: E731
+    assert [len(p) for p in cut(list(range(7)), 3)] == [3, 2, 2]
+    assert forward_pieces([rows(10, 10, 10, 10)], 40) == 1 and forward_pieces([rows(10, 10, 10, 10)], 39) == 2
+    # the second process's long rows need 3 pieces, so the first runs 3 too (its forwards pair with the second's)
+    assert forward_pieces([rows(5, 5, 5), rows(30, 30, 30)], 40) == 3
+    assert forward_pieces([rows(500, 500)], 40) == 2 and forward_pieces([rows(5, 5)], None) == 1

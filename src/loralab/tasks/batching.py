@@ -45,6 +45,36 @@ def chat_prompt(tokenizer, question: str) -> str:
     return f"Question: {question}\nAnswer: "
 
 
+def labelled(row: dict) -> int:
+    """What a row adds to the loss's mean: 1 (classification) or its labelled next-token positions (causal LM)."""
+    labels = row["labels"]
+    return 1 if isinstance(labels, int) else sum(label != IGNORE for label in labels[1:])
+
+
+def cut(rows: list, pieces: int) -> list[list]:
+    """``rows`` in ``pieces`` consecutive runs whose sizes differ by at most one."""
+    size, extra = divmod(len(rows), pieces)
+    bounds = [i * size + min(i, extra) for i in range(pieces + 1)]
+    return [rows[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def padded_tokens(rows: list[dict]) -> int:
+    return len(rows) * max(len(r["input_ids"]) for r in rows)
+
+
+def forward_pieces(shares: list[list[dict]], max_tokens) -> int:
+    """How many forward passes each process's share of a batch runs as: the fewest k, the same on every process
+    (their collectives pair up), for which every share `cut` into k holds at most ``max_tokens`` padded tokens
+    per piece (a piece of one row may hold more). None: one pass."""
+    smallest = min(len(share) for share in shares)
+    if max_tokens is None:
+        return 1
+    for k in range(1, smallest):
+        if all(len(p) == 1 or padded_tokens(p) <= max_tokens for share in shares for p in cut(share, k)):
+            return k
+    return max(smallest, 1)
+
+
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad to the longest row of this batch (right padding)."""
     length = max(len(r["input_ids"]) for r in rows)

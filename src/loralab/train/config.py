@@ -139,6 +139,10 @@ class TrainConfig:
         max_length: Truncate sequences to this many tokens.
         eval_batch_size: At most this many examples per evaluation batch.
         eval_tokens: At most this many tokens (padded) per evaluation batch.
+        train_tokens: At most this many tokens (examples × padded length) in one forward pass while training: a
+            batch above it runs as several forwards whose gradients add up to the batch's (the same loss and
+            gradient, rounded differently; less memory). Default: 1024 for causal LM, no limit for
+            classification.
         precision: fp32; bf16 or fp16 autocast (adapter and optimizer state stay fp32; fp16 with a gradient
             scaler, on CUDA). On a CPU without native bf16 (AVX512-BF16/AMX), bf16 is slower than fp32.
         device: Where to train: auto (a CUDA or MPS device when present, else the CPU), cpu, cuda, cuda:N
@@ -191,6 +195,7 @@ class TrainConfig:
     max_length: int = 128
     eval_batch_size: int = 64
     eval_tokens: int = 16384
+    train_tokens: Optional[int] = None
     precision: str = "fp32"
     device: str = "auto"
     fsdp: bool = False
@@ -235,7 +240,7 @@ class TrainConfig:
             _check_choice("metric_for_best", self.metric_for_best, METRICS)
         for name in ("epochs", "batch_size", "grad_accum", "max_length", "eval_batch_size", "eval_tokens", "log_every"):
             _check_int(name, getattr(self, name), 1)
-        for name in ("max_train", "max_eval", "threads"):
+        for name in ("max_train", "max_eval", "threads", "train_tokens"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
         for name in ("max_steps", "eval_steps", "patience", "min_steps", "checkpoint_every", "analysis_every"):

@@ -31,7 +31,7 @@ from loralab.errors import TrainingError
 from loralab.methods import get_method
 from loralab.progress import progress, write_line
 from loralab.rundir import RunDir, RunResult
-from loralab.tasks.batching import collate, encode, epoch_order
+from loralab.tasks.batching import collate, cut, encode, epoch_order, forward_pieces, labelled
 from loralab.tasks.objective import Objective
 from loralab.train import devices, distributed, run_dir
 from loralab.train.callbacks import Callback
@@ -215,18 +215,33 @@ class Trainer:
         return self.task == "causal_lm" if self.cfg.group_by_length is None else self.cfg.group_by_length
 
     def forward_backward(self, batch_ids: list[int], group_size: int, sync: bool, epoch: int) -> float:
-        """Loss of one micro-batch (this process's share), backward scaled for accumulation."""
-        batch = collate([self.rows["train"][i] for i in batch_ids[self.rank :: self.world]], self.pad_id)
-        batch = devices.to_device(batch, self.device)
-        with distributed.sync_gradients(self.net, sync):
-            with devices.autocast(self.cfg.precision, self.device):
-                loss = self.net(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-            value = distributed.mean(loss.detach().float(), self.world)
-            if not torch.isfinite(value):
-                raise self.non_finite_loss(value.item(), epoch)
-            scaled = loss / group_size
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return value.item()
+        """Loss of one micro-batch (this process's share), backward scaled for accumulation. A share above
+        --train-tokens runs as several forwards, each loss weighted by its share of the labelled count, so the
+        gradients add up to the share's mean loss's."""
+        shares = [[self.rows["train"][i] for i in batch_ids[rank :: self.world]] for rank in range(self.world)]
+        pieces = cut(shares[self.rank], forward_pieces(shares, self.train_tokens()))
+        total, value = sum(labelled(row) for row in shares[self.rank]), 0.0
+        for index, rows in enumerate(pieces):
+            batch = devices.to_device(collate(rows, self.pad_id), self.device)
+            weight = sum(labelled(row) for row in rows) / total if total else 1 / len(pieces)
+            with distributed.sync_gradients(self.net, sync and index == len(pieces) - 1):
+                with devices.autocast(self.cfg.precision, self.device):
+                    loss = self.net(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
+                part = distributed.mean(loss.detach().float() * weight, self.world)
+                if weight == 0:  # no labelled token in this piece: it adds nothing (its mean would be 0 / 0)
+                    part, loss = part.nan_to_num(0.0), loss.nan_to_num(0.0)
+                if not torch.isfinite(part):
+                    raise self.non_finite_loss(part.item(), epoch)
+                scaled = loss * weight / group_size
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            value += part.item()
+        return value
+
+    def train_tokens(self) -> Optional[int]:
+        """--train-tokens, 1024 by default for causal LM (activations of long sequences are the memory)."""
+        if self.cfg.train_tokens is None and self.task == "causal_lm":
+            return 1024
+        return self.cfg.train_tokens
 
     def optimizer_step(self, epoch: int, index: int, loss: float) -> None:
         cfg, state = self.cfg, self.state
