@@ -114,8 +114,8 @@ def test_a_batch_above_train_tokens_gives_the_batch_gradient(tiny_chat, tmp_path
     runs = {}
     for name, budget in (("split", "64"), ("whole", "100000")):
         run_cli(["train", "--model", tiny_chat["model"], "--data", tiny_chat["data"], "--method", "lora", "--epochs",
-                 "1", "--batch-size", "8", "--lr", "1e-2", "--max-length", "64", "--threads", "1", "--log-every", "1", "--train-tokens",
-                 budget, "--out", str(tmp_path / name)])
+                 "1", "--batch-size", "8", "--lr", "1e-2", "--max-length", "64", "--threads", "1", "--log-every", "1",
+                 "--train-tokens", budget, "--out", str(tmp_path / name)])
         logged = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
         runs[name] = ([r["loss"] for r in logged if r.get("type") == "train"],
                       load_file(tmp_path / name / "adapter" / "adapter_model.safetensors"))
