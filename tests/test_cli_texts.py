@@ -20,7 +20,7 @@ def help_text(command: str) -> str:
 
 def test_train_help_lists_every_registered_method():
     text = help_text("train")
-    assert method_names() == ("full", "lora", "dora", "did", "said")
+    assert method_names() == ("full", "head", "lora", "dora", "did", "said")
     for name in method_names():
         assert f"{name}: " in text
     assert "(default: lora)" in text

@@ -6,7 +6,7 @@ A run directory holds::
     metrics.jsonl     one JSON record per line: train, eval, analysis        `RunDir.metrics`
     checkpoint/       the last checkpoint (safetensors + checkpoint.json)    `RunDir.checkpoint`
     result.json       written once, when the run ends: a `RunResult`         `RunDir.result`
-    adapter/ | model/ | intrinsic/   what the method saved (`ARTEFACTS`)    `RunDir.saved`
+    adapter/ | model/ | intrinsic/ | head/   what the method saved (`ARTEFACTS`)   `RunDir.saved`
     .lock             while a process writes the run (train/run_dir.py)
 
 Everything else reads and writes these through `RunDir`; a new artefact is a name here and a method
@@ -27,8 +27,8 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 LOCK_FILE = ".lock"
-ADAPTER, MODEL, INTRINSIC = "adapter", "model", "intrinsic"
-ARTEFACTS = (ADAPTER, MODEL, INTRINSIC)  # what a method's `saved_as` may name
+ADAPTER, MODEL, INTRINSIC, HEAD = "adapter", "model", "intrinsic", "head"
+ARTEFACTS = (ADAPTER, MODEL, INTRINSIC, HEAD)  # what a method's `saved_as` may name
 COMPOSE_FILE = "compose.json"  # beside a composed adapter: how it was made, and its head's class names
 
 

@@ -64,8 +64,9 @@ class ProbeConfig:
             raise ConfigError(f"--energy is the fraction of the energy a rank must reach, in (0, 1]; got {self.energy}.")
 
 
-def fit_head(model: nn.Module, batches: list[dict], steps: int) -> None:
-    """Fit the classification head on frozen features (its input captured by a hook), in place."""
+def fit_head(model: nn.Module, batches: list[dict], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit the classification head on frozen features (its input captured by a hook), in place; returns (the frozen
+    features the head's output layer reads (examples, features), the labels)."""
     from loralab import models
 
     head = getattr(model, models.head_names(model)[-1])  # the last head module holds the output layer
@@ -79,12 +80,14 @@ def fit_head(model: nn.Module, batches: list[dict], steps: int) -> None:
                 features[i] = features[i][torch.arange(len(features[i])), pooled_positions(model, batch)]
     hook.remove()
     x, y = torch.cat(features), torch.cat([b["labels"] for b in batches])
+    frozen = x.detach().clone()
     optimizer = torch.optim.AdamW(inner.parameters(), lr=1e-2, weight_decay=0.1)  # a few hundred examples separate
     for _ in range(steps):
         loss = nn.functional.cross_entropy(inner(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return frozen, y
 
 
 def probe_batches(cfg: ProbeConfig):
@@ -185,3 +188,38 @@ def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
     lines += [f"| {p} | {r['gradient']} | {r['gradient_covariance']} | {r['activation']} | {allocated[p]} |"
               for p, r in result["layers"].items()]
     return "\n".join(lines) + "\n"
+
+
+def task_probe(model_name: str, data: str, max_length: int = 64, examples: int = 256, batch_size: int = 8,
+               shuffles: int = 3, seed: int = 0, targets: Optional[str] = None, head_steps: int = 50) -> dict:
+    """Every rank predictor of `analysis.rank_predictors` for a task, at the pretrained weights, on ``examples``
+    training examples: {"layers": per layer, "task": per task (the primary one is `rank_predictors.PRIMARY`),
+    "seconds"}."""
+    from loralab.adapters.config import LoraConfig
+    from loralab.adapters.inject import match_targets
+    from loralab.analysis import rank_predictors as rp
+    from loralab.train.config import TrainConfig
+
+    started = time.time()
+    cfg = ProbeConfig(model=model_name, data=data, targets=targets, batches=max(1, examples // batch_size),
+                      batch_size=batch_size, max_length=max_length, seed=seed, head_steps=head_steps)
+    model, train, batches = probe_batches(cfg)
+    features, labels = fit_head(model, batches, head_steps) if train.task == "classification" else (None, None)
+    paths = match_targets(model, LoraConfig(targets=TrainConfig(targets=targets).target_spec()))
+    modules = {p: model.get_submodule(p) for p in paths}
+    model.requires_grad_(False)
+    for module in modules.values():
+        module.weight.requires_grad_(True)
+    recorders = {p: rp.LayerRecorder(m) for p, m in modules.items()}
+    moments, sums = rp.gradient_moment(model, modules, batches, recorders)
+    for rec in recorders.values():
+        rec.remove()
+    nulls = [rp.gradient_moment(model, modules, rp.shuffled(batches, seed + 1 + k))[0] for k in range(shuffles)]
+    layers = rp.layer_predictors(recorders, moments, nulls, sums)
+    task = rp.task_predictors(layers)
+    if train.task == "classification":
+        task.update(rp.label_baselines([e["label"] for e in train.examples], len(train.labels), len(train)))
+        task["cca_deficit"] = rp.cca_deficit(features, labels, len(train.labels))
+    task["mean_tokens"] = statistics.fmean(int(b["attention_mask"].sum(1).float().mean()) for b in batches)
+    return {"layers": layers, "task": task, "primary": rp.PRIMARY, "examples": len(batches) * batch_size,
+            "seconds": time.time() - started}

@@ -14,15 +14,13 @@ import statistics
 from typing import Optional, Sequence
 
 HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive at this n"
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 15: 2.131, 20: 2.086, 30: 2.042}
 
 
-def t_quantile(dof: int) -> float:
-    """t_{0.975, dof} (two-sided 95%); nearest tabulated dof below, 1.96 beyond 30."""
-    if dof > 30:
-        return 1.96
-    return T_975[max(k for k in T_975 if k <= dof)]
+def t_quantile(dof: int, level: float = 0.975) -> float:
+    """Student's t quantile (scipy); t_{0.975, dof} for a two-sided 95% interval."""
+    from scipy import stats
+
+    return float(stats.t.ppf(level, dof))
 
 
 def mean_ci(values: Sequence[float]) -> dict:
@@ -108,3 +106,124 @@ def binomial_tail(successes: int, n: int, p: float) -> float:
 def majority_rate(labels: Sequence) -> float:
     """Accuracy of always answering the most frequent label: the chance level of a classification test."""
     return max(labels.count(label) for label in set(labels)) / len(labels)
+
+
+# ----- tests with their power ---------------------------------------------------------------------
+def spearman_test(xs: Sequence[float], ys: Sequence[float], permutations: int = 100_000, seed: int = 0) -> dict:
+    """Spearman's ρ with a one-sided permutation p-value for ρ > 0: the share of ``permutations`` random pairings
+    of the same values whose ρ is at least the observed one (with the observed pairing counted, so p > 0)."""
+    import numpy as np
+
+    x, y = np.asarray(_ranks(list(xs)), float), np.asarray(_ranks(list(ys)), float)
+    x, y = (x - x.mean()) / x.std(), (y - y.mean()) / y.std()
+    rho = float((x * y).mean())
+    rng = np.random.default_rng(seed)
+    count, done, batch = 0, 0, 10_000
+    while done < permutations:
+        size = min(batch, permutations - done)
+        shuffled = rng.permuted(np.broadcast_to(y, (size, len(y))).copy(), axis=1)
+        count += int(((shuffled @ x) / len(x) >= rho - 1e-12).sum())
+        done += size
+    return {"rho": rho, "p_value": (count + 1) / (permutations + 1), "n": len(x), "permutations": permutations}
+
+
+def spearman_critical(n: int, alpha: float, permutations: int = 100_000, seed: int = 1) -> float:
+    """The ρ a permutation test at level ``alpha`` (one-sided) needs with ``n`` points (distinct ranks)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    ranks = np.arange(n, dtype=float)
+    z = (ranks - ranks.mean()) / ranks.std()
+    null = (rng.permuted(np.broadcast_to(z, (permutations, n)).copy(), axis=1) @ z) / n
+    return float(np.quantile(null, 1 - alpha))
+
+
+def spearman_power(n: int, rho: float = 0.8, alpha: float = 0.01, simulations: int = 20_000, seed: int = 2) -> float:
+    """The power of `spearman_test` at level ``alpha`` against a population Spearman ρ: the share of samples of
+    ``n`` points from a bivariate normal whose Pearson r = 2·sin(π·ρ/6) (that population's Spearman ρ) reaching
+    the test's critical ρ."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    r = 2 * math.sin(math.pi * rho / 6)
+    a = rng.standard_normal((simulations, n))
+    b = r * a + math.sqrt(1 - r * r) * rng.standard_normal((simulations, n))
+    ra, rb = a.argsort(1).argsort(1).astype(float), b.argsort(1).argsort(1).astype(float)
+    ra -= ra.mean(1, keepdims=True)
+    rb -= rb.mean(1, keepdims=True)
+    sample = (ra * rb).sum(1) / np.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    return float((sample >= spearman_critical(n, alpha) - 1e-12).mean())
+
+
+def partial_spearman(xs: Sequence[float], ys: Sequence[float], zs: Sequence[float]) -> Optional[float]:
+    """Spearman ρ of x and y with z held fixed: the Pearson correlation of the rank residuals of x and y on z."""
+    import numpy as np
+
+    rx, ry, rz = (np.asarray(_ranks(list(v)), float) for v in (xs, ys, zs))
+
+    def residual(a):
+        design = np.column_stack([np.ones_like(rz), rz])
+        return a - design @ np.linalg.lstsq(design, a, rcond=None)[0]
+
+    ex, ey = residual(rx), residual(ry)
+    norm = math.sqrt(float(ex @ ex) * float(ey @ ey))
+    return float(ex @ ey) / norm if norm > 1e-12 else None
+
+
+def bootstrap_interval(values: Sequence, statistic, resamples: int = 10_000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(sample)`` over resamples (with replacement) of ``values``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = list(values)
+    draws = [statistic([values[i] for i in rng.integers(0, len(values), len(values))]) for _ in range(resamples)]
+    draws = [d for d in draws if d is not None]
+    tail = (1 - level) / 2
+    return float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
+def paired_power(sd: float, n: int, effect: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided paired t-test with ``n`` pairs whose differences have standard deviation ``sd`` to
+    detect a mean difference ``effect`` (noncentral t)."""
+    from scipy import stats
+
+    if n < 2 or sd <= 0:
+        return float("nan")
+    dof, shift = n - 1, abs(effect) / (sd / math.sqrt(n))
+    crit = stats.t.ppf(1 - alpha / 2, dof)
+    return float(stats.nct.sf(crit, dof, shift) + stats.nct.cdf(-crit, dof, shift))
+
+
+def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest mean paired difference a two-sided t-test detects with ``power`` at ``n`` pairs of sd ``sd``."""
+    if n < 2 or sd <= 0:
+        return float("nan")
+    low, high = 0.0, 10 * sd
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if paired_power(sd, n, mid, alpha) < power else (low, mid)
+    return high
+
+
+def n_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, limit: int = 100_000) -> Optional[int]:
+    """Pairs a two-sided paired t-test needs to detect ``effect`` with ``power`` (None beyond ``limit``)."""
+    if sd <= 0 or effect == 0:
+        return None
+    n = 2
+    while n <= limit and paired_power(sd, n, effect, alpha) < power:
+        n = n + 1 if n < 50 else int(n * 1.1)
+    return n if n <= limit else None
+
+
+def _ranks(values: list) -> list[float]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    out, i = [0.0] * len(values), 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            out[order[k]] = (i + j) / 2
+        i = j + 1
+    return out

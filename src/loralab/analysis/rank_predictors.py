@@ -1,0 +1,170 @@
+"""Predictors of the LoRA rank a task needs, computed at the pretrained weights before any training, on a few
+hundred examples (the rank benchmark tests them against ranks measured by training: `experiments.rank_benchmark`).
+
+With the classification head first fitted on frozen features (so gradients carry the task, not a random head),
+for each target layer l and B mini-batches b:
+
+* **gradient rank above a shuffled-label null** (``gradient_null_rank``, the pre-registered primary predictor):
+  the input-side second moment of the batch gradients, M = Σ_b G_bᵀ·G_b (in × in), G_b = ∂L_b/∂W (out × in),
+  has eigenvalues λ_1 ≥ λ_2 ≥ …; the same with the labels shuffled (S times) gives null spectra. The layer's
+  signal rank is how many λ_k exceed the largest null eigenvalue (parallel analysis, Horn 1965, against the
+  null's top): the directions in which the task's labels move the layer more than label-free gradients move
+  it in any direction. The task's value is the median over layers.
+* ``activation_rank``: EVA-style explained variance (Paischer et al. 2024) of the layer's centred inputs, the
+  rank holding 90% of it (labels not used).
+* ``twonn_dimension``: the TwoNN intrinsic dimension (Facco et al. 2017; GeLoRA's per-layer lower bound on
+  rank) of the layer's mean-pooled inputs over examples.
+* ``gradient_importance``: GoRA-style importance Σ |G ⊙ W| of the summed gradient.
+* ``cca_deficit``: (C − 1) − Σ_k ρ_k² for the canonical correlations ρ_k between the frozen model's pooled
+  features and the one-hot labels — how much of the labels frozen features do not already give linearly.
+
+All are pure functions of the model, the target layers and batches; `commands.probe` and the benchmark call them.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from loralab.analysis.spectra import energy_rank
+
+PRIMARY = "gradient_null_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
+
+
+@dataclass
+class LayerRecorder:
+    """What one target layer accumulates over the batches: input statistics and weight gradients."""
+
+    module: nn.Module
+    inputs: list = field(default_factory=list)  # mean-pooled inputs per example, (in,)
+    second_moment: Optional[torch.Tensor] = None  # Σ x xᵀ over tokens (in, in)
+    mean: Optional[torch.Tensor] = None  # Σ x over tokens (in,)
+    tokens: int = 0
+    mask: Optional[torch.Tensor] = None
+
+    def __post_init__(self):
+        self.handle = self.module.register_forward_hook(self.record)
+
+    def record(self, module, args, output) -> None:
+        x = args[0].detach().double()  # (B, T, in)
+        keep = self.mask[..., None].double() if self.mask is not None else torch.ones_like(x[..., :1])
+        flat = (x * keep).reshape(-1, x.shape[-1])
+        self.second_moment = flat.T @ flat if self.second_moment is None else self.second_moment + flat.T @ flat
+        self.mean = flat.sum(0) if self.mean is None else self.mean + flat.sum(0)
+        self.tokens += int(keep.sum())
+        self.inputs += list((x * keep).sum(1) / keep.sum(1).clamp_min(1))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+def gradient_moment(model: nn.Module, modules: dict[str, nn.Module], batches: list[dict],
+                    recorders: Optional[dict[str, "LayerRecorder"]] = None) -> tuple[dict, dict]:
+    """({layer: Σ_b G_bᵀ·G_b} (in × in), {layer: Σ_b G_b} (out × in)), float64, with G_b the layer's weight
+    gradient on batch b (W read as (out, in): Conv1D's is transposed). ``recorders`` see each batch's mask."""
+    moments, sums = {p: None for p in modules}, {p: None for p in modules}
+    for batch in batches:
+        for rec in (recorders or {}).values():
+            rec.mask = batch["attention_mask"].bool()
+        model.zero_grad(set_to_none=True)
+        model(**batch).loss.backward()
+        for path, module in modules.items():
+            grad = module.weight.grad.double()
+            grad = grad if isinstance(module, nn.Linear) else grad.T  # (out, in)
+            moments[path] = grad.T @ grad if moments[path] is None else moments[path] + grad.T @ grad
+            sums[path] = grad if sums[path] is None else sums[path] + grad
+    model.zero_grad(set_to_none=True)
+    return moments, sums
+
+
+def shuffled(batches: list[dict], seed: int) -> list[dict]:
+    """The same batches with the labels permuted across all of them (the null: labels unrelated to inputs)."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.cat([b["labels"] for b in batches])
+    labels = labels[torch.randperm(len(labels), generator=generator)]
+    out, start = [], 0
+    for b in batches:
+        n = len(b["labels"])
+        out.append({**b, "labels": labels[start:start + n]})
+        start += n
+    return out
+
+
+def signal_rank(moment: torch.Tensor, nulls: list[torch.Tensor]) -> int:
+    """How many eigenvalues of ``moment`` exceed the largest eigenvalue of any null: directions in which the
+    labelled gradients carry more energy than shuffled-label gradients put into any direction at all. (Comparing
+    the k-th eigenvalue with the null's k-th overcounts: past the signal, the observed spectrum is the noise's
+    own top part, which lies above the null's k-th.)"""
+    threshold = max(float(torch.linalg.eigvalsh(n)[-1]) for n in nulls)
+    return int((torch.linalg.eigvalsh(moment) > threshold).sum())
+
+
+def twonn_dimension(points: torch.Tensor) -> Optional[float]:
+    """TwoNN intrinsic dimension (Facco et al. 2017): with μ_i = r2/r1 the ratio of each point's second to first
+    nearest-neighbour distance, d = n / Σ log μ_i (the maximum-likelihood estimate; duplicates dropped)."""
+    x = points.double()
+    if len(x) < 4:
+        return None
+    dist = torch.cdist(x, x)
+    dist.fill_diagonal_(float("inf"))
+    two = dist.topk(2, largest=False).values  # (n, 2)
+    ok = two[:, 0] > 1e-12
+    mu = (two[ok, 1] / two[ok, 0]).clamp_min(1 + 1e-12)
+    return float(len(mu) / mu.log().sum()) if len(mu) else None
+
+
+def cca_deficit(features: torch.Tensor, labels: torch.Tensor, classes: int, ridge: float = 1e-3) -> float:
+    """(C − 1) − Σ_k ρ_k²: the label variance (in one-hot coordinates) that no linear map of the frozen features
+    predicts. ρ_k are the canonical correlations of centred features X and one-hot labels Y (ridge-regularised)."""
+    x = features.double() - features.double().mean(0)
+    y = torch.nn.functional.one_hot(labels, classes).double()
+    y = (y - y.mean(0))[:, :-1]  # C − 1 independent coordinates
+    cxx = x.T @ x / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype) * x.var(0).mean()
+    cyy = y.T @ y / len(y) + 1e-9 * torch.eye(y.shape[1], dtype=y.dtype)
+    cxy = x.T @ y / len(x)
+    # Σ ρ_k² = trace(Cyy⁻¹ Cyx Cxx⁻¹ Cxy)
+    explained = torch.linalg.solve(cyy, cxy.T @ torch.linalg.solve(cxx, cxy))
+    return float(y.shape[1] - torch.trace(explained).clamp(0, y.shape[1]))
+
+
+def layer_predictors(recorders: dict[str, LayerRecorder], moments: dict[str, torch.Tensor],
+                     null_moments: list[dict[str, torch.Tensor]], summed_grads: dict[str, torch.Tensor],
+                     energy: float = 0.9) -> dict[str, dict]:
+    """Per layer: the signal rank, the activation rank, the TwoNN dimension and the gradient importance."""
+    out = {}
+    for path, rec in recorders.items():
+        mean = rec.mean / rec.tokens
+        covariance = rec.second_moment / rec.tokens - torch.outer(mean, mean)  # centred
+        eig = torch.linalg.eigvalsh(covariance).flip(0).clamp_min(0)
+        weight = rec.module.weight.detach().double()
+        weight = weight if isinstance(rec.module, nn.Linear) else weight.T
+        out[path] = {
+            "gradient_null_rank": signal_rank(moments[path], [n[path] for n in null_moments]),
+            "activation_rank": energy_rank(eig.sqrt(), energy),
+            "twonn_dimension": twonn_dimension(torch.stack(rec.inputs)),
+            "gradient_importance": float((summed_grads[path] * weight).abs().sum()),
+        }
+    return out
+
+
+def task_predictors(layers: dict[str, dict]) -> dict[str, float]:
+    """The task-level value of each layer predictor: the median over layers (importance: the sum)."""
+    out = {}
+    for key in ("gradient_null_rank", "activation_rank", "twonn_dimension"):
+        values = [row[key] for row in layers.values() if row[key] is not None]
+        out[key] = float(statistics.median(values)) if values else None
+    out["gradient_importance"] = sum(row["gradient_importance"] for row in layers.values())
+    return out
+
+
+def label_baselines(labels: list[int], classes: int, n_train: int) -> dict[str, float]:
+    """The capacity-law baselines: log₂(C − 1) and the training set's label information n·H(labels) in bits."""
+    counts = [labels.count(c) for c in range(classes)]
+    total = sum(counts)
+    entropy = -sum(c / total * math.log2(c / total) for c in counts if c)
+    return {"log2_classes": math.log2(max(classes - 1, 1)), "data_bits": n_train * entropy}

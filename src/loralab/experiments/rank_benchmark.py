@@ -1,0 +1,319 @@
+"""The rank benchmark: can the LoRA rank a task needs be predicted before training? Measured, not assumed.
+
+1. **Needed rank, measured** on every unit (`rank_units`): a rank ladder r ∈ `RUNGS` (r = 0: the head alone)
+   with rsLoRA scaling (s = α/√r, so one learning rate serves every rank), each family's learning rate chosen
+   on a grid that brackets an interior optimum (`learning_rates`), runs stopped on validation loss (at least
+   `Plan.min_steps` optimizer steps), two seeds. The response is the held-out (test) loss L_r of the best
+   checkpoint; the normalised gain g(r) = (L_0 − L_r)/(L_0 − L_best) and r90 = the smallest r with g ≥ 0.9,
+   log₂-interpolated between rungs (the head-only rung sits at log₂ r = −1), with a seed-bootstrap interval
+   (`needed_rank`). A unit whose best rank gains less than `MIN_GAIN` of the head's loss is dropped, and listed.
+2. **Predictors** at the pretrained weights (`analysis.rank_predictors`, on ≤ 256 examples), the primary one
+   (`rank_predictors.PRIMARY`) fixed before the ladders ran.
+3. **The test**: Spearman ρ between predictor and r90 over units, a one-sided permutation p (10⁵ permutations),
+   the test's power for a population ρ = 0.8 at this n, and partial ρ with log C held fixed.
+4. **Allocation**: per-layer ranks from the primary predictor, from EVA-style activation ranks, uniform, and
+   random, at equal rank units, the learning rate re-chosen for each, paired over seeds.
+
+`loralab study --full --claims 9` runs it (cached, resumable units); `run_rank_benchmark` is the entry point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from loralab.experiments import rank_units, stats
+from loralab.experiments.launcher import Unit, make_executor, run_units
+from loralab.train.config import LoraSettings, TrainConfig
+
+RUNGS = (0, 1, 2, 4, 8, 16, 64)
+LEVEL = 0.9  # r90: the rank reaching 90% of the best rank's loss gain over the head alone
+MIN_GAIN = 0.05  # a unit whose best rank lowers the head-only test loss by less than 5% has no rank to predict
+ALPHA = 8.0  # rsLoRA: s = α/√r
+LR_GRIDS = {"lora": (3e-4, 1e-3, 3e-3, 1e-2), "head": (1e-3, 3e-3, 1e-2, 3e-2)}
+LR_UNITS = ("trec-c50", "movie")
+
+
+@dataclass
+class Plan:
+    """How big the benchmark is (the defaults: MiniLM, every unit; tests shrink it)."""
+
+    model: str = "minilm"
+    units: list = field(default_factory=rank_units.units)
+    rungs: tuple = RUNGS
+    seeds: tuple = (0, 1)
+    batch_size: int = 16
+    max_steps: int = 600
+    min_steps: int = 300
+    eval_steps: int = 100
+    patience: int = 2
+    max_eval: int = rank_units.MAX_EVAL
+    lr_units: tuple = LR_UNITS
+    lr_grids: dict = field(default_factory=lambda: dict(LR_GRIDS))
+    allocation_units: int = 4
+    predictor_examples: int = 256
+
+
+# ----- runs --------------------------------------------------------------------------------------
+def config(plan: Plan, unit: rank_units.RankUnit, data: str, rung: int, seed: int, lr: float,
+           rank_pattern: Optional[dict] = None) -> TrainConfig:
+    """One rung's run: the head alone for r = 0, else rsLoRA r on the attention query/value projections."""
+    lora = LoraSettings(r=max(rung, 1), alpha=ALPHA, rslora=True, rank_pattern=rank_pattern or {},
+                        alpha_pattern={k: ALPHA for k in (rank_pattern or {})})
+    return TrainConfig(model=plan.model, data=data, method="head" if rung == 0 else "lora", lora=lora, lr=lr,
+                       epochs=100, max_steps=plan.max_steps, min_steps=plan.min_steps, eval_steps=plan.eval_steps,
+                       patience=plan.patience, metric_for_best="loss", batch_size=plan.batch_size,
+                       max_train=unit.max_train, max_eval=plan.max_eval, max_length=unit.max_length, seed=seed)
+
+
+def unit_name(unit: rank_units.RankUnit, rung: int, seed: int, lr: float, tag: str = "") -> str:
+    return f"{unit.name}-r{rung}{tag}-lr{lr:g}-s{seed}"
+
+
+@dataclass
+class Bench:
+    """The benchmark's state: plan, where runs and data live, the executor, what is known so far."""
+
+    plan: Plan
+    root: Path
+    executor: object
+    lrs: dict = field(default_factory=dict)
+
+    def data(self, unit: rank_units.RankUnit) -> str:
+        return rank_units.build(unit, self.root / "data")
+
+    def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
+        return run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
+
+
+def family(rung: int) -> str:
+    return "head" if rung == 0 else "lora"
+
+
+def learning_rates(bench: Bench) -> dict:
+    """Each family's lr: the grid value with the lowest mean relative validation loss over `Plan.lr_units` (seed 0;
+    r = 8 for LoRA), the grid extended by ×3 steps while the best value is at an edge (at most twice)."""
+    plan, chosen = bench.plan, {}
+    lr_units = [u for u in plan.units if u.name in plan.lr_units] or plan.units[:1]
+    for name, grid in plan.lr_grids.items():
+        grid, rung = sorted(grid), 0 if name == "head" else 8
+        for _ in range(3):
+            jobs = [(unit_name(u, rung, 0, lr, "-lrgrid"), config(plan, u, bench.data(u), rung, 0, lr))
+                    for u in lr_units for lr in grid]
+            results = bench.run(jobs, f"{name} learning rates")
+            score = {lr: statistics.fmean(results[unit_name(u, rung, 0, lr, "-lrgrid")].validation["loss"]
+                                          / min(results[unit_name(u, rung, 0, g, "-lrgrid")].validation["loss"]
+                                                for g in grid) for u in lr_units) for lr in grid}
+            best = min(grid, key=score.get)
+            edge = best in (grid[0], grid[-1])
+            chosen[name] = {"grid": {f"{lr:g}": score[lr] for lr in grid}, "chosen": best, "at_edge": edge,
+                            "metric": "mean over units of validation loss / the unit's best", "units": plan.lr_units}
+            if not edge:
+                break
+            grid = sorted({*grid, best / 3 if best == grid[0] else best * 3})
+    bench.lrs = chosen
+    return chosen
+
+
+def ladder(bench: Bench) -> dict[str, dict[int, dict[int, object]]]:
+    """{unit: {rung: {seed: RunResult}}} — every unit's ladder trained (what is cached is read back)."""
+    plan, jobs, keys = bench.plan, [], {}
+    for u in plan.units:
+        for rung in plan.rungs:
+            for seed in plan.seeds:
+                lr = bench.lrs[family(rung)]["chosen"]
+                name = unit_name(u, rung, seed, lr)
+                jobs.append((name, config(plan, u, bench.data(u), rung, seed, lr)))
+                keys[name] = (u.name, rung, seed)
+    results = bench.run(jobs, "rank ladders")
+    out: dict = {}
+    for name, (u, rung, seed) in keys.items():
+        out.setdefault(u, {}).setdefault(rung, {})[seed] = results[name]
+    return out
+
+
+# ----- the needed rank ---------------------------------------------------------------------------
+def position(rung: float) -> float:
+    """Where a rung sits on the log₂ axis; the head alone (r = 0) at −1, one step below r = 1."""
+    return math.log2(rung) if rung > 0 else -1.0
+
+
+def needed_rank(losses: dict[int, float], level: float = LEVEL) -> Optional[float]:
+    """r at which the normalised gain g(r) = (L_0 − L_r)/(L_0 − L_best) first reaches ``level``, log₂-interpolated
+    between the rungs around it; None when no rank beats the head."""
+    rungs = sorted(losses)
+    head, best = losses[rungs[0]], min(losses.values())
+    if head - best <= 0:
+        return None
+    gain = {r: (head - losses[r]) / (head - best) for r in rungs}
+    for low, high in zip(rungs, rungs[1:]):
+        if gain[high] >= level:
+            t = (level - gain[low]) / (gain[high] - gain[low]) if gain[high] > gain[low] else 1.0
+            t = min(max(t, 0.0), 1.0)
+            return 2 ** (position(low) + t * (position(high) - position(low)))
+    return float(rungs[-1])
+
+
+def seed_means(per_seed: dict[int, dict[int, float]]) -> dict[int, float]:
+    return {rung: statistics.fmean(values.values()) for rung, values in per_seed.items()}
+
+
+def bootstrap_needed_rank(per_seed: dict[int, dict[int, float]], resamples: int = 10_000, seed: int = 0) -> tuple:
+    """95% interval of r90: each rung's seeds resampled with replacement (independently), r90 of the means."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rungs = sorted(per_seed)
+    values = {r: np.asarray(list(per_seed[r].values()), float) for r in rungs}
+    draws = []
+    for _ in range(resamples):
+        means = {r: float(values[r][rng.integers(0, len(values[r]), len(values[r]))].mean()) for r in rungs}
+        found = needed_rank(means)
+        if found is not None:
+            draws.append(math.log2(found))
+    if not draws:
+        return None, None
+    return float(2 ** np.quantile(draws, 0.025)), float(2 ** np.quantile(draws, 0.975))
+
+
+def unit_summary(results: dict[int, dict[int, object]]) -> dict:
+    """Test losses per rung and seed, their means, the gain curve, r90 and its interval; whether the unit counts."""
+    per_seed = {rung: {seed: r.test["loss"] for seed, r in by_seed.items()} for rung, by_seed in results.items()}
+    means = seed_means(per_seed)
+    head, best = means[min(means)], min(means.values())
+    gain = (head - best) / head if head > 0 else 0.0
+    low, high = bootstrap_needed_rank(per_seed)
+    return {"test_loss": {str(k): v for k, v in per_seed.items()}, "mean_test_loss": {str(k): v for k, v in means.items()},
+            "best_rung": min(means, key=means.get), "relative_gain": gain, "needed_rank": needed_rank(means),
+            "interval": [low, high], "kept": gain >= MIN_GAIN,
+            "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()}}
+
+
+# ----- predictors, the test, allocation ----------------------------------------------------------
+def predictors(bench: Bench) -> dict[str, dict]:
+    """{unit: `commands.probe.task_probe`} — computed once per unit (a JSON under the benchmark's directory)."""
+    from loralab.commands.probe import task_probe
+
+    out = {}
+    for u in bench.plan.units:
+        cache = bench.root / "predictors" / f"{u.name}.json"
+        if not cache.exists():
+            found = task_probe(bench.plan.model, bench.data(u), u.max_length, bench.plan.predictor_examples)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps(found, indent=1))
+        out[u.name] = json.loads(cache.read_text())
+    return out
+
+
+def test_predictors(summaries: dict[str, dict], found: dict[str, dict]) -> dict:
+    """Spearman ρ of each predictor against r90 over the kept units, one-sided permutation p (10⁵), power at ρ = 0.8
+    (α = 0.01 and 0.05), partial ρ with log₂ C held fixed."""
+    kept = [u for u, s in summaries.items() if s["kept"] and s["needed_rank"] is not None]
+    needed = [math.log2(summaries[u]["needed_rank"]) for u in kept]
+    names = sorted({k for u in kept for k, v in found[u]["task"].items() if isinstance(v, (int, float))})
+    table = {}
+    for name in names:
+        values = [found[u]["task"].get(name) for u in kept]
+        if any(v is None for v in values) or len(set(values)) < 2:
+            continue
+        tested = stats.spearman_test(values, needed)
+        classes = [found[u]["task"].get("log2_classes", 0.0) for u in kept]
+        table[name] = {**tested, "partial_rho_given_log2_classes": stats.partial_spearman(values, needed, classes)}
+    n = len(kept)
+    power = {f"alpha_{a}": stats.spearman_power(n, 0.8, a) if n >= 4 else None for a in (0.01, 0.05)}
+    return {"units": kept, "n": n, "predictors": table, "power_rho_0.8": power}
+
+
+def allocation_units(summaries: dict[str, dict], count: int) -> list[str]:
+    """``count`` kept units spread over the range of needed ranks (the lowest, the highest and between)."""
+    kept = sorted((s["needed_rank"], u) for u, s in summaries.items() if s["kept"] and s["needed_rank"])
+    if len(kept) <= count:
+        return [u for _, u in kept]
+    picks = {round(i * (len(kept) - 1) / (count - 1)) for i in range(count)}
+    return [kept[i][1] for i in sorted(picks)]
+
+
+def allocations(layers: dict[str, dict], budget: int, seed: int = 0) -> dict[str, dict[str, int]]:
+    """Per-layer ranks summing to ``budget``: uniform, ∝ the primary predictor's per-layer signal rank, ∝ the
+    EVA-style activation rank, and ∝ random scores (seeded)."""
+    import random
+
+    from loralab.analysis.probe import allocate_ranks
+    from loralab.analysis.rank_predictors import PRIMARY
+
+    paths = list(layers)
+    rng = random.Random(seed)
+    scores = {"uniform": {p: 1.0 for p in paths}, "predicted": {p: layers[p][PRIMARY] + 0.5 for p in paths},
+              "eva": {p: float(layers[p]["activation_rank"]) for p in paths}, "random": {p: rng.random() for p in paths}}
+    return {name: allocate_ranks(s, budget) for name, s in scores.items()}
+
+
+def allocation_jobs(bench: Bench, unit: rank_units.RankUnit, layers: dict, rank: int) -> dict:
+    """{(allocation, lr, seed): (name, config)}: every allocation at lr / 3, lr and 3·lr on seed 0, each seed."""
+    from loralab.adapters.config import exact_pattern
+
+    lr = bench.lrs["lora"]["chosen"]
+    jobs = {}
+    for name, ranks in allocations(layers, rank * len(layers)).items():
+        pattern = exact_pattern(ranks)
+        for factor in (1 / 3, 1.0, 3.0):
+            for seed in bench.plan.seeds:
+                tag, this_lr = f"-alloc-{name}", float(f"{lr * factor:.3g}")
+                jobs[(name, this_lr, seed)] = (unit_name(unit, rank, seed, this_lr, tag),
+                                                config(bench.plan, unit, bench.data(unit), rank, seed, this_lr, pattern))
+    return jobs
+
+
+def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict]) -> dict:
+    """Per unit: each allocation's test loss per seed at its best learning rate (chosen on validation loss, mean
+    over seeds), and its paired difference to uniform with a t-interval."""
+    out = {}
+    for name in allocation_units(summaries, bench.plan.allocation_units):
+        unit = next(u for u in bench.plan.units if u.name == name)
+        rank = max(1, 2 ** math.floor(math.log2(max(summaries[name]["needed_rank"], 1))))
+        jobs = allocation_jobs(bench, unit, found[name]["layers"], rank)
+        results = bench.run(list(jobs.values()), f"{name}: allocations")
+        table = {}
+        for alloc in ("uniform", "predicted", "eva", "random"):
+            lrs = sorted({lr for (a, lr, _) in jobs if a == alloc})
+            val = {lr: statistics.fmean(results[jobs[(alloc, lr, s)][0]].validation["loss"] for s in bench.plan.seeds)
+                   for lr in lrs}
+            best = min(lrs, key=val.get)
+            table[alloc] = {"lr": best, "at_edge": best in (lrs[0], lrs[-1]),
+                            "test_loss": {s: results[jobs[(alloc, best, s)][0]].test["loss"] for s in bench.plan.seeds}}
+        for alloc in ("predicted", "eva", "random"):
+            table[alloc]["minus_uniform"] = stats.paired(table[alloc]["test_loss"], table["uniform"]["test_loss"])
+        out[name] = {"rank": rank, "budget": rank * len(found[name]["layers"]), "allocations": table}
+    return out
+
+
+def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "runs/rank", workers: int = 2,
+                       executor: str = "local", address: Optional[str] = None, plan: Optional[Plan] = None) -> dict:
+    """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report."""
+    started = time.time()
+    plan = plan or Plan()
+    bench = Bench(plan, Path(runs), make_executor(executor, workers, address=address))
+    learning_rates(bench)
+    results = ladder(bench)
+    summaries = {u: unit_summary(by_rung) for u, by_rung in results.items()}
+    found = predictors(bench)
+    tested = test_predictors(summaries, found)
+    allocated = allocation(bench, summaries, found)
+    report = {"plan": {**asdict(plan), "units": [asdict(u) for u in plan.units]}, "learning_rates": bench.lrs,
+              "units": [{"name": u, **summaries[u], "predicted": found[u]["task"]} for u in summaries],
+              "primary": found[plan.units[0].name]["primary"], "test": tested, "allocation": allocated,
+              "seconds": time.time() - started}
+    primary = tested["predictors"].get(report["primary"], {})
+    report.update(spearman=primary.get("rho"), p_value=primary.get("p_value"), power=tested["power_rho_0.8"], n=tested["n"])
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "rank.json").write_text(json.dumps(report, indent=1, default=str) + "\n")
+    from loralab.experiments.rank_report import write_report
+
+    write_report(report, out)
+    return report

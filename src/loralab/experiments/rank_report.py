@@ -1,0 +1,119 @@
+"""The rank benchmark's report: report.md and its figures (rank.json is `rank_benchmark`'s)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from loralab.plotting import pyplot, save
+
+
+def fmt(value, spec: str = ".3g") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def verdict(report: dict) -> str:
+    """The answer in plain words, from the primary predictor's test."""
+    rho, p, n = report.get("spearman"), report.get("p_value"), report.get("n")
+    power = (report.get("power") or {}).get("alpha_0.01")
+    if rho is None:
+        return "Not decided: too few units kept a rank to predict (see the dropped units)."
+    strong = rho >= 0.8 and p < 0.01
+    word = ("predicts the needed rank" if strong else "orders the needed rank somewhat" if p < 0.05 and rho > 0
+            else "does not predict the needed rank")
+    return (f"The pre-registered predictor ({report['primary']}) {word}: Spearman ρ = {rho:.2f} over n = {n} units, "
+            f"one-sided permutation p = {p:.2g}; this test has power {fmt(power, '.2f')} to find ρ = 0.8 at α = 0.01.")
+
+
+def units_table(report: dict) -> list[str]:
+    names = ["gradient_null_rank", "log2_classes", "data_bits", "cca_deficit", "activation_rank", "twonn_dimension",
+             "gradient_importance", "mean_tokens"]
+    lines = ["| unit | classes | needed rank r90 [95% CI] | gain over head | kept | " + " | ".join(names) + " |",
+             "|---|---:|---|---:|---|" + "---:|" * len(names)]
+    classes = {u["name"]: u["classes"] for u in report["plan"]["units"]}
+    for u in report["units"]:
+        low, high = u["interval"]
+        cells = [fmt(u["predicted"].get(k)) for k in names]
+        lines.append(f"| {u['name']} | {classes[u['name']]} | {fmt(u['needed_rank'])} [{fmt(low)}, {fmt(high)}] | "
+                     f"{u['relative_gain']:.1%} | {'yes' if u['kept'] else 'no'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def tests_table(report: dict) -> list[str]:
+    lines = ["| predictor | ρ | one-sided p | partial ρ given log₂ C |", "|---|---:|---:|---:|"]
+    for name, row in sorted(report["test"]["predictors"].items(), key=lambda kv: -kv[1]["rho"]):
+        mark = " (primary)" if name == report["primary"] else ""
+        lines.append(f"| {name}{mark} | {row['rho']:.3f} | {row['p_value']:.2g} | "
+                     f"{fmt(row['partial_rho_given_log2_classes'], '.3f')} |")
+    return lines
+
+
+def allocation_table(report: dict) -> list[str]:
+    lines = ["| unit | rank budget | uniform | predicted − uniform | EVA − uniform | random − uniform |",
+             "|---|---:|---:|---|---|---|"]
+    for unit, row in report["allocation"].items():
+        a = row["allocations"]
+        uniform = sum(a["uniform"]["test_loss"].values()) / len(a["uniform"]["test_loss"])
+        cells = [f"{a[k]['minus_uniform']['mean']:+.4f} [{a[k]['minus_uniform']['low']:+.4f}, "
+                 f"{a[k]['minus_uniform']['high']:+.4f}]" for k in ("predicted", "eva", "random")]
+        lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot_scatter(report: dict, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.2, 4.6))
+    kept = [u for u in report["units"] if u["kept"] and u["needed_rank"]]
+    x = [u["predicted"].get(report["primary"]) for u in kept]
+    y = [u["needed_rank"] for u in kept]
+    ax.errorbar(x, y, yerr=[[max(v - (u["interval"][0] or v), 0) for v, u in zip(y, kept)],
+                            [max((u["interval"][1] or v) - v, 0) for v, u in zip(y, kept)]],
+                fmt="o", capsize=3, color="tab:blue")
+    for xi, yi, u in zip(x, y, kept):
+        ax.annotate(u["name"], (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set(xlabel=f"{report['primary']} (before training)", ylabel="needed rank r90 (log scale)", yscale="log",
+           title=f"ρ = {fmt(report.get('spearman'), '.2f')}, p = {fmt(report.get('p_value'), '.2g')}, "
+                 f"n = {report.get('n')}")
+    return save(fig, path)
+
+
+def plot_gain(report: dict, path: Path) -> Path:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.6))
+    for u in report["units"]:
+        means = {int(k): v for k, v in u["mean_test_loss"].items()}
+        rungs = sorted(means)
+        head, best = means[rungs[0]], min(means.values())
+        if head - best <= 0:
+            continue
+        xs = [math.log2(r) if r else -1 for r in rungs]
+        ax.plot(xs, [(head - means[r]) / (head - best) for r in rungs], marker="o", markersize=3, linewidth=1,
+                label=u["name"], alpha=1.0 if u["kept"] else 0.35)
+    ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks([-1, 0, 1, 2, 3, 4, 5, 6], ["head", "1", "2", "4", "8", "16", "32", "64"])
+    ax.set(xlabel="LoRA rank r (rsLoRA, q/v)", ylabel="normalised gain g(r)", title="Test-loss gain over the head alone")
+    ax.legend(fontsize=6, ncol=2)
+    return save(fig, path)
+
+
+def write_report(report: dict, out: Path) -> None:
+    figures = out / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    plot_scatter(report, figures / "needed_vs_predicted.png")
+    plot_gain(report, figures / "gain_curves.png")
+    lrs = report["learning_rates"]
+    lines = ["# The rank benchmark: is the rank a task needs predictable before training?", "",
+             verdict(report), "",
+             f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
+             f"{report['test']['n']} kept; seeds {report['plan']['seeds']}; rungs {report['plan']['rungs']}.", "",
+             "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
+             "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
+             f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
+             f"α = 0.05: {fmt(report['power'].get('alpha_0.05'), '.2f')} (n = {report['n']}).", "",
+             "## Learning rates", "",
+             *(f"- {k}: chosen {v['chosen']:g} from {v['grid']} (relative validation loss)"
+               f"{' — AT AN EDGE' if v['at_edge'] else ''}" for k, v in lrs.items()), "",
+             "## Allocation at equal rank units (test loss; differences paired over seeds, 95% t-intervals)", "",
+             *allocation_table(report), "", f"Compute: {report['seconds'] / 3600:.2f} h of wall time for this report "
+             "(cached runs are read back, not trained again)."]
+    (out / "report.md").write_text("\n".join(lines) + "\n")

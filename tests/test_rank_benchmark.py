@@ -1,0 +1,101 @@
+"""The rank benchmark's parts against known answers: the r90 estimator on known curves, the null-based predictor on
+gradients of known rank, the permutation test against an exact p, the unit builders; and the whole benchmark on
+the tiny model."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+from loralab.analysis import rank_predictors as rp
+from loralab.experiments import rank_benchmark as rb
+from loralab.experiments import rank_units, stats
+
+
+def test_needed_rank_on_known_curves():
+    # gain 0, 0.5, 1.0 at head, r=1, r=4: 0.9 is 80% of the way from r=1 (log2 0) to r=4 (log2 2) → 2^1.6
+    assert rb.needed_rank({0: 2.0, 1: 1.5, 4: 1.0}) == pytest.approx(2 ** 1.6)
+    # reached between the head (log2 −1) and r=1: 90% of the way → 2^(−0.1)
+    assert rb.needed_rank({0: 2.0, 1: 1.0, 4: 1.0}) == pytest.approx(2 ** -0.1)
+    # a later rung worse than an earlier one: the first rung reaching 0.9 counts
+    assert rb.needed_rank({0: 3.0, 1: 2.0, 2: 1.0, 4: 1.5, 64: 1.05}) == pytest.approx(2 ** (0 + 0.8))
+    assert rb.needed_rank({0: 1.0, 1: 1.2, 4: 1.1}) is None  # nothing beats the head
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
+    per_seed = {0: {0: 2.0, 1: 2.1}, 1: {0: 1.6, 1: 1.4}, 4: {0: 1.0, 1: 1.1}, 16: {0: 1.0, 1: 0.95}}
+    low, high = rb.bootstrap_needed_rank(per_seed, resamples=2000)
+    point = rb.needed_rank(rb.seed_means(per_seed))
+    assert low <= point <= high and (low, high) == rb.bootstrap_needed_rank(per_seed, resamples=2000)
+
+
+def test_signal_rank_finds_planted_gradient_directions():
+    """Batch gradients carrying k fixed input directions above label-noise gradients: parallel analysis against
+    nulls without them counts k (k = 1, 3, 6 of 32)."""
+    gen = torch.Generator().manual_seed(0)
+    for k in (1, 3, 6):
+        basis = torch.linalg.qr(torch.randn(32, 32, generator=gen, dtype=torch.float64))[0][:, :k]
+
+        def moment(signal: bool):
+            total = torch.zeros(32, 32, dtype=torch.float64)
+            for _ in range(40):
+                grad = torch.randn(16, 32, generator=gen, dtype=torch.float64)
+                if signal:
+                    grad = grad + 3.0 * torch.randn(16, k, generator=gen, dtype=torch.float64) @ basis.T
+                total += grad.T @ grad
+            return total
+
+        assert rp.signal_rank(moment(True), [moment(False) for _ in range(3)]) == k
+
+
+def test_twonn_on_a_known_dimension():
+    gen = torch.Generator().manual_seed(1)
+    plane = torch.randn(2000, 2, generator=gen, dtype=torch.float64) @ torch.randn(2, 20, generator=gen,
+                                                                                   dtype=torch.float64)
+    assert rp.twonn_dimension(plane) == pytest.approx(2.0, abs=0.25)
+
+
+def test_cca_deficit_of_features_that_hold_the_labels_or_not():
+    gen = torch.Generator().manual_seed(2)
+    labels = torch.randint(0, 4, (600,), generator=gen)
+    onehot = torch.nn.functional.one_hot(labels, 4).double()
+    informative = torch.cat([onehot, torch.randn(600, 6, generator=gen, dtype=torch.float64)], 1)
+    noise = torch.randn(600, 10, generator=gen, dtype=torch.float64)
+    assert rp.cca_deficit(informative, labels, 4) < 0.05 < 2.7 < rp.cca_deficit(noise, labels, 4) <= 3.0
+
+
+def test_permutation_test_against_an_exact_p():
+    """n = 4 in perfect order: exactly 1 of the 4! = 24 pairings reaches ρ = 1, so p = 1/24."""
+    found = stats.spearman_test([1, 2, 3, 4], [10, 20, 30, 40], permutations=200_000)
+    assert found["rho"] == pytest.approx(1.0) and found["p_value"] == pytest.approx(1 / 24, abs=0.002)
+    assert stats.spearman_test([1, 2, 3, 4, 5, 6], [6, 5, 4, 3, 2, 1])["p_value"] == pytest.approx(1.0, abs=1e-4)
+    assert 0.6 < stats.spearman_power(12, 0.8, 0.01, simulations=4000) < 0.9  # ≈ 0.77 (docs: power)
+
+
+def test_granularity_units_group_fine_labels(tmp_path):
+    unit = next(u for u in rank_units.units() if u.name == "trec-c4")
+    path = rank_units.build(unit, tmp_path)
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["label"] for r in rows} == {"g0", "g1", "g2", "g3"} and len(rows) == 5381
+    mapping = rank_units.grouping([f"L{i}" for i in range(50)], 4)
+    sizes = sorted(list(mapping.values()).count(g) for g in set(mapping.values()))
+    assert sizes == [12, 12, 13, 13] and mapping == rank_units.grouping([f"L{i}" for i in range(50)], 4)
+
+
+@pytest.mark.slow
+def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads):
+    units = [rank_units.RankUnit("trec-c2", "trec-c2.csv", 48, "2 groups", 2, 24, 2),
+             rank_units.RankUnit("trec-c8", "trec-c8.csv", 48, "8 groups", 8, 24, 8),
+             rank_units.RankUnit("movie", tiny["data"], 48, "movie", 2, 24)]
+    plan = rb.Plan(model=tiny["model"], units=units, rungs=(0, 1, 4), seeds=(0, 1), max_steps=6, min_steps=3,
+                   eval_steps=3, max_eval=16, lr_units=("trec-c2",), lr_grids={"lora": (1e-3, 1e-2), "head": (1e-2,)},
+                   allocation_units=2, predictor_examples=16)
+    report = rb.run_rank_benchmark(tmp_path / "report", tmp_path / "runs", workers=2, plan=plan)
+    assert {u["name"] for u in report["units"]} == {"trec-c2", "trec-c8", "movie"}
+    assert report["primary"] == rp.PRIMARY and set(report["learning_rates"]) == {"lora", "head"}
+    assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "figures" / "gain_curves.png").exists()
+    assert all(math.isfinite(float(v)) for u in report["units"] for v in u["mean_test_loss"].values())
