@@ -4,9 +4,13 @@ hundred examples (the rank benchmark tests them against ranks measured by traini
 With the classification head first fitted on frozen features (so gradients carry the task, not a random head),
 for each target layer l and B mini-batches b:
 
-* **gradient rank above a shuffled-label null** (``gradient_null_rank``, the pre-registered primary predictor):
+* **effective rank of the task gradient** (``gradient_effective_rank``, the pre-registered primary predictor):
+  Ḡ = Σ_b G_b (out × in), the direction training takes first, and its effective rank exp(H(σ²/Σσ²)) (Roy &
+  Vetterli 2007) — continuous, so units do not tie. The task's value is the median over layers.
+* **gradient rank above a shuffled-label null** (``gradient_null_rank``; parallel analysis against the null's top):
   the input-side second moment of the batch gradients, M = Σ_b G_bᵀ·G_b (in × in), G_b = ∂L_b/∂W (out × in),
-  has eigenvalues λ_1 ≥ λ_2 ≥ …; the same with the labels shuffled (S times) gives null spectra. The layer's
+  has eigenvalues λ_1 ≥ λ_2 ≥ …; the same with the labels shuffled (S times, the head refitted to the
+  shuffled labels from the same start, so both sides sit at their head's optimum) gives null spectra. The layer's
   signal rank is how many λ_k exceed the largest null eigenvalue (parallel analysis, Horn 1965, against the
   null's top): the directions in which the task's labels move the layer more than label-free gradients move
   it in any direction. The task's value is the median over layers.
@@ -15,8 +19,8 @@ for each target layer l and B mini-batches b:
 * ``twonn_dimension``: the TwoNN intrinsic dimension (Facco et al. 2017; GeLoRA's per-layer lower bound on
   rank) of the layer's mean-pooled inputs over examples.
 * ``gradient_importance``: GoRA-style importance Σ |G ⊙ W| of the summed gradient.
-* ``cca_deficit``: (C − 1) − Σ_k ρ_k² for the canonical correlations ρ_k between the frozen model's pooled
-  features and the one-hot labels — how much of the labels frozen features do not already give linearly.
+* ``cca_deficit``: (C − 1) − Σ R² of a ridge map from the frozen model's pooled features to the one-hot labels,
+  on held-out examples — how much of the labels frozen features do not already give linearly.
 
 All are pure functions of the model, the target layers and batches; `commands.probe` and the benchmark call them.
 """
@@ -33,7 +37,7 @@ from torch import nn
 
 from loralab.analysis.spectra import energy_rank
 
-PRIMARY = "gradient_null_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
+PRIMARY = "gradient_effective_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
 
 
 @dataclass
@@ -104,6 +108,14 @@ def signal_rank(moment: torch.Tensor, nulls: list[torch.Tensor]) -> int:
     return int((torch.linalg.eigvalsh(moment) > threshold).sum())
 
 
+def effective_rank(matrix: torch.Tensor) -> float:
+    """Effective rank (Roy & Vetterli 2007) of a matrix: exp of the entropy of p_k = σ_k² / Σ σ_j² — 1 for a
+    rank-1 matrix, n for n equal singular values, continuous in between."""
+    energy = torch.linalg.svdvals(matrix.double()) ** 2
+    p = energy[energy > 0] / energy.sum()
+    return float(torch.exp(-(p * p.log()).sum())) if len(p) else 0.0
+
+
 def twonn_dimension(points: torch.Tensor) -> Optional[float]:
     """TwoNN intrinsic dimension (Facco et al. 2017): with μ_i = r2/r1 the ratio of each point's second to first
     nearest-neighbour distance, d = n / Σ log μ_i (the maximum-likelihood estimate; duplicates dropped)."""
@@ -118,18 +130,21 @@ def twonn_dimension(points: torch.Tensor) -> Optional[float]:
     return float(len(mu) / mu.log().sum()) if len(mu) else None
 
 
-def cca_deficit(features: torch.Tensor, labels: torch.Tensor, classes: int, ridge: float = 1e-3) -> float:
-    """(C − 1) − Σ_k ρ_k²: the label variance (in one-hot coordinates) that no linear map of the frozen features
-    predicts. ρ_k are the canonical correlations of centred features X and one-hot labels Y (ridge-regularised)."""
+def cca_deficit(features: torch.Tensor, labels: torch.Tensor, classes: int, ridge: float = 0.1) -> float:
+    """(C − 1) − Σ R²: the label variance, in C − 1 one-hot coordinates, that a ridge-regularised linear map of
+    the frozen features does not predict on held-out examples (fitted on the first half, scored on the second;
+    in-sample, a few hundred examples of a 384-wide feature fit any labels, and the deficit would be 0).
+    ``ridge`` is relative to the features' mean variance."""
     x = features.double() - features.double().mean(0)
-    y = torch.nn.functional.one_hot(labels, classes).double()
-    y = (y - y.mean(0))[:, :-1]  # C − 1 independent coordinates
-    cxx = x.T @ x / len(x) + ridge * torch.eye(x.shape[1], dtype=x.dtype) * x.var(0).mean()
-    cyy = y.T @ y / len(y) + 1e-9 * torch.eye(y.shape[1], dtype=y.dtype)
-    cxy = x.T @ y / len(x)
-    # Σ ρ_k² = trace(Cyy⁻¹ Cyx Cxx⁻¹ Cxy)
-    explained = torch.linalg.solve(cyy, cxy.T @ torch.linalg.solve(cxx, cxy))
-    return float(y.shape[1] - torch.trace(explained).clamp(0, y.shape[1]))
+    y = torch.nn.functional.one_hot(labels, classes).double()[:, :-1]
+    half = len(x) // 2
+    fit_x, fit_y, test_x, test_y = x[:half], y[:half], x[half:], y[half:]
+    gram = fit_x.T @ fit_x + ridge * len(fit_x) * fit_x.var(0).mean() * torch.eye(x.shape[1], dtype=x.dtype)
+    coef = torch.linalg.solve(gram, fit_x.T @ (fit_y - fit_y.mean(0)))
+    residual = test_y - fit_y.mean(0) - test_x @ coef
+    total = ((test_y - test_y.mean(0)) ** 2).sum(0)
+    r2 = torch.where(total > 0, 1 - (residual ** 2).sum(0) / total.clamp_min(1e-12), torch.zeros_like(total))
+    return float(y.shape[1] - r2.clamp(0, 1).sum())
 
 
 def layer_predictors(recorders: dict[str, LayerRecorder], moments: dict[str, torch.Tensor],
@@ -144,6 +159,7 @@ def layer_predictors(recorders: dict[str, LayerRecorder], moments: dict[str, tor
         weight = rec.module.weight.detach().double()
         weight = weight if isinstance(rec.module, nn.Linear) else weight.T
         out[path] = {
+            "gradient_effective_rank": effective_rank(summed_grads[path]),
             "gradient_null_rank": signal_rank(moments[path], [n[path] for n in null_moments]),
             "activation_rank": energy_rank(eig.sqrt(), energy),
             "twonn_dimension": twonn_dimension(torch.stack(rec.inputs)),
@@ -155,7 +171,7 @@ def layer_predictors(recorders: dict[str, LayerRecorder], moments: dict[str, tor
 def task_predictors(layers: dict[str, dict]) -> dict[str, float]:
     """The task-level value of each layer predictor: the median over layers (importance: the sum)."""
     out = {}
-    for key in ("gradient_null_rank", "activation_rank", "twonn_dimension"):
+    for key in ("gradient_effective_rank", "gradient_null_rank", "activation_rank", "twonn_dimension"):
         values = [row[key] for row in layers.values() if row[key] is not None]
         out[key] = float(statistics.median(values)) if values else None
     out["gradient_importance"] = sum(row["gradient_importance"] for row in layers.values())

@@ -67,10 +67,8 @@ class ProbeConfig:
 def fit_head(model: nn.Module, batches: list[dict], steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit the classification head on frozen features (its input captured by a hook), in place; returns (the frozen
     features the head's output layer reads (examples, features), the labels)."""
-    from loralab import models
 
-    head = getattr(model, models.head_names(model)[-1])  # the last head module holds the output layer
-    inner = next((m for m in reversed(list(head.modules())) if isinstance(m, nn.Linear)), head)
+    inner = output_layer(model)
     features = []
     hook = inner.register_forward_hook(lambda m, args, out: features.append(args[0].detach()))
     with torch.no_grad():
@@ -81,13 +79,27 @@ def fit_head(model: nn.Module, batches: list[dict], steps: int) -> tuple[torch.T
     hook.remove()
     x, y = torch.cat(features), torch.cat([b["labels"] for b in batches])
     frozen = x.detach().clone()
+    trainable = {p: p.requires_grad for p in inner.parameters()}
+    inner.requires_grad_(True)
     optimizer = torch.optim.AdamW(inner.parameters(), lr=1e-2, weight_decay=0.1)  # a few hundred examples separate
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(inner(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    with torch.enable_grad():
+        for _ in range(steps):
+            loss = nn.functional.cross_entropy(inner(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    for param, flag in trainable.items():
+        param.requires_grad_(flag)
+        param.grad = None
     return frozen, y
+
+
+def output_layer(model: nn.Module) -> nn.Module:
+    """The classification head's output layer (the last Linear of the last head module)."""
+    from loralab import models
+
+    head = getattr(model, models.head_names(model)[-1])
+    return next((m for m in reversed(list(head.modules())) if isinstance(m, nn.Linear)), head)
 
 
 def probe_batches(cfg: ProbeConfig):
@@ -204,7 +216,9 @@ def task_probe(model_name: str, data: str, max_length: int = 64, examples: int =
     cfg = ProbeConfig(model=model_name, data=data, targets=targets, batches=max(1, examples // batch_size),
                       batch_size=batch_size, max_length=max_length, seed=seed, head_steps=head_steps)
     model, train, batches = probe_batches(cfg)
-    features, labels = fit_head(model, batches, head_steps) if train.task == "classification" else (None, None)
+    classifier = train.task == "classification"
+    initial_head = {k: v.clone() for k, v in output_layer(model).state_dict().items()} if classifier else None
+    features, labels = fit_head(model, batches, head_steps) if classifier else (None, None)
     paths = match_targets(model, LoraConfig(targets=TrainConfig(targets=targets).target_spec()))
     modules = {p: model.get_submodule(p) for p in paths}
     model.requires_grad_(False)
@@ -214,7 +228,13 @@ def task_probe(model_name: str, data: str, max_length: int = 64, examples: int =
     moments, sums = rp.gradient_moment(model, modules, batches, recorders)
     for rec in recorders.values():
         rec.remove()
-    nulls = [rp.gradient_moment(model, modules, rp.shuffled(batches, seed + 1 + k))[0] for k in range(shuffles)]
+    nulls = []
+    for k in range(shuffles):  # the null gets the same treatment: a head fitted (from the same start) to its labels
+        fake = rp.shuffled(batches, seed + 1 + k)
+        if classifier:
+            output_layer(model).load_state_dict(initial_head)
+            fit_head(model, fake, head_steps)
+        nulls.append(rp.gradient_moment(model, modules, fake)[0])
     layers = rp.layer_predictors(recorders, moments, nulls, sums)
     task = rp.task_predictors(layers)
     if train.task == "classification":

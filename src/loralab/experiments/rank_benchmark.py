@@ -12,7 +12,8 @@
 3. **The test**: Spearman ρ between predictor and r90 over units, a one-sided permutation p (10⁵ permutations),
    the test's power for a population ρ = 0.8 at this n, and partial ρ with log C held fixed.
 4. **Allocation**: per-layer ranks from the primary predictor, from EVA-style activation ranks, uniform, and
-   random, at equal rank units, the learning rate re-chosen for each, paired over seeds.
+   random, at equal rank units, the learning rate re-chosen for each (lr × {1/3, 1, 3} on the first seed, the
+   chosen value on the others), paired over seeds.
 
 `loralab study --full --claims 9` runs it (cached, resumable units); `run_rank_benchmark` is the entry point.
 """
@@ -31,7 +32,7 @@ from loralab.experiments import rank_units, stats
 from loralab.experiments.launcher import Unit, make_executor, run_units
 from loralab.train.config import LoraSettings, TrainConfig
 
-RUNGS = (0, 1, 2, 4, 8, 16, 64)
+RUNGS = (0, 1, 2, 4, 8, 16, 32, 64)
 LEVEL = 0.9  # r90: the rank reaching 90% of the best rank's loss gain over the head alone
 MIN_GAIN = 0.05  # a unit whose best rank lowers the head-only test loss by less than 5% has no rank to predict
 ALPHA = 8.0  # rsLoRA: s = α/√r
@@ -253,51 +254,80 @@ def allocations(layers: dict[str, dict], budget: int, seed: int = 0) -> dict[str
     return {name: allocate_ranks(s, budget) for name, s in scores.items()}
 
 
-def allocation_jobs(bench: Bench, unit: rank_units.RankUnit, layers: dict, rank: int) -> dict:
-    """{(allocation, lr, seed): (name, config)}: every allocation at lr / 3, lr and 3·lr on seed 0, each seed."""
+def allocation_jobs(bench: Bench, unit: rank_units.RankUnit, layers: dict, rank: int, seed: int,
+                    factors: tuple = (1 / 3, 1.0, 3.0)) -> dict:
+    """{(allocation, lr): (name, config)} for one seed: every allocation at the LoRA lr times each of ``factors``."""
     from loralab.adapters.config import exact_pattern
 
     lr = bench.lrs["lora"]["chosen"]
     jobs = {}
     for name, ranks in allocations(layers, rank * len(layers)).items():
         pattern = exact_pattern(ranks)
-        for factor in (1 / 3, 1.0, 3.0):
-            for seed in bench.plan.seeds:
-                tag, this_lr = f"-alloc-{name}", float(f"{lr * factor:.3g}")
-                jobs[(name, this_lr, seed)] = (unit_name(unit, rank, seed, this_lr, tag),
-                                                config(bench.plan, unit, bench.data(unit), rank, seed, this_lr, pattern))
+        for factor in factors:
+            this_lr = float(f"{lr * factor:.3g}")
+            jobs[(name, this_lr)] = (unit_name(unit, rank, seed, this_lr, f"-alloc-{name}"),
+                                     config(bench.plan, unit, bench.data(unit), rank, seed, this_lr, pattern))
     return jobs
 
 
+ALLOCATIONS = ("uniform", "predicted", "eva", "random")
+
+
 def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict]) -> dict:
-    """Per unit: each allocation's test loss per seed at its best learning rate (chosen on validation loss, mean
-    over seeds), and its paired difference to uniform with a t-interval."""
+    """Per unit: each allocation's learning rate chosen on seed 0's validation loss among lr × {1/3, 1, 3}, then
+    rerun at that lr on the other seeds; test loss per seed, and the paired difference to uniform (t-interval)."""
     out = {}
+    first, others = bench.plan.seeds[0], bench.plan.seeds[1:]
     for name in allocation_units(summaries, bench.plan.allocation_units):
         unit = next(u for u in bench.plan.units if u.name == name)
         rank = max(1, 2 ** math.floor(math.log2(max(summaries[name]["needed_rank"], 1))))
-        jobs = allocation_jobs(bench, unit, found[name]["layers"], rank)
-        results = bench.run(list(jobs.values()), f"{name}: allocations")
+        layers = found[name]["layers"]
+        tuning = allocation_jobs(bench, unit, layers, rank, first)
+        tuned = bench.run(list(tuning.values()), f"{name}: allocation learning rates")
         table = {}
-        for alloc in ("uniform", "predicted", "eva", "random"):
-            lrs = sorted({lr for (a, lr, _) in jobs if a == alloc})
-            val = {lr: statistics.fmean(results[jobs[(alloc, lr, s)][0]].validation["loss"] for s in bench.plan.seeds)
-                   for lr in lrs}
+        for alloc in ALLOCATIONS:
+            lrs = sorted(lr for (a, lr) in tuning if a == alloc)
+            val = {lr: tuned[tuning[(alloc, lr)][0]].validation["loss"] for lr in lrs}
             best = min(lrs, key=val.get)
             table[alloc] = {"lr": best, "at_edge": best in (lrs[0], lrs[-1]),
-                            "test_loss": {s: results[jobs[(alloc, best, s)][0]].test["loss"] for s in bench.plan.seeds}}
-        for alloc in ("predicted", "eva", "random"):
+                            "validation_loss": {f"{k:g}": v for k, v in val.items()},
+                            "test_loss": {first: tuned[tuning[(alloc, best)][0]].test["loss"]}}
+        chosen_factors = tuple({table[a]["lr"] / bench.lrs["lora"]["chosen"] for a in ALLOCATIONS})
+        for seed in others:
+            every = allocation_jobs(bench, unit, layers, rank, seed, chosen_factors)
+            jobs = {alloc: every[(alloc, table[alloc]["lr"])] for alloc in ALLOCATIONS}
+            done = bench.run(list(jobs.values()), f"{name}: allocations, seed {seed}")
+            for alloc, (job_name, _) in jobs.items():
+                table[alloc]["test_loss"][seed] = done[job_name].test["loss"]
+        for alloc in ALLOCATIONS[1:]:
             table[alloc]["minus_uniform"] = stats.paired(table[alloc]["test_loss"], table["uniform"]["test_loss"])
-        out[name] = {"rank": rank, "budget": rank * len(found[name]["layers"]), "allocations": table}
+        out[name] = {"rank": rank, "budget": rank * len(layers), "allocations": table}
     return out
 
 
+def study_plan(sizes) -> Plan:
+    """The benchmark inside `loralab study --full`: the whole `Plan` on the study's default model; on any other
+    model (the tests' tiny one) three small units and three rungs, sized by the study's ``sizes``."""
+    from loralab.experiments.study_plan import Sizes
+
+    if sizes == Sizes():
+        return Plan()
+    small = [rank_units.RankUnit(f"trec-c{c}", f"trec-c{c}.csv", sizes.max_train, f"{c} groups", c, sizes.max_length, c)
+             for c in (2, 8)] + [rank_units.RankUnit("movie", "movie", sizes.max_train, "movie", 2, sizes.max_length)]
+    return Plan(model=sizes.model, units=small, rungs=(0, 1, 4), seeds=(0, 1), batch_size=sizes.batch_size, max_steps=6,
+                min_steps=3, eval_steps=3, max_eval=sizes.max_eval, lr_units=("trec-c2",),
+                lr_grids={"lora": (1e-3, 1e-2), "head": (1e-2,)}, allocation_units=2, predictor_examples=16)
+
+
 def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "runs/rank", workers: int = 2,
-                       executor: str = "local", address: Optional[str] = None, plan: Optional[Plan] = None) -> dict:
-    """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report."""
+                       executor: object = "local", address: Optional[str] = None, plan: Optional[Plan] = None) -> dict:
+    """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report.
+    ``executor``: "local", "ray", or an executor `launcher.make_executor` made."""
     started = time.time()
     plan = plan or Plan()
-    bench = Bench(plan, Path(runs), make_executor(executor, workers, address=address))
+    if isinstance(executor, str):
+        executor = make_executor(executor, workers, address=address)
+    bench = Bench(plan, Path(runs), executor)
     learning_rates(bench)
     results = ladder(bench)
     summaries = {u: unit_summary(by_rung) for u, by_rung in results.items()}

@@ -26,7 +26,8 @@ def verdict(report: dict) -> str:
 
 
 def units_table(report: dict) -> list[str]:
-    names = ["gradient_null_rank", "log2_classes", "data_bits", "cca_deficit", "activation_rank", "twonn_dimension",
+    names = ["gradient_effective_rank", "gradient_null_rank", "log2_classes", "data_bits", "cca_deficit", "activation_rank",
+             "twonn_dimension",
              "gradient_importance", "mean_tokens"]
     lines = ["| unit | classes | needed rank r90 [95% CI] | gain over head | kept | " + " | ".join(names) + " |",
              "|---|---:|---|---:|---|" + "---:|" * len(names)]

@@ -177,24 +177,25 @@ def claim_8(c: dict, path: Path):
 def claim_9(c: dict, path: Path):
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
-    tasks = [t for t, n in c["needed"].items() if n is not None]
-    for index, key in enumerate(("gradient", "gradient_covariance", "activation")):
-        xs = [c["probes"][t]["predicted_rank"][key] for t in tasks]
-        ys = [c["needed"][t] for t in tasks]
-        rho = c["spearman"][key]
-        left.scatter(xs, ys, label=f"{key} (ρ = {'n/a' if rho is None else format(rho, '+.2f')})", marker="os^"[index])
-        for x, y, t in zip(xs, ys, tasks):
-            left.annotate(t, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    left.set(xscale="log", yscale="log", xlabel="probe's predicted rank (median over layers)",
-             ylabel="needed rank (claim 2)", title=f"prediction before training, n = {len(tasks)} tasks")
-    left.legend(fontsize=7)
-    per_task = c["allocation"]["per_task"]
-    for i, ci in enumerate(per_task.values()):
-        errorbar(right, i, ci, marker="o", color="tab:blue")
-    errorbar(right, len(per_task), c["allocation"]["pooled"], marker="s", color="black")
+    kept = [u for u in c["units"] if u["kept"] and u["needed_rank"]]
+    xs, ys = [u["predicted"].get(c["primary"]) for u in kept], [u["needed_rank"] for u in kept]
+    left.errorbar(xs, ys, yerr=[[max(y - (u["interval"][0] or y), 0) for y, u in zip(ys, kept)],
+                                [max((u["interval"][1] or y) - y, 0) for y, u in zip(ys, kept)]], fmt="o", capsize=3)
+    for x, y, u in zip(xs, ys, kept):
+        left.annotate(u["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    rho = "n/a" if c["spearman"] is None else format(c["spearman"], "+.2f")
+    left.set(yscale="log", xlabel=f"{c['primary']} (before training)", ylabel="needed rank r90 (measured)",
+             title=f"ρ = {rho}, n = {c['n']} units")
+    for i, diffs in enumerate(c["allocation"].values()):
+        for j, (name, ci) in enumerate(diffs.items()):
+            if ci:
+                errorbar(right, i + 0.2 * (j - 1), ci, marker="osd"[j], color=("tab:blue", "tab:orange", "grey")[j],
+                         label=name if i == 0 else None)
     right.axhline(0, color="grey", linewidth=1)
-    right.set_xticks(range(len(per_task) + 1), [*per_task, "pooled"])
-    right.set(ylabel="allocated − uniform test accuracy", title="probe-allocated ranks vs uniform r=8 (96 rank units)")
+    right.set_xticks(range(len(c["allocation"])), list(c["allocation"]), fontsize=7)
+    right.set(ylabel="test loss − uniform allocation", title="per-layer ranks at equal rank units")
+    if c["allocation"]:
+        right.legend(fontsize=7)
     return save(fig, path)
 
 
