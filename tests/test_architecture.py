@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "loralab"
-ALWAYS = {"errors", "progress", "plotting", "io.atomic", "rundir"}
+ALWAYS = {"errors", "progress", "plotting", "io.atomic", "rundir", "lazy"}
 ALLOWED = {  # package → the loralab packages it may import (besides ALWAYS and itself); docs/architecture.md's table
     "errors": set(), "progress": set(), "plotting": set(), "rundir": set(),
     "adapters": set(),

@@ -72,7 +72,8 @@ def test_train_eval_predict_merge(tiny_chat, tmp_path):
         forgot["tuned_loss"] - forgot["base_loss"], abs=1e-12)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loralab.analysis.forgetting import reference_rows, reference_texts
+    from loralab.analysis.forgetting import reference_rows
+    from loralab.commands.forgetting import reference_texts
 
     base, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_chat["model"]), AutoTokenizer.from_pretrained(tiny_chat["model"])
     total = tokens = 0

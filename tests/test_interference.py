@@ -94,8 +94,8 @@ def test_spearman_known_values():
 
 
 def test_intervals_and_verdicts():
-    ci = mean_ci([0.80, 0.82, 0.84])  # mean 0.82, sd 0.02, t(2) = 4.303
-    assert ci["mean"] == pytest.approx(0.82) and ci["high"] - ci["mean"] == pytest.approx(4.303 * 0.02 / 3**0.5)
+    ci = mean_ci([0.80, 0.82, 0.84])  # mean 0.82, sd 0.02, t_{0.975}(2) = 4.302653 (exact; tables round to 4.303)
+    assert ci["mean"] == pytest.approx(0.82) and ci["high"] - ci["mean"] == pytest.approx(4.302653 * 0.02 / 3**0.5)
     ratio = paired({0: 0.80, 1: 0.90, 2: 0.70}, {0: 0.80, 1: 0.90, 2: 0.70}, op="ratio")
     assert ratio["mean"] == 1.0 and ratio["low"] == ratio["high"] == 1.0
     assert verdict({"low": 0.985, "high": 0.99}, 0.98) == "holds"

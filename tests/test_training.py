@@ -176,7 +176,7 @@ def test_bad_data_files(tmp_path):
 def test_bad_flags_are_reported(tiny, tmp_path):
     proc = run_cli(train_args(tiny, tmp_path / "x", "--method", "qlora"), check=False)
     assert proc.returncode == 2
-    assert "--method must be one of ('full', 'lora', 'dora', 'did', 'said'), got 'qlora'" in proc.stderr
+    assert "--method must be one of ('full', 'head', 'lora', 'dora', 'did', 'said'), got 'qlora'" in proc.stderr
     proc = run_cli(train_args(tiny, tmp_path / "x", "--lr", "0"), check=False)
     assert "--lr must be > 0; try 5e-4 for LoRA or 5e-5 for full fine-tuning" in proc.stderr
 

@@ -574,7 +574,9 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(flags_for: Optional[set[str]] = None) -> argparse.ArgumentParser:
+    """The command-line parser; with ``flags_for``, only those commands get their flags (the others would import
+    what they need only to list their flags: `main` builds the one command it runs, so start-up stays short)."""
     parser = argparse.ArgumentParser(
         prog="loralab", description="Low-rank adaptation of pretrained transformers, and measurements of why it works.",
         epilog="`loralab COMMAND --help` explains each command's flags.",
@@ -582,13 +584,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (_, add_flags, help_text) in COMMANDS.items():
-        add_flags(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if flags_for is None or name in flags_for:
+            add_flags(command)
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    given = list(sys.argv[1:] if argv is None else argv)
+    named = next((a for a in given if not a.startswith("-")), None)
+    args = build_parser({named} if named in COMMANDS else set()).parse_args(given)
+    args.argv = given
     try:
         return COMMANDS[args.command][0](args)
     except LoralabError as err:

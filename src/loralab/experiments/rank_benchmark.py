@@ -305,6 +305,55 @@ def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict])
     return out
 
 
+def finished(bench: Bench, jobs: list[tuple[str, TrainConfig]]) -> dict:
+    """{name: RunResult} of the jobs already finished under the benchmark's runs directory (nothing is trained)."""
+    from loralab.experiments.launcher import code_version, unit_dir
+    from loralab.rundir import RunDir
+
+    version = code_version()
+    found = {name: RunDir(unit_dir(bench.root / "runs", Unit(name, cfg), version)).result() for name, cfg in jobs}
+    return {name: result for name, result in found.items() if result is not None}
+
+
+class Pending(Exception):
+    """Raised by `ReadOnly` when a stage still has runs to train."""
+
+
+class ReadOnly:
+    """An executor that trains nothing: a stage whose runs are all finished reads them back; any other raises."""
+
+    threads = 1
+
+    def submit_all(self, jobs):
+        raise Pending(f"{len(jobs)} runs not finished")
+
+
+def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None) -> dict:
+    """Where a running (or stopped) benchmark stands, from finished runs only: the learning rates once their grid
+    is done (the same choice `learning_rates` makes), then per unit how many ladder runs have finished and, for a
+    finished ladder, r90 with its interval. Not the pre-registered test (that needs every unit): a progress view."""
+    bench = Bench(plan or Plan(), Path(runs), ReadOnly())
+    status: dict = {"interim": True, "learning_rates": None, "units": {}}
+    try:
+        status["learning_rates"] = learning_rates(bench)
+    except Pending as err:
+        status["learning_rates"] = f"grid not finished: {err}"
+        return status
+    for u in bench.plan.units:
+        jobs = {(rung, seed): (unit_name(u, rung, seed, bench.lrs[family(rung)]["chosen"]),
+                               config(bench.plan, u, bench.data(u), rung, seed, bench.lrs[family(rung)]["chosen"]))
+                for rung in bench.plan.rungs for seed in bench.plan.seeds}
+        done = finished(bench, list(jobs.values()))
+        row = {"finished": len(done), "of": len(jobs)}
+        if len(done) == len(jobs):
+            by_rung: dict = {}
+            for (rung, seed), (name, _) in jobs.items():
+                by_rung.setdefault(rung, {})[seed] = done[name]
+            row.update(unit_summary(by_rung))
+        status["units"][u.name] = row
+    return status
+
+
 def study_plan(sizes) -> Plan:
     """The benchmark inside `loralab study --full`: the whole `Plan` on the study's default model; on any other
     model (the tests' tiny one) three small units and three rungs, sized by the study's ``sizes``."""

@@ -13,11 +13,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Optional
 
-from torch import nn
-
 from loralab.errors import ConfigError
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from loralab.train.config import TrainConfig
 
 _METHODS: dict[str, "TrainingMethod"] = {}

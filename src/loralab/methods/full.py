@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
-
-from torch import nn
+from typing import TYPE_CHECKING, Optional
 
 from loralab.methods.base import TrainingMethod, register
 from loralab.rundir import MODEL
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @register

@@ -4,14 +4,15 @@ the frozen features, plus whatever the head holds) — the r = 0 rung of a rank 
 from __future__ import annotations
 
 from pathlib import Path
-
-from safetensors.torch import load_file
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loralab.errors import ConfigError
 from loralab.io.atomic import atomic_save_tensors
 from loralab.methods.base import TrainingMethod, register
 from loralab.rundir import HEAD
+
+if TYPE_CHECKING:
+    from torch import nn
 
 HEAD_FILE = "head.safetensors"
 
@@ -51,6 +52,8 @@ class HeadOnly(TrainingMethod):
         return out / self.saved_as
 
     def attach(self, model: nn.Module, cfg, saved: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
         missing, unexpected = model.load_state_dict(load_file(str(saved / HEAD_FILE)), strict=False)
         if unexpected:
             raise ConfigError(f"{saved / HEAD_FILE} holds {unexpected[:3]}, which this model does not have.")

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 import loralab as ll
-from loralab.adapters.inject import unmatched_entries
-from loralab.adapters.registry import adapter_configs
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
 from loralab.rundir import ADAPTER
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def refuse_unmatched_targets(model: nn.Module, targets, matched: list[str]) -> None:
     """--targets as a list: every entry must match a module (a misspelt name next to good ones would
     silently adapt, or probe, fewer layers)."""
+    from loralab.adapters.inject import unmatched_entries
+
     unmatched = unmatched_entries(model, targets)
     if unmatched:
         raise ConfigError("{} entries " + f"{unmatched} match no module in this model (spelt right?); the "
@@ -52,6 +54,8 @@ class Lora(TrainingMethod):
         return model
 
     def describe(self, trained: nn.Module, cfg) -> dict:
+        from loralab.adapters.registry import adapter_configs
+
         return {"lora": adapter_configs(trained)["default"].to_dict()}
 
     def save(self, trained: nn.Module, tokenizer, out: Path, write: bool = True, training=None) -> Path:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from loralab.errors import ConfigError
 from loralab.methods.base import TrainingMethod, register
 from loralab.rundir import INTRINSIC
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @register
