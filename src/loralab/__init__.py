@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     **dict.fromkeys(["LoraConfig", "LoraLayer", "ModulesToSave", "active_adapters", "default_targets", "delete_adapter",
                      "disabled", "frozen", "inject", "match_targets", "merge", "merge_and_unload", "routing",
-                     "set_active", "set_trainable", "trainable_parameters", "unmerge"], "loralab.adapters"),
+                     "set_active", "set_trainable", "trainable_parameters", "unmerge"], "loralab.adapters"),  # its table
     "AdapterError": "loralab.errors",
     **dict.fromkeys(["adapter_state_dict", "load_adapter", "save_adapter"], "loralab.io"),
 }

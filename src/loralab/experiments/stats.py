@@ -9,6 +9,7 @@ the claim's threshold: entirely on the claimed side → "holds", entirely on the
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 from typing import Optional, Sequence
@@ -181,6 +182,52 @@ def bootstrap_interval(values: Sequence, statistic, resamples: int = 10_000, see
     draws = [d for d in draws if d is not None]
     tail = (1 - level) / 2
     return float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail))
+
+
+def expected_noise_range(arms: int, se: float, draws: int = 200_000, seed: int = 3) -> float:
+    """E[max − min] of ``arms`` means that differ only by noise of standard error ``se`` (se × d_k, d_2 = 1.128,
+    d_3 = 1.693, d_4 = 2.059): the spread a family of arms shows with no effect at all — more arms, more spread."""
+    return se * range_constant(arms, draws, seed) if arms >= 2 and se > 0 else 0.0
+
+
+@functools.lru_cache(maxsize=None)
+def range_constant(arms: int, draws: int = 200_000, seed: int = 3) -> float:
+    """d_k = E[max − min] of k standard normals (Monte Carlo, seeded)."""
+    import numpy as np
+
+    sample = np.random.default_rng(seed).standard_normal((draws, arms))
+    return float((sample.max(1) - sample.min(1)).mean())
+
+
+def excess_spread(arms: dict) -> dict:
+    """The spread of arm means beyond what noise alone gives: range of the means − `expected_noise_range` at the
+    pooled standard error of a mean. ``arms``: {arm: [per-seed values]}."""
+    means = [statistics.fmean(v) for v in arms.values()]
+    pooled = [x - statistics.fmean(v) for v in arms.values() for x in v]
+    dof = sum(len(v) - 1 for v in arms.values())
+    per_seed_sd = math.sqrt(sum(d * d for d in pooled) / dof) if dof > 0 else 0.0
+    se = per_seed_sd / math.sqrt(statistics.fmean(len(v) for v in arms.values()))
+    spread = max(means) - min(means)
+    noise = expected_noise_range(len(arms), se)
+    return {"range": spread, "noise_range": noise, "excess": spread - noise, "se": se}
+
+
+def spread_difference(first: dict, second: dict, resamples: int = 2000, seed: int = 0) -> dict:
+    """Whether ``first``'s arms differ more than ``second``'s, each beyond its own noise (`excess_spread`): the
+    difference of excess spreads with a bootstrap interval (seeds resampled within each arm)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def resample(arms: dict) -> dict:
+        return {k: [v[i] for i in rng.integers(0, len(v), len(v))] for k, v in arms.items()}
+
+    observed = excess_spread(first)["excess"] - excess_spread(second)["excess"]
+    draws = [excess_spread(resample(first))["excess"] - excess_spread(resample(second))["excess"]
+             for _ in range(resamples)]
+    low, high = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+    return {"difference": observed, "low": low, "high": high, "first": excess_spread(first),
+            "second": excess_spread(second)}
 
 
 def paired_power(sd: float, n: int, effect: float, alpha: float = 0.05) -> float:
