@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -76,9 +77,15 @@ def test_probe_predicts_ranks_per_layer(tiny):
     result = run_probe(ProbeConfig(model=tiny["model"], data=tiny["data"], batches=4, batch_size=8, head_steps=20))
     assert result["examples"] == 32 and len(result["layers"]) == 4
     for ranks in result["layers"].values():
-        assert set(ranks) == {"gradient", "gradient_covariance", "activation"}
+        assert set(ranks) == {"gradient_effective_rank", "gradient", "gradient_covariance", "activation"}
         assert 1 <= ranks["gradient"] <= 32 and 1 <= ranks["activation"] <= 32
-    assert set(result["predicted_rank"]) == {"gradient", "gradient_covariance", "activation"}
+        assert 1.0 <= ranks["gradient_effective_rank"] <= 32.0
+    assert set(result["predicted_rank"]) == {"gradient_effective_rank", "gradient", "gradient_covariance", "activation"}
+    advice = result["recommendation"]  # the power of two nearest the primary's median over layers, unvalidated yet
+    median = sorted(r["gradient_effective_rank"] for r in result["layers"].values())
+    median = (median[1] + median[2]) / 2
+    assert advice["rank"] == 2 ** round(math.log2(median)) and advice["try"][0] <= advice["rank"] <= advice["try"][1]
+    assert advice["predictor"] == "gradient_effective_rank" and advice["benchmark"]["status"].startswith("not yet scored")
 
 
 def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
@@ -91,6 +98,8 @@ def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
                  "--head-steps", "5", "--r", "3", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     result = json.loads((out / "probe.json").read_text())
+    assert printed["recommendation"] == result["recommendation"]
+    assert f"**Recommended rank: {result['recommendation']['rank']}**" in (out / "probe.md").read_text()
     allocated = result["allocated_rank"]
     assert len(allocated) == 4 and sum(allocated.values()) == 3 * 4 and min(allocated.values()) >= 1
     assert (out / "probe.png").stat().st_size > 5000 and "| allocated |" in (out / "probe.md").read_text()

@@ -476,7 +476,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     cfg = ProbeConfig(**dataclass_values(ProbeConfig, args))
     result = write_probe(cfg)
-    print(json.dumps({"predicted_rank": result["predicted_rank"], "rank_pattern": str(Path(cfg.out) / PATTERN_FILE),
+    print(json.dumps({"recommendation": result["recommendation"], "predicted_rank": result["predicted_rank"],
+                      "rank_pattern": str(Path(cfg.out) / PATTERN_FILE),
                       "train": train_command(cfg), "seconds": round(result["seconds"], 1)}, indent=2, ensure_ascii=False))
     return 0
 

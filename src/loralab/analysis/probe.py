@@ -64,7 +64,10 @@ class LayerStats:
         def from_gram(gram):
             return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0).sqrt()
 
-        return {"gradient": energy_rank(torch.linalg.svdvals(self.grad_sum), energy),
+        from loralab.analysis.rank_predictors import effective_rank
+
+        return {"gradient_effective_rank": effective_rank(self.grad_sum),
+                "gradient": energy_rank(torch.linalg.svdvals(self.grad_sum), energy),
                 "gradient_covariance": energy_rank(from_gram(self.grad_gram), energy),
                 "activation": energy_rank(from_gram(self.input_gram), energy)}
 

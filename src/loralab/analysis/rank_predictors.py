@@ -37,6 +37,10 @@ from torch import nn
 
 from loralab.analysis.spectra import energy_rank
 
+# How the primary predictor scored on the rank benchmark (`experiments.rank_benchmark`), quoted by `loralab probe`;
+# None until the benchmark's ladders have all run (docs/study/rank/README.md is its pre-registration).
+BENCHMARK_SCORE: Optional[dict] = None
+
 PRIMARY = "gradient_effective_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
 
 

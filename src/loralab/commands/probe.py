@@ -4,6 +4,7 @@ for `loralab train --rank-pattern` (the measurements: `loralab.analysis.probe`).
 from __future__ import annotations
 
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -17,6 +18,7 @@ from torch import nn
 
 from loralab.adapters.config import exact_pattern
 from loralab.analysis.probe import LayerStats, allocate_ranks, pooled_positions
+from loralab.analysis.rank_predictors import PRIMARY
 from loralab.commands.plots import plot_probe
 from loralab.errors import ConfigError, DataError
 from loralab.tasks.batching import collate, encode, epoch_order
@@ -36,8 +38,9 @@ class ProbeConfig:
         max_length: Token limit.
         energy: The energy fraction a rank must reach.
         r: Mean rank of the rank pattern written to rank_pattern.json: r × layers rank units divided in
-            proportion to each layer's gradient rank, at least 1 each (the allocation the study's claim 9
-            tests against a uniform r); train with it by `loralab train --rank-pattern OUT/rank_pattern.json`.
+            proportion to each layer's gradient effective rank, at least 1 each (the allocation the rank
+            benchmark tests against uniform, EVA and random); train with it by `loralab train --rank-pattern
+            OUT/rank_pattern.json`.
         head_steps: Full-batch AdamW steps (weight decay 0.1) fitting the classification head on frozen features.
         seed: Seed of the split, the head initialisation and the batch order.
         out: Output directory (probe.json, probe.md, probe.png, rank_pattern.json).
@@ -150,12 +153,30 @@ def run_probe(cfg: ProbeConfig) -> dict:
     for s in stats.values():
         s.handle.remove()
     layers = {p: s.ranks(cfg.energy) for p, s in stats.items()}
-    predicted = {k: statistics.median(r[k] for r in layers.values()) for k in ("gradient", "gradient_covariance",
-                                                                             "activation")}
-    allocated = allocate_ranks({p: r["gradient"] for p, r in layers.items()}, budget=cfg.r * len(layers))
+    predicted = {k: statistics.median(r[k] for r in layers.values())
+                 for k in ("gradient_effective_rank", "gradient", "gradient_covariance", "activation")}
+    allocated = allocate_ranks({p: r[PRIMARY] for p, r in layers.items()}, budget=cfg.r * len(layers))
     return {"config": asdict(cfg), "task": train.task, "examples": len(batches) * cfg.batch_size,
             "train_examples": len(train), "layers": layers, "predicted_rank": predicted,
-            "allocated_rank": allocated, "seconds": time.time() - started}
+            "recommendation": recommend([r[PRIMARY] for r in layers.values()]), "allocated_rank": allocated,
+            "seconds": time.time() - started}
+
+
+def recommend(values: list[float]) -> dict:
+    """A rank from the pre-registered predictor's per-layer values: the power of two nearest their median, with the
+    powers of two around their quartiles as the range to try, and how the predictor scored on the rank benchmark."""
+    from loralab.analysis.rank_predictors import BENCHMARK_SCORE, PRIMARY
+
+    def power(x: float, round_with=round) -> int:
+        return 2 ** max(0, int(round_with(math.log2(max(x, 1.0)))))
+
+    q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+    score = BENCHMARK_SCORE or {"status": "not yet scored: the rank benchmark (docs/study/rank/README.md, "
+                                          "pre-registered) has not finished, so this rank is a guess to try, not a "
+                                          "validated prediction"}
+    return {"predictor": PRIMARY, "rank": power(statistics.median(values)), "try": [power(q1, math.floor),
+                                                                                     power(q3, math.ceil)],
+            "benchmark": score}
 
 
 def write_probe(cfg: ProbeConfig) -> dict:
@@ -185,15 +206,21 @@ def train_command(cfg: ProbeConfig) -> str:
 
 
 def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
-    allocated = result["allocated_rank"]
+    allocated, advice = result["allocated_rank"], result["recommendation"]
+    benchmark = advice["benchmark"]
+    scored = (f"on the rank benchmark it scored Spearman ρ = {benchmark['rho']:.2f} against measured needed ranks "
+              f"(n = {benchmark['n']} tasks, p = {benchmark['p_value']:.2g})" if "rho" in benchmark else benchmark["status"])
     lines = [f"# Rank probe: {cfg.model} on {cfg.data}", "",
+             f"**Recommended rank: {advice['rank']}** (try {advice['try'][0]}–{advice['try'][1]}), from "
+             f"{advice['predictor']} (the median over layers of the task gradient's effective rank); {scored}.", "",
              f"{result['examples']} examples in {cfg.batches} batches, rank at {cfg.energy:.0%} energy, "
              f"{result['seconds']:.1f} s. Predicted rank (median over layers): "
              + ", ".join(f"{k} {v:g}" for k, v in result["predicted_rank"].items()) + ".", "",
              f"Allocated: {cfg.r} × {len(allocated)} layers = {sum(allocated.values())} rank units, in proportion to "
-             f"each layer's gradient rank (≥ 1 each); {PATTERN_FILE} holds them. With --alpha fixed, a layer of rank "
-             "r_l is scaled by alpha/r_l. In the study (claim 9: MiniLM, four tasks, seeds) this allocation scored "
-             "slightly below a uniform r = 8, so train both and compare. With the allocation:", "",
+             f"each layer's {PRIMARY} (≥ 1 each); {PATTERN_FILE} holds them. With --alpha fixed, a layer of rank "
+             "r_l is scaled by alpha/r_l. The rank benchmark (docs/study/rank) "
+             "tests this allocation against uniform, EVA-style and random ones at equal rank units; until it has "
+             "scored it, train both this and a uniform r and compare. With the allocation:", "",
              f"    {train_command(cfg)}", "",
              "![ranks per layer](probe.png)", "",
              "| layer | gradient | gradient covariance | activation | allocated |", "|---|---:|---:|---:|---:|"]
