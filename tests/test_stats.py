@@ -25,3 +25,14 @@ def test_a_spread_of_pure_noise_is_not_an_effect_and_a_real_one_is():
     real = {arm: [rng.gauss(0.8 + 0.05 * i, 0.01) for _ in range(3)] for i, arm in enumerate("abcd")}
     test = stats.spread_difference(real, fewer)
     assert test["low"] > 0 and test["first"]["excess"] == pytest.approx(0.15, abs=0.03)
+
+
+def test_what_decides_an_interval():
+    """sd 0.01 over n = 3: the smallest difference a paired t-test detects with 80% power; an interval straddling
+    the threshold names the n that would decide its mean difference (0.005 at sd 0.01: about 34 pairs)."""
+    interval = {**stats.mean_ci([0.975, 0.985, 0.995])}  # mean 0.985, sd 0.01
+    decided = stats.what_decides(interval, 0.98)
+    assert decided["n"] == 3 and decided["detectable_difference"] == pytest.approx(stats.detectable_effect(0.01, 3))
+    assert decided["n_needed"] == stats.n_needed(0.01, 0.005) and 30 < decided["n_needed"] < 40
+    clear = stats.what_decides(stats.mean_ci([0.90, 0.91, 0.92]), 0.98)
+    assert clear["n_needed"] is None

@@ -7,7 +7,17 @@ import statistics
 
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import Context, claim
-from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE, combine_verdicts, mean_ci, paired, spread_difference, verdict
+from loralab.experiments.stats import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    combine_verdicts,
+    mean_ci,
+    paired,
+    spread_difference,
+    verdict,
+    what_decides,
+)
 
 
 def accuracy_by_seed(ctx: Context, make) -> dict[str, dict[int, float]]:
@@ -38,11 +48,18 @@ def claim_1(ctx: Context) -> dict:
         ratio = paired(lora[task], full[task], op="ratio")
         verdicts.append(verdict(ratio, 0.98) if params >= 100 else FAILS)
         rows.append({"task": task, "full": mean_ci(full[task].values()), "lora_r8": mean_ci(lora[task].values()),
-                     "ratio": ratio, "verdict": verdicts[-1]})
+                     "ratio": ratio, "power": what_decides(ratio, 0.98), "verdict": verdicts[-1]})
     return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "rows": rows,
             "summary": "LoRA r=8 (q/v) over full FT per task: " + ", ".join(
-                f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]" for r in rows)
+                f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]"
+                + decides_text(r["power"]) for r in rows)
             + f"; {params:.0f}× fewer trainable parameters (head included)."}
+
+
+def decides_text(power: dict) -> str:
+    """' (detects ±x at n = k; n = m would decide)' — what the test could tell at its size."""
+    text = f" (detects ±{power['detectable_difference']:.3f} at n = {power['n']}"
+    return text + (f"; n ≈ {power['n_needed']} would decide it)" if power["n_needed"] else ")")
 
 
 @claim(2, "The rank a task needs is small and task-dependent")
@@ -80,9 +97,11 @@ def claim_3(ctx: Context) -> dict:
     low = statistics.fmean(diffs[1] + diffs[2]) - statistics.fmean(diffs[8])
     most_at_low = HOLDS if low > 0 else FAILS
     final = overall if overall != HOLDS else (HOLDS if most_at_low == HOLDS else INCONCLUSIVE)
-    return {"verdict": final, "pooled": pooled, "low_minus_r8": low, "most_at_low_rank": most_at_low, "rows": rows,
+    power = what_decides(pooled, 0.0)
+    return {"verdict": final, "pooled": pooled, "power": power, "low_minus_r8": low, "most_at_low_rank": most_at_low,
+            "rows": rows,
             "summary": f"DoRA − LoRA test accuracy, paired over tasks × seeds and pooled over r ∈ {plan.DORA_RANKS}: "
-                       f"{pooled['mean']:+.4f} [{pooled['low']:+.4f}, {pooled['high']:+.4f}] (n = {pooled['n']}); "
+                       f"{pooled['mean']:+.4f} [{pooled['low']:+.4f}, {pooled['high']:+.4f}]{decides_text(power)}; "
                        f"the gain at r ∈ {{1, 2}} minus the gain at r = 8: {low:+.4f}."}
 
 

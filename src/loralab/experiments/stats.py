@@ -263,6 +263,16 @@ def n_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, 
     return n if n <= limit else None
 
 
+def what_decides(interval: dict, threshold: float) -> dict:
+    """What a t-interval (`mean_ci`) over n paired values can decide against ``threshold``: the smallest
+    difference from it the test detects with 80% power at this n, and — when the interval straddles the threshold —
+    the n that would decide the observed difference (None: no spread to judge by, or beyond 100,000)."""
+    sd, n, gap = interval.get("sd", 0.0), interval.get("n", 0), interval["mean"] - threshold
+    straddles = interval["low"] < threshold < interval["high"]
+    return {"detectable_difference": detectable_effect(sd, n), "n": n,
+            "n_needed": n_needed(sd, gap) if straddles and gap != 0 else None}
+
+
 def _ranks(values: list) -> list[float]:
     order = sorted(range(len(values)), key=values.__getitem__)
     out, i = [0.0] * len(values), 0
