@@ -6,6 +6,7 @@ import io
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -145,3 +146,16 @@ def test_start_up_does_not_import_torch(argv):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads the version from loralab.__version__; the installed metadata and --version agree."""
+    from importlib.metadata import version
+
+    import loralab
+
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
+    assert 'dynamic = ["version"]' in pyproject and not re.search(r"^version\s*=\s*\"", pyproject, re.M)
+    assert version("loralab") == loralab.__version__
+    done = subprocess.run([sys.executable, "-m", "loralab", "--version"], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith(f"loralab {loralab.__version__} ")
