@@ -49,7 +49,7 @@ class Plan:
     rungs: tuple = RUNGS
     seeds: tuple = (0, 1)
     batch_size: int = 16
-    max_steps: int = 600
+    max_steps: int = 1200  # trec-c50 at the chosen lr was still improving at 600 (pilot grid, 2026-12-02)
     min_steps: int = 300
     eval_steps: int = 100
     patience: int = 2
