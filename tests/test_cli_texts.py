@@ -137,7 +137,8 @@ def test_probe_settings_are_checked_when_made():
         assert str(err.value) == message
 
 
-@pytest.mark.parametrize("argv", [["--version"], ["train", "--help"], ["--help"]])
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], *([c, "--help"] for c in ("train", "probe", "compose", "eval",
+                                                                              "analyze", "study"))])
 def test_start_up_does_not_import_torch(argv):
     """`loralab --version` and `loralab train --help` start in a fraction of `import torch` (5.7–6.3 s here):
     only the command being run builds its flags, and the packages load their public names on first use."""

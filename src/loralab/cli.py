@@ -466,7 +466,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def probe_flags(parser: argparse.ArgumentParser) -> None:
-    from loralab.commands.probe import ProbeConfig
+    from loralab.commands.probe_config import ProbeConfig
 
     add_dataclass_flags(parser, ProbeConfig)
 
@@ -483,7 +483,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def compose_flags(parser: argparse.ArgumentParser) -> None:
-    from loralab.commands.compose import METHODS
+    from loralab.commands.compose_config import METHODS
 
     paths_flags(parser, "adapters", "adapter directories (or runs), ours or PEFT's")
     parser.add_argument("--weights", nargs="+", type=float, default=None,

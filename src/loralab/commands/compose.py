@@ -24,6 +24,7 @@ import torch
 from loralab.adapters.config import exact_pattern
 from loralab.adapters.registry import in_model_order
 from loralab.analysis.factors import Factors, adapter_meta, factors
+from loralab.commands.compose_config import METHODS
 from loralab.compose import combine, task_arithmetic
 from loralab.errors import AdapterError, ConfigError
 from loralab.io.atomic import atomic_directory, check_new_directory
@@ -35,8 +36,6 @@ from loralab.io.peft_format import (
     write_adapter_dir,
 )
 from loralab.rundir import COMPOSE_FILE, RunDir, adapter_labels
-
-METHODS = ("cat", "svd", "ties", "dare")
 
 
 def adapter_dir(source: str | Path) -> Path:
