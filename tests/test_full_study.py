@@ -89,6 +89,7 @@ def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ~100 tiny runs, claim 9's rank benchmark among them
 def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monkeypatch):
     """Claims 1–7 and 9–11 on the tiny BERT, four tasks, two seeds: every claim ends in a verdict."""
     monkeypatch.setattr(plan, "D90_DIMS", (250, 1000))

@@ -108,14 +108,16 @@ def summarize_layers(layers: dict) -> dict:
     }
 
 
-def compare_sources(a: dict[str, spectra.SVD], b: dict[str, spectra.SVD], max_k: int = 64) -> Optional[dict]:
-    """φ on the input side for the layers both have: per layer, and the mean grid over layers."""
+def compare_sources(a: dict[str, spectra.SVD], b: dict[str, spectra.SVD], max_k: int = 64,
+                    side: str = "input") -> Optional[dict]:
+    """φ on one side ('input': ΔW's right singular vectors, A's row space for LoRA; 'output': the left ones, B's
+    column space) for the layers both have: per layer, and the mean grid over layers."""
     shared = [p for p in a if p in b and a[p].shape == b[p].shape]
     if not shared:
         return None
     k1 = min(min(len(a[p].S) for p in shared), max_k)
     k2 = min(min(len(b[p].S) for p in shared), max_k)
-    per_layer = {p: similarity.compare(a[p], b[p], "input", k1, k2) for p in shared}
+    per_layer = {p: similarity.compare(a[p], b[p], side, k1, k2) for p in shared}
     mean = torch.tensor([per_layer[p]["phi"] for p in shared], dtype=torch.float64).mean(0)
     return {"layers": shared, "k1": k1, "k2": k2, "mean_phi": mean.tolist(),
             "baseline": per_layer[shared[0]]["baseline"],

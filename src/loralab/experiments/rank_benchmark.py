@@ -191,6 +191,7 @@ def unit_summary(results: dict[int, dict[int, object]]) -> dict:
     low, high = bootstrap_needed_rank(per_seed)
     return {"test_loss": {str(k): v for k, v in per_seed.items()}, "mean_test_loss": {str(k): v for k, v in means.items()},
             "best_rung": min(means, key=means.get), "relative_gain": gain, "needed_rank": needed_rank(means),
+            "sensitivity": {f"r{round(100 * level)}": needed_rank(means, level) for level in (0.8, 0.95)},
             "interval": [low, high], "kept": gain >= MIN_GAIN,
             "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()}}
 
