@@ -82,15 +82,22 @@ class Context:
         return self._moving
 
     def lr(self, family: str) -> float:
-        """The family's learning rate: the grid value with the best mean validation accuracy on LR_TASKS."""
+        """The family's learning rate: the grid value with the best mean validation accuracy on `plan.lr_tasks`,
+        the grid extended (×2 above, ÷2 below) while the best value sits at its edge, at most
+        `plan.LR_EXTENSIONS` times; an optimum still at an edge is flagged (``at_edge``), a defect of the run.
+        A grid of one value is taken as given (``at_edge`` None)."""
         if family not in self.lr_table:
-            units = plan.lr_units(self.sizes, self.moving_tensors)[family]
-            results = self.run(units)
-            grid = plan.LR_GRID[family]
-            per_lr = {lr: statistics.fmean(results[u.name].validation["accuracy"]
-                                           for u in units[i::len(grid)]) for i, lr in enumerate(grid)}
-            tasks = sorted({u.config.data for u in units})
-            best = max(grid, key=lambda lr: (per_lr[lr], -lr))
+            grid, tasks = sorted(plan.LR_GRID[family]), plan.lr_tasks(family)
+            for extension in range(plan.LR_EXTENSIONS + 1):
+                units = {(t, lr): plan.lr_unit(family, t, self.sizes, lr, self.moving_tensors) for t in tasks for lr in grid}
+                results = self.run(list(units.values()))
+                per_lr = {lr: statistics.fmean(results[units[(t, lr)].name].validation["accuracy"] for t in tasks)
+                          for lr in grid}
+                best = max(grid, key=lambda lr: (per_lr[lr], -lr))
+                at_edge = best in (grid[0], grid[-1]) if len(grid) > 1 else None  # one value: given, not searched
+                if not at_edge or extension == plan.LR_EXTENSIONS:
+                    break
+                grid = sorted({*grid, float(f"{best / 2:.3g}") if best == grid[0] else float(f"{best * 2:.3g}")})
             self.lr_table[family] = {"grid": {f"{lr:g}": v for lr, v in per_lr.items()}, "chosen": best,
-                                     "tasks": tasks, "seed": 0}
+                                     "at_edge": at_edge, "tasks": list(tasks), "seed": 0}
         return self.lr_table[family]["chosen"]

@@ -9,6 +9,7 @@ rates come from the ``lr`` stage: a sweep on the *validation* split of two tasks
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Optional
 
 from loralab.experiments.launcher import Unit
@@ -74,6 +75,35 @@ def full_unit(task: str, sizes: Sizes, seed: int, lr: float) -> Unit:
     return Unit(f"{task}-full-lr{lr:g}-s{seed}", replace(base_config(task, sizes, seed), method="full", lr=lr))
 
 
+def shuffled_labels(task: str, root: Path, seed: int = 0) -> str:
+    """A CSV copy of ``task`` with its labels permuted across rows (seeded), written once under ``root``: the
+    null run for claim 6 — the same texts, label frequencies and optimizer, no relation between text and label."""
+    import csv
+    import random
+
+    from loralab import data as datasets
+
+    path = root / f"{task}-shuffled-s{seed}.csv"
+    if not path.exists():
+        _, names, rows = datasets.read_all(task)
+        labels = [r["label"] for r in rows]
+        random.Random(seed).shuffle(labels)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.with_suffix(".tmp")
+        with open(staging, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["text", "label"])
+            writer.writeheader()
+            writer.writerows({"text": r["text"], "label": names[label]} for r, label in zip(rows, labels))
+        staging.replace(path)
+    return str(path)
+
+
+def shuffled_full_unit(task: str, sizes: Sizes, seed: int, lr: float, root: Path) -> Unit:
+    """Full fine-tuning on `shuffled_labels` of ``task``: the same length and lr as `full_unit`."""
+    cfg = replace(base_config(task, sizes, seed), data=shuffled_labels(task, root), method="full", lr=lr, analysis_every=0)
+    return Unit(f"{task}-shuffled-full-lr{lr:g}-s{seed}", cfg)
+
+
 def said_unit(task: str, sizes: Sizes, seed: int, d: int, lr_at_1000: float, m: int) -> Unit:
     """SAID at d (DID when d ≤ m, the number of moving tensors), lr·√(1000/d) (see docs/intrinsic.md)."""
     method = "did" if d <= m else "said"
@@ -82,16 +112,21 @@ def said_unit(task: str, sizes: Sizes, seed: int, d: int, lr_at_1000: float, m: 
     return Unit(f"{task}-{method}-d{d}-lr{lr:g}-s{seed}", cfg)
 
 
-def lr_units(sizes: Sizes, m: int) -> dict[str, list[Unit]]:
-    """The learning-rate sweep: each family × its grid × LR_TASKS, seed 0."""
-    units = {family: [] for family in LR_GRID}
-    for task in LR_TASKS:
-        units["full"] += [full_unit(task, sizes, 0, lr) for lr in LR_GRID["full"]]
-        units["lora"] += [lora_unit(task, sizes, 0, lr) for lr in LR_GRID["lora"]]
-        units["dora"] += [lora_unit(task, sizes, 0, lr, "dora") for lr in LR_GRID["dora"]]
-        if task == LR_TASKS[0]:  # SAID's lr on one task: its runs cost the most
-            units["said"] += [said_unit(task, sizes, 0, 1000, lr, m) for lr in LR_GRID["said"]]
-    return units
+LR_EXTENSIONS = 3  # how many times a family's grid is extended (×2 or ÷2) while its best value sits at an edge
+
+
+def lr_tasks(family: str) -> tuple[str, ...]:
+    """The tasks a family's learning rate is chosen on (SAID's on one task: its runs cost the most)."""
+    return LR_TASKS[:1] if family == "said" else LR_TASKS
+
+
+def lr_unit(family: str, task: str, sizes: Sizes, lr: float, m: int) -> Unit:
+    """One point of a family's learning-rate sweep (seed 0)."""
+    if family == "full":
+        return full_unit(task, sizes, 0, lr)
+    if family == "said":
+        return said_unit(task, sizes, 0, 1000, lr, m)
+    return lora_unit(task, sizes, 0, lr, family)
 
 
 SMOLLM2_LR_GRID = {"lora": (1e-3, 3e-3), "full": (1e-5, 5e-5)}  # chosen by validation loss (claim 8)

@@ -79,7 +79,11 @@ def markdown(study: dict, images: dict[int, str]) -> str:
               "everywhere):", ""]
     for family, table in m["learning_rates"].items():
         grid = ", ".join(f"{lr}: {v:.4f}" for lr, v in table["grid"].items())
-        lines.append(f"- {family}: {grid} → **{table['chosen']:g}**")
+        flag = " — **at the grid's edge after extending it: not tuned**" if table.get("at_edge") else ""
+        lines.append(f"- {family}: {grid} → **{table['chosen']:g}**{flag}")
+    if "full" in m["learning_rates"] and "lora" in m["learning_rates"]:
+        ratio = m["learning_rates"]["lora"]["chosen"] / m["learning_rates"]["full"]["chosen"]
+        lines.append(f"- LoRA / full-FT learning rate: {ratio:.0f}× (\"LoRA Without Regret\", 2025: about 10×)")
     for key, c in study["claims"].items():
         number = int(key)
         lines += ["", f"## Claim {key}: {c['title']}", "", f"**Verdict: {c['verdict']}.** {c['summary']}", "",
