@@ -63,19 +63,7 @@ def spearman(xs: Sequence[float], ys: Sequence[float]) -> Optional[float]:
     if len(xs) < 3:
         return None
 
-    def ranks(values):
-        order = sorted(range(len(values)), key=values.__getitem__)
-        out, i = [0.0] * len(values), 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2
-            i = j + 1
-        return out
-
-    rx, ry = ranks(list(xs)), ranks(list(ys))
+    rx, ry = _ranks(list(xs)), _ranks(list(ys))
     mx, my = statistics.fmean(rx), statistics.fmean(ry)
     cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
     norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
