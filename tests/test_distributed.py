@@ -154,3 +154,17 @@ def test_training_flags_are_not_taken_by_launchers():
     clashes = {o: [t for t in theirs if t.startswith(o)] for o in ours if any(t.startswith(o) for t in theirs)}
     assert clashes == {}
 
+
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+
+
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="accelerate is not installed")
+def test_accelerate_launch_two_cpu_processes(tiny, single, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2 -m loralab train …` on CPU: accelerate's torchrun starts 2
+    processes (without --multi_gpu, accelerate starts one process on a machine without GPUs)."""
+    launch([str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "loralab", *flags(tiny, tmp_path / "acc")])
+    result = json.loads((tmp_path / "acc" / "result.json").read_text())
+    assert result["world_size"] == 2 and result["device"] == "cpu"
+    assert_same_adapter(single, tmp_path / "acc")
