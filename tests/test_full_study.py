@@ -99,3 +99,35 @@ def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monke
     assert "not run" not in verdicts.values(), {k: c.get("error") for k, c in study["claims"].items()}
     figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
     assert figures == {f"claim{n}.png" for n in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)}
+
+
+def test_ray_executor_joins_a_running_cluster_through_ray_address(tiny, tmp_path, monkeypatch):
+    """A head started as users start one (`ray start --head`), joined through RAY_ADDRESS: Ray refuses num_cpus
+    when joining an existing cluster, which the executor used to pass."""
+    ray = pytest.importorskip("ray")
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from loralab.experiments.launcher import code_version, make_executor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cli = str(Path(sys.executable).with_name("ray"))
+    start = subprocess.run([cli, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                            "--num-cpus", "2", "--include-dashboard",
+                            "false", "--disable-usage-stats"], capture_output=True, text=True, timeout=180)
+    assert start.returncode == 0, start.stderr[-2000:]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    try:
+        executor = make_executor("ray", workers=2)
+        assert ray.get_runtime_context().gcs_address.endswith(f":{port}")  # joined the head, not a Ray of its own
+        results = run_units(tiny_units(tiny), tmp_path, executor, desc="ray")
+    finally:
+        ray.shutdown()
+        subprocess.run([cli, "stop", "--force"], capture_output=True, timeout=120)
+    assert sorted(results) == ["tiny-s0", "tiny-s1"]
+    version = code_version()
+    assert all((unit_dir(tmp_path, u, version) / "result.json").exists() for u in tiny_units(tiny))

@@ -334,3 +334,55 @@ def test_patience_stops_after_epochs_without_improvement(tiny, tmp_path):
     assert result["validation"]["accuracy"] == history[0]
     proc = run_cli(train_args(tiny, tmp_path / "q", "--patience", "-1"), check=False)
     assert proc.returncode == 2 and "--patience must be an integer ≥ 0, got -1" in proc.stderr
+
+
+def test_yaml_config_with_sections_trains_like_the_same_flags(tiny, tmp_path):
+    """`--config run.yaml` (sections as in the README: lora: {r: …}) and the same settings as flags give the same
+    adapter bit for bit; a flag given beside the file wins."""
+    (tmp_path / "run.yaml").write_text(
+        f"model: {tiny['model']}\ndata: {tiny['data']}\nmethod: lora\nepochs: 1\nbatch_size: 8\nlr: 0.005\n"
+        "max_length: 32\nthreads: 1\nlora:\n  r: 4\n  alpha: 8\n")
+    run_cli(["train", "--config", str(tmp_path / "run.yaml"), "--seed", "3", "--out", str(tmp_path / "yaml")])
+    run_cli(train_args(tiny, tmp_path / "flags", "--epochs", "1", "--rank", "4", "--alpha", "8", "--seed", "3"))
+    config = json.loads((tmp_path / "yaml" / "config.json").read_text())
+    assert config["lora"]["r"] == 4 and config["lora"]["alpha"] == 8.0 and config["seed"] == 3
+    one, two = adapter_tensors(tmp_path / "yaml"), adapter_tensors(tmp_path / "flags")
+    assert one.keys() == two.keys() and all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_user_validation_and_test_files_are_used_as_given(tiny, tmp_path):
+    """--val-data/--test-data: the test split is the file given, row for row (not a re-split of --data), so
+    another --seed keeps the same test set."""
+    rows = list(csv.DictReader(open(tiny["data"], newline="", encoding="utf-8")))
+    val, test = tmp_path / "val.csv", tmp_path / "test.csv"
+    for path, part in ((val, rows[:20]), (test, rows[20:37])):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(part)
+    for seed in ("0", "1"):
+        run_cli(train_args(tiny, tmp_path / f"s{seed}", "--epochs", "1", "--seed", seed, "--val-data", str(val),
+                           "--test-data", str(test)))
+        result = json.loads((tmp_path / f"s{seed}" / "result.json").read_text())
+        assert result["test"]["n"] == 17
+    given = [datasets.load_splits(tiny["data"], seed, None, None, str(val), str(test))["test"].examples
+             for seed in (0, 1)]
+    assert given[0] == given[1] and [e["text"] for e in given[0]] == [r["text"] for r in rows[20:37]]
+
+
+def test_report_to_tensorboard_writes_the_logged_scalars(tiny, tmp_path):
+    """--report-to tensorboard: TensorBoard's own event files under <out>/tensorboard with the training loss and
+    the test metrics, read back with TensorBoard's reader."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_cli(train_args(tiny, tmp_path / "tb", "--epochs", "1", "--report-to", "tensorboard"))
+    events = EventAccumulator(str(tmp_path / "tb" / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "test/accuracy", "test/loss"} <= set(tags)
+    logged = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["loss"] for r in logged if r["type"] == "train"]
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(train_losses, rel=1e-6)
+    test = json.loads((tmp_path / "tb" / "result.json").read_text())["test"]
+    assert events.Scalars("test/accuracy")[-1].value == pytest.approx(test["accuracy"], rel=1e-6)
