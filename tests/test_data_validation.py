@@ -219,3 +219,14 @@ def test_a_huge_text_is_cut_before_it_is_tokenised():
     assert seen == [32 * 64]
     whole = tokenizer([huge[:100_000]], truncation=True, max_length=32)["input_ids"][0]
     assert cut[0]["input_ids"] == whole
+
+
+def test_a_jsonl_key_given_twice_is_refused(tmp_path):
+    """As with a repeated CSV column, json.loads would keep the last 'label' silently."""
+    lines = [json.dumps({"text": f"t{i}", "label": i % 2}) for i in range(30)]
+    lines[4] = '{"text": "t4", "label": 0, "label": 1}'
+    path = tmp_path / "twice.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"twice\.jsonl:5 names 'label' more than once; which value to read would be a "
+                                        r"guess \(JSON readers keep the last\)\. Keep one\."):
+        datasets.load(str(path))

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -34,12 +35,13 @@ from conftest import build, inputs, train_step
 from loralab import data as datasets
 from loralab.data.files import is_number
 from loralab.errors import AdapterError, DataError
+from loralab.io.peft_format import MAX_WEIGHT
 
 FULL = int(os.environ.get("LORALAB_FUZZ", "0"))
 CASES = FULL or 40
 SETTINGS = settings(max_examples=CASES, deadline=None, derandomize=not FULL, database=None,
                     suppress_health_check=list(HealthCheck))
-OUTCOMES: dict[str, collections.Counter] = {"adapter": collections.Counter(), "dataset": collections.Counter()}
+OUTCOMES: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -74,7 +76,10 @@ def saved_adapters() -> list[tuple[dict, dict[str, torch.Tensor]]]:
 
 BASES = saved_adapters()
 HOSTILE = [None, -1, 0, 1, 2**40, "8", 8.5, True, [], {}, math.nan, math.inf, -math.inf, "query", ["q_proj"],
-           {"query": 2}, {"(": 1}, "all-linear", ".*", [None], ["query", 3]]
+           {"query": 2}, {"(": 1}, "all-linear", ".*", [None], ["query", 3],
+           # regexes that backtrack catastrophically, pattern maps too large to check one by one, extremes
+           "(.*.*)*z", "(a+)+$", "((query)*)*x", {"(.*.*)*z": 2}, {f"layer.{i}.query": 2 for i in range(50_000)},
+           1e308, -1e308, 2**63, 1e-320]
 FIELDS = ["r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern", "use_rslora",
           "use_dora", "modules_to_save", "layers_to_transform", "layers_pattern", "peft_type", "bias", "fan_in_fan_out",
           "exclude_modules", "init_lora_weights", "lora_bias", "unknown_field"]
@@ -86,9 +91,12 @@ config_edits = st.one_of(
     st.tuples(st.just("raw"), st.just("config"), st.binary(max_size=40)),
 )
 tensor_edits = st.tuples(
-    st.sampled_from(["drop", "extra", "transpose", "slice", "dtype", "nan", "inf", "rename", "scalar"]),
+    st.sampled_from(["drop", "extra", "transpose", "slice", "dtype", "nan", "inf", "rename", "scalar", "huge",
+                     "rank4"]),
     st.integers(0, 10_000), st.sampled_from(DTYPES))
-file_edits = st.tuples(st.sampled_from(["truncate", "append", "garbage", "delete", "pickle"]), st.integers(0, 10_000))
+file_edits = st.tuples(st.sampled_from(["truncate", "append", "garbage", "delete", "pickle", "dangling link",
+                                        "link to a directory", "link"]), st.integers(0, 10_000))
+SECONDS_PER_CASE = 10  # an untrusted adapter loads or is refused in bounded time (a backtracking regex took > 60 s)
 
 
 def edit_config(config: dict, edit) -> bytes:
@@ -124,6 +132,10 @@ def edit_tensors(tensors: dict, edit) -> dict:
         tensors[key.replace("lora_", "lora__")] = tensors.pop(key)
     elif kind == "scalar":
         tensors[key] = torch.tensor(1.0)
+    elif kind == "huge" and value.is_floating_point():
+        tensors[key] = torch.full_like(value, 3e38 if value.dtype == torch.float32 else torch.finfo(value.dtype).max)
+    elif kind == "rank4" and value.dim() == 2:
+        tensors[key] = value.reshape(1, 1, *value.shape)
     return tensors
 
 
@@ -146,6 +158,17 @@ def write_adapter(root: Path, config: bytes, tensors: dict, file_edit) -> None:
     elif kind == "pickle":
         weights.unlink()
         (root / "adapter_model.bin").write_bytes(b"\x80\x04 not to be unpickled")
+    elif kind == "dangling link":
+        weights.unlink()
+        weights.symlink_to(root / "nowhere.safetensors")
+    elif kind == "link to a directory":
+        weights.unlink()
+        (root / "a_directory").mkdir()
+        weights.symlink_to(root / "a_directory")
+    elif kind == "link":  # a valid file reached through a symlink loads as the file itself
+        target = root / "elsewhere.safetensors"
+        weights.rename(target)
+        weights.symlink_to(target)
 
 
 def check_adapter_case(base: int, config_edit, tensor_edits_, file_edit) -> str:
@@ -158,18 +181,24 @@ def check_adapter_case(base: int, config_edit, tensor_edits_, file_edit) -> str:
     types = [type(m) for m in model.modules()]
     with tempfile.TemporaryDirectory() as tmp:
         write_adapter(Path(tmp), config_bytes, tensors, file_edit)
+        start = time.perf_counter()
         try:
             ll.load_adapter(model, tmp)
         except AdapterError as err:
+            assert time.perf_counter() - start < SECONDS_PER_CASE, "refusing took too long"
             assert str(err), "an error without a message"
             assert [type(m) for m in model.modules()] == types, "a refused load changed the model's modules"
             after = model.state_dict()
             assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
             return "refused"
+        assert time.perf_counter() - start < SECONDS_PER_CASE, "loading took too long"
         loaded = ll.adapter_state_dict(model, "default")
         file_tensors = load_file(str(Path(tmp) / "adapter_model.safetensors"))
     for key, value in loaded.items():
         assert torch.equal(value, file_tensors[key].to(value.dtype)), f"{key} differs from the file"
+    largest = max((float(t.abs().max()) for t in file_tensors.values() if t.is_floating_point() and t.numel()),
+                  default=0.0)
+    assert largest <= MAX_WEIGHT, f"an adapter with a weight of {largest:.3g} loaded (its outputs would overflow)"
     return "loaded"
 
 
@@ -179,6 +208,26 @@ def check_adapter_case(base: int, config_edit, tensor_edits_, file_edit) -> str:
 def test_fuzz_adapter_directories(base, config_edit, tensor_edits_, file_edit):
     outcome = check_adapter_case(base, config_edit, tensor_edits_, file_edit)
     OUTCOMES["adapter"][outcome] += 1
+    if config_edit and config_edit[0] == "set":
+        OUTCOMES["adapter config value"][f"{hostile_class(config_edit[2])}: {outcome}"] += 1
+    for kind, _, _ in tensor_edits_:
+        OUTCOMES["adapter tensor edit"][f"{kind}: {outcome}"] += 1
+    if file_edit:
+        OUTCOMES["adapter file edit"][f"{file_edit[0]}: {outcome}"] += 1
+
+
+def hostile_class(value) -> str:
+    """The kind of a hostile config value, for the counts: nested-repeat regex, huge map, extreme number."""
+    if isinstance(value, str) and any(n in value for n in ("*)*", "+)+")):
+        return "backtracking regex"
+    if isinstance(value, dict) and any(isinstance(k, str) and "*)*" in k for k in value):
+        return "backtracking regex"
+    if isinstance(value, dict) and len(value) > 1000:
+        return "huge pattern map"
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and (abs(value) > 1e12 or 0 < abs(value) < 1e-300
+                                                                            or value != value):
+        return "extreme number"
+    return "other"
 
 
 def test_unedited_adapters_load():
@@ -281,24 +330,54 @@ def oracle(path: Path) -> list[tuple[str, str]] | None:
     return out if all(parts.values()) else None
 
 
+FILE_DAMAGES = ["repeat column", "stray quote", "unquoted delimiter"]
+
+
+def damage_file(content: str, fmt: str, damage: str, where: int) -> str:
+    """A file made wrong the ways a reader could misread without an error: a column (CSV) or key (JSONL) named
+    twice, a stray quote opening a field at the start of a row's text, a delimiter in an unquoted text."""
+    lines = content.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.strip() and not (fmt == "csv" and i == 0)]
+    i = rows[where % len(rows)]
+    if damage == "repeat column":
+        if fmt == "csv":
+            lines[0] = lines[0] + ",label"
+        elif json.loads(lines[i]):  # the row's first key again, with another value
+            first = next(iter(json.loads(lines[i])))
+            lines[i] = "{" + json.dumps(first) + ': "other", ' + lines[i].lstrip()[1:]
+    elif damage == "stray quote":
+        lines[i] = '"' + lines[i] if fmt == "csv" else lines[i]
+    elif damage == "unquoted delimiter" and fmt == "csv":
+        lines[i] = lines[i] + ",x,y"
+    return "\n".join(lines) + "\n"
+
+
 @SETTINGS
-@given(rows=rows_strategy(), fmt=st.sampled_from(["csv", "jsonl"]), encoding=encodings, blank_every=st.integers(0, 5))
-def test_fuzz_dataset_files(rows, fmt, encoding, blank_every):
+@given(rows=rows_strategy(), fmt=st.sampled_from(["csv", "jsonl"]), encoding=encodings, blank_every=st.integers(0, 5),
+       file_damage=st.one_of(st.none(), st.none(), st.tuples(st.sampled_from(FILE_DAMAGES), st.integers(0, 10_000))))
+def test_fuzz_dataset_files(rows, fmt, encoding, blank_every, file_damage):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"data.{fmt}"
+        content = original = render(rows, fmt, blank_every)
+        if file_damage is not None:
+            content = damage_file(original, fmt, *file_damage)
         try:
-            path.write_bytes(render(rows, fmt, blank_every).encode(encoding))
+            path.write_bytes(content.encode(encoding))
         except UnicodeEncodeError:
-            path.write_bytes(render(rows, fmt, blank_every).encode("utf-8"))
+            path.write_bytes(content.encode("utf-8"))
         expected = oracle(path)
+        if content != original:  # every damage must be refused: each would be read wrongly without an error
+            expected = None
         try:
             splits = [datasets.load(str(path), split) for split in datasets.SPLITS]
         except DataError as err:
             assert str(err), "an error without a message"
             assert expected is None, f"a valid file was refused: {err}"
             OUTCOMES["dataset"]["refused"] += 1
+            OUTCOMES["dataset file damage"][f"{file_damage[0] if file_damage else 'none'}: refused"] += 1
             return
     assert expected is not None, "an invalid file loaded"
     loaded = sorted((e["text"], splits[0].labels[e["label"]]) for s in splits for e in s.examples)
     assert loaded == sorted(expected)
     OUTCOMES["dataset"]["loaded"] += 1
+    OUTCOMES["dataset file damage"][f"{file_damage[0] if file_damage else 'none'}: loaded"] += 1

@@ -61,16 +61,33 @@ def _read_records(path: Path, text: str) -> list[tuple[int, dict]]:
     return records
 
 
+class _RepeatedKey(Exception):
+    pass
+
+
+def _object_without_repeated_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A JSON object, refusing a key given twice (``json`` silently keeps the last, as a CSV reader would a
+    repeated column)."""
+    record = dict(pairs)
+    if len(record) != len(pairs):
+        seen: set[str] = set()
+        raise _RepeatedKey(next(k for k, _ in pairs if k in seen or seen.add(k)))
+    return record
+
+
 def _jsonl_records(path: Path, text: str) -> list[tuple[int, dict]]:
     records = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, object_pairs_hook=_object_without_repeated_keys)
         except (json.JSONDecodeError, RecursionError) as err:
             reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
             raise DataError(f"{path}:{number} is not valid JSON ({reason}).") from None
+        except _RepeatedKey as err:
+            raise DataError(f"{path}:{number} names {err.args[0]!r} more than once; which value to read would be a "
+                            "guess (JSON readers keep the last). Keep one.") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number} is a JSON {type(record).__name__}; each line must be an object "
                             'like {"text": ..., "label": ...}.')
