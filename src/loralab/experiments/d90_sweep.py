@@ -185,7 +185,7 @@ def markdown(report: dict) -> str:
         f"# Intrinsic dimension: {cfg['model']} on {cfg['data']}",
         "",
         f"{cfg['method'].upper()} with a {cfg['projection']} projection, seeds {cfg['seeds']}, {cfg['max_train']} "
-        f"training examples, {cfg['epochs']} epochs, lr {cfg['lr']:g}"
+        f"training examples, {cfg['epochs']} epoch{'s' if cfg['epochs'] != 1 else ''}, lr {cfg['lr']:g}"
         + (f"·√({cfg['lr_ref_d']}/d)" if cfg.get("lr_ref_d") else "")
         + f" (full FT lr {cfg['full_lr']:g}). "
         f"Full fine-tuning: validation accuracy {report['full']['validation']:.4f}, test {report['full']['test']:.4f}; "

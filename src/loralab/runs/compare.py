@@ -117,7 +117,7 @@ def comparison_markdown(table: dict) -> str:
     for r in rows:
         cells = [r["run"], *(cell(r["config"].get(f)) for f in table["varying"])]
         if r["status"] == "finished":
-            cells += [f"{r['trainable']:,} ({100 * r['trainable'] / r['total']:.2g}%)", str(r["best_epoch"]),
+            cells += [f"{r['trainable']:,} ({percent(r['trainable'] / r['total'])})", str(r["best_epoch"]),
                       *(cell(r[s].get(k)) for s, k in metrics), f"{r['seconds']:.0f}", cell(r["peak_mb"], ".0f")]
         else:
             cells += [r["status"]] + [""] * (len(header) - len(cells) - 1)
@@ -133,3 +133,9 @@ def cell(value, spec: str = ".4g") -> str:
     if isinstance(value, float):
         return format(value, spec)
     return value if isinstance(value, str) else json.dumps(value)
+
+
+def percent(share: float) -> str:
+    """A share as a percentage with two significant digits, whole numbers from 10% up: 0.33%, 12%, 100%."""
+    value = 100 * share
+    return f"{value:.0f}%" if value >= 10 else f"{value:.2g}%"
