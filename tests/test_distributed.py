@@ -50,7 +50,8 @@ def assert_same_adapter(a: Path, b: Path, atol: float = 1e-5) -> None:
 @pytest.mark.skipif(shutil.which(TORCHRUN) is None and not Path(TORCHRUN).exists(), reason="no torchrun")
 def test_readme_torchrun_command_as_written(tiny, single, tmp_path):
     """`torchrun --standalone --nproc_per_node=2 -m loralab train … --rank 8 …` (torchrun used to swallow --r)."""
-    launch([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "loralab", *flags(tiny, tmp_path / "ddp")])
+    proc = launch([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "loralab", *flags(tiny, tmp_path / "ddp")])
+    assert sum(line.startswith('{"out"') for line in proc.stdout.splitlines()) == 1  # one result line, not one per process
     result = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert result["world_size"] == 2 and result["device"] == "cpu"
     assert_same_adapter(single, tmp_path / "ddp")
