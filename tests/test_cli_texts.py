@@ -29,6 +29,15 @@ def test_train_help_lists_every_registered_method():
     assert "(default: lora)" in text
 
 
+def test_choices_are_in_the_usage_line():
+    """As argparse shows them for its own choices: `--method {full,…}` rather than `--method METHOD`."""
+    usage = help_text("train").split(" options: ")[0]
+    for flag, values in (("--method", "full,head,lora,dora,did,said"), ("--init", "default,gaussian,pissa,olora"),
+                         ("--scheduler", "linear,cosine,constant"), ("--precision", "fp32,bf16,fp16"),
+                         ("--metric-for-best", "accuracy,macro_f1,loss")):
+        assert f"[{flag} {{{values}}}]" in usage
+
+
 def test_no_default_shown_twice_or_as_a_placeholder():
     text = help_text("train")
     assert "(default: None)" not in text and "(per method)" not in text

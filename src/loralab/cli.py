@@ -77,8 +77,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, extra_help: Option
             shown = ",".join(map(str, default)) if isinstance(default, list) else default
             text = f"{text} (default: {shown})"
         choices = CHOICES.get(name)
-        parser.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, metavar=f.name.upper(),
-                            help=text + (f" {{{', '.join(choices)}}}" if choices else ""))
+        metavar = "{" + ",".join(choices) + "}" if choices else f.name.upper()  # choices in the usage line, as argparse
+        parser.add_argument(*flags, dest=name, type=kind, default=argparse.SUPPRESS, metavar=metavar, help=text)
 
 
 def methods_reading(section: str) -> list[str]:
