@@ -13,7 +13,8 @@ from loralab.train.config import TrainConfig
 @pytest.fixture
 def tiny_plan(tiny, monkeypatch):
     """One learning rate per family and one lr task, so a claim needs only a few 1-epoch runs of 32 examples."""
-    monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "said": (0.1,)})
+    monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "lora-all": (2e-2,),
+                                        "said": (0.1,)})
     monkeypatch.setattr(plan, "LR_TASKS", ("movie",))
     return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, epochs=1, batch_size=8)
 
@@ -26,6 +27,8 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     row = c["rows"][0]
     assert row["ratio"]["seeds"] == [0, 1] and row["ratio"]["n"] == 2
     assert c["params_fewer"] > 10
+    assert row["ratio_all_linear"]["n"] == 2 and 1 < c["params_fewer_all_linear"] < c["params_fewer"]  # second arm
+    assert study["meta"]["learning_rates"]["lora-all"]["chosen"] == 2e-2
     assert study["meta"]["learning_rates"]["full"]["chosen"] == 2e-3
     html = (tmp_path / "report" / "report.html").read_text()
     assert "data:image/png;base64," in html and "Claim 1:" in html and "<img" in html
@@ -38,12 +41,17 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
 
 
 def test_a_claims_missing_runs_train_together(tiny_plan, tmp_path, capsys):
-    """Claim 10 alone: after the lr sweep (movie, seed 0) its other two adapters are one batch, not one run at a time."""
+    """Claim 10 alone: after the lr sweep (movie, seed 0) the other five adapters of its two replicates (seeds
+    rotated over movie, tweets, sms) are one batch, not one run at a time; every cell has an interval over them."""
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
                            sizes=tiny_plan, seeds=(0, 1))
     batches = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "already done" in line]
-    assert batches == ["1 runs", "2 runs"], batches
-    assert study["claims"]["10"]["verdict"] != "not run"
+    assert batches == ["1 runs", "5 runs"], batches
+    c = study["claims"]["10"]
+    assert c["verdict"] != "not run" and c["replicates"] == 2
+    assert [r["runs"] for r in c["interference"]][1] != [r["runs"] for r in c["interference"]][0]
+    for cell in c["cells"].values():
+        assert cell["all_w1"]["n"] == 2 and cell["all_w1"]["low"] <= cell["all_w1"]["mean"] <= cell["all_w1"]["high"]
 
 
 def test_bad_claim_and_task_lists_are_refused(tmp_path):

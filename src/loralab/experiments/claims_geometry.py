@@ -8,7 +8,16 @@ import torch
 
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import Context, claim
-from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE, bootstrap_interval, combine_verdicts, pearson
+from loralab.experiments.stats import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    bootstrap_interval,
+    combine_verdicts,
+    mean_ci,
+    pearson,
+    what_decides,
+)
 
 
 def random_k90(shape: tuple[int, int], seed: int = 0) -> int:
@@ -148,24 +157,43 @@ def claim_9(ctx: Context) -> dict:
 
 @claim(10, "Adapters compose but interfere")
 def claim_10(ctx: Context) -> dict:
+    """Task vectors summed: one replicate per seed of the study, each with every task's adapter from its own
+    seed (seeds rotate over the tasks: adapters of one seed start from the same A, and their input subspaces would
+    then agree by construction, `compose.geometry`); every cell is a mean over replicates with its t-interval."""
     from loralab.experiments.interference import run_interference
 
     tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
-    # the i-th task's seed-i run (claim 1 trained them): adapters of one seed start from the same A, and their
-    # input subspaces would then agree by construction (`compose.geometry`)
-    runs = [str(d) for d in ctx.dirs([plan.lora_unit(t, ctx.sizes, i, ctx.lr("lora")) for i, t in enumerate(tasks)])]
-    result = run_interference(runs, ctx.out / "interference")
-    table = result["table"]
-    composes = all(r["all_w1"] > r["chance"] + 0.5 * (r["own"] - r["chance"]) for r in table.values())
-    interferes = statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) > 0
-    negation = all(r["negated"] < r["own"] for r in table.values())
-    final = HOLDS if composes and interferes else FAILS
-    return {"verdict": final, "composes": composes, "interferes": interferes, "negation_moves_toward_chance": negation,
-            "controls_stay": [n["stays"] for n in result["negation"]], "interference": result,
-            "summary": "all adapters summed (w=1) vs own, per task: " + ", ".join(
-                f"{t} {r['all_w1']:.3f} vs {r['own']:.3f}" for t, r in table.items())
-            + f"; negation lowers every task: {negation}; controls within {result['tolerance']:.0%}: "
-              f"{sum(n['stays'] for n in result['negation'])}/{len(result['negation'])}."}
+    pool = max(len(ctx.seeds), len(tasks))
+    units = [plan.lora_unit(t, ctx.sizes, (i + k) % pool, ctx.lr("lora")) for k in range(len(ctx.seeds))
+             for i, t in enumerate(tasks)]
+    dirs = [str(d) for d in ctx.dirs(units)]  # every replicate's missing runs train together
+    replicates = [run_interference(dirs[k * len(tasks):(k + 1) * len(tasks)], ctx.out / "interference" / f"replicate{k}")
+                  for k in range(len(ctx.seeds))]
+    tables = [r["table"] for r in replicates]
+    cells = {t: {key: mean_ci([table[t][key] for table in tables]) for key in ("own", "all_w1", "negated", "chance")}
+             for t in tables[0]}
+    composes = all(c["all_w1"]["mean"] > c["chance"]["mean"] + 0.5 * (c["own"]["mean"] - c["chance"]["mean"])
+                   for c in cells.values())
+    loss = mean_ci([statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) for table in tables])
+    negation = all(c["negated"]["high"] < c["own"]["low"] for c in cells.values())
+    if not composes or loss["high"] < 0:
+        final = FAILS
+    else:
+        final = HOLDS if loss["low"] > 0 else INCONCLUSIVE
+    first = ctx.out / "interference" / "replicate0" / "interference.png"
+    if first.exists():  # the report shows the first replicate's figure
+        (ctx.out / "interference" / "interference.png").write_bytes(first.read_bytes())
+    return {"verdict": final, "composes": composes, "interference_loss": loss, "power": what_decides(loss, 0.0),
+            "cells": cells,
+            "replicates": len(replicates), "negation_moves_toward_chance": negation,
+            "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
+            "interference": replicates,
+            "summary": "all adapters summed (w=1) vs own, per task, mean over " + f"{len(replicates)} replicates "
+                       "[95% t-interval]: " + ", ".join(
+                f"{t} {c['all_w1']['mean']:.3f} [{c['all_w1']['low']:.3f}, {c['all_w1']['high']:.3f}] vs "
+                f"{c['own']['mean']:.3f} [{c['own']['low']:.3f}, {c['own']['high']:.3f}]" for t, c in cells.items())
+            + f"; accuracy lost to the sum, mean over tasks {loss['mean']:.3f} [{loss['low']:.3f}, {loss['high']:.3f}]"
+            + f"; negation below own on every task (intervals apart): {negation}."}
 
 
 @claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")

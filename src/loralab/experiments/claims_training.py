@@ -43,17 +43,27 @@ def claim_1(ctx: Context) -> dict:
     full, lora = full_accuracy(ctx), lora_accuracy(ctx, 8)
     params = ctx.params(plan.full_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("full"))) / ctx.params(
         plan.lora_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora")))
+    all_linear = accuracy_by_seed(ctx, lambda t, s: plan.all_linear_unit(t, ctx.sizes, s, ctx.lr("lora-all")))
+    params_all = ctx.params(plan.full_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("full"))) / ctx.params(
+        plan.all_linear_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora-all")))
     rows, verdicts = [], []
     for task in ctx.tasks:
         ratio = paired(lora[task], full[task], op="ratio")
         verdicts.append(verdict(ratio, 0.98) if params >= 100 else FAILS)
+        ratio_all = paired(all_linear[task], full[task], op="ratio")
         rows.append({"task": task, "full": mean_ci(full[task].values()), "lora_r8": mean_ci(lora[task].values()),
-                     "ratio": ratio, "power": what_decides(ratio, 0.98), "verdict": verdicts[-1]})
-    return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "rows": rows,
+                     "ratio": ratio, "power": what_decides(ratio, 0.98), "verdict": verdicts[-1],
+                     "all_linear_r8": mean_ci(all_linear[task].values()), "ratio_all_linear": ratio_all,
+                     "power_all_linear": what_decides(ratio_all, 0.98), "verdict_all_linear": verdict(ratio_all, 0.98)})
+    return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "params_fewer_all_linear": params_all,
+            "verdict_all_linear": combine_verdicts([r["verdict_all_linear"] for r in rows]), "rows": rows,
             "summary": "LoRA r=8 (q/v) over full FT per task: " + ", ".join(
                 f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]"
                 + decides_text(r["power"]) for r in rows)
-            + f"; {params:.0f}× fewer trainable parameters (head included)."}
+            + f"; {params:.0f}× fewer trainable parameters (head included). Second arm, LoRA r=8 on every linear "
+              "layer: " + ", ".join(
+                f"{r['task']} {r['ratio_all_linear']['mean']:.3f} [{r['ratio_all_linear']['low']:.3f}, "
+                f"{r['ratio_all_linear']['high']:.3f}]" for r in rows) + f" at {params_all:.0f}× fewer parameters."}
 
 
 def decides_text(power: dict) -> str:

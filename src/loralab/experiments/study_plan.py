@@ -30,6 +30,7 @@ INTERFERENCE_TASKS = ("movie", "tweets", "sms")
 
 # Learning-rate grids per family (the lr stage picks, per family, the best mean validation accuracy).
 LR_GRID = {"full": (5e-5, 1e-4, 2e-4), "lora": (1e-3, 2e-3, 4e-3), "dora": (1e-3, 2e-3, 4e-3),
+           "lora-all": (5e-4, 1e-3, 2e-3),  # claim 1's second arm: r = 8 on every linear layer
            "said": (0.05, 0.1, 0.2)}  # said: the lr at d = 1000, scaled by √(1000/d) elsewhere
 
 BLOCK = r".*\.layer\.\d+\."
@@ -69,6 +70,14 @@ def lora_unit(task: str, sizes: Sizes, seed: int, lr: float, method: str = "lora
     lora = LoraSettings(r=r, alpha=2.0 * r, rank_pattern=pattern, alpha_pattern={k: 2.0 * v for k, v in pattern.items()})
     cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, lora=lora, lr=lr)
     return Unit(f"{task}-{method}-{placement}{tag}-r{r}-lr{lr:g}-s{seed}", cfg)
+
+
+def all_linear_unit(task: str, sizes: Sizes, seed: int, lr: float, r: int = 8) -> Unit:
+    """LoRA r (alpha = 2r) on every linear layer of every block — query, key, value, attention output and both MLP
+    layers: claim 1's second arm ("LoRA Without Regret", 2025: all-layer LoRA closes more of the gap to full FT)."""
+    cfg = replace(base_config(task, sizes, seed), method="lora", targets=PLACEMENTS["all"][0],
+                  lora=LoraSettings(r=r, alpha=2.0 * r), lr=lr)
+    return Unit(f"{task}-lora-all-linear-r{r}-lr{lr:g}-s{seed}", cfg)
 
 
 def full_unit(task: str, sizes: Sizes, seed: int, lr: float) -> Unit:
@@ -126,6 +135,8 @@ def lr_unit(family: str, task: str, sizes: Sizes, lr: float, m: int) -> Unit:
         return full_unit(task, sizes, 0, lr)
     if family == "said":
         return said_unit(task, sizes, 0, 1000, lr, m)
+    if family == "lora-all":
+        return all_linear_unit(task, sizes, 0, lr)
     return lora_unit(task, sizes, 0, lr, family)
 
 
