@@ -278,3 +278,24 @@ def test_analyze_an_adapter_that_names_no_base(tmp_path, dora):
     assert report["summary"]["amplification_median"] is None
     assert "amplification, intruder dimensions and ΔM/ΔD need the base weights: give --model" in report["needs_base"]
     assert "give --model" in (tmp_path / "analysis" / "analysis.md").read_text()
+
+
+def test_analyze_refuses_a_used_out_and_overwrite_replaces_only_an_analysis(adapter_pair, tmp_path):
+    """Issue 34: a second analyze into the same --out wrote over it and left the first one's plots beside the new."""
+    from loralab.errors import ConfigError
+
+    base_dir, root = adapter_pair
+    out = tmp_path / "analysis"
+    analyze([str(root / "ours")], out, model=str(base_dir), plots=False)
+    (out / "old_plot.png").write_bytes(b"a plot of the previous analysis")
+    with pytest.raises(ConfigError, match=rf"--out {out} holds a previous analysis; add --overwrite to replace it, or "
+                                          r"give a new directory \(nothing was written\)\."):
+        analyze([str(root / "ours")], out, model=str(base_dir), plots=False)
+    analyze([str(root / "ours")], out, model=str(base_dir), plots=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["analysis.json"]  # the old analysis is gone as a whole
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("years of work")
+    with pytest.raises(ConfigError, match="holds no analysis.json: --overwrite replaces only a previous analysis"):
+        analyze([str(root / "ours")], thesis, model=str(base_dir), plots=False, overwrite=True)
+    assert (thesis / "chapter1.tex").read_text() == "years of work"

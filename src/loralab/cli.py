@@ -457,6 +457,8 @@ def analyze_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--intruder-k", type=positive, default=10,
                         help="top singular vectors checked for intruders (default: 10)")
     parser.add_argument("--epsilon", type=float, default=0.5, help="intruder cosine threshold (default: 0.5)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous analysis in --out (a non-empty --out is refused otherwise)")
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -466,7 +468,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if names and len(names) != len(args.sources):
         raise ConfigError(f"--names gives {len(names)} labels for {len(args.sources)} sources; give one per source.")
     result = analyze(args.sources, args.out, model=args.model, names=names, rank=args.rank,
-                     intruder_k=args.intruder_k, epsilon=args.epsilon)
+                     intruder_k=args.intruder_k, epsilon=args.epsilon, overwrite=args.overwrite)
     print(json.dumps({name: report["summary"] for name, report in result["sources"].items()}, indent=2))
     print(f"wrote {Path(args.out) / 'analysis.md'} ({result['seconds']:.1f} s)")
     return 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +24,8 @@ import torch
 from loralab.analysis import geometry, similarity, spectra
 from loralab.analysis.updates import LayerUpdate, load_updates
 from loralab.errors import ConfigError
+from loralab.io.atomic import check_new_directory
+from loralab.progress import progress
 from loralab.rundir import RunDir
 
 
@@ -141,17 +144,41 @@ def check_settings(rank: Optional[int], intruder_k: int, epsilon: float) -> None
                           f"best cosine to every base singular vector is below it is an intruder; default 0.5), got {epsilon}.")
 
 
+def check_out(out: Path, overwrite: bool) -> Path:
+    """``out`` as `analyze` may write it: new or empty, or a previous analysis when ``overwrite`` (never another
+    directory: --overwrite deletes only what an analysis wrote)."""
+    if overwrite and out.is_dir() and not out.is_symlink() and any(out.iterdir()):
+        if not (out / "analysis.json").is_file():
+            raise ConfigError(f"--out {out} is not empty and holds no analysis.json: --overwrite replaces only a "
+                              "previous analysis. Give a new directory.")
+        return out
+    try:
+        return check_new_directory(out)
+    except ConfigError as err:
+        if "is not empty" in str(err) and (out / "analysis.json").is_file():
+            raise ConfigError(f"--out {out} holds a previous analysis; add --overwrite to replace it, or give a new "
+                              "directory (nothing was written).") from None
+        raise
+
+
 def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, names: Optional[list[str]] = None,
-            rank: Optional[int] = None, intruder_k: int = 10, epsilon: float = 0.5, plots: bool = True) -> dict:
-    """Measure every source, compare every pair, write analysis.json (and the report with ``plots``)."""
+            rank: Optional[int] = None, intruder_k: int = 10, epsilon: float = 0.5, plots: bool = True,
+            overwrite: bool = False) -> dict:
+    """Measure every source, compare every pair, write analysis.json (and the report with ``plots``) into ``out``:
+    a new or empty directory, or — with ``overwrite`` — a previous analysis, replaced as a whole (no plot of the
+    old one is left beside the new). Checked before anything is measured."""
     check_settings(rank, intruder_k, epsilon)
     started = time.time()
     if names is not None and len(set(names)) < len(names):
         raise ConfigError(f"--names {','.join(names)} gives a label twice; every source needs its own.")
+    out = check_out(Path(out), overwrite)
     names = names or source_labels(sources)
     bases, reports, svds, factors = BaseSpectra(), {}, {}, {}
+    bar = progress(len(sources), "analyze")
     for name, source in zip(names, sources):
         reports[name], svds[name], factors[name] = analyze_source(source, model, rank, bases, intruder_k, epsilon)
+        bar.update(1)
+    bar.close()
     pairs = {}
     for first, second in itertools.combinations(names, 2):
         found = compare_sources(svds[first], svds[second])
@@ -160,7 +187,8 @@ def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, na
                                              "shared_start": shared_start(factors[first], factors[second], found["layers"])}
     result = {"sources": reports, "pairs": pairs, "intruder_k": intruder_k, "epsilon": epsilon,
               "seconds": time.time() - started}
-    out = Path(out)
+    if overwrite and out.is_dir():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "analysis.json").write_text(json.dumps(result, indent=1) + "\n")
     if plots:
