@@ -34,29 +34,45 @@ def reference_rows(texts: list[str], tokenizer, max_length: int) -> list[dict]:
 
 
 @torch.no_grad()
-def lm_forgetting(base: nn.Module, tuned: nn.Module, rows: list[dict], pad_id: int, batch_size: int = 16) -> dict:
+def lm_forgetting(base: nn.Module, tuned: nn.Module, rows: list[dict], pad_id: int, batch_size: int = 16,
+                  per_text: bool = False) -> dict:
     """Next-token loss of each model on ``rows`` and the mean token KL(base ‖ tuned). From each model's last
     hidden states and output layer, a chunk of tokens at a time (`tasks.lm_loss`): neither model's
-    (tokens, vocabulary) logits exist whole; a model without a separate output layer gives its logits."""
+    (tokens, vocabulary) logits exist whole; a model without a separate output layer gives its logits.
+    ``per_text``: also each row's token count and summed loss increase and KL (``"per_text"``), so that an
+    interval can be had by resampling texts."""
     totals = {"base": 0.0, "tuned": 0.0, "kl": 0.0}
     tokens = 0
+    texts: dict[str, list] = {"tokens": [], "loss_increase": [], "kl": []}
     for start in range(0, len(rows), batch_size):
         batch = collate(rows[start : start + batch_size], pad_id)
         targets = batch.pop("labels")[:, 1:]
         mask = batch["attention_mask"][:, 1:].bool()
         picked = targets[mask]  # (N,)
+        row_of = torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]  # (N,) the row of each token
+        increase, kl = torch.zeros(mask.shape[0], dtype=torch.float64), torch.zeros(mask.shape[0], dtype=torch.float64)
         (h_p, w_p, b_p), (h_q, w_q, b_q) = (last_states(model, batch, mask) for model in (base, tuned))
         for at in range(0, picked.shape[0], CHUNK):
             log_p = torch.log_softmax(logits_of(h_p[at:at + CHUNK], w_p, b_p).double(), -1)  # (C, vocab)
             log_q = torch.log_softmax(logits_of(h_q[at:at + CHUNK], w_q, b_q).double(), -1)
             target = picked[at:at + CHUNK, None]
-            totals["base"] -= float(log_p.gather(1, target).sum())
-            totals["tuned"] -= float(log_q.gather(1, target).sum())
-            totals["kl"] += float((log_p.exp() * (log_p - log_q)).sum())
+            nll_p, nll_q = -log_p.gather(1, target)[:, 0], -log_q.gather(1, target)[:, 0]  # (C,)
+            kl_tokens = (log_p.exp() * (log_p - log_q)).sum(-1)  # (C,)
+            totals["base"] += float(nll_p.sum())
+            totals["tuned"] += float(nll_q.sum())
+            totals["kl"] += float(kl_tokens.sum())
+            if per_text:
+                increase.index_add_(0, row_of[at:at + CHUNK], nll_q - nll_p)
+                kl.index_add_(0, row_of[at:at + CHUNK], kl_tokens)
         tokens += int(mask.sum())
+        if per_text:
+            texts["tokens"] += mask.sum(1).tolist()
+            texts["loss_increase"] += increase.tolist()
+            texts["kl"] += kl.tolist()
     base_loss, tuned_loss = totals["base"] / tokens, totals["tuned"] / tokens
-    return {"tokens": tokens, "base_loss": base_loss, "tuned_loss": tuned_loss, "loss_increase": tuned_loss - base_loss,
-            "kl_base_tuned": totals["kl"] / tokens}
+    out = {"tokens": tokens, "base_loss": base_loss, "tuned_loss": tuned_loss, "loss_increase": tuned_loss - base_loss,
+           "kl_base_tuned": totals["kl"] / tokens}
+    return {**out, "per_text": texts} if per_text else out
 
 
 CHUNK = 256  # tokens per chunk of logits (× vocabulary floats, for each of the two models)

@@ -1,36 +1,73 @@
-"""Claim 8's runs: SmolLM2 tuned on chat-qa with LoRA r=8, r=64 and full fine-tuning, and what each forgot.
+"""Claim 8's runs: learning–forgetting curves of LoRA r=8, LoRA r=64 (rsLoRA) and full fine-tuning of SmolLM2, and
+forgetting compared **at matched learning** (Biderman et al. 2024, "LoRA Learns Less and Forgets Less", §4).
 
-Learning rates come from a small validation sweep (`study_plan.SMOLLM2_LR_GRID`, lowest validation
-loss). Gain = the base model's held-out chat-qa test loss minus the tuned model's. Forgetting =
-`analysis.forgetting.lm_forgetting` on BBC News test articles (a different domain: news prose,
-not chat), against the untouched base model.
+* **Target:** chat-qa with every response letter-substituted by one fixed permutation of a–z (`cipher_files`):
+  far from anything the instruct model already does (on plain chat-qa it has little to learn), so learning is
+  measurable. Prompts stay plain; train/validation/test are chat-qa's seed-0 splits, the same for every run.
+* **Curves:** each arm at every learning rate of its grid (`study_plan.SMOLLM2_LR_GRID`), for each of
+  `study_plan.FORGETTING_SEEDS`: one point (gain, forgetting) per run. Gain = the base model's test loss on the
+  cipher minus the tuned model's. Forgetting = the rise of next-token loss on `REFERENCE_TEXTS` BBC News test
+  articles × `REFERENCE_TOKENS` tokens (`analysis.forgetting.lm_forgetting`), per text.
+* **Matched learning:** every arm's forgetting is read off its own curve (linear in gain between its points,
+  seeds averaged) at one gain all arms reach — the largest gain the weakest arm attains (`matched_gain`) — and
+  the difference full FT − LoRA gets a 95% interval by resampling reference texts (`matched_difference`).
 """
 
 from __future__ import annotations
 
 import json
+import random
+import statistics
+import string
 from pathlib import Path
+from typing import Optional
 
 import torch
 
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import Context
 
-REFERENCE, REFERENCE_TEXTS, REFERENCE_TOKENS = "bbc", 60, 96
+REFERENCE, REFERENCE_TEXTS, REFERENCE_TOKENS = "bbc", 200, 128
+CIPHER_SEED = 0
+RESAMPLES = 2000
 
 
-def chosen_lr(ctx: Context, method: str) -> float:
-    units = [plan.smollm2_unit(method, lr) for lr in plan.SMOLLM2_LR_GRID[method]]
-    results = ctx.run(units)
-    best = min(units, key=lambda u: results[u.name].validation["loss"])
-    ctx.lr_table[f"smollm2-{method}"] = {"grid": {f"{u.config.lr:g}": results[u.name].validation["loss"]
-                                                  for u in units}, "chosen": best.config.lr,
-                                         "metric": "validation loss (lower is better)"}
-    return best.config.lr
+def cipher(seed: int = CIPHER_SEED) -> dict[str, str]:
+    """A fixed permutation of the lower-case letters (upper case follows it), seeded; no letter maps to itself."""
+    letters = list(string.ascii_lowercase)
+    rng = random.Random(seed)
+    while True:
+        shuffled = letters[:]
+        rng.shuffle(shuffled)
+        if all(a != b for a, b in zip(letters, shuffled)):
+            break
+    table = dict(zip(letters, shuffled))
+    return {**table, **{a.upper(): b.upper() for a, b in table.items()}}
 
 
-def base_and_reference(out: Path):
-    """(base model, tokenizer, reference rows, base chat-qa test loss) — the loss cached in out."""
+def encipher(text: str, table: dict[str, str]) -> str:
+    return "".join(table.get(c, c) for c in text)
+
+
+def cipher_files(root: Path) -> tuple[str, str, str]:
+    """(train, validation, test) JSONL files of chat-qa's seed-0 splits with enciphered responses, written once."""
+    from loralab import data as datasets
+
+    root.mkdir(parents=True, exist_ok=True)
+    table = cipher()
+    paths = []
+    for split in datasets.SPLITS:
+        path = root / f"cipher-qa-{split}.jsonl"
+        if not path.exists():
+            rows = datasets.load("chat-qa", split, 0).examples
+            path.write_text("".join(json.dumps({"prompt": r["prompt"], "response": encipher(r["response"], table)})
+                                    + "\n" for r in rows))
+        paths.append(str(path))
+    return tuple(paths)
+
+
+def base_and_reference(out: Path, files: tuple[str, str, str]):
+    """(base model, tokenizer, reference rows, base test loss on the cipher) — the loss cached in out."""
     from loralab import data as datasets
     from loralab import models
     from loralab.analysis.forgetting import reference_rows
@@ -40,36 +77,110 @@ def base_and_reference(out: Path):
     base, tokenizer = models.load("smollm2", "causal_lm")
     texts = [e["text"] for e in datasets.load(REFERENCE, "test", 0, REFERENCE_TEXTS).examples]
     rows = reference_rows(texts, tokenizer, REFERENCE_TOKENS)
-    cache = out / "smollm2_base.json"
+    cache = out / "smollm2_cipher_base.json"
     if not cache.exists():
-        test = encode(datasets.load("chat-qa", "test", 0), tokenizer, 96)
+        test = encode(datasets.load_splits(files[0], 0, None, None, files[1], files[2])["test"], tokenizer,
+                      plan.SMOLLM2_MAX_LENGTH)
         loss = evaluate(base, test, "causal_lm", 0, tokenizer.pad_token_id, 16, progress=False)["loss"]
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"test_loss": loss}))
     return base, tokenizer, rows, json.loads(cache.read_text())["test_loss"]
 
 
-def smollm2_forgetting(ctx: Context) -> list[dict]:
-    lrs = {m: chosen_lr(ctx, m) for m in ("lora", "full")}
-    units = [plan.smollm2_unit("lora", lrs["lora"], 8), plan.smollm2_unit("lora", lrs["lora"], 64),
-             plan.smollm2_unit("full", lrs["full"])]
-    results = ctx.run(units)
-    base, tokenizer, rows, base_loss = base_and_reference(ctx.out / "forgetting")
-    out = []
-    for unit in units:
+def smollm2_forgetting(ctx: Context) -> dict:
+    """Every arm × learning rate × seed trained on the cipher (cached), each run's gain and per-text forgetting,
+    and the comparison at matched gain."""
+    files = cipher_files(ctx.out / "forgetting" / "data")
+    units = {(arm, lr, seed): plan.smollm2_unit(arm, lr, seed, files)
+             for arm in plan.SMOLLM2_ARMS for lr in plan.SMOLLM2_LR_GRID[plan.SMOLLM2_ARMS[arm][0]]
+             for seed in plan.FORGETTING_SEEDS}
+    results = ctx.run(list(units.values()))
+    base, tokenizer, rows, base_loss = base_and_reference(ctx.out / "forgetting", files)
+    points = []
+    for (arm, lr, seed), unit in units.items():
         r = results[unit.name]
-        out.append({"name": unit.name, "method": unit.config.method, "rank": unit.config.r if unit.config.method != "full"
-                    else None, "lr": unit.config.lr, "trainable_params": r.trainable_params,
-                    "test_loss": r.test["loss"], "base_test_loss": base_loss, "gain": base_loss - r.test["loss"],
-                    "forgetting": forgetting_of(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)})
-    return out
+        found = forgetting_of(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)
+        points.append({"arm": arm, "lr": lr, "seed": seed, "name": unit.name, "trainable_params": r.trainable_params,
+                       "test_loss": r.test["loss"], "gain": base_loss - r.test["loss"],
+                       "forgetting": found["loss_increase"], "kl": found["kl_base_tuned"],
+                       "per_text": found["per_text"]})
+    gain = matched_gain(points)
+    compared = {arm: matched_difference(points, "full", arm, gain) for arm in plan.SMOLLM2_ARMS if arm != "full"}
+    return {"base_test_loss": base_loss, "matched_gain": gain, "compared": compared, "reference_texts": len(rows),
+            "points": [{k: v for k, v in p.items() if k != "per_text"} for p in points]}
 
 
 @torch.no_grad()
 def forgetting_of(run_dir: Path, base, rows: list[dict], pad_id: int) -> dict:
-    """`lm_forgetting` of one finished run's model against the base model."""
+    """`lm_forgetting` (per text) of one finished run's model against the base model."""
     from loralab.analysis.forgetting import lm_forgetting
     from loralab.runs import load_run
 
     _, tuned, _, _, _ = load_run(run_dir)
-    return lm_forgetting(base, tuned, rows, pad_id, 8)
+    return lm_forgetting(base, tuned, rows, pad_id, 8, per_text=True)
+
+
+# ----- learning–forgetting curves --------------------------------------------------------------------
+def forgetting_from(per_text: dict, picks: list[int]) -> float:
+    """Token-weighted mean loss increase over the texts ``picks`` (a resample: repeats allowed)."""
+    return sum(per_text["loss_increase"][i] for i in picks) / sum(per_text["tokens"][i] for i in picks)
+
+
+def curve_at(points: list[tuple[float, float]], gain: float) -> Optional[float]:
+    """Forgetting at ``gain`` on the curve through (gain, forgetting) ``points``, linear between neighbours;
+    None outside the points' range (a curve is never extrapolated)."""
+    points = sorted(points)
+    if not points or gain < points[0][0] or gain > points[-1][0]:
+        return None
+    for (g0, f0), (g1, f1) in zip(points, points[1:]):
+        if g0 <= gain <= g1:
+            return f0 if g1 == g0 else f0 + (f1 - f0) * (gain - g0) / (g1 - g0)
+    return points[-1][1]
+
+
+def arm_at(points: list[dict], arm: str, gain: float, picks: Optional[list[int]] = None,
+           seeds: Optional[list[int]] = None) -> Optional[float]:
+    """An arm's forgetting at ``gain``: per seed from its curve over learning rates, then the mean over seeds
+    (``seeds``: only these; None when a seed's curve does not reach ``gain``)."""
+    values = []
+    for seed in seeds or sorted({p["seed"] for p in points if p["arm"] == arm}):
+        curve = [(p["gain"], p["forgetting"] if picks is None else forgetting_from(p["per_text"], picks))
+                 for p in points if p["arm"] == arm and p["seed"] == seed]
+        value = curve_at(curve, gain)
+        if value is None:
+            return None
+        values.append(value)
+    return statistics.fmean(values) if values else None
+
+
+def matched_gain(points: list[dict]) -> Optional[float]:
+    """The gain every arm's every seed reaches within its curve: the smallest of their highest gains, if it is not
+    below any curve's lowest gain (else the arms learned too differently to be matched)."""
+    curves = {}
+    for p in points:
+        curves.setdefault((p["arm"], p["seed"]), []).append(p["gain"])
+    top, bottom = min(max(g) for g in curves.values()), max(min(g) for g in curves.values())
+    return top if top >= bottom else None
+
+
+def matched_difference(points: list[dict], first: str, second: str, gain: Optional[float], seed: int = 0) -> dict:
+    """Forgetting of ``first`` minus ``second`` at ``gain``, with a 95% percentile interval from resampling the
+    reference texts (`RESAMPLES` times; every run's forgetting recomputed on the same resample). The interval is
+    the reference sample's uncertainty; the seeds' spread is given beside it (``per_seed``: the same difference
+    from each seed's curves alone)."""
+    if gain is None:
+        return {"gain": None, "difference": None, "low": None, "high": None,
+                "note": "no gain that every arm reaches: the curves do not overlap"}
+    observed = arm_at(points, first, gain) - arm_at(points, second, gain)
+    n = len(points[0]["per_text"]["tokens"])
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(RESAMPLES):
+        picks = [rng.randrange(n) for _ in range(n)]
+        draws.append(arm_at(points, first, gain, picks) - arm_at(points, second, gain, picks))
+    draws.sort()
+    return {"gain": gain, "first": first, "second": second, "difference": observed,
+            "low": draws[int(0.025 * RESAMPLES)], "high": draws[int(0.975 * RESAMPLES) - 1], "resamples": RESAMPLES,
+            "per_seed": {seed: arm_at(points, first, gain, seeds=[seed]) - arm_at(points, second, gain, seeds=[seed])
+                         for seed in sorted({p["seed"] for p in points})},
+            "first_forgetting": arm_at(points, first, gain), "second_forgetting": arm_at(points, second, gain)}

@@ -160,17 +160,22 @@ def claim_7(c: dict, path: Path):
 
 def claim_8(c: dict, path: Path):
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
-    for row in c["rows"]:
-        label = "full FT" if row["method"] == "full" else f"LoRA r={row['rank']}"
-        left.scatter(row["gain"], row["forgetting"]["loss_increase"], s=50)
-        left.annotate(label, (row["gain"], row["forgetting"]["loss_increase"]), xytext=(5, 3),
-                      textcoords="offset points", fontsize=8)
-        right.bar(label, row["forgetting"]["kl_base_tuned"])
-    left.axhline(0, color="grey", linewidth=1)
-    left.set(xlabel="gain: chat-qa test loss, base − tuned (nats/token)",
-             ylabel="forgetting: BBC text loss increase", title="learn vs forget (SmolLM2, one seed)")
-    right.set(ylabel="mean KL(base ‖ tuned) per token", title="output drift on BBC news text")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {"full": "tab:red", "lora-r8": "tab:blue", "lora-r64": "tab:green"}
+    for arm in colours:
+        for seed in sorted({p["seed"] for p in c["points"]}):
+            curve = sorted((p["gain"], p["forgetting"]) for p in c["points"] if p["arm"] == arm and p["seed"] == seed)
+            if curve:
+                ax.plot(*zip(*curve), marker="o", color=colours[arm], alpha=0.8, linestyle="-" if seed == 0 else "--",
+                        label=f"{arm}, seed {seed}")
+    if c["matched_gain"] is not None:
+        ax.axvline(c["matched_gain"], color="grey", linewidth=1, linestyle=":")
+        ax.annotate("matched gain", (c["matched_gain"], ax.get_ylim()[1]), xytext=(3, -12), textcoords="offset points",
+                    fontsize=8, color="grey")
+    ax.set(xlabel="learning: cipher chat-qa test loss, base − tuned (nats/token)",
+           ylabel="forgetting: BBC text loss increase (nats/token)", title="learning–forgetting curves (SmolLM2; "
+           "points: learning rates)")
+    ax.legend(fontsize=7, loc="upper left")
     return save(fig, path)
 
 

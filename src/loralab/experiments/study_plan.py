@@ -140,13 +140,21 @@ def lr_unit(family: str, task: str, sizes: Sizes, lr: float, m: int) -> Unit:
     return lora_unit(task, sizes, 0, lr, family)
 
 
-SMOLLM2_LR_GRID = {"lora": (1e-3, 3e-3), "full": (1e-5, 5e-5)}  # chosen by validation loss (claim 8)
+# Claim 8: each arm's learning-forgetting curve over its lr grid, per seed (Biderman et al. 2024)
+SMOLLM2_ARMS = {"lora-r8": ("lora", 8), "lora-r64": ("lora", 64), "full": ("full", None)}
+SMOLLM2_LR_GRID = {"lora": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
+FORGETTING_SEEDS = (0, 1)
+SMOLLM2_MAX_LENGTH = 96
 
 
-def smollm2_unit(method: str, lr: float, r: int = 8) -> Unit:
-    """SmolLM2 on chat-qa (300 Q→A pairs, 1 epoch): LoRA on q/v (alpha = 2r) or full fine-tuning, seed 0."""
-    base = TrainConfig(model="smollm2", data="chat-qa", max_train=300, max_length=96, epochs=1, batch_size=8,
-                       eval_batch_size=16, seed=0, lr=lr, method=method)
-    if method == "full":
-        return Unit(f"chatqa-full-lr{lr:g}", base)
-    return Unit(f"chatqa-lora-r{r}-lr{lr:g}", replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=2.0 * r)))
+def smollm2_unit(arm: str, lr: float, seed: int, files: tuple[str, str, str]) -> Unit:
+    """SmolLM2 on the enciphered chat-qa (`forgetting_runs.cipher_files`: train, validation, test; 300 training
+    pairs, 1 epoch, batch 8): LoRA r on q/v with rsLoRA (s = α/√r, α = 16, so r = 8 and r = 64 learn at one lr
+    scale) or full fine-tuning."""
+    method, r = SMOLLM2_ARMS[arm]
+    base = TrainConfig(model="smollm2", data=files[0], val_data=files[1], test_data=files[2], max_train=300,
+                       max_length=SMOLLM2_MAX_LENGTH, epochs=1, batch_size=8, eval_batch_size=16, seed=seed, lr=lr,
+                       method=method)
+    if method == "lora":
+        base = replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=16.0, rslora=True))
+    return Unit(f"cipherqa-{arm}-lr{lr:g}-s{seed}", base)
