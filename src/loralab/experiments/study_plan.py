@@ -8,6 +8,7 @@ rates come from the ``lr`` stage: a sweep on the *validation* split of two tasks
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -61,22 +62,27 @@ def base_config(task: str, sizes: Sizes, seed: int) -> TrainConfig:
                        analysis_every=10 if seed == 0 else 0)  # telemetry (ΔM/ΔD) for seed 0; not in the cache key
 
 
+RS_ALPHA = 2.0 * math.sqrt(8)  # rsLoRA's α: s = α/√r is 2 at r = 8 (the study's earlier α = 2r), 0.71 at r = 64
+
+
 def lora_unit(task: str, sizes: Sizes, seed: int, lr: float, method: str = "lora", r: int = 8,
               placement: str = "qv", rank_pattern: Optional[dict] = None, tag: str = "") -> Unit:
-    """LoRA/DoRA with alpha = 2r in every layer (s = 2), as placement and pattern say."""
+    """LoRA/DoRA with rsLoRA scaling s = α/√r in every layer (each layer's own r under a rank pattern), α =
+    `RS_ALPHA`: where ranks are compared one learning rate serves them all (Kalajdzievski 2023), and r = 8 keeps the
+    scale s = 2 the learning-rate grids were set for."""
     targets, base_r, pattern = PLACEMENTS[placement]
     r = r if placement == "qv" and rank_pattern is None else base_r
     pattern = dict(rank_pattern if rank_pattern is not None else pattern)
-    lora = LoraSettings(r=r, alpha=2.0 * r, rank_pattern=pattern, alpha_pattern={k: 2.0 * v for k, v in pattern.items()})
+    lora = LoraSettings(r=r, alpha=RS_ALPHA, rslora=True, rank_pattern=pattern)
     cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, lora=lora, lr=lr)
     return Unit(f"{task}-{method}-{placement}{tag}-r{r}-lr{lr:g}-s{seed}", cfg)
 
 
 def all_linear_unit(task: str, sizes: Sizes, seed: int, lr: float, r: int = 8) -> Unit:
-    """LoRA r (alpha = 2r) on every linear layer of every block — query, key, value, attention output and both MLP
+    """LoRA r (rsLoRA, α = `RS_ALPHA`) on every linear layer of every block — query, key, value, attention output and both MLP
     layers: claim 1's second arm ("LoRA Without Regret", 2025: all-layer LoRA closes more of the gap to full FT)."""
     cfg = replace(base_config(task, sizes, seed), method="lora", targets=PLACEMENTS["all"][0],
-                  lora=LoraSettings(r=r, alpha=2.0 * r), lr=lr)
+                  lora=LoraSettings(r=r, alpha=RS_ALPHA, rslora=True), lr=lr)
     return Unit(f"{task}-lora-all-linear-r{r}-lr{lr:g}-s{seed}", cfg)
 
 

@@ -11,13 +11,15 @@ from loralab.experiments import study_plan as plan
 from loralab.experiments.study_figures import FIGURES
 
 METHODS = {
-    1: "Full fine-tuning and LoRA r=8 (α=16) on query/value, each at its validation-chosen learning rate; the ratio "
-       "of test accuracies is taken per seed and summarised with a 95% t-interval. Holds when the interval lies at or "
-       "above 0.98 on every task and the trainable-parameter ratio is ≥ 100 (the count includes the new head).",
-    2: "LoRA on query/value at r ∈ {1, 2, 4, 8, 16, 64} with α = 2r. The needed rank is the smallest r whose mean "
+    1: "Full fine-tuning and LoRA r=8 (rsLoRA, s = 2) on query/value, each at its validation-chosen learning rate; "
+       "the ratio of test accuracies is taken per seed and summarised with a 95% t-interval. Holds when the interval "
+       "lies at or above 0.98 on every task and the trainable-parameter ratio is ≥ 100 (the count includes the new "
+       "head). A second arm, LoRA r=8 on every linear layer with its own learning rate, is reported beside it.",
+    2: "LoRA on query/value at r ∈ {1, 2, 4, 8, 16, 64} with rsLoRA scaling (s = α/√r, 2 at r = 8). The needed "
+       "rank is the smallest r whose mean "
        "test accuracy reaches 95% of full fine-tuning's mean. Small: ≤ 8 on every task; task-dependent: not the same "
        "on every task.",
-    3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (α = 2r, each family's validation-chosen learning rate); paired "
+    3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (rsLoRA, each family's validation-chosen learning rate); paired "
        "differences over seeds (same split, data order and head initialisation), pooled over tasks. On "
        f"{', '.join(plan.DORA_TASKS)} only (time budget: a DoRA run costs ~1.4× a LoRA run).",
     4: "Four placements at ≈ equal trainable parameters per block (rank_pattern): query/value r=8, all attention "
@@ -33,15 +35,18 @@ METHODS = {
     7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between the input subspaces (right singular vectors) of r=8 and "
        "r=64 adapters of the same task and seed, mean over the 12 query/value layers; random subspaces give "
        "max(i, j)/384. Also r=8 seed 0 vs seed 1.",
-    8: "SmolLM2-135M-Instruct tuned on 300 chat-qa pairs for one epoch: LoRA r=8 and r=64 on q/v, and full "
-       "fine-tuning (learning rates by validation loss). Gain: held-out chat-qa loss decrease. Forgetting: next-token "
-       "loss increase and KL(base ‖ tuned) on 60 BBC News test articles (96 tokens each). One seed.",
+    8: "SmolLM2-135M-Instruct tuned on 300 chat-qa pairs with letter-substituted responses for one epoch: LoRA r=8 "
+       "and r=64 on q/v (rsLoRA) and full fine-tuning, each at three learning rates and two seeds. Gain: held-out "
+       "loss decrease; forgetting: next-token loss increase on 200 BBC News test articles (≤ 128 tokens). Each arm's "
+       "forgetting is read off its learning–forgetting curve at the largest gain every arm reaches; full FT − LoRA "
+       "with a 95% interval from resampling the articles (Biderman et al. 2024).",
     9: "The rank probe (`loralab probe`) at the pretrained weights: 8 batches of 16 training examples, the head "
        "fitted on frozen features, per-layer ranks at 90% energy of the summed gradient, of the gradient covariance "
        "and of the activations; the task's prediction is the median over layers. Compared with claim 2's needed "
        "rank by Spearman's ρ. Then the 96 rank units of uniform r=8 are re-divided by the probe and trained.",
-    10: "The query/value LoRA r=8 adapters of movie, tweets and sms (seeds 0, 1, 2: adapters of one seed start from the "
-        "same A, which would make their input subspaces agree by construction), each task with its own head: own "
+    10: "The query/value LoRA r=8 adapters of movie, tweets and sms, one replicate per seed with the seeds rotated over "
+        "the tasks (adapters of one seed start from the same A, which would make their input subspaces agree by "
+        "construction); every cell a mean over replicates with its t-interval; each task with its own head: own "
         "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation; "
         "the geometry of each pair (docs/compose.md).",
     11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, seed 0) for "
