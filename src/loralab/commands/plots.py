@@ -55,9 +55,12 @@ def plot_spectra(result: dict, path: Path) -> Path:
     return save(fig, path)
 
 
-def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Path:
-    """Heatmap: one row per source, one column per layer (blank where a source leaves a layer alone)."""
+def plot_per_layer(result: dict, key: str, label: str, path: Path, getter, counts: bool = False) -> Path:
+    """Heatmap: one row per source, one column per layer (blank where a source leaves a layer alone). ``counts``:
+    the colour scale starts at 0 and its ticks are whole numbers (all zeros gave a −0.1…0.1 scale)."""
     import math
+
+    from matplotlib.ticker import MaxNLocator
 
     plt = pyplot()
     names = list(result["sources"])
@@ -68,8 +71,13 @@ def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Pa
              for p in layers] for n in names]
     values = [[math.nan if v is None else float(v) for v in row] for row in grid]
     fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + 0.32 * len(layers)), 1.6 + 0.42 * len(names)))
-    image = ax.imshow(values, aspect="auto", cmap="viridis")
-    fig.colorbar(image, ax=ax, label=label, fraction=0.03)
+    finite = [v for row in values for v in row if not math.isnan(v)]
+    scale = {"vmin": 0, "vmax": max([1.0, *finite])} if counts else {}
+    image = ax.imshow(values, aspect="auto", cmap="viridis", **scale)
+    bar = fig.colorbar(image, ax=ax, label=label, fraction=0.03)
+    if counts:
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
     if len(layers) <= 48:
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
@@ -85,6 +93,7 @@ def plot_per_layer(result: dict, key: str, label: str, path: Path, getter) -> Pa
 def plot_phi(pair: dict, path: Path) -> Path:
     """Heatmap of the mean φ(i, j) over layers, and φ(i, i), φ(1, j) against the random baseline."""
     import torch
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     plt = pyplot()
     phi, base = torch.tensor(pair["mean_phi"]), torch.tensor(pair["baseline"])
@@ -102,6 +111,11 @@ def plot_phi(pair: dict, path: Path) -> Path:
     right.plot(range(1, phi.shape[1] + 1), base[0].tolist(), linestyle="--", color="grey",
                label="random subspaces, E φ = max(i, j)/n")
     right.set(xscale="log", ylim=(0, 1.02), xlabel="i or j", ylabel="φ", title=f"{pair['first']} vs {pair['second']}")
+    ticks = [2 ** k for k in range(phi.shape[1].bit_length()) if 2 ** k <= phi.shape[1]]  # 1, 2, 4, … as plain numbers
+    right.set_xticks(ticks, [str(t) for t in ticks])
+    right.xaxis.set_minor_formatter(NullFormatter())
+    for axis, size in ((left.xaxis, phi.shape[1]), (left.yaxis, phi.shape[0])):  # whole directions only
+        axis.set_major_locator(MaxNLocator(integer=True, nbins=min(size, 10)))
     right.legend(fontsize=7)
     return save(fig, path)
 
@@ -181,7 +195,7 @@ def write_report(result: dict, out: Path) -> dict[str, str]:
     if any("intruders" in r for s in result["sources"].values() for r in s["layers"].values()):
         images["intruder dimensions"] = plot_per_layer(
             result, "intruders", "intruder dimensions (top-10)", out / "intruders.png",
-            lambda r: r.get("intruders", {}).get("count")).name
+            lambda r: r.get("intruders", {}).get("count"), counts=True).name
         images["magnitude vs direction"] = plot_magnitude_direction(result, out / "magnitude_direction.png").name
     for key, pair in result["pairs"].items():
         images[f"φ {key}"] = plot_phi(pair, out / f"phi_{safe(pair['first'])}__{safe(pair['second'])}.png").name
