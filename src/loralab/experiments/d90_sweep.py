@@ -151,6 +151,8 @@ def summarise_point(d: int, method: str, runs: list[dict]) -> dict:
 
 
 def plot(report: dict, path: Path) -> Optional[Path]:
+    from matplotlib.ticker import NullFormatter
+
     from loralab.plotting import pyplot, save
 
     plt = pyplot()
@@ -172,10 +174,13 @@ def plot(report: dict, path: Path) -> Optional[Path]:
     low, high = ax.get_ylim()
     ax.set_ylim(low, max(high, full + 0.02))  # keep the full-FT line off the frame
     ax.set_xscale("log")
+    ax.set_xticks(ds, [f"{d:,}" for d in ds])  # the swept d as plain numbers (not 2×10¹, 3×10¹, … overlapping)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("subspace dimension d (log)")
     ax.set_ylabel("accuracy")
-    ax.set_title(f"{report['config']['method'].upper()} on {report['config']['model']} / {report['config']['data']}")
-    ax.legend(fontsize=8, loc="lower right")
+    names = [Path(str(report["config"][k])).name for k in ("model", "data")]  # a name, not a long local path
+    ax.set_title(f"{report['config']['method'].upper()} on {names[0]} / {names[1]}")
+    ax.legend(fontsize=8, loc="best")
     return save(fig, path)
 
 
