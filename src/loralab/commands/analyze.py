@@ -147,18 +147,16 @@ def check_settings(rank: Optional[int], intruder_k: int, epsilon: float) -> None
 def check_out(out: Path, overwrite: bool) -> Path:
     """``out`` as `analyze` may write it: new or empty, or a previous analysis when ``overwrite`` (never another
     directory: --overwrite deletes only what an analysis wrote)."""
-    if overwrite and out.is_dir() and not out.is_symlink() and any(out.iterdir()):
-        if not (out / "analysis.json").is_file():
-            raise ConfigError(f"--out {out} is not empty and holds no analysis.json: --overwrite replaces only a "
-                              "previous analysis. Give a new directory.")
-        return out
-    try:
-        return check_new_directory(out)
-    except ConfigError as err:
-        if "is not empty" in str(err) and (out / "analysis.json").is_file():
-            raise ConfigError(f"--out {out} holds a previous analysis; add --overwrite to replace it, or give a new "
-                              "directory (nothing was written).") from None
-        raise
+    used = out.is_dir() and not out.is_symlink() and any(out.iterdir())
+    if used and (out / "analysis.json").is_file():
+        if overwrite:
+            return out
+        raise ConfigError(f"--out {out} holds a previous analysis; add --overwrite to replace it, or give a new "
+                          "directory (nothing was written).")
+    if used and overwrite:
+        raise ConfigError(f"--out {out} is not empty and holds no analysis.json: --overwrite replaces only a "
+                          "previous analysis. Give a new directory.")
+    return check_new_directory(out)
 
 
 def analyze(sources: list[str], out: str | Path, model: Optional[str] = None, names: Optional[list[str]] = None,

@@ -171,7 +171,8 @@ def matched_difference(points: list[dict], first: str, second: str, gain: Option
     if gain is None:
         return {"gain": None, "difference": None, "low": None, "high": None,
                 "note": "no gain that every arm reaches: the curves do not overlap"}
-    observed = arm_at(points, first, gain) - arm_at(points, second, gain)
+    first_forgetting, second_forgetting = arm_at(points, first, gain), arm_at(points, second, gain)
+    observed = first_forgetting - second_forgetting
     n = len(points[0]["per_text"]["tokens"])
     rng = random.Random(seed)
     draws = []
@@ -183,4 +184,4 @@ def matched_difference(points: list[dict], first: str, second: str, gain: Option
             "low": draws[int(0.025 * RESAMPLES)], "high": draws[int(0.975 * RESAMPLES) - 1], "resamples": RESAMPLES,
             "per_seed": {seed: arm_at(points, first, gain, seeds=[seed]) - arm_at(points, second, gain, seeds=[seed])
                          for seed in sorted({p["seed"] for p in points})},
-            "first_forgetting": arm_at(points, first, gain), "second_forgetting": arm_at(points, second, gain)}
+            "first_forgetting": first_forgetting, "second_forgetting": second_forgetting}
