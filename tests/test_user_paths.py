@@ -3,6 +3,7 @@ silent, nothing kept that is not asked for."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import pytest
@@ -60,6 +61,14 @@ def test_predict_says_which_blank_lines_it_skipped(full_run, tmp_path, capsys):
     code, out, err = run(["predict", full_run, "--file", inputs], capsys)
     assert code == 0 and len(out.splitlines()) == 2
     assert f"loralab predict: {inputs}: skipped 2 blank line(s) (2, 4); one output line per non-blank input line." in err
+
+
+def test_predict_from_standard_input_names_blank_lines_too(full_run, monkeypatch, capsys):
+    """Standard input (`--file -`) dropped blank lines without saying so."""
+    monkeypatch.setattr("sys.stdin", io.StringIO("\na moving film\n\n"))
+    code, out, err = run(["predict", full_run, "--file", "-"], capsys)
+    assert code == 0 and len(out.splitlines()) == 1
+    assert "loralab predict: -: skipped 2 blank line(s) (1, 3); one output line per non-blank input line." in err
 
 
 def test_compare_shows_parameter_shares_as_percentages(full_run, capsys):

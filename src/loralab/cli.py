@@ -279,14 +279,12 @@ def predict_flags(parser: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from loralab import data, runs
 
-    inputs = [*args.text, *(data.read_inputs(args.file) if args.file else [])]
-    if args.file and args.file.endswith(".txt"):  # one output line per input: say which input lines have none
-        blank = [n for n, line in enumerate(Path(args.file).read_text(encoding="utf-8").splitlines(), 1)
-                 if not line.strip()]
-        if blank:
-            shown = ", ".join(map(str, blank[:10])) + (", …" if len(blank) > 10 else "")
-            print(f"loralab predict: {args.file}: skipped {len(blank)} blank line(s) ({shown}); one output line per "
-                  "non-blank input line.", file=sys.stderr)
+    texts, blank = data.read_input_file(args.file) if args.file else ([], [])
+    if blank:  # one output line per input: say which input lines have none
+        shown = ", ".join(map(str, blank[:10])) + (", …" if len(blank) > 10 else "")
+        print(f"loralab predict: {args.file}: skipped {len(blank)} blank line(s) ({shown}); one output line per "
+              "non-blank input line.", file=sys.stderr)
+    inputs = [*args.text, *texts]
     for row in runs.predict(inputs, run=run_dir(args), model=args.model, max_new_tokens=args.max_new_tokens,
                             batch_size=args.batch_size, max_length=args.max_length, adapter=args.adapter,
                             labels=label_list(args)):

@@ -15,9 +15,9 @@ or any local CSV/TSV/JSONL file:
 Splits are 80/10/10, stratified by label for classification, fixed by ``seed``.
 """
 
-from loralab.data.files import FILE_SUFFIXES, canonical_label, read_inputs
+from loralab.data.files import FILE_SUFFIXES, canonical_label, read_input_file, read_inputs
 from loralab.data.registry import DESCRIPTIONS, NAMES, PACKAGES, package_dir
 from loralab.data.splits import FRACTIONS, SPLITS, Dataset, load, load_splits, read_all, split_indices
 
 __all__ = ["DESCRIPTIONS", "FILE_SUFFIXES", "FRACTIONS", "NAMES", "PACKAGES", "SPLITS", "Dataset", "canonical_label",
-           "load", "load_splits", "package_dir", "read_all", "read_inputs", "split_indices"]
+           "load", "load_splits", "package_dir", "read_all", "read_input_file", "read_inputs", "split_indices"]

@@ -231,23 +231,39 @@ INPUT_COLUMNS = ("text", "sentence", "prompt")
 
 
 def read_inputs(path: str) -> list[str]:
-    """Texts to predict on: the non-empty lines of a .txt file (``-``: standard input), or the ``text``
-    (``sentence``, ``prompt``) column of a CSV/TSV/JSONL file — labels and responses, if any, are ignored."""
+    """Texts to predict on (see `read_input_file`)."""
+    return read_input_file(path)[0]
+
+
+def read_input_file(path: str) -> tuple[list[str], list[int]]:
+    """Texts to predict on, and the numbers (from 1) of the blank lines skipped: the non-empty lines of a .txt
+    file (``-``: standard input), or the ``text`` (``sentence``, ``prompt``) column of a CSV/TSV/JSONL file —
+    labels and responses, if any, are ignored (a table has no blank lines to skip)."""
     if path == "-":
-        return [line.rstrip("\r\n") for line in sys.stdin if line.strip()]
+        return _non_blank(line.rstrip("\r\n") for line in sys.stdin)
     file = Path(path)
     if not file.is_file():
         raise DataError(f"input file {path!r} does not exist.")
     if file.suffix not in (".txt", *FILE_SUFFIXES):
         raise DataError(f"{path}: inputs come from a .txt file (one per line) or a .csv, .tsv or .jsonl file.")
     if file.suffix == ".txt":
-        return [line for line in _read_text_file(file).splitlines() if line.strip()]
+        return _non_blank(_read_text_file(file).splitlines())
     records = _read_records(file, _read_text(file))
     columns = set().union(*(record.keys() for _, record in records))
     column = next((c for c in INPUT_COLUMNS if c in columns), None)
     if column is None:
         raise DataError(f"{path} has columns {sorted(columns)}; inputs are read from a 'text', 'sentence' or "
                         "'prompt' column (or give a .txt file with one input per line).")
-    return [_required_text(file, number, record, column) for number, record in records]
+    return [_required_text(file, number, record, column) for number, record in records], []
+
+
+def _non_blank(lines) -> tuple[list[str], list[int]]:
+    texts, blank = [], []
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            texts.append(line)
+        else:
+            blank.append(number)
+    return texts, blank
 
 
