@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from loralab.experiments import study_plan as plan
@@ -16,7 +18,8 @@ def tiny_plan(tiny, monkeypatch):
     monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "lora-all": (2e-2,),
                                         "said": (0.1,)})
     monkeypatch.setattr(plan, "LR_TASKS", ("movie",))
-    return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, epochs=1, batch_size=8)
+    return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, batch_size=8, max_steps=6,
+                      min_steps=4, eval_steps=2, patience=1, said_max_steps=4)
 
 
 def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
@@ -107,6 +110,12 @@ def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monke
     assert "not run" not in verdicts.values(), {k: c.get("error") for k, c in study["claims"].items()}
     figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
     assert figures == {f"claim{n}.png" for n in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)}
+    for row in study["claims"]["6"]["rows"]:  # the shuffled-label null ran as long as the real run's best weights
+        null = json.loads(next((tmp_path / "runs").glob(f"{row['task']}-shuffled-full-*/result.json")).read_text())
+        assert null["steps"] == row["steps"] and null["config"]["patience"] == 0
+    stopped = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*-lora-qv-r8-*/result.json")]
+    assert stopped and all(r["config"]["metric_for_best"] == "loss" and r["best_step"] <= r["steps"] <= 6
+                           for r in stopped)  # early stopping on validation loss, capped at max_steps
 
 
 def test_ray_executor_joins_a_running_cluster_through_ray_address(tiny, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from loralab.experiments.stats import (
     INCONCLUSIVE,
     bootstrap_interval,
     combine_verdicts,
+    decides_text,
     mean_ci,
     pearson,
     what_decides,
@@ -31,16 +32,18 @@ def random_k90(shape: tuple[int, int], seed: int = 0) -> int:
 @claim(6, "Full fine-tuning updates are effectively low-rank")
 def claim_6(ctx: Context) -> dict:
     """k@90 of each layer's full-FT ΔW against two nulls: a Gaussian matrix of the same shape, and ΔW of a full-FT
-    run of the same length and lr on shuffled labels (the optimizer's own noise: much of ΔW's energy may be that).
-    Low-rank means ≤ half the Gaussian's k@90; task signal concentrated beyond noise means k@90 below the
-    shuffled run's, decided by a bootstrap interval (over layers) of the median ratio."""
+    run of the same length (the real run's best step) and lr on shuffled labels (the optimizer's own noise: much of
+    ΔW's energy may be that). Low-rank means ≤ half the Gaussian's k@90; task signal concentrated beyond noise means
+    k@90 below the shuffled run's, decided by a bootstrap interval (over layers) of the median ratio."""
     from loralab.analysis.spectra import summarize
     from loralab.analysis.updates import load_updates
 
     lr = ctx.lr("full")
     real = {task: plan.full_unit(task, ctx.sizes, 0, lr) for task in ctx.tasks}
-    null = {task: plan.shuffled_full_unit(task, ctx.sizes, 0, lr, ctx.root / "data") for task in ctx.tasks}
-    ctx.run([*real.values(), *null.values()])
+    trained = ctx.run(list(real.values()))
+    null = {task: plan.shuffled_full_unit(task, ctx.sizes, 0, lr, ctx.root / "data", trained[unit.name].best_step)
+            for task, unit in real.items()}
+    ctx.run(list(null.values()))
     rows, verdicts = [], []
     for task in ctx.tasks:
         updates, noise = load_updates(ctx.run_dir(real[task])), load_updates(ctx.run_dir(null[task]))
@@ -59,7 +62,8 @@ def claim_6(ctx: Context) -> dict:
         verdicts.append(FAILS if not low_rank else beyond_noise)
         rows.append({"task": task, "layers": layers, "median_k90": statistics.median(v["k90"] for v in layers.values()),
                      "median_k90_over_random": ratio, "median_k90_over_shuffled": statistics.median(versus_null),
-                     "over_shuffled_interval": [low, high], "verdict": verdicts[-1]})
+                     "over_shuffled_interval": [low, high], "steps": trained[real[task].name].best_step,
+                     "verdict": verdicts[-1]})
     return {"verdict": combine_verdicts(verdicts), "rows": rows,
             "summary": "median over layers of k@90(ΔW_full) / k@90(Gaussian matrix of the same shape), and / k@90 of a "
                        "shuffled-label full-FT run's ΔW [bootstrap 95% over layers]: " + ", ".join(
@@ -210,30 +214,39 @@ def claim_10(ctx: Context) -> dict:
 @claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")
 def claim_11(ctx: Context) -> dict:
     """DoRA §3's measure: at each logged step, the correlation across the q/v layers of ΔD (direction change) and
-    ΔM (magnitude change); the per-step values summarised by their median with a bootstrap interval over steps.
+    ΔM (magnitude change); each run's per-step values summarised by their median, and the medians of the study's
+    seeds by a t-interval (the runs are the replicates; a bootstrap over one run's steps is shown beside it).
     (Pooling layers × steps instead lets a shared time trend — both grow as training goes on — make every
     method's correlation positive.)"""
     from loralab.commands.analyze import trajectory
 
+    makers = {"full": lambda s: plan.full_unit("movie", ctx.sizes, s, ctx.lr("full")),
+              "lora": lambda s: plan.lora_unit("movie", ctx.sizes, s, ctx.lr("lora")),
+              "dora": lambda s: plan.lora_unit("movie", ctx.sizes, s, ctx.lr("dora"), "dora")}
+    ctx.run([make(s) for make in makers.values() for s in ctx.seeds])
     rows = {}
-    for name, unit in {"full": plan.full_unit("movie", ctx.sizes, 0, ctx.lr("full")),
-                       "lora": plan.lora_unit("movie", ctx.sizes, 0, ctx.lr("lora")),
-                       "dora": plan.lora_unit("movie", ctx.sizes, 0, ctx.lr("dora"), "dora")}.items():
-        points, per_step = [], {}
-        for record in trajectory(ctx.run_dir(unit)):
-            layers = [(layer["delta_d"], layer["delta_m"]) for path, layer in record["layers"].items()
-                      if path.endswith(("query", "value"))]
-            points += [(d, m, record["step"]) for d, m in layers]
-            per_step[record["step"]] = pearson([d for d, _ in layers], [m for _, m in layers])
-        values = [v for v in per_step.values() if v is not None]
-        summary = None
-        if values:
-            low, high = bootstrap_interval(values, statistics.median) if len(values) > 1 else (values[0], values[0])
-            summary = {"median": statistics.median(values), "low": low, "high": high, "steps": len(values)}
-        rows[name] = {"points": points, "per_step": per_step, "across_layers": summary,
-                      "pearson": summary["median"] if summary else None}
-    lora, dora = rows["lora"]["across_layers"], rows["dora"]["across_layers"]
-    if lora is None or dora is None:
+    for name, make in makers.items():
+        per_seed, points, per_step0 = {}, [], {}
+        for seed in ctx.seeds:
+            per_step = {}
+            for record in trajectory(ctx.run_dir(make(seed))):
+                layers = [(layer["delta_d"], layer["delta_m"]) for path, layer in record["layers"].items()
+                          if path.endswith(("query", "value"))]
+                if seed == ctx.seeds[0]:
+                    points += [(d, m, record["step"]) for d, m in layers]
+                per_step[record["step"]] = pearson([d for d, _ in layers], [m for _, m in layers])
+            values = [v for v in per_step.values() if v is not None]
+            if values:
+                low, high = bootstrap_interval(values, statistics.median) if len(values) > 1 else (values[0],) * 2
+                per_seed[seed] = {"median": statistics.median(values), "low": low, "high": high, "steps": len(values)}
+            if seed == ctx.seeds[0]:
+                per_step0 = per_step
+        across = mean_ci([v["median"] for v in per_seed.values()]) if per_seed else None
+        rows[name] = {"points": points, "per_step": per_step0, "per_seed": per_seed, "across_seeds": across,
+                      "power": what_decides(across, 0.0) if across else None,
+                      "pearson": across["mean"] if across else None}
+    lora, dora = rows["lora"]["across_seeds"], rows["dora"]["across_seeds"]
+    if lora is None or dora is None or lora["n"] < 2 or dora["n"] < 2:
         final = INCONCLUSIVE
     elif lora["low"] > 0 and dora["high"] < 0:
         final = HOLDS
@@ -241,11 +254,10 @@ def claim_11(ctx: Context) -> dict:
         final = FAILS
     else:
         final = INCONCLUSIVE
-    return {"verdict": final, "rows": rows, "seeds": 1,
-            "summary": "per logged step, Pearson r of ΔD and ΔM across the q/v layers (movie, seed 0); median over "
-                       "steps [bootstrap 95% over steps]: " + ", ".join(
-                f"{k} {v['across_layers']['median']:+.2f} [{v['across_layers']['low']:+.2f}, "
-                f"{v['across_layers']['high']:+.2f}] ({v['across_layers']['steps']} steps)"
-                for k, v in rows.items() if v["across_layers"])
-            + "; the DoRA paper finds LoRA positive, full FT and DoRA negative. One seed: the interval is over "
-              "steps of one run, not over runs."}
+    return {"verdict": final, "rows": rows, "seeds": len(ctx.seeds),
+            "summary": "per logged step, Pearson r of ΔD and ΔM across the q/v layers (movie), each run's median "
+                       f"over its steps, mean over {len(ctx.seeds)} seeds [95% t-interval]: " + ", ".join(
+                f"{k} {v['across_seeds']['mean']:+.2f} [{v['across_seeds']['low']:+.2f}, "
+                f"{v['across_seeds']['high']:+.2f}]" + decides_text(v["power"])
+                for k, v in rows.items() if v["across_seeds"])
+            + "; the DoRA paper finds LoRA positive, full FT and DoRA negative."}

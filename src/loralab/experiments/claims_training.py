@@ -12,6 +12,7 @@ from loralab.experiments.stats import (
     HOLDS,
     INCONCLUSIVE,
     combine_verdicts,
+    decides_text,
     mean_ci,
     paired,
     spread_difference,
@@ -64,12 +65,6 @@ def claim_1(ctx: Context) -> dict:
               "layer: " + ", ".join(
                 f"{r['task']} {r['ratio_all_linear']['mean']:.3f} [{r['ratio_all_linear']['low']:.3f}, "
                 f"{r['ratio_all_linear']['high']:.3f}]" for r in rows) + f" at {params_all:.0f}× fewer parameters."}
-
-
-def decides_text(power: dict) -> str:
-    """' (detects ±x at n = k; n = m would decide)' — what the test could tell at its size."""
-    text = f" (detects ±{power['detectable_difference']:.3f} at n = {power['n']}"
-    return text + (f"; n ≈ {power['n_needed']} would decide it)" if power["n_needed"] else ")")
 
 
 @claim(2, "The rank a task needs is small and task-dependent")

@@ -39,7 +39,7 @@ def meta(ctx: Context, claims: list[int], started: float) -> dict:
     return {"tasks": list(ctx.tasks), "seeds": list(ctx.seeds), "claims": claims, "sizes": vars(ctx.sizes),
             "model": "minilm (all-MiniLM-L6-v2)", "learning_rates": ctx.lr_table, "code_version": code_version(),
             "runs_trained_or_read": len(ctx.results), "wall_time_s": time.time() - started, "torch": torch.__version__,
-            "test_examples": {t: min(ctx.sizes.max_eval, len(datasets.load(t, "test", 0))) for t in ctx.tasks}}
+            "test_examples": {t: len(datasets.load(t, "test", 0, ctx.sizes.max_eval)) for t in ctx.tasks}}
 
 
 def evaluate_claims(ctx: Context, claims: list[int]) -> dict[int, dict]:

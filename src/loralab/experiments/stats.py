@@ -261,6 +261,12 @@ def what_decides(interval: dict, threshold: float) -> dict:
             "n_needed": n_needed(sd, gap) if straddles and gap != 0 else None}
 
 
+def decides_text(power: dict) -> str:
+    """' (detects ±x at n = k; n = m would decide)' — what the test could tell at its size."""
+    text = f" (detects ±{power['detectable_difference']:.3f} at n = {power['n']}"
+    return text + (f"; n ≈ {power['n_needed']} would decide it)" if power["n_needed"] else ")")
+
+
 def _ranks(values: list) -> list[float]:
     order = sorted(range(len(values)), key=values.__getitem__)
     out, i = [0.0] * len(values), 0

@@ -216,7 +216,8 @@ def claim_11(c: dict, path: Path):
             fig.colorbar(dots, ax=ax, label="step")
         pearson = c["rows"][name]["pearson"]
         ax.set(xlabel="ΔD (mean 1 − cos)", ylabel="ΔM (mean |Δ‖row‖|)",
-               title=f"{name}: per-step r across layers, median {pearson:+.2f}" if pearson is not None else name)
+               title=f"{name} (first seed's steps): r across layers,\nmean of the seeds' medians {pearson:+.2f}"
+               if pearson is not None else name)
         ax.ticklabel_format(style="sci", scilimits=(-2, 3))
     return save(fig, path)
 

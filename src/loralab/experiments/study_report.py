@@ -24,33 +24,39 @@ METHODS = {
        f"{', '.join(plan.DORA_TASKS)} only (time budget: a DoRA run costs ~1.4× a LoRA run).",
     4: "Four placements at ≈ equal trainable parameters per block (rank_pattern): query/value r=8, all attention "
        "r=4, MLP r=3, all linear r=2 (block output r=1). Placement's effect (spread across placements) is compared "
-       "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change). On "
-       f"{', '.join(plan.PLACEMENT_TASKS)} only (the task needing the most rank in claim 2; time budget).",
+       "with rank's (spread across q/v ranks 4, 8, 16 — a 4× budget change), each spread beyond the range its own "
+       "seed noise gives, the difference with a bootstrap 95% interval; on "
+       f"{', '.join(plan.PLACEMENT_TASKS)}.",
     5: "SAID (Fastfood projection, one scale per tensor) over d ∈ {250, 1000, 4000, 16000} plus one bisection step; "
        "the lr at d = 1000 from the sweep on movie, scaled by √(1000/d). d90 = smallest d whose mean validation "
        f"accuracy over seeds {list(plan.D90_SEEDS)} reaches 90% of full fine-tuning's mean validation accuracy "
        f"(tasks {', '.join(plan.D90_TASKS)}).",
     6: "The full fine-tuning update ΔW = W_ft − W0 of every linear layer (seed 0): k@90, the number of singular "
-       "directions holding 90% of ‖ΔW‖², against the same for a Gaussian matrix of the same shape.",
-    7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between the input subspaces (right singular vectors) of r=8 and "
-       "r=64 adapters of the same task and seed, mean over the 12 query/value layers; random subspaces give "
-       "max(i, j)/384. Also r=8 seed 0 vs seed 1.",
+       "directions holding 90% of ‖ΔW‖², against two nulls: a Gaussian matrix of the same shape, and ΔW of full "
+       "fine-tuning on shuffled labels for as many steps at the same lr (the optimizer's own noise); the median "
+       "ratio over layers with a bootstrap interval.",
+    7: "φ(i, j) = ‖U_iᵀV_j‖²/min(i, j) (LoRA §7.2) between r=8 (seed 0) and r=64 (seed 1: independent starts) "
+       "adapters of the same task, on the input side (right singular vectors) and the output side (left), mean over "
+       "the 12 query/value layers; nulls: r=8 seed 0 vs seed 1, and random subspaces (max(i, j)/384). The r=64 run "
+       "must train (test accuracy within 1 point of r=8).",
     8: "SmolLM2-135M-Instruct tuned on 300 chat-qa pairs with letter-substituted responses for one epoch: LoRA r=8 "
        "and r=64 on q/v (rsLoRA) and full fine-tuning, each at three learning rates and two seeds. Gain: held-out "
        "loss decrease; forgetting: next-token loss increase on 200 BBC News test articles (≤ 128 tokens). Each arm's "
        "forgetting is read off its learning–forgetting curve at the largest gain every arm reaches; full FT − LoRA "
        "with a 95% interval from resampling the articles (Biderman et al. 2024).",
-    9: "The rank probe (`loralab probe`) at the pretrained weights: 8 batches of 16 training examples, the head "
-       "fitted on frozen features, per-layer ranks at 90% energy of the summed gradient, of the gradient covariance "
-       "and of the activations; the task's prediction is the median over layers. Compared with claim 2's needed "
-       "rank by Spearman's ρ. Then the 96 rank units of uniform r=8 are re-divided by the probe and trained.",
+    9: "The rank benchmark (docs/study/rank/README.md, pre-registered): 12 task units, needed rank r90 from a "
+       "held-out-loss rank ladder r ∈ {0, 1, 2, 4, 8, 16, 32, 64} (rsLoRA, two seeds, runs stopped on validation "
+       "loss); the primary predictor, computed before training on 256 examples, tested by a one-sided Spearman "
+       "permutation test at α = 0.01 with its power at ρ = 0.8; per-layer allocation against uniform, EVA-style and "
+       "random at equal rank units.",
     10: "The query/value LoRA r=8 adapters of movie, tweets and sms, one replicate per seed with the seeds rotated over "
         "the tasks (adapters of one seed start from the same A, which would make their input subspaces agree by "
         "construction); every cell a mean over replicates with its t-interval; each task with its own head: own "
         "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation; "
         "the geometry of each pair (docs/compose.md).",
-    11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, seed 0) for "
-        "full fine-tuning, LoRA r=8 and DoRA r=8; the sign of their correlation across layers and steps.",
+    11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, every seed) "
+        "for full fine-tuning, LoRA r=8 and DoRA r=8: per step, their correlation across layers; each run's median "
+        "over steps, and a t-interval over the seeds' medians.",
 }
 
 
@@ -71,12 +77,23 @@ def figures(study: dict, out: Path) -> dict[int, str]:
     return made
 
 
+def recipe(m: dict) -> str:
+    """How every classification run was trained, in one phrase (a study.json written before early stopping has
+    ``epochs`` instead)."""
+    z = m["sizes"]
+    tests = ", ".join(f"{t} {n:,}" for t, n in m.get("test_examples", {}).items())
+    if "epochs" in z:
+        return f"{z['max_train']} training examples, {z['epochs']} epochs, test examples: {tests}"
+    return (f"{z['max_train']} training examples, batch {z['batch_size']}, stopped on validation loss (every "
+            f"{z['eval_steps']} steps, patience {z['patience']}, {z['min_steps']}–{z['max_steps']} steps; SAID ≤ "
+            f"{z['said_max_steps']}), the best validation's weights tested; test examples: {tests}")
+
+
 def markdown(study: dict, images: dict[int, str]) -> str:
     m = study["meta"]
     lines = ["# loralab full study: the claims of low-rank adaptation, tested", "",
-             f"Model {m['model']}; tasks {', '.join(m['tasks'])}; seeds {m['seeds']}; {m['sizes']['max_train']} training "
-             f"examples, {m['sizes']['epochs']} epochs, up to {m['sizes']['max_eval']} validation/test examples per "
-             f"run; {m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h; code {m['code_version']}.",
+             f"Model {m['model']}; tasks {', '.join(m['tasks'])}; seeds {m['seeds']}; {recipe(m)}; "
+             f"{m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h; code {m['code_version']}.",
              "", "| claim | verdict | the numbers |", "|---|---|---|"]
     for key, c in study["claims"].items():
         lines.append(f"| {key}. {c['title']} | **{c['verdict']}** | {c['summary']} |")
@@ -130,8 +147,8 @@ def html_page(study: dict, images: dict[int, str], out: Path) -> str:
                   f"<b>{t['chosen']:g}</b></li>" for f, t in m["learning_rates"].items())
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>loralab full study</title>"
             f"<style>{STYLE}</style></head><body><h1>loralab full study: the claims of low-rank adaptation, tested</h1>"
-            f"<p>{e(m['model'])}; tasks {e(', '.join(m['tasks']))}; seeds {m['seeds']}; {m['sizes']['max_train']} "
-            f"training examples, {m['sizes']['epochs']} epochs; {m['runs_trained_or_read']} runs; wall time "
+            f"<p>{e(m['model'])}; tasks {e(', '.join(m['tasks']))}; seeds {m['seeds']}; {e(recipe(m))}; "
+            f"{m['runs_trained_or_read']} runs; wall time "
             f"{m['wall_time_s'] / 3600:.2f} h; code {e(m['code_version'])}.</p><table><tr><th>claim</th><th>verdict</th>"
             f"<th>the numbers</th></tr>{rows}</table><h3>Learning rates (validation sweep)</h3><ul>{lrs}</ul>"
             f"{''.join(sections)}</body></html>")
