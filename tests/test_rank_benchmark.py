@@ -5,6 +5,7 @@ the tiny model."""
 from __future__ import annotations
 
 import csv
+import json
 import math
 
 import pytest
@@ -109,5 +110,11 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
     report = rb.run_rank_benchmark(tmp_path / "report", tmp_path / "runs", workers=2, plan=plan)
     assert {u["name"] for u in report["units"]} == {"trec-c2", "trec-c8", "movie"}
     assert report["primary"] == rp.PRIMARY and set(report["learning_rates"]) == {"lora", "head"}
+    assert set(report["learning_rates"]["lora"]) == {"trec-c2", "trec-c8", "movie"}  # one LoRA lr per unit
+    chosen = {u: v["chosen"] for u, v in report["learning_rates"]["lora"].items()}
+    for u in units:  # the ladder's r = 4 seed-1 run used its unit's own lr, at s = α/r
+        cfg = json.loads(next((tmp_path / "runs" / "runs").glob(f"{u.name}-r4-lr{chosen[u.name]:g}-s1-*/config.json"))
+                         .read_text())
+        assert cfg["lr"] == chosen[u.name] and cfg["lora"]["rslora"] is False and cfg["lora"]["alpha"] == rb.ALPHA
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "figures" / "gain_curves.png").exists()
     assert all(math.isfinite(float(v)) for u in report["units"] for v in u["mean_test_loss"].values())

@@ -1,4 +1,4 @@
-"""Claim 8's runs: learning–forgetting curves of LoRA r=8, LoRA r=64 (rsLoRA) and full fine-tuning of SmolLM2, and
+"""Claim 8's runs: learning–forgetting curves of LoRA r=8, LoRA r=64 (s = α/r) and full fine-tuning of SmolLM2, and
 forgetting compared **at matched learning** (Biderman et al. 2024, "LoRA Learns Less and Forgets Less", §4).
 
 * **Target:** chat-qa with every response letter-substituted by one fixed permutation of a–z (`cipher_files`):

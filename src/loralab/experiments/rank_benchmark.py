@@ -1,8 +1,9 @@
 """The rank benchmark: can the LoRA rank a task needs be predicted before training? Measured, not assumed.
 
 1. **Needed rank, measured** on every unit (`rank_units`): a rank ladder r ∈ `RUNGS` (r = 0: the head alone)
-   with rsLoRA scaling (s = α/√r, so one learning rate serves every rank), each family's learning rate chosen
-   on a grid that brackets an interior optimum (`learning_rates`), runs stopped on validation loss (at least
+   with the 1/r scaling s = α/r (under Adam with B = 0 the first steps then move ΔW the same at every rank, so
+   one learning rate serves the ladder — amendment 4), the head's learning rate and each unit's LoRA learning
+   rate (at r = 8) chosen on grids that bracket an interior optimum (`learning_rates`), runs stopped on validation loss (at least
    `Plan.min_steps` optimizer steps), two seeds. The response is the held-out (test) loss L_r of the best
    checkpoint; the normalised gain g(r) = (L_0 − L_r)/(L_0 − L_best) and r90 = the smallest r with g ≥ 0.9,
    log₂-interpolated between rungs (the head-only rung sits at log₂ r = −1), with a seed-bootstrap interval
@@ -35,8 +36,10 @@ from loralab.train.config import LoraSettings, TrainConfig
 RUNGS = (0, 1, 2, 4, 8, 16, 32, 64)
 LEVEL = 0.9  # r90: the rank reaching 90% of the best rank's loss gain over the head alone
 MIN_GAIN = 0.05  # a unit whose best rank lowers the head-only test loss by less than 5% has no rank to predict
-ALPHA = 8.0  # rsLoRA: s = α/√r
-LR_GRIDS = {"lora": (3e-4, 1e-3, 3e-3, 1e-2), "head": (1e-3, 3e-3, 1e-2, 3e-2)}
+ALPHA = 8.0 * math.sqrt(8)  # s = α/r: 2.83 at r = 8, the scale amendments 1–3 (rsLoRA, α = 8) gave r = 8
+HEAD_LORA = LoraSettings(r=1, alpha=8.0, rslora=True)  # the head rung reads no lora section; these values (amendment
+# 3's) keep its run keys, so the head's finished learning-rate grid stays valid
+LR_GRIDS = {"lora": (3e-4, 1e-3, 3e-3), "head": (1e-3, 3e-3, 1e-2, 3e-2)}  # lora: per unit (amendment 4)
 LR_UNITS = ("trec-c50", "movie")
 
 
@@ -64,10 +67,11 @@ class Plan:
 # ----- runs --------------------------------------------------------------------------------------
 def config(plan: Plan, unit: rank_units.RankUnit, data: str, rung: int, seed: int, lr: float,
            rank_pattern: Optional[dict] = None) -> TrainConfig:
-    """One rung's run: the head alone for r = 0, else rsLoRA r on the attention query/value projections. Batches
-    grouped by length (amendment 3: 1.5× fewer padded tokens, the same examples per step)."""
-    lora = LoraSettings(r=max(rung, 1), alpha=ALPHA, rslora=True, rank_pattern=rank_pattern or {},
-                        alpha_pattern={k: ALPHA for k in (rank_pattern or {})})
+    """One rung's run: the head alone for r = 0, else LoRA r (s = α/r; under a rank pattern each layer's own r) on
+    the attention query/value projections. Batches grouped by length (amendment 3: 1.5× fewer padded tokens, the
+    same examples per step)."""
+    lora = HEAD_LORA if rung == 0 else LoraSettings(r=rung, alpha=ALPHA, rank_pattern=rank_pattern or {},
+                                                     alpha_pattern={k: ALPHA for k in (rank_pattern or {})})
     return TrainConfig(model=plan.model, data=data, method="head" if rung == 0 else "lora", lora=lora, lr=lr,
                        epochs=100, max_steps=plan.max_steps, min_steps=plan.min_steps, eval_steps=plan.eval_steps,
                        patience=plan.patience, metric_for_best="loss", batch_size=plan.batch_size,
@@ -94,33 +98,44 @@ class Bench:
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
         return run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
 
-
-def family(rung: int) -> str:
-    return "head" if rung == 0 else "lora"
+    def lr(self, unit: rank_units.RankUnit, rung: int) -> float:
+        """The head's learning rate for r = 0; the unit's own LoRA learning rate for every other rung."""
+        return self.lrs["head"]["chosen"] if rung == 0 else self.lrs["lora"][unit.name]["chosen"]
 
 
 def learning_rates(bench: Bench) -> dict:
-    """Each family's lr: the grid value with the lowest mean relative validation loss over `Plan.lr_units` (seed 0;
-    r = 8 for LoRA), the grid extended by ×3 steps while the best value is at an edge (at most twice)."""
-    plan, chosen = bench.plan, {}
+    """The head's lr (one for every unit, chosen over `Plan.lr_units`) and each unit's LoRA lr at r = 8 (amendment
+    4: units differ — trec-c2 at r = 8 overfit at the lr trec-c50 needs), both at seed 0 on validation loss."""
+    plan = bench.plan
     lr_units = [u for u in plan.units if u.name in plan.lr_units] or plan.units[:1]
-    for name, grid in plan.lr_grids.items():
-        grid, rung = sorted(grid), 0 if name == "head" else 8
-        for _ in range(3):
-            jobs = [(unit_name(u, rung, 0, lr, "-lrgrid"), config(plan, u, bench.data(u), rung, 0, lr))
-                    for u in lr_units for lr in grid]
-            results = bench.run(jobs, f"{name} learning rates")
-            score = {lr: statistics.fmean(results[unit_name(u, rung, 0, lr, "-lrgrid")].validation["loss"]
-                                          / min(results[unit_name(u, rung, 0, g, "-lrgrid")].validation["loss"]
-                                                for g in grid) for u in lr_units) for lr in grid}
-            best = min(grid, key=score.get)
-            edge = best in (grid[0], grid[-1])
-            chosen[name] = {"grid": {f"{lr:g}": score[lr] for lr in grid}, "chosen": best, "at_edge": edge,
-                            "metric": "mean over units of validation loss / the unit's best", "units": plan.lr_units}
-            if not edge:
-                break
-            grid = sorted({*grid, best / 3 if best == grid[0] else best * 3})
-    bench.lrs = chosen
+    head = choose(bench, {"head": lr_units}, 0, plan.lr_grids["head"], "-lrgrid")["head"]
+    bench.lrs = {"head": head, "lora": choose(bench, {u.name: [u] for u in plan.units}, 8, plan.lr_grids["lora"], "")}
+    return bench.lrs
+
+
+def choose(bench: Bench, groups: dict[str, list], rung: int, grid: tuple, tag: str) -> dict[str, dict]:
+    """Per group of units: the grid value with the lowest mean over its units of validation loss / the unit's best
+    (seed 0, at ``rung``), the grid extended by ×3 while the best value is at an edge (at most twice). Every group's
+    round is one batch, so the workers stay busy."""
+    plan, grids, chosen, pending = bench.plan, {g: sorted(grid) for g in groups}, {}, list(groups)
+    for _ in range(3):
+        jobs = {(g, u.name, lr): (unit_name(u, rung, 0, lr, tag), config(plan, u, bench.data(u), rung, 0, lr))
+                for g in pending for u in groups[g] for lr in grids[g]}
+        results = bench.run(list(dict(jobs.values()).items()), f"{'head' if rung == 0 else 'lora'} learning rates")
+        loss = {key: results[name].validation["loss"] for key, (name, _) in jobs.items()}
+        for g in pending:
+            score = {lr: statistics.fmean(loss[(g, u.name, lr)] / min(loss[(g, u.name, x)] for x in grids[g])
+                                          for u in groups[g]) for lr in grids[g]}
+            best = min(grids[g], key=score.get)
+            edge = best in (grids[g][0], grids[g][-1])
+            chosen[g] = {"grid": {f"{lr:g}": score[lr] for lr in grids[g]}, "chosen": best, "at_edge": edge,
+                         "metric": "mean over units of validation loss / the unit's best",
+                         "units": [u.name for u in groups[g]]}
+            if edge:
+                grids[g] = sorted({*grids[g], best / 3 if best == grids[g][0] else best * 3})
+        pending = [g for g in pending if chosen[g]["at_edge"]]
+        if not pending:
+            break
     return chosen
 
 
@@ -131,7 +146,7 @@ def ladder(bench: Bench) -> dict[str, dict[int, dict[int, object]]]:
     for seed in plan.seeds:
         for u in plan.units:
             for rung in plan.rungs:
-                lr = bench.lrs[family(rung)]["chosen"]
+                lr = bench.lr(u, rung)
                 name = unit_name(u, rung, seed, lr)
                 jobs.append((name, config(plan, u, bench.data(u), rung, seed, lr)))
                 keys[name] = (u.name, rung, seed)
@@ -264,7 +279,7 @@ def allocation_jobs(bench: Bench, unit: rank_units.RankUnit, layers: dict, rank:
     """{(allocation, lr): (name, config)} for one seed: every allocation at the LoRA lr times each of ``factors``."""
     from loralab.adapters.config import exact_pattern
 
-    lr = bench.lrs["lora"]["chosen"]
+    lr = bench.lr(unit, rank)
     jobs = {}
     for name, ranks in allocations(layers, rank * len(layers)).items():
         pattern = exact_pattern(ranks)
@@ -297,7 +312,7 @@ def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict])
             table[alloc] = {"lr": best, "at_edge": best in (lrs[0], lrs[-1]),
                             "validation_loss": {f"{k:g}": v for k, v in val.items()},
                             "test_loss": {first: tuned[tuning[(alloc, best)][0]].test["loss"]}}
-        chosen_factors = tuple({table[a]["lr"] / bench.lrs["lora"]["chosen"] for a in ALLOCATIONS})
+        chosen_factors = tuple({table[a]["lr"] / bench.lr(unit, rank) for a in ALLOCATIONS})
         for seed in others:
             every = allocation_jobs(bench, unit, layers, rank, seed, chosen_factors)
             jobs = {alloc: every[(alloc, table[alloc]["lr"])] for alloc in ALLOCATIONS}
@@ -345,8 +360,8 @@ def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None) -> dict
         status["learning_rates"] = f"grid not finished: {err}"
         return status
     for u in bench.plan.units:
-        jobs = {(rung, seed): (unit_name(u, rung, seed, bench.lrs[family(rung)]["chosen"]),
-                               config(bench.plan, u, bench.data(u), rung, seed, bench.lrs[family(rung)]["chosen"]))
+        jobs = {(rung, seed): (unit_name(u, rung, seed, bench.lr(u, rung)),
+                               config(bench.plan, u, bench.data(u), rung, seed, bench.lr(u, rung)))
                 for rung in bench.plan.rungs for seed in bench.plan.seeds}
         done = finished(bench, list(jobs.values()))
         row = {"finished": len(done), "of": len(jobs)}

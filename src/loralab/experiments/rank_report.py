@@ -92,9 +92,17 @@ def plot_gain(report: dict, path: Path) -> Path:
                 label=u["name"], alpha=1.0 if u["kept"] else 0.35)
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks([-1, 0, 1, 2, 3, 4, 5, 6], ["head", "1", "2", "4", "8", "16", "32", "64"])
-    ax.set(xlabel="LoRA rank r (rsLoRA, q/v)", ylabel="normalised gain g(r)", title="Test-loss gain over the head alone")
+    ax.set(xlabel="LoRA rank r (s = α/r, q/v)", ylabel="normalised gain g(r)", title="Test-loss gain over the head alone")
     ax.legend(fontsize=6, ncol=2)
     return save(fig, path)
+
+
+def lr_lines(lrs: dict) -> list[str]:
+    """One line per choice: the head's (over the lr units), then each unit's LoRA learning rate at r = 8."""
+    def line(name: str, v: dict) -> str:
+        return (f"- {name}: chosen {v['chosen']:g} from {v['grid']} (relative validation loss)"
+                f"{' — AT AN EDGE' if v['at_edge'] else ''}")
+    return [line("head (every unit)", lrs["head"]), *(line(f"LoRA, {u}", v) for u, v in lrs["lora"].items())]
 
 
 def write_report(report: dict, out: Path) -> None:
@@ -112,8 +120,7 @@ def write_report(report: dict, out: Path) -> None:
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
              f"α = 0.05: {fmt(report['power'].get('alpha_0.05'), '.2f')} (n = {report['n']}).", "",
              "## Learning rates", "",
-             *(f"- {k}: chosen {v['chosen']:g} from {v['grid']} (relative validation loss)"
-               f"{' — AT AN EDGE' if v['at_edge'] else ''}" for k, v in lrs.items()), "",
+             *lr_lines(lrs), "",
              "## Allocation at equal rank units (test loss; differences paired over seeds, 95% t-intervals)", "",
              *allocation_table(report), "", f"Compute: {report['seconds'] / 3600:.2f} h of wall time for this report "
              "(cached runs are read back, not trained again)."]

@@ -72,27 +72,28 @@ def base_config(task: str, sizes: Sizes, seed: int) -> TrainConfig:
                        analysis_every=10)  # ΔM/ΔD telemetry (claim 11, every seed); not in the cache key
 
 
-RS_ALPHA = 2.0 * math.sqrt(8)  # rsLoRA's α: s = α/√r is 2 at r = 8 (the study's earlier α = 2r), 0.71 at r = 64
+LORA_ALPHA = 16.0  # s = α/r: 2 at r = 8 (the scale the learning-rate grids were set for), 0.25 at r = 64
 
 
 def lora_unit(task: str, sizes: Sizes, seed: int, lr: float, method: str = "lora", r: int = 8,
               placement: str = "qv", rank_pattern: Optional[dict] = None, tag: str = "") -> Unit:
-    """LoRA/DoRA with rsLoRA scaling s = α/√r in every layer (each layer's own r under a rank pattern), α =
-    `RS_ALPHA`: where ranks are compared one learning rate serves them all (Kalajdzievski 2023), and r = 8 keeps the
-    scale s = 2 the learning-rate grids were set for."""
+    """LoRA/DoRA with the 1/r scaling s = α/r in every layer (each layer's own r under a rank pattern), α =
+    `LORA_ALPHA`. Under Adam with B = 0 the first steps move ΔW = s·B·A by about s·r·lr, so 1/r makes one learning
+    rate serve every rank ("LoRA Without Regret", 2025); rsLoRA's α/√r makes the step grow as √r — measured on the
+    rank benchmark, ranks ≥ 8 overfit or diverged at the lr ranks 1–4 trained well at (its amendment 4)."""
     targets, base_r, pattern = PLACEMENTS[placement]
     r = r if placement == "qv" and rank_pattern is None else base_r
     pattern = dict(rank_pattern if rank_pattern is not None else pattern)
-    lora = LoraSettings(r=r, alpha=RS_ALPHA, rslora=True, rank_pattern=pattern)
+    lora = LoraSettings(r=r, alpha=LORA_ALPHA, rank_pattern=pattern)
     cfg = replace(base_config(task, sizes, seed), method=method, targets=targets, lora=lora, lr=lr)
     return Unit(f"{task}-{method}-{placement}{tag}-r{r}-lr{lr:g}-s{seed}", cfg)
 
 
 def all_linear_unit(task: str, sizes: Sizes, seed: int, lr: float, r: int = 8) -> Unit:
-    """LoRA r (rsLoRA, α = `RS_ALPHA`) on every linear layer of every block — query, key, value, attention output and both MLP
+    """LoRA r (s = α/r, α = `LORA_ALPHA`) on every linear layer of every block — query, key, value, attention output and both MLP
     layers: claim 1's second arm ("LoRA Without Regret", 2025: all-layer LoRA closes more of the gap to full FT)."""
     cfg = replace(base_config(task, sizes, seed), method="lora", targets=PLACEMENTS["all"][0],
-                  lora=LoraSettings(r=r, alpha=RS_ALPHA, rslora=True), lr=lr)
+                  lora=LoraSettings(r=r, alpha=LORA_ALPHA), lr=lr)
     return Unit(f"{task}-lora-all-linear-r{r}-lr{lr:g}-s{seed}", cfg)
 
 
@@ -164,16 +165,17 @@ SMOLLM2_ARMS = {"lora-r8": ("lora", 8), "lora-r64": ("lora", 64), "full": ("full
 SMOLLM2_LR_GRID = {"lora": (3e-4, 1e-3, 3e-3), "full": (1e-5, 3e-5, 1e-4)}
 FORGETTING_SEEDS = (0, 1)
 SMOLLM2_MAX_LENGTH = 96
+SMOLLM2_ALPHA = 16.0 * math.sqrt(8)  # s = α/r: at r = 8 the scale (5.66) of the rsLoRA α = 16 the cipher check ran at
 
 
 def smollm2_unit(arm: str, lr: float, seed: int, files: tuple[str, str, str]) -> Unit:
     """SmolLM2 on the enciphered chat-qa (`forgetting_runs.cipher_files`: train, validation, test; 300 training
-    pairs, 1 epoch, batch 8): LoRA r on q/v with rsLoRA (s = α/√r, α = 16, so r = 8 and r = 64 learn at one lr
-    scale) or full fine-tuning."""
+    pairs, 1 epoch, batch 8): LoRA r on q/v with s = α/r (α = `SMOLLM2_ALPHA`, s = 5.66 at r = 8: r = 8 and r = 64
+    learn at one lr scale, see `lora_unit`) or full fine-tuning."""
     method, r = SMOLLM2_ARMS[arm]
     base = TrainConfig(model="smollm2", data=files[0], val_data=files[1], test_data=files[2], max_train=300,
                        max_length=SMOLLM2_MAX_LENGTH, epochs=1, batch_size=8, eval_batch_size=16, seed=seed, lr=lr,
                        method=method)
     if method == "lora":
-        base = replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=16.0, rslora=True))
+        base = replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=SMOLLM2_ALPHA))
     return Unit(f"cipherqa-{arm}-lr{lr:g}-s{seed}", base)

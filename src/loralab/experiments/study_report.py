@@ -11,15 +11,14 @@ from loralab.experiments import study_plan as plan
 from loralab.experiments.study_figures import FIGURES
 
 METHODS = {
-    1: "Full fine-tuning and LoRA r=8 (rsLoRA, s = 2) on query/value, each at its validation-chosen learning rate; "
+    1: "Full fine-tuning and LoRA r=8 (s = α/r = 2) on query/value, each at its validation-chosen learning rate; "
        "the ratio of test accuracies is taken per seed and summarised with a 95% t-interval. Holds when the interval "
        "lies at or above 0.98 on every task and the trainable-parameter ratio is ≥ 100 (the count includes the new "
        "head). A second arm, LoRA r=8 on every linear layer with its own learning rate, is reported beside it.",
-    2: "LoRA on query/value at r ∈ {1, 2, 4, 8, 16, 64} with rsLoRA scaling (s = α/√r, 2 at r = 8). The needed "
-       "rank is the smallest r whose mean "
-       "test accuracy reaches 95% of full fine-tuning's mean. Small: ≤ 8 on every task; task-dependent: not the same "
-       "on every task.",
-    3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (rsLoRA, each family's validation-chosen learning rate); paired "
+    2: "LoRA on query/value at r ∈ {1, 2, 4, 8, 16, 64} with the 1/r scaling (s = 16/r: 2 at r = 8; under Adam one "
+       "learning rate then serves every rank). The needed rank is the smallest r whose mean test accuracy reaches "
+       "95% of full fine-tuning's mean. Small: ≤ 8 on every task; task-dependent: not the same on every task.",
+    3: "DoRA and LoRA at equal rank r ∈ {1, 2, 4, 8} (s = 16/r, each family's validation-chosen learning rate); paired "
        "differences over seeds (same split, data order and head initialisation), pooled over tasks. On "
        f"{', '.join(plan.DORA_TASKS)} only (time budget: a DoRA run costs ~1.4× a LoRA run).",
     4: "Four placements at ≈ equal trainable parameters per block (rank_pattern): query/value r=8, all attention "
@@ -40,15 +39,15 @@ METHODS = {
        "the 12 query/value layers; nulls: r=8 seed 0 vs seed 1, and random subspaces (max(i, j)/384). The r=64 run "
        "must train (test accuracy within 1 point of r=8).",
     8: "SmolLM2-135M-Instruct tuned on 300 chat-qa pairs with letter-substituted responses for one epoch: LoRA r=8 "
-       "and r=64 on q/v (rsLoRA) and full fine-tuning, each at three learning rates and two seeds. Gain: held-out "
+       "and r=64 on q/v (s = α/r) and full fine-tuning, each at three learning rates and two seeds. Gain: held-out "
        "loss decrease; forgetting: next-token loss increase on 200 BBC News test articles (≤ 128 tokens). Each arm's "
        "forgetting is read off its learning–forgetting curve at the largest gain every arm reaches; full FT − LoRA "
        "with a 95% interval from resampling the articles (Biderman et al. 2024).",
     9: "The rank benchmark (docs/study/rank/README.md, pre-registered): 12 task units, needed rank r90 from a "
-       "held-out-loss rank ladder r ∈ {0, 1, 2, 4, 8, 16, 32, 64} (rsLoRA, two seeds, runs stopped on validation "
-       "loss); the primary predictor, computed before training on 256 examples, tested by a one-sided Spearman "
-       "permutation test at α = 0.01 with its power at ρ = 0.8; per-layer allocation against uniform, EVA-style and "
-       "random at equal rank units.",
+       "held-out-loss rank ladder r ∈ {0, 1, 2, 4, 8, 16, 32, 64} (s = α/r, each unit's own learning rate, two "
+       "seeds, runs stopped on validation loss); the primary predictor, computed before training on 256 examples, "
+       "tested by a one-sided Spearman permutation test at α = 0.01 with its power at ρ = 0.8; per-layer allocation "
+       "against uniform, EVA-style and random at equal rank units.",
     10: "The query/value LoRA r=8 adapters of movie, tweets and sms, one replicate per seed with the seeds rotated over "
         "the tasks (adapters of one seed start from the same A, which would make their input subspaces agree by "
         "construction); every cell a mean over replicates with its t-interval; each task with its own head: own "
