@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,3 +119,24 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
         assert cfg["lr"] == chosen[u.name] and cfg["lora"]["rslora"] is False and cfg["lora"]["alpha"] == rb.ALPHA
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "figures" / "gain_curves.png").exists()
     assert all(math.isfinite(float(v)) for u in report["units"] for v in u["mean_test_loss"].values())
+    written = json.loads((tmp_path / "report" / "rank.json").read_text())
+    assert rp.benchmark_score(written)["predictor"] == rp.PRIMARY and rp.benchmark_score(written)["n"] == report["n"]
+
+
+def test_benchmark_score_quoted_by_probe_matches_the_committed_report():
+    """`loralab probe` quotes BENCHMARK_SCORE; it must be exactly what docs/study/rank/rank.json says, and None
+    while no report is committed (a score without its report, or a stale one, fails here)."""
+    from loralab.analysis.rank_predictors import BENCHMARK_SCORE, benchmark_score
+
+    committed = Path(__file__).resolve().parents[1] / "docs" / "study" / "rank" / "rank.json"
+    if committed.exists():
+        assert BENCHMARK_SCORE == benchmark_score(json.loads(committed.read_text()))
+    else:
+        assert BENCHMARK_SCORE is None
+
+
+def test_benchmark_score_reads_the_primary_predictors_test():
+    report = {"primary": "gradient_effective_rank", "spearman": 0.83, "p_value": 0.004, "n": 11,
+              "power": {"alpha_0.01": 0.71, "alpha_0.05": 0.9}}
+    assert rp.benchmark_score(report) == {"predictor": "gradient_effective_rank", "rho": 0.83, "p_value": 0.004,
+                                          "n": 11, "power_rho_0.8": 0.71, "source": "docs/study/rank/rank.json"}

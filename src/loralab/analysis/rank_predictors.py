@@ -37,11 +37,22 @@ from torch import nn
 
 from loralab.analysis.spectra import energy_rank
 
-# How the primary predictor scored on the rank benchmark (`experiments.rank_benchmark`), quoted by `loralab probe`;
-# None until the benchmark's ladders have all run (docs/study/rank/README.md is its pre-registration).
+# How the primary predictor scored on the rank benchmark (`experiments.rank_benchmark`), quoted by `loralab probe`:
+# `benchmark_score` of the committed docs/study/rank/rank.json (a test holds the two equal); None until the
+# benchmark has finished (docs/study/rank/README.md is its pre-registration).
 BENCHMARK_SCORE: Optional[dict] = None
 
 PRIMARY = "gradient_effective_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
+
+
+def benchmark_score(report: dict) -> dict:
+    """What `BENCHMARK_SCORE` must say, read from the benchmark's rank.json: the primary predictor's Spearman ρ
+    against the measured needed rank r90, its one-sided permutation p, the number of units n, and the test's power
+    to detect ρ = 0.8 at α = 0.01 with that n."""
+    power = report["power"]
+    return {"predictor": report["primary"], "rho": report["spearman"], "p_value": report["p_value"], "n": report["n"],
+            "power_rho_0.8": power.get("alpha_0.01") if isinstance(power, dict) else power,
+            "source": "docs/study/rank/rank.json"}
 
 
 @dataclass
