@@ -37,6 +37,8 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     assert "data:image/png;base64," in html and "Claim 1:" in html and "<img" in html
     assert "| 1. LoRA r=8 reaches" in (tmp_path / "report" / "report.md").read_text()
     trained = study["meta"]["runs_trained_or_read"]
+    assert study["meta"]["compute"]["runs"] == trained == len(list((tmp_path / "runs").glob("*/result.json")))
+    assert f"{trained} runs, " in (tmp_path / "report" / "report.md").read_text()
     again = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
                            workers=2, sizes=tiny_plan, seeds=(0, 1))
     assert "running" not in capsys.readouterr().out.split("claim 1:")[-1]  # nothing retrained: every unit cached

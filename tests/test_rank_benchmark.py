@@ -120,6 +120,8 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "figures" / "gain_curves.png").exists()
     assert all(math.isfinite(float(v)) for u in report["units"] for v in u["mean_test_loss"].values())
     written = json.loads((tmp_path / "report" / "rank.json").read_text())
+    trained = list((tmp_path / "runs" / "runs").glob("*/result.json"))  # every run the benchmark used, once each
+    assert written["compute"]["runs"] == len(trained) and written["compute"]["run_hours"] > 0
     assert rp.benchmark_score(written)["predictor"] == rp.PRIMARY and rp.benchmark_score(written)["n"] == report["n"]
 
 
@@ -140,3 +142,23 @@ def test_benchmark_score_reads_the_primary_predictors_test():
               "power": {"alpha_0.01": 0.71, "alpha_0.05": 0.9}}
     assert rp.benchmark_score(report) == {"predictor": "gradient_effective_rank", "rho": 0.83, "p_value": 0.004,
                                           "n": 11, "power_rho_0.8": 0.71, "source": "docs/study/rank/rank.json"}
+
+
+def test_report_counts_allocations_against_uniform_and_states_compute():
+    from loralab.experiments import rank_report
+
+    def diff(mean, low, high, n=2):
+        return {"minus_uniform": {"mean": mean, "low": low, "high": high, "n": n}}
+
+    report = {"allocation": {"a": {"allocations": {"predicted": diff(-0.02, -0.03, -0.01), "eva": diff(0.01, -0.1, 0.12),
+                                                   "random": diff(0.03, 0.01, 0.05)}},
+                             "b": {"allocations": {"predicted": diff(-0.01, -0.2, 0.18), "eva": diff(-0.01, -0.01, -0.01, 1),
+                                                   "random": diff(0.02, -0.3, 0.34)}}},
+              "compute": {"runs": 283, "run_hours": 27.5, "workers": 2, "threads_per_run": 1}, "seconds": 7200.0}
+    assert rank_report.allocation_summary(report) == (
+        "Test loss against uniform: predicted lower on 2 of 2 units (interval below 0 on 1, above 0 on 0); "
+        "eva lower on 1 of 2 units (interval below 0 on 0, above 0 on 0); "
+        "random lower on 0 of 2 units (interval below 0 on 0, above 0 on 1).")
+    assert rank_report.compute_line(report).startswith(
+        "Compute: 283 runs, 27.5 h of run time (the sum of each run's own wall clock, 1 thread each; 2 at a time on "
+        "this machine ≈ 13.8 h elapsed). This invocation: 2.00 h")

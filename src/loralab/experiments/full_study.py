@@ -18,7 +18,7 @@ from loralab.errors import ConfigError
 from loralab.experiments import claims_geometry, claims_training  # noqa: F401 - registers the claims
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import CLAIMS, Context
-from loralab.experiments.launcher import code_version, make_executor
+from loralab.experiments.launcher import code_version, compute_used, make_executor
 
 
 def parse_list(text: Optional[str], kind, allowed: Sequence, flag: str) -> Optional[list]:
@@ -39,6 +39,7 @@ def meta(ctx: Context, claims: list[int], started: float) -> dict:
     return {"tasks": list(ctx.tasks), "seeds": list(ctx.seeds), "claims": claims, "sizes": vars(ctx.sizes),
             "model": "minilm (all-MiniLM-L6-v2)", "learning_rates": ctx.lr_table, "code_version": code_version(),
             "runs_trained_or_read": len(ctx.results), "wall_time_s": time.time() - started, "torch": torch.__version__,
+            "compute": {**compute_used(ctx.results.values()), "workers": getattr(ctx.executor, "workers", None)},
             "test_examples": {t: len(datasets.load(t, "test", 0, ctx.sizes.max_eval)) for t in ctx.tasks}}
 
 

@@ -259,3 +259,13 @@ def _collect(executor, jobs: list, pending: list[str], desc: str) -> dict[str, R
     if failures:
         raise failures[0] if isinstance(failures[0], TrainingError) else TrainingError(str(failures[0]))
     return done
+
+
+def compute_used(results: Iterable[RunResult]) -> dict:
+    """The machine time behind a set of runs: how many, and the sum of their own wall clocks in hours (each on its
+    share of the cores; with ``w`` workers on one machine, elapsed time ≈ that sum / w). A run resumed from a
+    checkpoint counts the segment its result.json records."""
+    results = list(results)
+    return {"runs": len(results), "run_hours": sum(r.wall_time_s for r in results) / 3600,
+            "resumed": sum(1 for r in results if r.resumed_from_step)}
+

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Optional
 
 from loralab.experiments import rank_units, stats
-from loralab.experiments.launcher import Unit, make_executor, run_units
+from loralab.experiments.launcher import Unit, compute_used, make_executor, run_units
 from loralab.train.config import LoraSettings, TrainConfig
 
 RUNGS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -91,12 +91,15 @@ class Bench:
     root: Path
     executor: object
     lrs: dict = field(default_factory=dict)
+    used: dict = field(default_factory=dict)  # every run's result, trained or read back: the report's compute
 
     def data(self, unit: rank_units.RankUnit) -> str:
         return rank_units.build(unit, self.root / "data")
 
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
-        return run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
+        results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
+        self.used.update(results)
+        return results
 
     def lr(self, unit: rank_units.RankUnit, rung: int) -> float:
         """The head's learning rate for r = 0; the unit's own LoRA learning rate for every other rung."""
@@ -394,6 +397,7 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     ``executor``: "local", "ray", or an executor `launcher.make_executor` made."""
     started = time.time()
     plan = plan or Plan()
+    kind = executor if isinstance(executor, str) else type(executor).__name__
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
     bench = Bench(plan, Path(runs), executor)
@@ -406,7 +410,9 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     report = {"plan": {**asdict(plan), "units": [asdict(u) for u in plan.units]}, "learning_rates": bench.lrs,
               "units": [{"name": u, **summaries[u], "predicted": found[u]["task"]} for u in summaries],
               "primary": found[plan.units[0].name]["primary"], "test": tested, "allocation": allocated,
-              "seconds": time.time() - started}
+              "seconds": time.time() - started,
+              "compute": {**compute_used(bench.used.values()), "executor": kind,
+                          "workers": getattr(executor, "workers", workers), "threads_per_run": plan.threads}}
     primary = tested["predictors"].get(report["primary"], {})
     report.update(spearman=primary.get("rho"), p_value=primary.get("p_value"), power=tested["power_rho_0.8"], n=tested["n"])
     out = Path(out)

@@ -61,6 +61,33 @@ def allocation_table(report: dict) -> list[str]:
     return lines
 
 
+def allocation_summary(report: dict) -> str:
+    """Per allocation, against uniform: on how many units its mean test loss is lower, and on how many the paired
+    95% interval lies wholly below 0 (better) or above 0 (worse)."""
+    rows = report["allocation"]
+    if not rows:
+        return "No allocation test: no unit kept a needed rank."
+    parts = []
+    for name in ("predicted", "eva", "random"):
+        diffs = [row["allocations"][name]["minus_uniform"] for row in rows.values()]
+        lower = sum(1 for d in diffs if d["mean"] < 0)
+        better = sum(1 for d in diffs if d["n"] > 1 and d["high"] < 0)  # one seed has no interval
+        worse = sum(1 for d in diffs if d["n"] > 1 and d["low"] > 0)
+        parts.append(f"{name} lower on {lower} of {len(diffs)} units (interval below 0 on {better}, above 0 on "
+                     f"{worse})")
+    return "Test loss against uniform: " + "; ".join(parts) + "."
+
+
+def compute_line(report: dict) -> str:
+    c = report.get("compute")
+    if not c:
+        return f"Compute: {report['seconds'] / 3600:.2f} h of wall time for this invocation."
+    return (f"Compute: {c['runs']} runs, {c['run_hours']:.1f} h of run time (the sum of each run's own wall clock, "
+            f"{c['threads_per_run']} thread each; {c['workers']} at a time on this machine ≈ "
+            f"{c['run_hours'] / max(c['workers'], 1):.1f} h elapsed). This invocation: {report['seconds'] / 3600:.2f} h "
+            f"(finished runs are read back, not trained again).")
+
+
 def plot_scatter(report: dict, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.2, 4.6))
@@ -122,6 +149,5 @@ def write_report(report: dict, out: Path) -> None:
              "## Learning rates", "",
              *lr_lines(lrs), "",
              "## Allocation at equal rank units (test loss; differences paired over seeds, 95% t-intervals)", "",
-             *allocation_table(report), "", f"Compute: {report['seconds'] / 3600:.2f} h of wall time for this report "
-             "(cached runs are read back, not trained again)."]
+             *allocation_table(report), "", allocation_summary(report), "", compute_line(report)]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -88,11 +88,22 @@ def recipe(m: dict) -> str:
             f"{z['said_max_steps']}), the best validation's weights tested; test examples: {tests}")
 
 
+def compute_text(m: dict) -> str:
+    """The runs and the machine time behind them (the sum of each run's own wall clock; claim 9's benchmark states
+    its own), and this invocation's wall time (finished runs are read back)."""
+    c = m.get("compute")
+    if not c:  # a study.json written before compute was recorded
+        return f"{m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h"
+    workers = c.get("workers") or 1
+    return (f"{c['runs']} runs, {c['run_hours']:.1f} h of run time ({workers} at a time ≈ "
+            f"{c['run_hours'] / workers:.1f} h elapsed); this invocation {m['wall_time_s'] / 3600:.2f} h")
+
+
 def markdown(study: dict, images: dict[int, str]) -> str:
     m = study["meta"]
     lines = ["# loralab full study: the claims of low-rank adaptation, tested", "",
              f"Model {m['model']}; tasks {', '.join(m['tasks'])}; seeds {m['seeds']}; {recipe(m)}; "
-             f"{m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h; code {m['code_version']}.",
+             f"{compute_text(m)}; code {m['code_version']}.",
              "", "| claim | verdict | the numbers |", "|---|---|---|"]
     for key, c in study["claims"].items():
         lines.append(f"| {key}. {c['title']} | **{c['verdict']}** | {c['summary']} |")
@@ -147,8 +158,7 @@ def html_page(study: dict, images: dict[int, str], out: Path) -> str:
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>loralab full study</title>"
             f"<style>{STYLE}</style></head><body><h1>loralab full study: the claims of low-rank adaptation, tested</h1>"
             f"<p>{e(m['model'])}; tasks {e(', '.join(m['tasks']))}; seeds {m['seeds']}; {e(recipe(m))}; "
-            f"{m['runs_trained_or_read']} runs; wall time "
-            f"{m['wall_time_s'] / 3600:.2f} h; code {e(m['code_version'])}.</p><table><tr><th>claim</th><th>verdict</th>"
+            f"{e(compute_text(m))}; code {e(m['code_version'])}.</p><table><tr><th>claim</th><th>verdict</th>"
             f"<th>the numbers</th></tr>{rows}</table><h3>Learning rates (validation sweep)</h3><ul>{lrs}</ul>"
             f"{''.join(sections)}</body></html>")
 
