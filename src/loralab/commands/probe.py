@@ -177,10 +177,12 @@ def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
 
 
 def task_probe(model_name: str, data: str, max_length: int = 64, examples: int = 256, batch_size: int = 8,
-               shuffles: int = 3, seed: int = 0, targets: Optional[str] = None, head_steps: int = 50) -> dict:
+               shuffles: int = 3, seed: int = 0, targets: Optional[str] = None, head_steps: int = 50,
+               max_train: Optional[int] = None) -> dict:
     """Every rank predictor of `analysis.rank_predictors` for a task, at the pretrained weights, on ``examples``
     training examples: {"layers": per layer, "task": per task (the primary one is `rank_predictors.PRIMARY`),
-    "seconds"}."""
+    "seconds"}. ``max_train``: the training examples the task will train on (the data-size baseline counts these,
+    not the whole split)."""
     from loralab.adapters.config import LoraConfig
     from loralab.adapters.inject import match_targets
     from loralab.analysis import rank_predictors as rp
@@ -212,7 +214,8 @@ def task_probe(model_name: str, data: str, max_length: int = 64, examples: int =
     layers = rp.layer_predictors(recorders, moments, nulls, sums)
     task = rp.task_predictors(layers)
     if train.task == "classification":
-        task.update(rp.label_baselines([e["label"] for e in train.examples], len(train.labels), len(train)))
+        n_train = min(len(train), max_train) if max_train else len(train)
+        task.update(rp.label_baselines([e["label"] for e in train.examples], len(train.labels), n_train))
         task["cca_deficit"] = rp.cca_deficit(features, labels, len(train.labels))
     task["mean_tokens"] = statistics.fmean(int(b["attention_mask"].sum(1).float().mean()) for b in batches)
     return {"layers": layers, "task": task, "primary": rp.PRIMARY, "examples": len(batches) * batch_size,

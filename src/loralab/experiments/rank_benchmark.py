@@ -227,7 +227,8 @@ def predictors(bench: Bench) -> dict[str, dict]:
     for u in bench.plan.units:
         cache = bench.root / "predictors" / f"{u.name}.json"
         if not cache.exists():
-            found = task_probe(bench.plan.model, bench.data(u), u.max_length, bench.plan.predictor_examples)
+            found = task_probe(bench.plan.model, bench.data(u), u.max_length, bench.plan.predictor_examples,
+                               max_train=u.max_train)
             cache.parent.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps(found, indent=1))
         out[u.name] = json.loads(cache.read_text())
