@@ -164,3 +164,48 @@ def test_report_counts_allocations_against_uniform_and_states_compute():
     assert rank_report.compute_line(report).startswith(
         "Compute: 283 runs, 27.5 h of run time (the sum of each run's own wall clock, 1 thread each; 2 at a time on "
         "this machine ≈ 13.8 h elapsed). This invocation: 2.00 h")
+
+
+def test_planted_update_has_exactly_rank_k_with_a_flat_spectrum():
+    weight = torch.randn(48, 32, generator=torch.Generator().manual_seed(0))
+    delta = rank_units.planted_update(weight, 5, 0.5, torch.Generator().manual_seed(1))
+    singular = torch.linalg.svdvals(delta.double())
+    top = 0.5 * torch.linalg.matrix_norm(weight.double(), 2)
+    assert torch.allclose(singular[:5], top.expand(5), rtol=1e-6) and singular[5:].max() < 1e-5 * top
+
+
+def test_planted_labels_are_balanced_and_linear_in_the_teacher_features():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(4000, 16, generator=generator)
+    labels = rank_units.planted_labels(features, 4, torch.Generator().manual_seed(3))
+    counts = torch.bincount(labels, minlength=4)
+    assert counts.min() > 0.15 * 4000  # median-shifted scores: no class starves
+    readout = torch.randn(4, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    scores = (features.double() - features.double().mean(0)) @ readout.T
+    assert torch.equal(labels, (scores - scores.median(0).values).argmax(1))  # a linear readout plus a bias
+
+
+def test_planted_unit_on_the_tiny_model_writes_labels_and_its_per_layer_truth(tiny, tmp_path):
+    unit = rank_units.RankUnit("planted-k2", "planted-k2.csv", 48, "planted", 4, 24, planted=2)
+    path = Path(rank_units.build(unit, tmp_path, tiny["model"]))
+    with open(path, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 5381 and {r["label"] for r in rows} == {"c0", "c1", "c2", "c3"}
+    truth = json.loads((tmp_path / "planted-k2.planted.json").read_text())
+    assert truth["per_layer_rank"] == {"bert.encoder.layer.0.attention.self.query": 0,
+                                       "bert.encoder.layer.0.attention.self.value": 2,
+                                       "bert.encoder.layer.1.attention.self.query": 0,
+                                       "bert.encoder.layer.1.attention.self.value": 2}
+    assert rank_units.build(unit, tmp_path, tiny["model"]) == str(path)  # built once, then read back
+
+
+def test_planted_truth_scores_each_per_layer_predictor_against_the_planted_layers(tiny, tmp_path):
+    unit = rank_units.RankUnit("planted-k2", "planted-k2.csv", 48, "planted", 4, 24, planted=2)
+    bench = rb.Bench(rb.Plan(model=tiny["model"], units=[unit]), tmp_path, rb.ReadOnly())
+    paths = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in (0, 1) for m in ("query", "value")]
+    layers = {p: {"gradient_effective_rank": 5.0 if p.endswith("value") else 1.0, "activation_rank": float(i)}
+              for i, p in enumerate(paths)}
+    found = rb.planted_truth(bench, {"planted-k2": {"layers": layers}})["planted-k2"]
+    assert found["k"] == 2 and found["per_layer"][paths[1]]["truth"] == 2 and found["per_layer"][paths[0]]["truth"] == 0
+    assert found["predictors"]["gradient_effective_rank"] == {"rho": pytest.approx(1.0), "planted_minus_unplanted": 4.0}
+    assert found["predictors"]["activation_rank"]["planted_minus_unplanted"] == 1.0  # (1 + 3)/2 − (0 + 2)/2

@@ -94,7 +94,7 @@ class Bench:
     used: dict = field(default_factory=dict)  # every run's result, trained or read back: the report's compute
 
     def data(self, unit: rank_units.RankUnit) -> str:
-        return rank_units.build(unit, self.root / "data")
+        return rank_units.build(unit, self.root / "data", self.plan.model)
 
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
         results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
@@ -254,6 +254,32 @@ def test_predictors(summaries: dict[str, dict], found: dict[str, dict]) -> dict:
     return {"units": kept, "n": n, "predictors": table, "power_rho_0.8": power}
 
 
+def planted_truth(bench: Bench, found: dict[str, dict]) -> dict:
+    """Per planted-rank unit: each target layer's true planted rank (k on the value projections, 0 on the queries)
+    beside every per-layer predictor, and for each predictor its Spearman ρ with the truth over the layers and its
+    mean on planted minus unplanted layers."""
+    out = {}
+    for u in bench.plan.units:
+        if u.planted is None:
+            continue
+        bench.data(u)
+        truth = json.loads((bench.root / "data" / f"{u.name}.planted.json").read_text())["per_layer_rank"]
+        layers = found[u.name]["layers"]
+        paths = [p for p in layers if p in truth]
+        row: dict = {"k": u.planted, "per_layer": {p: {"truth": truth[p], **layers[p]} for p in paths}, "predictors": {}}
+        for name in layers[paths[0]]:
+            values = [layers[p][name] for p in paths]
+            if any(v is None for v in values) or len(set(values)) < 2:
+                continue
+            planted = [v for p, v in zip(paths, values) if truth[p] > 0]
+            unplanted = [v for p, v in zip(paths, values) if truth[p] == 0]
+            row["predictors"][name] = {"rho": stats.spearman_test(values, [truth[p] for p in paths],
+                                                                  permutations=10_000)["rho"],
+                                       "planted_minus_unplanted": statistics.fmean(planted) - statistics.fmean(unplanted)}
+        out[u.name] = row
+    return out
+
+
 def allocation_units(summaries: dict[str, dict], count: int) -> list[str]:
     """``count`` kept units spread over the range of needed ranks (the lowest, the highest and between)."""
     kept = sorted((s["needed_rank"], u) for u, s in summaries.items() if s["kept"] and s["needed_rank"])
@@ -411,6 +437,7 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     report = {"plan": {**asdict(plan), "units": [asdict(u) for u in plan.units]}, "learning_rates": bench.lrs,
               "units": [{"name": u, **summaries[u], "predicted": found[u]["task"]} for u in summaries],
               "primary": found[plan.units[0].name]["primary"], "test": tested, "allocation": allocated,
+              "planted": planted_truth(bench, found),
               "seconds": time.time() - started,
               "compute": {**compute_used(bench.used.values()), "executor": kind,
                           "workers": getattr(executor, "workers", workers), "threads_per_run": plan.threads}}

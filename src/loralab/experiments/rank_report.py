@@ -61,6 +61,26 @@ def allocation_table(report: dict) -> list[str]:
     return lines
 
 
+def planted_table(report: dict) -> list[str]:
+    """Planted-rank units: the measured r90 against the planted k, and how each per-layer predictor tells the
+    planted (value) layers from the unplanted (query) ones."""
+    planted = report.get("planted") or {}
+    if not planted:
+        return []
+    needed = {u["name"]: u for u in report["units"]}
+    lines = ["## Planted-rank units: the truth known", "",
+             "| unit | planted k | needed rank r90 [95% CI] | predictor | ρ with the per-layer truth | planted − unplanted |",
+             "|---|---:|---|---|---:|---:|"]
+    for name, row in planted.items():
+        u = needed.get(name, {})
+        low, high = u.get("interval", (None, None))
+        for i, (predictor, v) in enumerate(row["predictors"].items()):
+            lead = (f"| {name} | {row['k']} | {fmt(u.get('needed_rank'))} [{fmt(low)}, {fmt(high)}] " if i == 0
+                    else "| | | ")
+            lines.append(f"{lead}| {predictor} | {v['rho']:.2f} | {v['planted_minus_unplanted']:+.3g} |")
+    return lines + [""]
+
+
 def allocation_summary(report: dict) -> str:
     """Per allocation, against uniform: on how many units its mean test loss is lower, and on how many the paired
     95% interval lies wholly below 0 (better) or above 0 (worse)."""
@@ -146,6 +166,7 @@ def write_report(report: dict, out: Path) -> None:
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
              f"α = 0.05: {fmt(report['power'].get('alpha_0.05'), '.2f')} (n = {report['n']}).", "",
+             *planted_table(report),
              "## Learning rates", "",
              *lr_lines(lrs), "",
              "## Allocation at equal rank units (test loss; differences paired over seeds, 95% t-intervals)", "",

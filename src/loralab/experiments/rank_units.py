@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import torch
+
 from loralab import data as datasets
+from loralab.errors import ConfigError
 
 GRANULARITY = (2, 4, 8, 16, 32)
 FULL_TRAIN, SMALL_TRAIN, MAX_EVAL = 3000, 400, 500
@@ -36,6 +39,7 @@ class RankUnit:
     classes: int
     max_length: int = 64
     group: Optional[int] = None  # for a granularity unit: how many classes the 50 fine labels are grouped into
+    planted: Optional[int] = None  # for a planted-rank unit: the rank k of the teacher's update (`build_planted`)
 
     def dataset(self, root: Path) -> str:
         return str(root / self.data) if self.data.endswith(".csv") else self.data
@@ -64,8 +68,87 @@ def grouping(fine_labels: list[str], classes: int, seed: int = 0) -> dict[str, s
     return {label: f"g{index % classes}" for index, label in enumerate(order)}
 
 
-def build(unit: RankUnit, root: Path) -> str:
-    """The unit's dataset: its CSV written under ``root`` (once) for a granularity unit; the packaged name otherwise."""
+PLANTED_CLASSES, PLANTED_STRENGTH, PLANTED_MAX_LENGTH = 8, 1.0, 48
+
+
+def planted_update(weight: torch.Tensor, k: int, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """ΔW = σ·U·Vᵀ (out × in): U (out × k) and V (in × k) with orthonormal columns drawn at random, every singular
+    value σ = strength·‖W‖₂ — a flat spectrum, so the update's rank is exactly k and no direction is minor."""
+    out_dim, in_dim = weight.shape
+    u = torch.linalg.qr(torch.randn(out_dim, k, generator=generator, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(in_dim, k, generator=generator, dtype=torch.float64))[0]
+    sigma = strength * torch.linalg.matrix_norm(weight.double(), 2)
+    return (sigma * u @ v.T).to(weight.dtype)
+
+
+def pooled_outputs(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 128) -> torch.Tensor:
+    """The sequence classifier's input features — the encoder's pooled output (N × hidden) — for ``texts``."""
+    encoder = getattr(model, model.base_model_prefix)
+    rows = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")
+            rows.append(encoder(**batch).pooler_output.float())
+    return torch.cat(rows)
+
+
+def planted_labels(teacher_features: torch.Tensor, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """Class = argmax of a fixed random readout R (classes × hidden) of the teacher's centred features (N × hidden),
+    each class's score shifted by its median so the classes are about equally common. The readout is linear in the
+    teacher's features, so the base model plus the planted update plus a head reproduces every label."""
+    readout = torch.randn(classes, teacher_features.shape[1], generator=generator, dtype=torch.float64)
+    scores = (teacher_features.double() - teacher_features.double().mean(0)) @ readout.T
+    return (scores - scores.median(0).values).argmax(1)
+
+
+def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) -> None:
+    """A planted-rank task on TREC's questions: the teacher is ``model_name`` with a rank-k update (`planted_update`)
+    added to the value projection of every layer; labels come from a fixed random readout of the teacher's pooled
+    features (`planted_labels`). The student (LoRA on query and value, a new head) can reproduce the teacher exactly
+    at rank k on the value layers; its query layers need rank 0. Writes the CSV and ``<name>.planted.json`` (the
+    per-layer truth)."""
+    import json
+
+    from loralab import models
+
+    _, _, rows = datasets.read_all("trec-fine")
+    texts = [r["text"] for r in rows]
+    torch.manual_seed(seed)
+    model, tokenizer = models.load(model_name, "classification", num_labels=unit.classes)
+    model.eval()
+    generator = torch.Generator().manual_seed(1000 + unit.planted)
+    truth = {}
+    for name, module in model.named_modules():  # the freshly loaded teacher is this function's own
+        if name.endswith("attention.self.value"):
+            with torch.no_grad():
+                module.weight.add_(planted_update(module.weight, unit.planted, PLANTED_STRENGTH, generator))
+            truth[name] = unit.planted
+        elif name.endswith("attention.self.query"):
+            truth[name] = 0
+    if not any(truth.values()):
+        raise ConfigError(f"{model_name} has no attention.self.value layers to plant a rank-{unit.planted} update "
+                          f"in; planted-rank units need a BERT-style encoder (e.g. minilm).")
+    labels = planted_labels(pooled_outputs(model, tokenizer, texts, unit.max_length), unit.classes, generator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".tmp")
+    with open(staging, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, ["text", "label"])
+        writer.writeheader()
+        writer.writerows({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels))
+    (path.parent / f"{unit.name}.planted.json").write_text(json.dumps(
+        {"rank": unit.planted, "strength": PLANTED_STRENGTH, "model": model_name, "per_layer_rank": truth}, indent=1))
+    staging.replace(path)
+
+
+def build(unit: RankUnit, root: Path, model_name: str = "minilm") -> str:
+    """The unit's dataset: its CSV written under ``root`` (once) for a granularity or planted-rank unit; the packaged
+    name otherwise."""
+    if unit.planted is not None:
+        path = root / unit.data
+        if not path.exists():
+            build_planted(unit, path, model_name)
+        return str(path)
     if unit.group is None:
         return unit.data
     path = root / unit.data
