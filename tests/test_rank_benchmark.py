@@ -209,3 +209,14 @@ def test_planted_truth_scores_each_per_layer_predictor_against_the_planted_layer
     assert found["k"] == 2 and found["per_layer"][paths[1]]["truth"] == 2 and found["per_layer"][paths[0]]["truth"] == 0
     assert found["predictors"]["gradient_effective_rank"] == {"rho": pytest.approx(1.0), "planted_minus_unplanted": 4.0}
     assert found["predictors"]["activation_rank"]["planted_minus_unplanted"] == 1.0  # (1 + 3)/2 − (0 + 2)/2
+
+
+@pytest.mark.slow
+def test_learning_rates_only_stops_before_any_ladder_rung(tiny, tmp_path, keep_threads):
+    unit = rank_units.RankUnit("movie", tiny["data"], 48, "movie", 2, 24)
+    plan = rb.Plan(model=tiny["model"], units=[unit], rungs=(0, 1, 4), seeds=(0, 1), max_steps=6, min_steps=3,
+                   eval_steps=3, max_eval=16, lr_units=("movie",), lr_grids={"lora": (1e-3, 1e-2, 1e-1), "head": (1e-2,)})
+    lrs = rb.run_rank_benchmark(tmp_path / "report", tmp_path / "runs", workers=2, plan=plan, learning_rates_only=True)
+    assert set(lrs) == {"head", "lora"} and f"{lrs['lora']['movie']['chosen']:g}" in lrs["lora"]["movie"]["grid"]
+    names = sorted(p.parent.name for p in (tmp_path / "runs" / "runs").glob("*/config.json"))
+    assert all("-lrgrid-" in n or "-r8-" in n for n in names) and not (tmp_path / "report").exists()  # no rung but r = 8

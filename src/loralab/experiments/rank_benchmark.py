@@ -419,15 +419,19 @@ def study_plan(sizes) -> Plan:
 
 
 def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "runs/rank", workers: int = 2,
-                       executor: object = "local", address: Optional[str] = None, plan: Optional[Plan] = None) -> dict:
+                       executor: object = "local", address: Optional[str] = None, plan: Optional[Plan] = None,
+                       learning_rates_only: bool = False) -> dict:
     """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report.
-    ``executor``: "local", "ray", or an executor `launcher.make_executor` made."""
+    ``executor``: "local", "ray", or an executor `launcher.make_executor` made. ``learning_rates_only``: stop after
+    the learning-rate grids and return them (nothing written), e.g. to settle the units before any ladder runs."""
     started = time.time()
     plan = plan or Plan()
     kind = executor if isinstance(executor, str) else type(executor).__name__
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
     bench = Bench(plan, Path(runs), executor)
+    if learning_rates_only:
+        return learning_rates(bench)
     learning_rates(bench)
     results = ladder(bench)
     summaries = {u: unit_summary(by_rung) for u, by_rung in results.items()}
