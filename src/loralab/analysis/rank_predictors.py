@@ -49,9 +49,8 @@ def benchmark_score(report: dict) -> dict:
     """What `BENCHMARK_SCORE` must say, read from the benchmark's rank.json: the primary predictor's Spearman ρ
     against the measured needed rank r90, its one-sided permutation p, the number of units n, and the test's power
     to detect ρ = 0.8 at α = 0.01 with that n."""
-    power = report["power"]
     return {"predictor": report["primary"], "rho": report["spearman"], "p_value": report["p_value"], "n": report["n"],
-            "power_rho_0.8": power.get("alpha_0.01") if isinstance(power, dict) else power,
+            "power_rho_0.8": report["power"]["alpha_0.01"],
             "source": "docs/study/rank/rank.json"}
 
 

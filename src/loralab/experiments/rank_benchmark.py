@@ -430,9 +430,9 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
     bench = Bench(plan, Path(runs), executor)
+    lrs = learning_rates(bench)
     if learning_rates_only:
-        return learning_rates(bench)
-    learning_rates(bench)
+        return lrs
     results = ladder(bench)
     summaries = {u: unit_summary(by_rung) for u, by_rung in results.items()}
     found = predictors(bench)

@@ -17,12 +17,13 @@ import csv
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 
 from loralab import data as datasets
 from loralab.errors import ConfigError
+from loralab.io.atomic import atomic_write, atomic_write_json
 
 GRANULARITY = (2, 4, 8, 16, 32)
 FULL_TRAIN, SMALL_TRAIN, MAX_EVAL = 3000, 400, 500
@@ -68,6 +69,18 @@ def grouping(fine_labels: list[str], classes: int, seed: int = 0) -> dict[str, s
     return {label: f"g{index % classes}" for index, label in enumerate(order)}
 
 
+def write_labels(path: Path, rows: Iterable[dict]) -> None:
+    """A text,label CSV of ``rows``, written atomically (its directory made if missing)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.DictWriter(handle, ["text", "label"])
+            writer.writeheader()
+            writer.writerows(rows)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, write)
+
+
 PLANTED_CLASSES, PLANTED_STRENGTH, PLANTED_MAX_LENGTH = 8, 1.0, 48
 
 
@@ -108,8 +121,6 @@ def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) ->
     features (`planted_labels`). The student (LoRA on query and value, a new head) can reproduce the teacher exactly
     at rank k on the value layers; its query layers need rank 0. Writes the CSV and ``<name>.planted.json`` (the
     per-layer truth)."""
-    import json
-
     from loralab import models
 
     _, _, rows = datasets.read_all("trec-fine")
@@ -131,14 +142,9 @@ def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) ->
                           f"in; planted-rank units need a BERT-style encoder (e.g. minilm).")
     labels = planted_labels(pooled_outputs(model, tokenizer, texts, unit.max_length), unit.classes, generator)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".tmp")
-    with open(staging, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, ["text", "label"])
-        writer.writeheader()
-        writer.writerows({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels))
-    (path.parent / f"{unit.name}.planted.json").write_text(json.dumps(
-        {"rank": unit.planted, "strength": PLANTED_STRENGTH, "model": model_name, "per_layer_rank": truth}, indent=1))
-    staging.replace(path)
+    atomic_write_json(path.parent / f"{unit.name}.planted.json", {"rank": unit.planted, "strength": PLANTED_STRENGTH,
+                                                                  "model": model_name, "per_layer_rank": truth})
+    write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
 
 
 def build(unit: RankUnit, root: Path, model_name: str = "minilm") -> str:
@@ -155,11 +161,5 @@ def build(unit: RankUnit, root: Path, model_name: str = "minilm") -> str:
     if not path.exists():
         _, fine, rows = datasets.read_all("trec-fine")
         mapping = grouping(fine, unit.group)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        with open(staging, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, ["text", "label"])
-            writer.writeheader()
-            writer.writerows({"text": r["text"], "label": mapping[fine[r["label"]]]} for r in rows)
-        staging.replace(path)
+        write_labels(path, ({"text": r["text"], "label": mapping[fine[r["label"]]]} for r in rows))
     return str(path)

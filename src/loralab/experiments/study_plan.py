@@ -104,23 +104,17 @@ def full_unit(task: str, sizes: Sizes, seed: int, lr: float) -> Unit:
 def shuffled_labels(task: str, root: Path, seed: int = 0) -> str:
     """A CSV copy of ``task`` with its labels permuted across rows (seeded), written once under ``root``: the
     null run for claim 6 — the same texts, label frequencies and optimizer, no relation between text and label."""
-    import csv
     import random
 
     from loralab import data as datasets
+    from loralab.experiments.rank_units import write_labels
 
     path = root / f"{task}-shuffled-s{seed}.csv"
     if not path.exists():
         _, names, rows = datasets.read_all(task)
         labels = [r["label"] for r in rows]
         random.Random(seed).shuffle(labels)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staging = path.with_suffix(".tmp")
-        with open(staging, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.DictWriter(handle, ["text", "label"])
-            writer.writeheader()
-            writer.writerows({"text": r["text"], "label": names[label]} for r, label in zip(rows, labels))
-        staging.replace(path)
+        write_labels(path, ({"text": r["text"], "label": names[label]} for r, label in zip(rows, labels)))
     return str(path)
 
 
