@@ -27,6 +27,12 @@ def test_needed_rank_on_known_curves():
     assert rb.needed_rank({0: 1.0, 1: 1.2, 4: 1.1}) is None  # nothing beats the head
 
 
+def test_a_third_seed_where_the_r90_interval_spans_more_than_the_ratio():
+    assert not rb.needs_third_seed({"interval": [1.0, 4.0]}, 4.0)
+    assert rb.needs_third_seed({"interval": [1.0, 4.01]}, 4.0)
+    assert rb.needs_third_seed({"interval": [None, None]}, 4.0)  # no resample beat the head: seeds cannot tell yet
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     per_seed = {0: {0: 2.0, 1: 2.1}, 1: {0: 1.6, 1: 1.4}, 4: {0: 1.0, 1: 1.1}, 16: {0: 1.0, 1: 0.95}}
     low, high = rb.bootstrap_needed_rank(per_seed, resamples=2000)
@@ -125,6 +131,13 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
     trained = list((tmp_path / "runs" / "runs").glob("*/result.json"))  # every run the benchmark used, once each
     assert written["compute"]["runs"] == len(trained) and written["compute"]["run_hours"] > 0
     assert rp.benchmark_score(written)["predictor"] == rp.PRIMARY and rp.benchmark_score(written)["n"] == report["n"]
+    for u in report["units"]:  # a third seed exactly where two left r90's interval wide, and the progress view agrees
+        third = list((tmp_path / "runs" / "runs").glob(f"{u['name']}-r*-s2-*/result.json"))
+        two = {int(rung): {s: v for s, v in by_seed.items() if int(s) < 2} for rung, by_seed in u["test_loss"].items()}
+        wide = rb.needs_third_seed({"interval": rb.bootstrap_needed_rank(two)}, plan.decisive_ratio)
+        assert (u["seeds"], len(third)) == ((3, len(plan.rungs)) if wide else (2, 0))
+    progress = rb.interim(tmp_path / "runs", plan)["units"]
+    assert {name: row["needed_rank"] for name, row in progress.items()} == {u["name"]: u["needed_rank"] for u in report["units"]}
 
 
 def test_benchmark_score_quoted_by_probe_matches_the_committed_report():

@@ -3,11 +3,12 @@
 1. **Needed rank, measured** on every unit (`rank_units`): a rank ladder r ∈ `RUNGS` (r = 0: the head alone)
    with the 1/r scaling s = α/r (under Adam with B = 0 the first steps then move ΔW the same at every rank, so
    one learning rate serves the ladder — amendment 4), the head's learning rate and each unit's LoRA learning
-   rate (at r = 8) chosen on grids that bracket an interior optimum (`learning_rates`), runs stopped on validation loss (at least
-   `Plan.min_steps` optimizer steps), two seeds. The response is the held-out (test) loss L_r of the best
-   checkpoint; the normalised gain g(r) = (L_0 − L_r)/(L_0 − L_best) and r90 = the smallest r with g ≥ 0.9,
-   log₂-interpolated between rungs (the head-only rung sits at log₂ r = −1), with a seed-bootstrap interval
-   (`needed_rank`). A unit whose best rank gains less than `MIN_GAIN` of the head's loss is dropped, and listed.
+   rate (at r = 8) chosen on grids that bracket an interior optimum (`learning_rates`), runs stopped on
+   validation loss (at least `Plan.min_steps` optimizer steps), two seeds and a third where r90's interval is wide.
+   The response is the held-out (test) loss L_r of the best checkpoint; the normalised gain
+   g(r) = (L_0 − L_r)/(L_0 − L_best) and r90 = the smallest r with g ≥ 0.9, log₂-interpolated between rungs (the
+   head-only rung sits at log₂ r = −1), with a seed-bootstrap interval (`needed_rank`). A unit whose best rank gains
+   less than `MIN_GAIN` of the head's loss is dropped, and listed.
 2. **Predictors** at the pretrained weights (`analysis.rank_predictors`, on ≤ 256 examples), the primary one
    (`rank_predictors.PRIMARY`) fixed before the ladders ran.
 3. **The test**: Spearman ρ between predictor and r90 over units, a one-sided permutation p (10⁵ permutations),
@@ -51,6 +52,8 @@ class Plan:
     units: list = field(default_factory=rank_units.units)
     rungs: tuple = RUNGS
     seeds: tuple = (0, 1)
+    third_seed: Optional[int] = 2  # trained on a unit whose two-seed r90 is too uncertain (`needs_third_seed`)
+    decisive_ratio: float = 4.0  # an r90 interval wider than this factor (two rungs) is too uncertain
     batch_size: int = 16
     max_steps: int = 2000  # trec-c50 at the chosen lr still improved at 600 and at 1,200 (amendments 1 and 2)
     min_steps: int = 300
@@ -142,22 +145,42 @@ def choose(bench: Bench, groups: dict[str, list], rung: int, grid: tuple, tag: s
     return chosen
 
 
+def ladder_jobs(bench: Bench, units: list, seeds: tuple) -> dict[str, tuple]:
+    """{run name: (unit, rung, seed, TrainConfig)} of the units' ladders at these seeds, seed-major."""
+    jobs = {}
+    for seed in seeds:
+        for u in units:
+            for rung in bench.plan.rungs:
+                lr = bench.lr(u, rung)
+                jobs[unit_name(u, rung, seed, lr)] = (u.name, rung, seed, config(bench.plan, u, bench.data(u), rung, seed, lr))
+    return jobs
+
+
 def ladder(bench: Bench) -> dict[str, dict[int, dict[int, object]]]:
     """{unit: {rung: {seed: RunResult}}} — every unit's ladder trained (what is cached is read back). Seed 0's
-    ladders are submitted first, so a benchmark stopped half-way holds whole ladders of one seed."""
-    plan, jobs, keys = bench.plan, [], {}
-    for seed in plan.seeds:
-        for u in plan.units:
-            for rung in plan.rungs:
-                lr = bench.lr(u, rung)
-                name = unit_name(u, rung, seed, lr)
-                jobs.append((name, config(plan, u, bench.data(u), rung, seed, lr)))
-                keys[name] = (u.name, rung, seed)
-    results = bench.run(jobs, "rank ladders")
-    out: dict = {}
-    for name, (u, rung, seed) in keys.items():
-        out.setdefault(u, {}).setdefault(rung, {})[seed] = results[name]
+    ladders are submitted first, so a benchmark stopped half-way holds whole ladders of one seed. Then a unit
+    whose r90 is still too uncertain after the plan's seeds (`needs_third_seed`) gets its ladder at a third seed."""
+    plan, out = bench.plan, {}
+
+    def train(units: list, seeds: tuple) -> None:
+        jobs = ladder_jobs(bench, units, seeds)
+        results = bench.run([(name, job[3]) for name, job in jobs.items()], "rank ladders")
+        for name, (u, rung, seed, _) in jobs.items():
+            out.setdefault(u, {}).setdefault(rung, {})[seed] = results[name]
+
+    train(plan.units, plan.seeds)
+    if plan.third_seed is not None:
+        unsure = [u for u in plan.units if needs_third_seed(unit_summary(out[u.name]), plan.decisive_ratio)]
+        if unsure:
+            train(unsure, (plan.third_seed,))
     return out
+
+
+def needs_third_seed(summary: dict, ratio: float) -> bool:
+    """Whether seeds could still decide a unit's r90: its 95% interval spans more than ``ratio`` (upper/lower), or
+    there is no interval (no resample beat the head). Amendment 6: "≥ 2 seeds, 3 where the intervals are wide"."""
+    low, high = summary["interval"]
+    return low is None or high is None or high / low > ratio
 
 
 # ----- the needed rank ---------------------------------------------------------------------------
@@ -214,7 +237,7 @@ def unit_summary(results: dict[int, dict[int, object]]) -> dict:
     return {"test_loss": {str(k): v for k, v in per_seed.items()}, "mean_test_loss": {str(k): v for k, v in means.items()},
             "best_rung": min(means, key=means.get), "relative_gain": gain, "needed_rank": needed_rank(means),
             "sensitivity": {f"r{round(100 * level)}": needed_rank(means, level) for level in (0.8, 0.95)},
-            "interval": [low, high], "kept": gain >= MIN_GAIN,
+            "interval": [low, high], "kept": gain >= MIN_GAIN, "seeds": len(next(iter(per_seed.values()))),
             "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()}}
 
 
@@ -380,8 +403,8 @@ class ReadOnly:
 
 def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None) -> dict:
     """Where a running (or stopped) benchmark stands, from finished runs only: the learning rates once their grid
-    is done (the same choice `learning_rates` makes), then per unit how many ladder runs have finished and, for a
-    finished ladder, r90 with its interval. Not the pre-registered test (that needs every unit): a progress view."""
+    is done (the same choice `learning_rates` makes), then per unit `ladder_status`. Not the pre-registered test
+    (that needs every unit): a progress view."""
     bench = Bench(plan or Plan(), Path(runs), ReadOnly())
     status: dict = {"interim": True, "learning_rates": None, "units": {}}
     try:
@@ -390,18 +413,31 @@ def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None) -> dict
         status["learning_rates"] = f"grid not finished: {err}"
         return status
     for u in bench.plan.units:
-        jobs = {(rung, seed): (unit_name(u, rung, seed, bench.lr(u, rung)),
-                               config(bench.plan, u, bench.data(u), rung, seed, bench.lr(u, rung)))
-                for rung in bench.plan.rungs for seed in bench.plan.seeds}
-        done = finished(bench, list(jobs.values()))
-        row = {"finished": len(done), "of": len(jobs)}
-        if len(done) == len(jobs):
-            by_rung: dict = {}
-            for (rung, seed), (name, _) in jobs.items():
-                by_rung.setdefault(rung, {})[seed] = done[name]
-            row.update(unit_summary(by_rung))
-        status["units"][u.name] = row
+        status["units"][u.name] = ladder_status(bench, u)
     return status
+
+
+def ladder_status(bench: Bench, unit: rank_units.RankUnit) -> dict:
+    """One unit's ladder from its finished runs: how many of how many; r90 of each seed whose ladder is whole; once
+    every seed the benchmark wants is whole (the third only if `needs_third_seed`), the unit's summary."""
+    seeds, third = bench.plan.seeds, bench.plan.third_seed
+    while True:
+        jobs = ladder_jobs(bench, [unit], seeds)
+        done = finished(bench, [(name, job[3]) for name, job in jobs.items()])
+        found: dict = {}
+        for name, (_, rung, seed, _) in jobs.items():
+            if name in done:
+                found.setdefault(seed, {})[rung] = done[name]
+        whole = {seed: runs for seed, runs in found.items() if len(runs) == len(bench.plan.rungs)}
+        row = {"finished": len(done), "of": len(jobs), "seeds": list(seeds),
+               "needed_rank_per_seed": {seed: needed_rank({r: v.test["loss"] for r, v in runs.items()})
+                                        for seed, runs in whole.items()}}
+        if len(whole) < len(seeds):
+            return row
+        row.update(unit_summary({rung: {seed: whole[seed][rung] for seed in seeds} for rung in bench.plan.rungs}))
+        if third is None or third in seeds or not needs_third_seed(row, bench.plan.decisive_ratio):
+            return row
+        seeds = (*seeds, third)
 
 
 def study_plan(sizes) -> Plan:

@@ -29,13 +29,13 @@ def units_table(report: dict) -> list[str]:
     names = ["gradient_effective_rank", "gradient_null_rank", "log2_classes", "data_bits", "cca_deficit", "activation_rank",
              "twonn_dimension",
              "gradient_importance", "mean_tokens"]
-    lines = ["| unit | classes | needed rank r90 [95% CI] | gain over head | kept | " + " | ".join(names) + " |",
-             "|---|---:|---|---:|---|" + "---:|" * len(names)]
+    lines = ["| unit | classes | seeds | needed rank r90 [95% CI] | gain over head | kept | " + " | ".join(names) + " |",
+             "|---|---:|---:|---|---:|---|" + "---:|" * len(names)]
     classes = {u["name"]: u["classes"] for u in report["plan"]["units"]}
     for u in report["units"]:
         low, high = u["interval"]
         cells = [fmt(u["predicted"].get(k)) for k in names]
-        lines.append(f"| {u['name']} | {classes[u['name']]} | {fmt(u['needed_rank'])} [{fmt(low)}, {fmt(high)}] | "
+        lines.append(f"| {u['name']} | {classes[u['name']]} | {u['seeds']} | {fmt(u['needed_rank'])} [{fmt(low)}, {fmt(high)}] | "
                      f"{u['relative_gain']:.1%} | {'yes' if u['kept'] else 'no'} | " + " | ".join(cells) + " |")
     return lines
 
@@ -161,7 +161,8 @@ def write_report(report: dict, out: Path) -> None:
     lines = ["# The rank benchmark: is the rank a task needs predictable before training?", "",
              verdict(report), "",
              f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
-             f"{report['test']['n']} kept; seeds {report['plan']['seeds']}; rungs {report['plan']['rungs']}.", "",
+             f"{report['test']['n']} kept; seeds {report['plan']['seeds']} (and seed {report['plan']['third_seed']} where the "
+             f"r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs {report['plan']['rungs']}.", "",
              "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
