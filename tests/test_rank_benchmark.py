@@ -33,6 +33,18 @@ def test_a_third_seed_where_the_r90_interval_spans_more_than_the_ratio():
     assert rb.needs_third_seed({"interval": [None, None]}, 4.0)  # no resample beat the head: seeds cannot tell yet
 
 
+def test_needed_rank_spread_over_the_kept_units_against_the_target():
+    from loralab.experiments import rank_report
+
+    summaries = {"a": {"kept": True, "needed_rank": 0.75}, "b": {"kept": True, "needed_rank": 12.0},
+                 "c": {"kept": False, "needed_rank": 64.0}, "d": {"kept": True, "needed_rank": None}}
+    spread = rb.needed_rank_spread(summaries)
+    assert spread == {"lowest": ["a", 0.75], "highest": ["b", 12.0], "ratio": 16.0, "target": 16.0, "meets_target": True}
+    assert rank_report.spread_line(spread) == (
+        "Spread of the needed ranks: 16.0× (a 0.75 to b 12), which meets the target of 16×.")
+    assert not rb.needed_rank_spread({"a": summaries["a"], "b": {"kept": True, "needed_rank": 11.9}})["meets_target"]
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     per_seed = {0: {0: 2.0, 1: 2.1}, 1: {0: 1.6, 1: 1.4}, 4: {0: 1.0, 1: 1.1}, 16: {0: 1.0, 1: 0.95}}
     low, high = rb.bootstrap_needed_rank(per_seed, resamples=2000)
@@ -136,6 +148,7 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
         two = {int(rung): {s: v for s, v in by_seed.items() if int(s) < 2} for rung, by_seed in u["test_loss"].items()}
         wide = rb.needs_third_seed({"interval": rb.bootstrap_needed_rank(two)}, plan.decisive_ratio)
         assert (u["seeds"], len(third)) == ((3, len(plan.rungs)) if wide else (2, 0))
+    assert written["spread"]["target"] == 16.0 and "Spread of the needed ranks" in (tmp_path / "report" / "report.md").read_text()
     progress = rb.interim(tmp_path / "runs", plan)["units"]
     assert {name: row["needed_rank"] for name, row in progress.items()} == {u["name"]: u["needed_rank"] for u in report["units"]}
 

@@ -163,7 +163,7 @@ def claim_9(ctx: Context) -> dict:
                   for unit, row in report["allocation"].items()}
     return {"verdict": final, "primary": report["primary"], "spearman": rho, "p_value": p, "n": n, "power": report["power"],
             "units": [{k: u[k] for k in ("name", "needed_rank", "interval", "kept", "predicted")} for u in report["units"]],
-            "allocation": allocation, "learning_rates": report["learning_rates"],
+            "allocation": allocation, "learning_rates": report["learning_rates"], "spread": report["spread"],
             "summary": f"pre-registered predictor {report['primary']} against the measured needed rank r90 over n = {n} "
                        f"units: Spearman ρ = {'n/a' if rho is None else format(rho, '+.2f')}, one-sided permutation "
                        f"p = {'n/a' if p is None else format(p, '.2g')} (α = 0.01), power at ρ = 0.8: "

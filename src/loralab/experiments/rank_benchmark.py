@@ -36,6 +36,7 @@ from loralab.train.config import LoraSettings, TrainConfig
 
 RUNGS = (0, 1, 2, 4, 8, 16, 32, 64)
 LEVEL = 0.9  # r90: the rank reaching 90% of the best rank's loss gain over the head alone
+SPREAD_TARGET = 16.0  # the needed ranks of the kept units should span at least this factor
 MIN_GAIN = 0.05  # a unit whose best rank lowers the head-only test loss by less than 5% has no rank to predict
 ALPHA = 8.0 * math.sqrt(8)  # s = α/r: 2.83 at r = 8, the scale amendments 1–3 (rsLoRA, α = 8) gave r = 8
 HEAD_LORA = LoraSettings(r=1, alpha=8.0, rslora=True)  # the head rung reads no lora section; these values (amendment
@@ -258,6 +259,18 @@ def predictors(bench: Bench) -> dict[str, dict]:
     return out
 
 
+def needed_rank_spread(summaries: dict[str, dict], target: float = SPREAD_TARGET) -> dict:
+    """How far the kept units' r90 spread: the lowest and highest unit and their ratio (the benchmark asks ≥ 16×,
+    else a predictor has little to order)."""
+    kept = {u: s["needed_rank"] for u, s in summaries.items() if s["kept"] and s["needed_rank"] is not None}
+    if not kept:
+        return {"lowest": None, "highest": None, "ratio": None, "target": target, "meets_target": False}
+    low, high = min(kept, key=kept.get), max(kept, key=kept.get)
+    ratio = kept[high] / kept[low]
+    return {"lowest": [low, kept[low]], "highest": [high, kept[high]], "ratio": ratio, "target": target,
+            "meets_target": ratio >= target}
+
+
 def test_predictors(summaries: dict[str, dict], found: dict[str, dict]) -> dict:
     """Spearman ρ of each predictor against r90 over the kept units, one-sided permutation p (10⁵), power at ρ = 0.8
     (α = 0.01 and 0.05), partial ρ with log₂ C held fixed."""
@@ -476,7 +489,8 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     allocated = allocation(bench, summaries, found)
     report = {"plan": {**asdict(plan), "units": [asdict(u) for u in plan.units]}, "learning_rates": bench.lrs,
               "units": [{"name": u, **summaries[u], "predicted": found[u]["task"]} for u in summaries],
-              "primary": found[plan.units[0].name]["primary"], "test": tested, "allocation": allocated,
+              "primary": found[plan.units[0].name]["primary"], "test": tested, "spread": needed_rank_spread(summaries),
+              "allocation": allocated,
               "planted": planted_truth(bench, found),
               "seconds": time.time() - started,
               "compute": {**compute_used(bench.used.values()), "executor": kind,

@@ -98,6 +98,16 @@ def allocation_summary(report: dict) -> str:
     return "Test loss against uniform: " + "; ".join(parts) + "."
 
 
+def spread_line(spread: dict | None) -> str:
+    """The needed ranks' spread over the kept units, against the benchmark's target."""
+    if not spread or spread["ratio"] is None:
+        return "Spread of the needed ranks: no unit kept."
+    (low, r_low), (high, r_high) = spread["lowest"], spread["highest"]
+    met = "meets" if spread["meets_target"] else "falls short of"
+    return (f"Spread of the needed ranks: {spread['ratio']:.1f}× ({low} {r_low:.3g} to {high} {r_high:.3g}), which {met} "
+            f"the target of {spread['target']:g}×.")
+
+
 def compute_line(report: dict) -> str:
     c = report.get("compute")
     if not c:
@@ -163,6 +173,7 @@ def write_report(report: dict, out: Path) -> None:
              f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
              f"{report['test']['n']} kept; seeds {report['plan']['seeds']} (and seed {report['plan']['third_seed']} where the "
              f"r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs {report['plan']['rungs']}.", "",
+             spread_line(report.get("spread")), "",
              "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
