@@ -45,6 +45,25 @@ def test_needed_rank_spread_over_the_kept_units_against_the_target():
     assert not rb.needed_rank_spread({"a": summaries["a"], "b": {"kept": True, "needed_rank": 11.9}})["meets_target"]
 
 
+def test_monotone_curve_pools_a_noisy_dip_and_moves_r90_off_it():
+    losses = {0: 1.0, 1: 0.5, 2: 0.5, 4: 0.48, 8: 0.44, 16: 0.34, 32: 0.40, 64: 0.43}
+    fitted = rb.monotone_losses(losses)
+    assert [fitted[r] for r in sorted(fitted)] == pytest.approx([1.0, 0.5, 0.5, 0.48, 0.44, 0.39, 0.39, 0.39])
+    assert rb.needed_rank(losses) == pytest.approx(2 ** (3 + (0.9 - 0.56 / 0.66) / (1 - 0.56 / 0.66)))  # 8 to 16
+    assert rb.needed_rank(fitted) == pytest.approx(2 ** (2 + (0.9 - 0.52 / 0.61) / (0.56 / 0.61 - 0.52 / 0.61)))  # 4 to 8
+
+
+def test_sensitivity_tests_score_the_primary_against_each_alternative_response():
+    primary = rp.PRIMARY
+    units = {f"u{i}": {"kept": True, "sensitivity": {"r80": 2.0 ** i, "r95": 2.0 ** -i, "r90_monotone": None}}
+             for i in range(5)}
+    found = {u: {"task": {primary: float(i)}} for i, u in enumerate(units)}
+    tested = rb.sensitivity_tests(units, found, primary)
+    assert tested["r80"]["rho"] == pytest.approx(1.0) and tested["r80"]["p_value"] == pytest.approx(1 / 120, abs=2e-3)
+    assert tested["r95"]["rho"] == pytest.approx(-1.0) and tested["r95"]["p_value"] == 1.0
+    assert tested["r90_monotone"] == {"n": 0, "rho": None, "p_value": None}
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     per_seed = {0: {0: 2.0, 1: 2.1}, 1: {0: 1.6, 1: 1.4}, 4: {0: 1.0, 1: 1.1}, 16: {0: 1.0, 1: 0.95}}
     low, high = rb.bootstrap_needed_rank(per_seed, resamples=2000)
@@ -148,6 +167,8 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
         two = {int(rung): {s: v for s, v in by_seed.items() if int(s) < 2} for rung, by_seed in u["test_loss"].items()}
         wide = rb.needs_third_seed({"interval": rb.bootstrap_needed_rank(two)}, plan.decisive_ratio)
         assert (u["seeds"], len(third)) == ((3, len(plan.rungs)) if wide else (2, 0))
+    assert set(written["sensitivity"]) == {"r80", "r95", "r90_monotone"} and "## Sensitivity of the response" in (
+        tmp_path / "report" / "report.md").read_text()
     assert written["spread"]["target"] == 16.0 and "Spread of the needed ranks" in (tmp_path / "report" / "report.md").read_text()
     progress = rb.interim(tmp_path / "runs", plan)["units"]
     assert {name: row["needed_rank"] for name, row in progress.items()} == {u["name"]: u["needed_rank"] for u in report["units"]}

@@ -49,6 +49,21 @@ def tests_table(report: dict) -> list[str]:
     return lines
 
 
+def sensitivity_table(report: dict) -> list[str]:
+    """Each unit's needed rank at 80% / 90% / 95% of the gain and on the monotone loss curve, then the primary
+    predictor's ρ against each: beside the registered test, not instead of it."""
+    keys, rows = ("r80", "r95", "r90_monotone"), report["sensitivity"]
+    lines = ["## Sensitivity of the response (not confirmatory)", "",
+             "| unit | r80 | r90 (registered) | r95 | r90 on the monotone curve |", "|---|---:|---:|---:|---:|"]
+    for u in report["units"]:
+        found = u["sensitivity"]
+        lines.append(f"| {u['name']} | {fmt(found['r80'])} | {fmt(u['needed_rank'])} | {fmt(found['r95'])} | "
+                     f"{fmt(found['r90_monotone'])} |")
+    tests = [f"{k}: ρ = {fmt(rows[k]['rho'], '.2f')}, p = {fmt(rows[k]['p_value'], '.2g')} (n = {rows[k]['n']})"
+             for k in keys]
+    return [*lines, "", f"The primary predictor ({report['primary']}) against each: " + "; ".join(tests) + ".", ""]
+
+
 def allocation_table(report: dict) -> list[str]:
     lines = ["| unit | rank budget | uniform | predicted − uniform | EVA − uniform | random − uniform |",
              "|---|---:|---:|---|---|---|"]
@@ -178,7 +193,7 @@ def write_report(report: dict, out: Path) -> None:
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
              f"α = 0.05: {fmt(report['power'].get('alpha_0.05'), '.2f')} (n = {report['n']}).", "",
-             *planted_table(report),
+             *sensitivity_table(report), *planted_table(report),
              "## Learning rates", "",
              *lr_lines(lrs), "",
              "## Allocation at equal rank units (test loss; differences paired over seeds, 95% t-intervals)", "",
