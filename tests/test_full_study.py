@@ -104,12 +104,14 @@ def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # ~100 tiny runs, claim 9's rank benchmark among them
 def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monkeypatch):
-    """Claims 1–7 and 9–11 on the tiny BERT, four tasks, two seeds: every claim ends in a verdict."""
+    """Claims 1–7 and 9–11 on the tiny BERT, four tasks, two seeds: every claim ends in a verdict and states its
+    power (or the n that would decide it)."""
     monkeypatch.setattr(plan, "D90_DIMS", (250, 1000))
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"),
                            claims="1,2,3,4,5,6,7,9,10,11", workers=2, sizes=tiny_plan, seeds=(0, 1))
     verdicts = {k: c["verdict"] for k, c in study["claims"].items()}
     assert "not run" not in verdicts.values(), {k: c.get("error") for k, c in study["claims"].items()}
+    assert all("power" in c for c in study["claims"].values())  # what each test could decide, stated
     figures = {p.name for p in (tmp_path / "report" / "figures").iterdir()}
     assert figures == {f"claim{n}.png" for n in (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)}
     for row in study["claims"]["6"]["rows"]:  # the shuffled-label null ran as long as the real run's best weights

@@ -27,6 +27,24 @@ def test_a_spread_of_pure_noise_is_not_an_effect_and_a_real_one_is():
     assert test["low"] > 0 and test["first"]["excess"] == pytest.approx(0.15, abs=0.03)
 
 
+def test_interval_decides_from_a_bootstrap_interval():
+    """se = width / (2·1.96) = 0.0204; detects (1.96 + 0.84)·se = 0.0572; the observed 0.02 needs n·(0.0572/0.02)²
+    = 24.5 → 25 units. An interval clear of the threshold names no n."""
+    found = stats.interval_decides(0.02, -0.02, 0.06, 3, 0.0, "seeds")
+    assert found["detectable_difference"] == pytest.approx(0.057175, abs=1e-5)
+    assert found["n_needed"] == 25 and found["n"] == 3 and found["unit"] == "seeds"
+    assert stats.interval_decides(0.08, 0.04, 0.12, 3, 0.0, "seeds")["n_needed"] is None
+    assert stats.decides_text(found) == " (detects ±0.057 at n = 3 seeds; n ≈ 25 would decide it)"
+
+
+def test_binomial_decides_counts_held_out_examples():
+    """Accuracy 0.9 on 1,000 examples: se 0.00949, detects 0.0266; 0.005 from the threshold needs 28,256 examples
+    (at which 2.80·√(0.09/n) = 0.005)."""
+    assert stats.binomial_decides(0.9, 1000, 0.88)["n_needed"] is None
+    close = stats.binomial_decides(0.9, 1000, 0.895)
+    assert close["detectable_difference"] == pytest.approx(0.026578, abs=1e-5) and close["n_needed"] == 28256
+
+
 def test_what_decides_an_interval():
     """sd 0.01 over n = 3: the smallest difference a paired t-test detects with 80% power; an interval straddling
     the threshold names the n that would decide its mean difference (0.005 at sd 0.01: about 34 pairs)."""

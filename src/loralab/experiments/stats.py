@@ -261,9 +261,32 @@ def what_decides(interval: dict, threshold: float) -> dict:
             "n_needed": n_needed(sd, gap) if straddles and gap != 0 else None}
 
 
+Z_95, Z_POWER = 1.959964, 0.841621  # two-sided 95% and 80% power quantiles of the standard normal
+
+
+def interval_decides(estimate: float, low: float, high: float, n: int, threshold: float, unit: str) -> dict:
+    """What a bootstrap (or any near-normal) 95% interval over ``n`` resampled ``unit``s can decide against
+    ``threshold``, in `what_decides`' form. With se ≈ (high − low)/(2·1.96): the smallest distance from the threshold
+    detected with 80% power is (1.96 + 0.84)·se; when the interval straddles the threshold, the n that would decide
+    the observed distance is n·((1.96 + 0.84)·se / |estimate − threshold|)², taking se ∝ 1/√n."""
+    se, gap = (high - low) / (2 * Z_95), estimate - threshold
+    straddles = low < threshold < high
+    needed = math.ceil(n * ((Z_95 + Z_POWER) * se / gap) ** 2) if straddles and gap != 0 and se > 0 else None
+    return {"detectable_difference": (Z_95 + Z_POWER) * se, "n": n, "n_needed": needed, "unit": unit}
+
+
+def binomial_decides(accuracy: float, examples: int, threshold: float) -> dict:
+    """What one run's accuracy on ``examples`` held-out examples can decide against ``threshold`` when only the
+    examples vary (seed noise unmeasured): se = √(p(1 − p)/n); `interval_decides` of the normal interval."""
+    se = math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / examples)
+    return interval_decides(accuracy, accuracy - Z_95 * se, accuracy + Z_95 * se, examples, threshold,
+                            "held-out examples")
+
+
 def decides_text(power: dict) -> str:
     """' (detects ±x at n = k; n = m would decide)' — what the test could tell at its size."""
-    text = f" (detects ±{power['detectable_difference']:.3f} at n = {power['n']}"
+    unit = f" {power['unit']}" if power.get("unit") else ""
+    text = f" (detects ±{power['detectable_difference']:.3f} at n = {power['n']}{unit}"
     return text + (f"; n ≈ {power['n_needed']} would decide it)" if power["n_needed"] else ")")
 
 

@@ -70,14 +70,23 @@ def band_figure(c: dict, path: Path, width: float, series, lines, marker_key: st
 
 
 def claim_2(c: dict, path: Path):
-    def series(row):
-        ranks, cis = zip(*by_int_key(row["by_rank"]))
-        return list(ranks), list(cis)
-
-    return band_figure(c, path, 3.3, series, lambda row: [(row["full"]["mean"], {"color": "black", "label": "full FT"}),
-                       (row["target"], {"color": "red", "linestyle": "--", "label": "95% of full FT"})],
-                       "needed_rank", lambda row: f"{row['task']}: needs r = {row['needed_rank']}", "rank r",
-                       "test accuracy (mean, 95% CI)", "LoRA (q/v)", integer_ticks=True)
+    """Each benchmark unit's r90 with its seed-bootstrap interval (open ends drawn to the ladder's edges)."""
+    plt = pyplot()
+    rows = c.get("rows") or []
+    fig, ax = plt.subplots(figsize=(6.5, 0.9 + 0.32 * max(len(rows), 1)))
+    for i, row in enumerate(rows):
+        low, high = row["interval"]
+        low, high = low or 0.5, high or 64
+        ax.plot([low, high], [i, i], color="tab:blue", linewidth=2, solid_capstyle="butt")
+        ax.plot([row["needed_rank"]], [i], marker="o", color="black")
+    ax.axvline(8, color="red", linestyle="--", linewidth=1, label="r = 8 ('small')")
+    ax.set_yticks(range(len(rows)), [r["unit"] for r in rows])
+    ax.set(xscale="log", xlabel="needed rank r90 (held-out loss; line: seed-bootstrap 95%)",
+           title=f"small (≤ 8): {c.get('small', 'n/a')}; task-dependent: {c.get('task_dependent', 'n/a')}")
+    ax.set_xticks([0.5, 1, 2, 4, 8, 16, 32, 64], ["head", "1", "2", "4", "8", "16", "32", "64"])
+    ax.minorticks_off()
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, path)
 
 
 def claim_3(c: dict, path: Path):

@@ -21,7 +21,6 @@ SEEDS = (0, 1, 2)
 LR_TASKS = ("movie", "trec")
 # Budget: the costlier claims run on fewer tasks or seeds (DoRA on two tasks, d90 with one seed).
 PLACEMENT_TASKS = TASKS  # claim 4: placement vs rank on every task
-LORA_RANKS = (1, 2, 4, 8, 16, 64)
 DORA_RANKS = (1, 2, 4, 8)
 DORA_TASKS = ("movie", "trec")  # claim 3: a DoRA run costs ~1.4× a LoRA run
 D90_TASKS = ("movie", "trec", "sms")
