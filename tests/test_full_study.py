@@ -101,6 +101,45 @@ def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
     assert sorted(p.name.split("-")[1] for p in (tmp_path / "logs").iterdir()) == ["s0", "s1"]  # one log per unit
 
 
+def test_a_units_key_names_its_data_by_content_and_skips_what_its_method_ignores(tiny, tmp_path):
+    import shutil
+    from dataclasses import replace
+
+    from loralab.experiments.launcher import unit_key
+    from loralab.train.config import SubspaceSettings
+
+    cfg = tiny_units(tiny)[0].config
+    copy = tmp_path / "elsewhere.jsonl"
+    shutil.copy(cfg.data, copy)
+    key = unit_key(cfg, "v")
+    assert unit_key(replace(cfg, data=str(copy)), "v") == key  # same bytes, another path: the same run
+    assert unit_key(replace(cfg, subspace=SubspaceSettings(d=7)), "v") == key  # a LoRA run reads no subspace
+    assert unit_key(replace(cfg, out="x", overwrite=True), "v") == key  # nor do resume-only fields count
+    copy.write_text(copy.read_text() + copy.read_text().splitlines()[0] + "\n")
+    assert unit_key(replace(cfg, data=str(copy)), "v") != key  # other bytes: another run
+    assert unit_key(replace(cfg, lr=2e-2), "v") != key and unit_key(cfg, "w") != key
+
+
+def test_an_archived_unit_is_read_back_when_its_run_directory_is_gone(tiny, tmp_path):
+    import shutil
+
+    from loralab.errors import ConfigError
+    from loralab.experiments.launcher import Archive, code_version
+
+    units, archive = tiny_units(tiny), tmp_path / "runs.jsonl"
+    first = run_units(units[:1], tmp_path / "a", archive=archive)
+    shutil.rmtree(tmp_path / "a")  # the run root is lost; the archive (committed beside a report) is not
+    both = run_units(units, tmp_path / "b", archive=archive)
+    assert both["tiny-s0"] == first["tiny-s0"]
+    assert not unit_dir(tmp_path / "b", units[0], code_version()).exists()  # read back, not trained again
+    lines = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert [r["run"].rsplit("-", 1)[0] for r in lines] == ["tiny-s0", "tiny-s1"]  # each run once, as it ended
+    assert lines[1]["result"]["test"] == both["tiny-s1"].test
+    archive.write_text(archive.read_text() + "{oops\n")
+    with pytest.raises(ConfigError, match=r"runs.jsonl, line 3: not a run record \('\{oops'\); remove the line"):
+        Archive(archive)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3600)  # ~100 tiny runs, claim 9's rank benchmark among them
 def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monkeypatch):

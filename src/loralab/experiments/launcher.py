@@ -8,7 +8,13 @@ directory is ``<root>/<name>-<key>``, where the key hashes everything that chang
 
 * a unit whose directory holds ``result.json`` is not run again;
 * a unit killed half-way resumes from its last checkpoint (``--resume``);
-* changing a learning rate, a seed or the training code makes a new directory, never a mix.
+* changing a learning rate, a seed or the training code makes a new directory, never a mix;
+* the key names a local data file by its content (sha256), not its path, so the same run keeps its key in
+  another checkout or run root.
+
+An experiment may keep an **archive**: a JSONL file, one line per finished unit (its directory name, key and
+result.json), written as each unit ends. A unit found there is read back, not trained, even when its run
+directory is gone — so a long benchmark whose results are committed survives the loss of its run root.
 
 Executors: ``local`` runs ``workers`` units at a time on this machine, splitting its cores
 between them; ``ray`` submits each unit as a Ray task (``ray.init(address)`` when an address
@@ -105,9 +111,26 @@ def without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+DATA_FIELDS = ("data", "val_data", "test_data")
+
+
+def file_digest(path: str) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
 def unit_key(cfg: TrainConfig, version: str) -> str:
-    """10 hex digits fixed by every result-changing field of ``cfg`` and the code version."""
-    fields = {k: v for k, v in cfg.with_absolute_paths().to_dict().items() if k not in RESUME_MAY_CHANGE}
+    """10 hex digits fixed by every result-changing field of ``cfg`` and the code version: not the fields a resume
+    may change, not the sections the run's method does not read, and local data files by content, not path."""
+    skipped = set(RESUME_MAY_CHANGE) | cfg.ignored_fields()
+    fields = {k: v for k, v in cfg.to_dict().items() if k not in skipped}
+    for name in DATA_FIELDS:
+        if fields.get(name) and Path(fields[name]).is_file():
+            fields[name] = file_digest(fields[name])
     return hashlib.sha256(json.dumps([fields, version], sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -214,11 +237,48 @@ def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] 
     return LocalExecutor(workers, threads)
 
 
-def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs") -> dict[str, RunResult]:
-    """Train every unit not yet finished under ``root``; return {unit name: its `RunResult`}.
+class Archive:
+    """A JSONL file of finished units: ``{"run": <directory name>, "key": …, "result": <result.json>}`` per line,
+    appended as each unit ends (the last line of a run wins). ``None`` as the path: no archive."""
 
-    Finished units are read back, not run. A failed unit does not stop the others; the first
-    failure is raised once every unit has ended.
+    def __init__(self, path: Optional[str | Path]):
+        self.path = Path(path) if path else None
+        self.results: dict[str, dict] = {}
+        if self.path and self.path.exists():
+            for number, line in enumerate(self.path.read_text().splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                    self.results[record["run"]] = record["result"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise ConfigError(f"{self.path}, line {number}: not a run record ({line[:80]!r}); "
+                                      "remove the line or the file (its runs will be trained again).") from None
+
+    def get(self, run: str) -> Optional[RunResult]:
+        found = self.results.get(run)
+        return RunResult.from_dict(found) if found is not None else None
+
+    def add(self, run: str, result: RunResult) -> None:
+        if self.path is None or run in self.results:
+            return
+        self.results[run] = result.to_dict()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps({"run": run, "key": run.rsplit("-", 1)[-1], "result": self.results[run]},
+                                    sort_keys=True) + "\n")
+
+
+def finished_result(out: Path, archive: Archive) -> Optional[RunResult]:
+    """A unit's result: its run directory's result.json, else the archive's record, else None."""
+    return RunDir(out).result() or archive.get(out.name)
+
+
+def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs",
+              archive: Optional[str | Path] = None) -> dict[str, RunResult]:
+    """Train every unit not yet finished under ``root`` (or recorded in ``archive``, see `Archive`); return
+    {unit name: its `RunResult`}.
+
+    Finished units are read back, not run; every result, trained or read, is added to the archive. A failed unit
+    does not stop the others; the first failure is raised once every unit has ended.
     """
     units = list(units)
     names = [u.name for u in units]
@@ -228,30 +288,34 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
     (root / "logs").mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
     version = code_version()
-    results, jobs, pending = {}, [], []
+    archive = Archive(archive)
+    results, jobs, pending, dirs = {}, [], [], {}
     for unit in units:
-        out = unit_dir(root, unit, version)
-        finished = RunDir(out).result()
+        out = dirs[unit.name] = unit_dir(root, unit, version)
+        finished = finished_result(out, archive)
         if finished is not None:
             results[unit.name] = finished
+            archive.add(out.name, finished)
             continue
         cfg = replace(unit.config, out=str(out.resolve()), threads=executor.threads, resume=False, overwrite=False)
         jobs.append((cfg.to_dict(), str((root / "logs" / f"{out.name}.log").resolve())))
         pending.append(unit.name)
     if jobs:
         print(f"{desc}: {len(results)} of {len(units)} already done; running {len(jobs)}", flush=True)
-        results.update(_collect(executor, jobs, pending, desc))
+        results.update(_collect(executor, jobs, pending, desc, lambda name, result: archive.add(dirs[name].name, result)))
     return {name: results[name] for name in names}
 
 
-def _collect(executor, jobs: list, pending: list[str], desc: str) -> dict[str, RunResult]:
+def _collect(executor, jobs: list, pending: list[str], desc: str, on_result=lambda name, result: None) -> dict[str, RunResult]:
     futures, as_completed = executor.submit_all(jobs)
     name_of = {id(f): n for f, n in zip(futures, pending)}
     bar = progress(len(futures), desc)
     done, failures = {}, []
     for future in as_completed(futures):
         try:
-            done[name_of[id(future)]] = RunResult.from_dict(future.result())
+            name = name_of[id(future)]
+            done[name] = RunResult.from_dict(future.result())
+            on_result(name, done[name])
         except Exception as err:  # noqa: BLE001 - reported below, after the other runs end
             failures.append(err)
         bar.update(1)

@@ -96,12 +96,14 @@ class Bench:
     executor: object
     lrs: dict = field(default_factory=dict)
     used: dict = field(default_factory=dict)  # every run's result, trained or read back: the report's compute
+    archive: Optional[Path] = None  # a JSONL of finished runs (`launcher.Archive`), read before training
 
     def data(self, unit: rank_units.RankUnit) -> str:
         return rank_units.build(unit, self.root / "data", self.plan.model)
 
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
-        results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc)
+        results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc,
+                            archive=self.archive)
         self.used.update(results)
         return results
 
@@ -420,11 +422,10 @@ def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict])
 
 def finished(bench: Bench, jobs: list[tuple[str, TrainConfig]]) -> dict:
     """{name: RunResult} of the jobs already finished under the benchmark's runs directory (nothing is trained)."""
-    from loralab.experiments.launcher import code_version, unit_dir
-    from loralab.rundir import RunDir
+    from loralab.experiments.launcher import Archive, code_version, finished_result, unit_dir
 
-    version = code_version()
-    found = {name: RunDir(unit_dir(bench.root / "runs", Unit(name, cfg), version)).result() for name, cfg in jobs}
+    version, archive = code_version(), Archive(bench.archive)
+    found = {name: finished_result(unit_dir(bench.root / "runs", Unit(name, cfg), version), archive) for name, cfg in jobs}
     return {name: result for name, result in found.items() if result is not None}
 
 
@@ -441,11 +442,12 @@ class ReadOnly:
         raise Pending(f"{len(jobs)} runs not finished")
 
 
-def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None) -> dict:
+def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None,
+            archive: Optional[str | Path] = "docs/study/rank/runs.jsonl") -> dict:
     """Where a running (or stopped) benchmark stands, from finished runs only: the learning rates once their grid
     is done (the same choice `learning_rates` makes), then per unit `ladder_status`. Not the pre-registered test
     (that needs every unit): a progress view."""
-    bench = Bench(plan or Plan(), Path(runs), ReadOnly())
+    bench = Bench(plan or Plan(), Path(runs), ReadOnly(), archive=Path(archive) if archive else None)
     status: dict = {"interim": True, "learning_rates": None, "units": {}}
     try:
         status["learning_rates"] = learning_rates(bench)
@@ -496,16 +498,20 @@ def study_plan(sizes) -> Plan:
 
 def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "runs/rank", workers: int = 2,
                        executor: object = "local", address: Optional[str] = None, plan: Optional[Plan] = None,
-                       learning_rates_only: bool = False) -> dict:
+                       learning_rates_only: bool = False, archive: Optional[str | Path] = "") -> dict:
     """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report.
     ``executor``: "local", "ray", or an executor `launcher.make_executor` made. ``learning_rates_only``: stop after
-    the learning-rate grids and return them (nothing written), e.g. to settle the units before any ladder runs."""
+    the learning-rate grids and return them (no report written; the runs' records are), e.g. to settle the units
+    before any ladder runs.
+    ``archive``: the JSONL every finished run is recorded in and read back from (`launcher.Archive`), by default
+    ``<out>/runs.jsonl`` — committed beside the report, so its numbers regenerate without the run root; None: none."""
     started = time.time()
     plan = plan or Plan()
     kind = executor if isinstance(executor, str) else type(executor).__name__
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
-    bench = Bench(plan, Path(runs), executor)
+    archive = Path(out) / "runs.jsonl" if archive == "" else archive
+    bench = Bench(plan, Path(runs), executor, archive=Path(archive) if archive else None)
     lrs = learning_rates(bench)
     if learning_rates_only:
         return lrs
