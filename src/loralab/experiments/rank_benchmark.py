@@ -443,10 +443,11 @@ class ReadOnly:
 
 
 def interim(runs: str | Path = "runs/rank", plan: Optional[Plan] = None,
-            archive: Optional[str | Path] = "docs/study/rank/runs.jsonl") -> dict:
+            archive: Optional[str | Path] = None) -> dict:
     """Where a running (or stopped) benchmark stands, from finished runs only: the learning rates once their grid
     is done (the same choice `learning_rates` makes), then per unit `ladder_status`. Not the pre-registered test
-    (that needs every unit): a progress view."""
+    (that needs every unit): a progress view. ``archive``: also read the runs recorded there (`launcher.Archive`),
+    e.g. ``docs/study/rank/runs.jsonl``."""
     bench = Bench(plan or Plan(), Path(runs), ReadOnly(), archive=Path(archive) if archive else None)
     status: dict = {"interim": True, "learning_rates": None, "units": {}}
     try:
