@@ -43,6 +43,14 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
                            workers=2, sizes=tiny_plan, seeds=(0, 1))
     assert "running" not in capsys.readouterr().out.split("claim 1:")[-1]  # nothing retrained: every unit cached
     assert again["claims"]["1"]["rows"][0]["ratio"] == row["ratio"] and again["meta"]["runs_trained_or_read"] == trained
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")  # the run root is lost; claim 1 reads results only, recorded in runs.jsonl
+    third = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
+                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+    printed = capsys.readouterr().out.split("claim 1:")[-1]
+    assert "running" not in printed, printed
+    assert third["claims"]["1"]["rows"][0]["ratio"] == row["ratio"]
 
 
 def test_a_claims_missing_runs_train_together(tiny_plan, tmp_path, capsys):

@@ -35,20 +35,25 @@ class Context:
     run_dirs: dict[str, Path] = field(default_factory=dict)
     lr_table: dict[str, dict] = field(default_factory=dict)
     outcomes: dict[int, dict] = field(default_factory=dict)
+    archive: Optional[Path] = None  # a JSONL of finished runs (`launcher.Archive`): results survive a lost run root
     _moving: Optional[int] = None
 
     def only(self, tasks: tuple[str, ...]) -> "Context":
         """The same study restricted to ``tasks`` (all of its tasks if none of them is chosen)."""
         return replace(self, tasks=tuple(t for t in self.tasks if t in tasks) or self.tasks)
 
-    def run(self, units: list[Unit]) -> dict[str, dict]:
-        """Train what is not cached (in parallel); {unit name: its `RunResult`}."""
+    def run(self, units: list[Unit], archive: bool = True) -> dict[str, dict]:
+        """Train what is not cached (in parallel); {unit name: its `RunResult`}. A result recorded in the archive
+        counts as cached unless ``archive`` is False (a claim that reads the run's weights needs its directory)."""
         from loralab.experiments.launcher import code_version, unit_dir
 
-        missing = [u for u in dict((u.name, u) for u in units).values() if u.name not in self.results]
+        version = code_version()
+        unique = dict((u.name, u) for u in units).values()
+        missing = [u for u in unique if u.name not in self.results
+                   or not archive and not (unit_dir(self.root, u, version) / "result.json").exists()]
         if missing:
-            self.results.update(run_units(missing, self.root, self.executor, desc=f"{len(missing)} runs"))
-            version = code_version()
+            self.results.update(run_units(missing, self.root, self.executor, desc=f"{len(missing)} runs",
+                                          archive=self.archive if archive else None))
             self.run_dirs.update({u.name: unit_dir(self.root, u, version) for u in missing})
         return {u.name: self.results[u.name] for u in units}
 
@@ -63,8 +68,9 @@ class Context:
         return self.dirs([unit])[0]
 
     def dirs(self, units: list[Unit]) -> list[Path]:
-        """The run directories of ``units``, training the missing ones together (in parallel)."""
-        self.run(units)
+        """The run directories of ``units``, training the missing ones together (in parallel); a unit known only
+        from the archive is trained again (its weights are gone)."""
+        self.run(units, archive=False)
         return [self.run_dirs[u.name] for u in units]
 
     def params(self, unit: Unit) -> int:

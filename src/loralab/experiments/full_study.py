@@ -63,14 +63,16 @@ def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tas
                    claims: Optional[str] = None, workers: int = 2, executor: str = "local",
                    address: Optional[str] = None, sizes: Optional[plan.Sizes] = None,
                    seeds: Sequence[int] = plan.SEEDS) -> dict:
-    """Run the chosen claims (default: all) on the chosen tasks (default: all four); write the report."""
+    """Run the chosen claims (default: all) on the chosen tasks (default: all four); write the report. Every
+    finished run is recorded in ``<out>/runs.jsonl`` (`launcher.Archive`): a claim that reads results only is
+    answered from it even when ``runs`` is gone; a claim that reads weights trains its runs again."""
     started = time.time()
     task_list = parse_list(tasks, str, plan.TASKS, "--tasks") or list(plan.TASKS)
     claim_list = parse_list(claims, int, sorted(CLAIMS), "--claims") or sorted(CLAIMS)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(tuple(task_list), tuple(seeds), Path(runs), out_dir, make_executor(executor, workers, address=address),
-                  sizes or plan.Sizes())
+                  sizes or plan.Sizes(), archive=out_dir / "runs.jsonl")
     outcomes = evaluate_claims(ctx, claim_list)
     study = {"meta": meta(ctx, claim_list, started), "claims": {str(n): outcomes[n] for n in claim_list}}
     (out_dir / "study.json").write_text(json.dumps(study, indent=1, default=str) + "\n")
