@@ -157,7 +157,7 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "report" / "figures" / "gain_curves.png").exists()
     assert all(math.isfinite(float(v)) for u in report["units"] for v in u["mean_test_loss"].values())
     written = json.loads((tmp_path / "report" / "rank.json").read_text())
-    probed = json.loads((tmp_path / "runs" / "predictors" / "trec-c2.json").read_text())["task"]
+    probed = json.loads((tmp_path / "report" / "predictors" / "trec-c2.json").read_text())["task"]  # beside runs.jsonl
     assert 0.9 * 48 < probed["data_bits"] <= 48  # 48 training examples × H(2 near-balanced groups), not the split's size
     trained = list((tmp_path / "runs" / "runs").glob("*/result.json"))  # every run the benchmark used, once each
     assert written["compute"]["runs"] == len(trained) and written["compute"]["run_hours"] > 0

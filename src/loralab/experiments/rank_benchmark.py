@@ -258,12 +258,13 @@ def unit_summary(results: dict[int, dict[int, object]]) -> dict:
 
 # ----- predictors, the test, allocation ----------------------------------------------------------
 def predictors(bench: Bench) -> dict[str, dict]:
-    """{unit: `commands.probe.task_probe`} — computed once per unit (a JSON under the benchmark's directory)."""
+    """{unit: `commands.probe.task_probe`} — computed once per unit, kept as ``predictors/<unit>.json`` beside the
+    archive (committed with it: the predictors are fixed before the ladders), else under the benchmark's directory."""
     from loralab.commands.probe import task_probe
 
-    out = {}
+    out, home = {}, (bench.archive.parent if bench.archive else bench.root) / "predictors"
     for u in bench.plan.units:
-        cache = bench.root / "predictors" / f"{u.name}.json"
+        cache = home / f"{u.name}.json"
         if not cache.exists():
             found = task_probe(bench.plan.model, bench.data(u), u.max_length, bench.plan.predictor_examples,
                                max_train=u.max_train)

@@ -5,7 +5,8 @@
   the task changes — so text length or domain cannot explain a difference in needed rank.
 * **Data size**: the 50-class task on 400 training examples instead of 3,000 (the capacity law: less
   information to store, less rank needed).
-* **Controls**: TREC's 6 coarse classes, and binary sentiment and spam tasks (movie, tweets, amazon, sms).
+* **Controls**: TREC's 6 coarse classes, and binary sentiment and spam tasks (movie, tweets, amazon, sms, and
+  since amendment 7 nyt).
 
 Each unit is a dataset (a packaged name, or a CSV this module writes under the benchmark's directory) and the
 number of training examples; `rank_benchmark` trains the rank ladder on each.
@@ -57,7 +58,8 @@ def units() -> list[RankUnit]:
              RankUnit("movie", "movie", FULL_TRAIN, "movie-review snippets, binary sentiment", 2),
              RankUnit("tweets", "tweets", FULL_TRAIN, "tweets, binary sentiment", 2),
              RankUnit("amazon", "amazon", FULL_TRAIN, "Amazon review snippets, binary sentiment", 2),
-             RankUnit("sms", "sms", FULL_TRAIN, "SMS messages, spam or ham", 2)]
+             RankUnit("sms", "sms", FULL_TRAIN, "SMS messages, spam or ham", 2),
+             RankUnit("nyt", "nyt", FULL_TRAIN, "New York Times editorial snippets, binary sentiment", 2)]  # amendment 7
     return made
 
 
