@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from loralab.experiments.claims_geometry import shared_directions_verdict
 from loralab.experiments.claims_training import claim_2
 from loralab.experiments.context import Context
 from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
@@ -47,3 +48,13 @@ def test_claim_2_wide_overlapping_intervals_are_inconclusive_with_the_seeds_that
     c = claim_2(with_benchmark([("low", 2.8, [1.0, 4.0]), ("open", 20.0, [9.0, None])]))
     assert (c["small"], c["task_dependent"]) == (FAILS, HOLDS)
     assert "open 20 [9, ?]" in c["summary"]
+
+
+@pytest.mark.parametrize("intervals, trains, verdict", [
+    ({"input": (0.05, 0.12), "output": (0.52, 0.70)}, True, HOLDS),  # one side above 0.5 is enough
+    ({"input": (0.05, 0.12), "output": (0.30, 0.49)}, True, FAILS),  # both below
+    ({"input": (0.05, 0.12), "output": (0.45, 0.60)}, True, INCONCLUSIVE),  # the output side straddles 0.5
+    ({"input": (0.05, 0.12), "output": (0.52, 0.70)}, False, INCONCLUSIVE),  # r = 64 did not train: no verdict
+])
+def test_claim_7_verdict_is_read_from_the_intervals_not_the_means(intervals, trains, verdict):
+    assert shared_directions_verdict(intervals, trains) == verdict

@@ -76,6 +76,20 @@ def claim_6(ctx: Context) -> dict:
               "optimizer's noise means below the shuffled run's."}
 
 
+PHI_SHARED = 0.5  # LoRA §7.2: φ(1, 1) > 0.5 between r = 8 and r = 64
+
+
+def shared_directions_verdict(intervals: dict[str, tuple[float, float]], larger_rank_trains: bool) -> str:
+    """Claim 7's rule on the 95% intervals of the mean φ(1, 1), one per side of ΔW: holds when either interval lies
+    above `PHI_SHARED`, does not hold when both lie below it, else inconclusive — and inconclusive whatever φ is
+    when the larger rank did not train (its subspace then says nothing)."""
+    if not larger_rank_trains:
+        return INCONCLUSIVE
+    if any(low > PHI_SHARED for low, _ in intervals.values()):
+        return HOLDS
+    return FAILS if all(high < PHI_SHARED for _, high in intervals.values()) else INCONCLUSIVE
+
+
 @claim(7, "Top directions are shared across ranks (φ, LoRA §7.2)")
 def claim_7(ctx: Context) -> dict:
     """φ(1, 1) between r = 8 (seed 0) and r = 64 (seed 1: independent starts, so a shared A cannot make φ high)
@@ -112,14 +126,9 @@ def claim_7(ctx: Context) -> dict:
     trained = all(r["r64_trains"] for r in rows)
     intervals = {side: bootstrap_interval(layer_top[side], statistics.fmean) for side in ("input", "output")}
     side = max(top, key=top.get)  # the side the claim could hold on
-    power = interval_decides(top[side], *intervals[side], len(layer_top[side]), 0.5, "layers × tasks")
-    if not trained:
-        final = INCONCLUSIVE
-    elif any(low > 0.5 for low, _ in intervals.values()):
-        final = HOLDS
-    else:
-        final = FAILS if all(high < 0.5 for _, high in intervals.values()) else INCONCLUSIVE
-    return {"verdict": final, "mean_top_phi": top, "intervals": intervals, "seed_null_top_phi": null,
+    power = interval_decides(top[side], *intervals[side], len(layer_top[side]), PHI_SHARED, "layers × tasks")
+    return {"verdict": shared_directions_verdict(intervals, trained), "mean_top_phi": top, "intervals": intervals,
+            "seed_null_top_phi": null,
             "baseline_top": baseline, "r64_trains": trained, "rows": rows, "power": power,
             "summary": "φ(1, 1) between r=8 (seed 0) and r=64 (seed 1), mean over q/v layers and tasks [bootstrap 95% "
                        f"over layers × tasks]: input side {top['input']:.3f} [{intervals['input'][0]:.3f}, "
