@@ -132,7 +132,7 @@ def test_an_archived_unit_is_read_back_when_its_run_directory_is_gone(tiny, tmp_
     import shutil
 
     from loralab.errors import ConfigError
-    from loralab.experiments.launcher import Archive, code_version
+    from loralab.experiments.launcher import Archive, code_version, machine_kind
 
     units, archive = tiny_units(tiny), tmp_path / "runs.jsonl"
     first = run_units(units[:1], tmp_path / "a", archive=archive)
@@ -142,7 +142,7 @@ def test_an_archived_unit_is_read_back_when_its_run_directory_is_gone(tiny, tmp_
     assert not unit_dir(tmp_path / "b", units[0], code_version()).exists()  # read back, not trained again
     lines = [json.loads(line) for line in archive.read_text().splitlines()]
     assert [r["run"].rsplit("-", 1)[0] for r in lines] == ["tiny-s0", "tiny-s1"]  # each run once, as it ended
-    assert lines[1]["result"]["test"] == both["tiny-s1"].test
+    assert lines[1]["result"]["test"] == both["tiny-s1"].test and lines[1]["machine"] == machine_kind()
     archive.write_text(archive.read_text() + "{oops\n")
     with pytest.raises(ConfigError, match=r"runs.jsonl, line 3: not a run record \('\{oops'\); remove the line"):
         Archive(archive)

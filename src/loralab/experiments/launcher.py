@@ -237,12 +237,26 @@ def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] 
     return LocalExecutor(workers, threads)
 
 
+def machine_kind() -> str:
+    """The CPU a run trained on, e.g. "Intel(R) Xeon(R) Processor, native bf16": machines differ between sessions,
+    and float rounding (GEMM kernels) with them, so the archive records it beside each result."""
+    from loralab.train.devices import native_bf16
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "unknown CPU")
+    return f"{model}, {'native bf16' if native_bf16() else 'no native bf16'}"
+
+
 class Archive:
-    """A JSONL file of finished units: ``{"run": <directory name>, "key": …, "result": <result.json>}`` per line,
-    appended as each unit ends (the last line of a run wins). ``None`` as the path: no archive."""
+    """A JSONL file of finished units, one line each, appended as each unit ends: ``{"run": <directory name>,
+    "key": …, "machine": `machine_kind` of this process, "result": <result.json>}``. ``None`` as the path: none."""
 
     def __init__(self, path: Optional[str | Path]):
         self.path = Path(path) if path else None
+        self.machine = machine_kind()  # recorded with the runs this process adds (read-back ones keep theirs)
         self.results: dict[str, dict] = {}
         if self.path and self.path.exists():
             for number, line in enumerate(self.path.read_text().splitlines(), 1):
@@ -263,8 +277,8 @@ class Archive:
         self.results[run] = result.to_dict()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
-            handle.write(json.dumps({"run": run, "key": run.rsplit("-", 1)[-1], "result": self.results[run]},
-                                    sort_keys=True) + "\n")
+            handle.write(json.dumps({"run": run, "key": run.rsplit("-", 1)[-1], "machine": self.machine,
+                                     "result": self.results[run]}, sort_keys=True) + "\n")
 
 
 def finished_result(out: Path, archive: Archive) -> Optional[RunResult]:
