@@ -110,6 +110,7 @@ def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
 
 
 def test_a_units_key_names_its_data_by_content_and_skips_what_its_method_ignores(tiny, tmp_path):
+    import os
     import shutil
     from dataclasses import replace
 
@@ -123,6 +124,7 @@ def test_a_units_key_names_its_data_by_content_and_skips_what_its_method_ignores
     assert unit_key(replace(cfg, data=str(copy)), "v") == key  # same bytes, another path: the same run
     assert unit_key(replace(cfg, subspace=SubspaceSettings(d=7)), "v") == key  # a LoRA run reads no subspace
     assert unit_key(replace(cfg, out="x", overwrite=True), "v") == key  # nor do resume-only fields count
+    assert unit_key(replace(cfg, model=os.path.relpath(cfg.model)), "v") == key  # a local model: by its absolute path
     copy.write_text(copy.read_text() + copy.read_text().splitlines()[0] + "\n")
     assert unit_key(replace(cfg, data=str(copy)), "v") != key  # other bytes: another run
     assert unit_key(replace(cfg, lr=2e-2), "v") != key and unit_key(cfg, "w") != key

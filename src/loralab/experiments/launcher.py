@@ -12,9 +12,10 @@ directory is ``<root>/<name>-<key>``, where the key hashes everything that chang
 * the key names a local data file by its content (sha256), not its path, so the same run keeps its key in
   another checkout or run root.
 
-An experiment may keep an **archive**: a JSONL file, one line per finished unit (its directory name, key and
-result.json), written as each unit ends. A unit found there is read back, not trained, even when its run
-directory is gone — so a long benchmark whose results are committed survives the loss of its run root.
+An experiment may keep an **archive**: a JSONL file, one line per finished unit (its directory name, key, the
+machine it trained on and its result.json), written as each unit ends. A unit found there is read back, not
+trained, even when its run directory is gone — so a long benchmark whose results are committed survives the
+loss of its run root.
 
 Executors: ``local`` runs ``workers`` units at a time on this machine, splitting its cores
 between them; ``ray`` submits each unit as a Ray task (``ray.init(address)`` when an address
@@ -128,6 +129,8 @@ def unit_key(cfg: TrainConfig, version: str) -> str:
     may change, not the sections the run's method does not read, and local data files by content, not path."""
     skipped = set(RESUME_MAY_CHANGE) | cfg.ignored_fields()
     fields = {k: v for k, v in cfg.to_dict().items() if k not in skipped}
+    if Path(cfg.model).exists():  # a local model directory: by its absolute path (hashing its weights costs too much)
+        fields["model"] = str(Path(cfg.model).resolve())
     for name in DATA_FIELDS:
         if fields.get(name) and Path(fields[name]).is_file():
             fields[name] = file_digest(fields[name])
