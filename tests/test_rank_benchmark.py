@@ -15,6 +15,7 @@ import torch
 from loralab.analysis import rank_predictors as rp
 from loralab.experiments import rank_benchmark as rb
 from loralab.experiments import rank_units, stats
+from loralab.experiments.launcher import machine_kind
 
 
 def test_needed_rank_on_known_curves():
@@ -161,6 +162,7 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
     assert 0.9 * 48 < probed["data_bits"] <= 48  # 48 training examples × H(2 near-balanced groups), not the split's size
     trained = list((tmp_path / "runs" / "runs").glob("*/result.json"))  # every run the benchmark used, once each
     assert written["compute"]["runs"] == len(trained) and written["compute"]["run_hours"] > 0
+    assert written["compute"]["machines"] == {machine_kind(): len(trained)}  # from the archive beside the report
     assert rp.benchmark_score(written)["predictor"] == rp.PRIMARY and rp.benchmark_score(written)["n"] == report["n"]
     for u in report["units"]:  # a third seed exactly where two left r90's interval wide, and the progress view agrees
         third = list((tmp_path / "runs" / "runs").glob(f"{u['name']}-r*-s2-*/result.json"))
@@ -211,6 +213,9 @@ def test_report_counts_allocations_against_uniform_and_states_compute():
     assert rank_report.compute_line(report).startswith(
         "Compute: 283 runs, 27.5 h of run time (the sum of each run's own wall clock, 1 thread each; 2 at a time on "
         "this machine ≈ 13.8 h elapsed). This invocation: 2.00 h")
+    report["compute"]["machines"] = {"AMD EPYC, no native bf16": 90, "Intel Xeon, native bf16": 193}
+    assert rank_report.compute_line(report).endswith(
+        " Runs trained on: Intel Xeon, native bf16 (193), AMD EPYC, no native bf16 (90).")
 
 
 def test_planted_update_has_exactly_rank_k_with_a_flat_spectrum():

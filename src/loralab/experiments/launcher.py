@@ -261,11 +261,13 @@ class Archive:
         self.path = Path(path) if path else None
         self.machine = machine_kind()  # recorded with the runs this process adds (read-back ones keep theirs)
         self.results: dict[str, dict] = {}
+        self.machines: dict[str, str] = {}  # run → the machine it trained on, as recorded
         if self.path and self.path.exists():
             for number, line in enumerate(self.path.read_text().splitlines(), 1):
                 try:
                     record = json.loads(line)
                     self.results[record["run"]] = record["result"]
+                    self.machines[record["run"]] = record.get("machine", "not recorded")
                 except (json.JSONDecodeError, KeyError, TypeError):
                     raise ConfigError(f"{self.path}, line {number}: not a run record ({line[:80]!r}); "
                                       "remove the line or the file (its runs will be trained again).") from None
@@ -277,7 +279,7 @@ class Archive:
     def add(self, run: str, result: RunResult) -> None:
         if self.path is None or run in self.results:
             return
-        self.results[run] = result.to_dict()
+        self.results[run], self.machines[run] = result.to_dict(), self.machine
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"run": run, "key": run.rsplit("-", 1)[-1], "machine": self.machine,

@@ -430,6 +430,16 @@ def finished(bench: Bench, jobs: list[tuple[str, TrainConfig]]) -> dict:
     return {name: result for name, result in found.items() if result is not None}
 
 
+def machines_used(bench: Bench) -> dict[str, int]:
+    """{machine: how many of the archive's runs trained on it} — runs from different CPUs round differently
+    (docs/study/rank/README.md, Status), so the report states the mix. Empty without an archive."""
+    from collections import Counter
+
+    from loralab.experiments.launcher import Archive
+
+    return dict(Counter(Archive(bench.archive).machines.values())) if bench.archive else {}
+
+
 class Pending(Exception):
     """Raised by `ReadOnly` when a stage still has runs to train."""
 
@@ -530,7 +540,8 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
               "planted": planted_truth(bench, found),
               "seconds": time.time() - started,
               "compute": {**compute_used(bench.used.values()), "executor": kind,
-                          "workers": getattr(executor, "workers", workers), "threads_per_run": plan.threads}}
+                          "workers": getattr(executor, "workers", workers), "threads_per_run": plan.threads,
+                          "machines": machines_used(bench)}}
     primary = tested["predictors"].get(report["primary"], {})
     report.update(spearman=primary.get("rho"), p_value=primary.get("p_value"), power=tested["power_rho_0.8"], n=tested["n"])
     out = Path(out)

@@ -130,7 +130,14 @@ def compute_line(report: dict) -> str:
     return (f"Compute: {c['runs']} runs, {c['run_hours']:.1f} h of run time (the sum of each run's own wall clock, "
             f"{c['threads_per_run']} thread each; {c['workers']} at a time on this machine ≈ "
             f"{c['run_hours'] / max(c['workers'], 1):.1f} h elapsed). This invocation: {report['seconds'] / 3600:.2f} h "
-            f"(finished runs are read back, not trained again).")
+            f"(finished runs are read back, not trained again).{machines_text(c.get('machines'))}")
+
+
+def machines_text(machines: dict | None) -> str:
+    """" Runs trained on: A (n), B (m)." — the CPUs behind the runs, as the archive records them."""
+    if not machines:
+        return ""
+    return " Runs trained on: " + ", ".join(f"{m} ({n})" for m, n in sorted(machines.items(), key=lambda x: -x[1])) + "."
 
 
 def plot_scatter(report: dict, path: Path) -> Path:
