@@ -292,7 +292,7 @@ def finished_result(out: Path, archive: Archive) -> Optional[RunResult]:
 
 
 def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs",
-              archive: Optional[str | Path] = None) -> dict[str, RunResult]:
+              archive: "Optional[str | Path | Archive]" = None) -> dict[str, RunResult]:
     """Train every unit not yet finished under ``root`` (or recorded in ``archive``, see `Archive`); return
     {unit name: its `RunResult`}.
 
@@ -307,7 +307,7 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
     (root / "logs").mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
     version = code_version()
-    archive = Archive(archive)
+    archive = archive if isinstance(archive, Archive) else Archive(archive)
     results, jobs, pending, dirs = {}, [], [], {}
     for unit in units:
         out = dirs[unit.name] = unit_dir(root, unit, version)

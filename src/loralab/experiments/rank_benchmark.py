@@ -97,13 +97,22 @@ class Bench:
     lrs: dict = field(default_factory=dict)
     used: dict = field(default_factory=dict)  # every run's result, trained or read back: the report's compute
     archive: Optional[Path] = None  # a JSONL of finished runs (`launcher.Archive`), read before training
+    _records: object = field(default=None, repr=False)  # the archive, read once
+
+    def records(self):
+        """The archive as a `launcher.Archive`, read on first use and kept (runs this process adds go into it)."""
+        from loralab.experiments.launcher import Archive
+
+        if self._records is None:
+            self._records = Archive(self.archive)
+        return self._records
 
     def data(self, unit: rank_units.RankUnit) -> str:
         return rank_units.build(unit, self.root / "data", self.plan.model)
 
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
         results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc,
-                            archive=self.archive)
+                            archive=self.records())
         self.used.update(results)
         return results
 
@@ -423,10 +432,11 @@ def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict])
 
 def finished(bench: Bench, jobs: list[tuple[str, TrainConfig]]) -> dict:
     """{name: RunResult} of the jobs already finished under the benchmark's runs directory (nothing is trained)."""
-    from loralab.experiments.launcher import Archive, code_version, finished_result, unit_dir
+    from loralab.experiments.launcher import code_version, finished_result, unit_dir
 
-    version, archive = code_version(), Archive(bench.archive)
-    found = {name: finished_result(unit_dir(bench.root / "runs", Unit(name, cfg), version), archive) for name, cfg in jobs}
+    version = code_version()
+    found = {name: finished_result(unit_dir(bench.root / "runs", Unit(name, cfg), version), bench.records())
+             for name, cfg in jobs}
     return {name: result for name, result in found.items() if result is not None}
 
 
@@ -435,9 +445,7 @@ def machines_used(bench: Bench) -> dict[str, int]:
     (docs/study/rank/README.md, Status), so the report states the mix. Empty without an archive."""
     from collections import Counter
 
-    from loralab.experiments.launcher import Archive
-
-    return dict(Counter(Archive(bench.archive).machines.values())) if bench.archive else {}
+    return dict(Counter(bench.records().machines.values()))
 
 
 class Pending(Exception):
@@ -510,20 +518,19 @@ def study_plan(sizes) -> Plan:
 
 def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "runs/rank", workers: int = 2,
                        executor: object = "local", address: Optional[str] = None, plan: Optional[Plan] = None,
-                       learning_rates_only: bool = False, archive: Optional[str | Path] = "") -> dict:
+                       learning_rates_only: bool = False, archive: Optional[str | Path] = None) -> dict:
     """Every stage (cached): learning rates, ladders, predictors, the test, allocation; writes rank.json and the report.
     ``executor``: "local", "ray", or an executor `launcher.make_executor` made. ``learning_rates_only``: stop after
     the learning-rate grids and return them (no report written; the runs' records are), e.g. to settle the units
     before any ladder runs.
     ``archive``: the JSONL every finished run is recorded in and read back from (`launcher.Archive`), by default
-    ``<out>/runs.jsonl`` — committed beside the report, so its numbers regenerate without the run root; None: none."""
+    ``<out>/runs.jsonl`` (None) — committed beside the report, so its numbers regenerate without the run root."""
     started = time.time()
     plan = plan or Plan()
     kind = executor if isinstance(executor, str) else type(executor).__name__
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
-    archive = Path(out) / "runs.jsonl" if archive == "" else archive
-    bench = Bench(plan, Path(runs), executor, archive=Path(archive) if archive else None)
+    bench = Bench(plan, Path(runs), executor, archive=Path(archive or Path(out) / "runs.jsonl"))
     lrs = learning_rates(bench)
     if learning_rates_only:
         return lrs
