@@ -8,6 +8,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -273,3 +274,21 @@ def test_learning_rates_only_stops_before_any_ladder_rung(tiny, tmp_path, keep_t
     names = sorted(p.parent.name for p in (tmp_path / "runs" / "runs").glob("*/config.json"))
     assert all("-lrgrid-" in n or "-r8-" in n for n in names)  # no rung but r = 8
     assert [p.name for p in (tmp_path / "report").iterdir()] == ["runs.jsonl"]  # the runs' records; no report yet
+
+
+def test_report_names_the_ladder_runs_still_improving_at_the_step_cap():
+    from loralab.experiments import rank_report
+
+    def run(best_step, loss):
+        return SimpleNamespace(best_step=best_step, config={"max_steps": 2000}, steps=2000, test={"loss": loss})
+
+    capped = rb.unit_summary({0: {0: run(2000, 1.0), 1: run(1400, 1.1)}, 1: {0: run(900, 0.5), 1: run(2000, 0.6)}})
+    free = rb.unit_summary({0: {0: run(1900, 1.0), 1: run(1400, 1.1)}, 1: {0: run(900, 0.5), 1: run(None, 0.6)}})
+    assert (capped["runs"], capped["at_step_cap"], free["at_step_cap"]) == (4, ["r0-s0", "r1-s1"], [])
+    report = {"plan": {"max_steps": 2000}, "units": [{"name": "a", **capped}, {"name": "b", **free}]}
+    assert rank_report.convergence_line(report) == (
+        "Convergence: 2 of 8 ladder runs had their best validation loss at the 2,000-step cap (still improving when "
+        "stopped; their losses may be high): a r0-s0, r1-s1.")
+    report["units"] = report["units"][1:]
+    assert rank_report.convergence_line(report) == (
+        "Convergence: all 4 ladder runs had their best validation loss before the 2,000-step cap.")

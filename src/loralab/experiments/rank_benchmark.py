@@ -250,8 +250,15 @@ def monotone_losses(losses: dict[int, float]) -> dict[int, float]:
     return {r: float(v) for r, v in zip(rungs, fitted)}
 
 
+def at_step_cap(result) -> bool:
+    """Whether a run's best validation loss came at its last allowed step (``max_steps``): it was still improving
+    when the cap stopped it, so it is not shown to have converged."""
+    return result.best_step is not None and result.best_step >= result.config["max_steps"]
+
+
 def unit_summary(results: dict[int, dict[int, object]]) -> dict:
-    """Test losses per rung and seed, their means, the gain curve, r90 and its interval; whether the unit counts."""
+    """Test losses per rung and seed, their means, the gain curve, r90 and its interval; whether the unit counts;
+    how many of its runs were still improving at the step cap (`at_step_cap`)."""
     per_seed = {rung: {seed: r.test["loss"] for seed, r in by_seed.items()} for rung, by_seed in results.items()}
     means = seed_means(per_seed)
     head, best = means[min(means)], min(means.values())
@@ -262,7 +269,9 @@ def unit_summary(results: dict[int, dict[int, object]]) -> dict:
             "sensitivity": {**{f"r{round(100 * level)}": needed_rank(means, level) for level in (0.8, 0.95)},
                             "r90_monotone": needed_rank(monotone_losses(means))},
             "interval": [low, high], "kept": gain >= MIN_GAIN, "seeds": len(next(iter(per_seed.values()))),
-            "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()}}
+            "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()},
+            "runs": sum(len(v) for v in results.values()),
+            "at_step_cap": sorted(f"r{k}-s{seed}" for k, v in results.items() for seed, r in v.items() if at_step_cap(r))}
 
 
 # ----- predictors, the test, allocation ----------------------------------------------------------

@@ -123,6 +123,18 @@ def spread_line(spread: dict | None) -> str:
             f"the target of {spread['target']:g}×.")
 
 
+def convergence_line(report: dict) -> str:
+    """How many ladder runs were still improving when the step cap stopped them (`rank_benchmark.at_step_cap`), by
+    unit: their losses may be high, and a capped head (r = 0) or low rung moves its unit's r90."""
+    cap, units = report["plan"]["max_steps"], report["units"]
+    total, capped = sum(u["runs"] for u in units), {u["name"]: u["at_step_cap"] for u in units if u["at_step_cap"]}
+    if not capped:
+        return f"Convergence: all {total} ladder runs had their best validation loss before the {cap:,}-step cap."
+    return (f"Convergence: {sum(map(len, capped.values()))} of {total} ladder runs had their best validation loss at "
+            f"the {cap:,}-step cap (still improving when stopped; their losses may be high): "
+            + "; ".join(f"{name} {', '.join(runs)}" for name, runs in capped.items()) + ".")
+
+
 def compute_line(report: dict) -> str:
     c = report.get("compute")
     if not c:
@@ -195,7 +207,7 @@ def write_report(report: dict, out: Path) -> None:
              f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
              f"{report['test']['n']} kept; seeds {report['plan']['seeds']} (and seed {report['plan']['third_seed']} where the "
              f"r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs {report['plan']['rungs']}.", "",
-             spread_line(report.get("spread")), "",
+             spread_line(report.get("spread")), "", convergence_line(report), "",
              "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
