@@ -31,7 +31,16 @@ from pathlib import Path
 from typing import Optional
 
 from loralab.experiments import rank_units, stats
-from loralab.experiments.launcher import Unit, compute_used, make_executor, run_units
+from loralab.experiments.launcher import (
+    Archive,
+    Unit,
+    code_version,
+    compute_used,
+    finished_result,
+    make_executor,
+    run_units,
+    unit_dir,
+)
 from loralab.train.config import LoraSettings, TrainConfig
 
 RUNGS = (0, 1, 2, 4, 8, 16, 32, 64)
@@ -97,22 +106,17 @@ class Bench:
     lrs: dict = field(default_factory=dict)
     used: dict = field(default_factory=dict)  # every run's result, trained or read back: the report's compute
     archive: Optional[Path] = None  # a JSONL of finished runs (`launcher.Archive`), read before training
-    _records: object = field(default=None, repr=False)  # the archive, read once
+    records: Archive = field(init=False, repr=False)  # the archive, read once; runs this process adds go into it
 
-    def records(self):
-        """The archive as a `launcher.Archive`, read on first use and kept (runs this process adds go into it)."""
-        from loralab.experiments.launcher import Archive
-
-        if self._records is None:
-            self._records = Archive(self.archive)
-        return self._records
+    def __post_init__(self):
+        self.records = Archive(self.archive)
 
     def data(self, unit: rank_units.RankUnit) -> str:
         return rank_units.build(unit, self.root / "data", self.plan.model)
 
     def run(self, jobs: list[tuple[str, TrainConfig]], desc: str) -> dict:
         results = run_units([Unit(name, cfg) for name, cfg in jobs], self.root / "runs", self.executor, desc=desc,
-                            archive=self.records())
+                            archive=self.records)
         self.used.update(results)
         return results
 
@@ -441,10 +445,8 @@ def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict])
 
 def finished(bench: Bench, jobs: list[tuple[str, TrainConfig]]) -> dict:
     """{name: RunResult} of the jobs already finished under the benchmark's runs directory (nothing is trained)."""
-    from loralab.experiments.launcher import code_version, finished_result, unit_dir
-
     version = code_version()
-    found = {name: finished_result(unit_dir(bench.root / "runs", Unit(name, cfg), version), bench.records())
+    found = {name: finished_result(unit_dir(bench.root / "runs", Unit(name, cfg), version), bench.records)
              for name, cfg in jobs}
     return {name: result for name, result in found.items() if result is not None}
 
@@ -454,7 +456,7 @@ def machines_used(bench: Bench) -> dict[str, int]:
     (docs/study/rank/README.md, Status), so the report states the mix. Empty without an archive."""
     from collections import Counter
 
-    return dict(Counter(bench.records().machines.values()))
+    return dict(Counter(bench.records.machines.values()))
 
 
 class Pending(Exception):
