@@ -292,3 +292,98 @@ def test_report_names_the_ladder_runs_still_improving_at_the_step_cap():
     report["units"] = report["units"][1:]
     assert rank_report.convergence_line(report) == (
         "Convergence: all 4 ladder runs had their best validation loss before the 2,000-step cap.")
+
+
+def test_allocation_budget_leaves_rank_to_move():
+    """Amendment 8: at one rank per layer every allocation is uniform (each layer keeps ≥ 1), so the budget is at
+    least two per layer; above that it is the rung at or below r90."""
+    layers = {f"l{i}": {rp.PRIMARY: float(i), "activation_rank": 10.0 + i} for i in range(4)}
+    assert [rb.allocation_rank(r, 2) for r in (0.98, 1.7, 2.6, 9.3, 40.0)] == [2, 2, 2, 8, 32]
+    assert all(set(ranks.values()) == {1} for ranks in rb.allocations(layers, 4).values())
+    two = rb.allocations(layers, 8)
+    assert two["uniform"] == {"l0": 2, "l1": 2, "l2": 2, "l3": 2}
+    assert two["predicted"] == {"l0": 1, "l1": 2, "l2": 2, "l3": 3}  # ∝ signal rank + 0.5, largest remainders
+    assert all(sum(ranks.values()) == 8 for ranks in two.values())
+
+
+class AllocationRuns:
+    """Stands in for `rank_benchmark.Bench` where only the allocation logic is under test: every unit's LoRA lr is
+    1e-3; a run's validation loss is |log(lr / optimum[allocation])|, its test loss ``test(allocation, seed, lr)``."""
+
+    def __init__(self, units, optimum, test):
+        self.plan = rb.Plan(model="minilm", units=units, allocation_units=len(units))
+        self.optimum, self.test, self.trained = optimum, test, []
+
+    def lr(self, unit, rung):
+        return 1e-3
+
+    def data(self, unit):
+        return unit.data
+
+    def run(self, jobs, desc):
+        out = {}
+        for name, cfg in jobs:
+            alloc = name.split("-alloc-")[1].split("-lr")[0]
+            self.trained.append((name.split("-r")[0], alloc, cfg.seed, cfg.lr, cfg.lora.r))
+            out[name] = SimpleNamespace(validation={"loss": abs(math.log(cfg.lr / self.optimum[alloc]))},
+                                        test={"loss": self.test(alloc, cfg.seed, cfg.lr)})
+        return out
+
+
+TREC_C2 = rank_units.RankUnit("trec-c2", "trec-c2.csv", 48, "2 groups", 2, 24, 2)
+TREC_C8 = rank_units.RankUnit("trec-c8", "trec-c8.csv", 48, "8 groups", 8, 24, 8)
+
+
+def test_allocation_learning_rates_are_extended_past_an_edge():
+    """Each allocation's grid (the unit's lr × 1/3, 1, 3) grows by ×3 while its best value is at an edge, at most
+    twice; validation loss here is |log(lr / optimum)|, so the chosen lr and the values tried are known."""
+    runs = AllocationRuns([TREC_C2], {"uniform": 1e-3, "predicted": 9e-3, "eva": 1.11e-4, "random": 1e-1},
+                          lambda alloc, seed, lr: lr)
+    table = rb.tune_allocations(runs, TREC_C2, {a: {"layer.0.attention.query": 2} for a in runs.optimum}, 2, seed=0)
+    assert {a: (row["lr"], row["at_edge"]) for a, row in table.items()} == {
+        "uniform": (1e-3, False), "predicted": (9e-3, False), "eva": (1.11e-4, False), "random": (2.7e-2, True)}
+    tried = {a: {lr for _, alloc, _, lr, _ in runs.trained if alloc == a} for a in runs.optimum}
+    assert tried["uniform"] == {3.33e-4, 1e-3, 3e-3} and tried["eva"] == {3.7e-5, 1.11e-4, 3.33e-4, 1e-3, 3e-3}
+    assert tried["random"] == {3.33e-4, 1e-3, 3e-3, 9e-3, 2.7e-2} and table["random"]["test_loss"] == {0: 2.7e-2}
+
+
+def test_allocation_reruns_the_tuned_lr_on_three_seeds_and_pairs_with_uniform():
+    shift = {"uniform": 0.0, "predicted": -0.02, "eva": 0.01, "random": 0.03}
+    runs = AllocationRuns([TREC_C2, TREC_C8], {"uniform": 1e-3, "predicted": 3e-3, "eva": 1e-3, "random": 3.33e-4},
+                          lambda alloc, seed, lr: 0.5 + 0.01 * seed * seed + shift[alloc])
+    layers = {f"layer.{i}.attention.query": {rp.PRIMARY: float(i), "activation_rank": 5.0 + i} for i in range(3)}
+    summaries = {"trec-c2": {"kept": True, "needed_rank": 1.3}, "trec-c8": {"kept": True, "needed_rank": 9.0}}
+    out = rb.allocation(runs, summaries, {u: {"layers": layers} for u in summaries})
+    assert {u: (row["rank"], row["budget"]) for u, row in out.items()} == {"trec-c2": (2, 6), "trec-c8": (8, 24)}
+    assert out["trec-c2"]["ranks"]["predicted"] == {"layer.0.attention.query": 1, "layer.1.attention.query": 2,
+                                                    "layer.2.attention.query": 3}
+    for row in out.values():
+        a = row["allocations"]
+        assert all(set(a[k]["test_loss"]) == {0, 1, 2} for k in rb.ALLOCATIONS)
+        for k in ("predicted", "eva", "random"):
+            diff = a[k]["minus_uniform"]
+            assert diff["n"] == 3 and diff["mean"] == pytest.approx(shift[k], abs=1e-12) and diff["sd"] < 1e-12
+            assert diff["power"]["unit"] == "seeds" and diff["power"]["n"] == 3
+    reruns = {(u, alloc, lr) for u, alloc, seed, lr, _ in runs.trained if seed > 0}
+    assert reruns == {(u, alloc, runs.optimum[alloc]) for u in summaries for alloc in rb.ALLOCATIONS}
+    assert {r for *_, r in runs.trained} == {2, 8}  # every run at the unit's allocation rank
+
+
+def test_allocation_table_gives_learning_rates_edges_and_what_the_interval_detects():
+    from loralab.experiments import rank_report
+
+    def arm(lr, losses, edge=False):
+        return {"lr": lr, "at_edge": edge, "test_loss": dict(enumerate(losses))}
+
+    table = {"uniform": arm(1e-3, [0.50, 0.52, 0.48]), "predicted": arm(3e-3, [0.47, 0.50, 0.47]),
+             "eva": arm(1e-3, [0.55, 0.52, 0.50]), "random": arm(3.33e-4, [0.50, 0.53, 0.47], edge=True)}
+    for name in ("predicted", "eva", "random"):
+        diff = stats.paired(table[name]["test_loss"], table["uniform"]["test_loss"])
+        table[name]["minus_uniform"] = {**diff, "power": {**stats.what_decides(diff, 0.0), "unit": "seeds"}}
+    lines = rank_report.allocation_table({"allocation": {"trec-c4": {"budget": 48, "allocations": table}}})
+    assert lines[2] == ("| trec-c4 | 48 | 0.5000 (0.001) | -0.0200 [-0.0448, +0.0048] (0.003) | "
+                        "+0.0233 [-0.0392, +0.0858] (0.001) | +0.0000 [-0.0248, +0.0248] (0.000333, edge) |")
+    sd = table["predicted"]["minus_uniform"]["sd"]
+    assert lines[4] == (f"What the predicted − uniform interval can detect with 80% power (paired t-test): trec-c4 "
+                        f"(detects ±{stats.detectable_effect(sd, 3):.3f} at n = 3 seeds; n ≈ "
+                        f"{stats.n_needed(sd, -0.02)} would decide it).")

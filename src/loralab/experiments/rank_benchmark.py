@@ -14,8 +14,8 @@
 3. **The test**: Spearman ρ between predictor and r90 over units, a one-sided permutation p (10⁵ permutations),
    the test's power for a population ρ = 0.8 at this n, and partial ρ with log C held fixed.
 4. **Allocation**: per-layer ranks from the primary predictor, from EVA-style activation ranks, uniform, and
-   random, at equal rank units, the learning rate re-chosen for each (lr × {1/3, 1, 3} on the first seed, the
-   chosen value on the others), paired over seeds.
+   random, at equal rank units (at least 2 per layer), the learning rate re-chosen for each (lr × {1/3, 1, 3} on the
+   first seed, extended past an edge; the chosen value on the others), paired over three seeds.
 
 `loralab study --full --claims 9` runs it (cached, resumable units); `run_rank_benchmark` is the entry point.
 """
@@ -73,6 +73,8 @@ class Plan:
     lr_units: tuple = LR_UNITS
     lr_grids: dict = field(default_factory=lambda: dict(LR_GRIDS))
     allocation_units: int = 4
+    allocation_seeds: tuple = (0, 1, 2)  # amendment 8: with two, a paired t-interval has 1 df (t = 12.7)
+    allocation_min_rank: int = 2  # amendment 8: rank 1 per layer leaves nothing to reallocate
     predictor_examples: int = 256
     threads: int = 1  # every run on one thread, however many workers: results do not depend on the scheduling
 
@@ -392,54 +394,75 @@ def allocations(layers: dict[str, dict], budget: int, seed: int = 0) -> dict[str
     return {name: allocate_ranks(s, budget) for name, s in scores.items()}
 
 
-def allocation_jobs(bench: Bench, unit: rank_units.RankUnit, layers: dict, rank: int, seed: int,
-                    factors: tuple = (1 / 3, 1.0, 3.0)) -> dict:
-    """{(allocation, lr): (name, config)} for one seed: every allocation at the LoRA lr times each of ``factors``."""
+ALLOCATIONS = ("uniform", "predicted", "eva", "random")
+ALLOCATION_FACTORS = (1 / 3, 1.0, 3.0)  # × the unit's LoRA lr, extended by ×3 past an edge (amendment 8)
+
+
+def allocation_rank(needed_rank: float, minimum: int) -> int:
+    """The uniform rank every allocation matches in total: the rung at or below r90 (rank scarce, so where it goes
+    matters), at least ``minimum`` — each layer keeps rank ≥ 1, so one rank per layer leaves nothing to move and
+    every allocation would be uniform (amendment 8)."""
+    return max(minimum, 2 ** math.floor(math.log2(max(needed_rank, 1))))
+
+
+def allocation_job(bench: Bench, unit: rank_units.RankUnit, name: str, ranks: dict[str, int], rank: int, seed: int,
+                   lr: float) -> tuple[str, TrainConfig]:
+    """One allocation's run: LoRA with per-layer ``ranks`` (each layer s = α/its r)."""
     from loralab.adapters.config import exact_pattern
 
-    lr = bench.lr(unit, rank)
-    jobs = {}
-    for name, ranks in allocations(layers, rank * len(layers)).items():
-        pattern = exact_pattern(ranks)
-        for factor in factors:
-            this_lr = float(f"{lr * factor:.3g}")
-            jobs[(name, this_lr)] = (unit_name(unit, rank, seed, this_lr, f"-alloc-{name}"),
-                                     config(bench.plan, unit, bench.data(unit), rank, seed, this_lr, pattern))
-    return jobs
+    return (unit_name(unit, rank, seed, lr, f"-alloc-{name}"),
+            config(bench.plan, unit, bench.data(unit), rank, seed, lr, exact_pattern(ranks)))
 
 
-ALLOCATIONS = ("uniform", "predicted", "eva", "random")
+def allocation_lr(lr: float, factor: float) -> float:
+    return float(f"{lr * factor:.3g}")
+
+
+def tune_allocations(bench: Bench, unit: rank_units.RankUnit, ranks: dict[str, dict], rank: int, seed: int,
+                     extensions: int = 2) -> dict[str, dict]:
+    """{allocation: {"lr", "at_edge", "validation_loss", "test_loss": {seed: loss}}} — each allocation's learning rate
+    chosen on ``seed``'s validation loss among the unit's LoRA lr × `ALLOCATION_FACTORS`, the grid extended by ×3
+    while the best value is at an edge (at most ``extensions`` times, as `choose` does for the ladders)."""
+    base = bench.lr(unit, rank)
+    grids = {a: sorted(allocation_lr(base, f) for f in ALLOCATION_FACTORS) for a in ranks}
+    pending, table = list(ranks), {}
+    for _ in range(extensions + 1):
+        jobs = {(a, lr): allocation_job(bench, unit, a, ranks[a], rank, seed, lr) for a in pending for lr in grids[a]}
+        results = bench.run(list(jobs.values()), f"{unit.name}: allocation learning rates")
+        for a in pending:
+            val = {lr: results[jobs[(a, lr)][0]].validation["loss"] for lr in grids[a]}
+            best = min(grids[a], key=val.get)
+            table[a] = {"lr": best, "at_edge": best in (grids[a][0], grids[a][-1]),
+                        "validation_loss": {f"{k:g}": v for k, v in val.items()},
+                        "test_loss": {seed: results[jobs[(a, best)][0]].test["loss"]}}
+            if table[a]["at_edge"]:
+                grids[a] = sorted({*grids[a], allocation_lr(best, 1 / 3 if best == grids[a][0] else 3.0)})
+        pending = [a for a in pending if table[a]["at_edge"]]
+        if not pending:
+            break
+    return table
 
 
 def allocation(bench: Bench, summaries: dict[str, dict], found: dict[str, dict]) -> dict:
-    """Per unit: each allocation's learning rate chosen on seed 0's validation loss among lr × {1/3, 1, 3}, then
-    rerun at that lr on the other seeds; test loss per seed, and the paired difference to uniform (t-interval)."""
+    """Per unit: each allocation's learning rate tuned on the first allocation seed (`tune_allocations`), then rerun
+    at that lr on the other seeds; test loss per seed, and the paired difference to uniform (t-interval, with what
+    it can detect at that n and the n that would decide it, `stats.what_decides`)."""
     out = {}
-    first, others = bench.plan.seeds[0], bench.plan.seeds[1:]
+    first, others = bench.plan.allocation_seeds[0], bench.plan.allocation_seeds[1:]
     for name in allocation_units(summaries, bench.plan.allocation_units):
         unit = next(u for u in bench.plan.units if u.name == name)
-        rank = max(1, 2 ** math.floor(math.log2(max(summaries[name]["needed_rank"], 1))))
-        layers = found[name]["layers"]
-        tuning = allocation_jobs(bench, unit, layers, rank, first)
-        tuned = bench.run(list(tuning.values()), f"{name}: allocation learning rates")
-        table = {}
-        for alloc in ALLOCATIONS:
-            lrs = sorted(lr for (a, lr) in tuning if a == alloc)
-            val = {lr: tuned[tuning[(alloc, lr)][0]].validation["loss"] for lr in lrs}
-            best = min(lrs, key=val.get)
-            table[alloc] = {"lr": best, "at_edge": best in (lrs[0], lrs[-1]),
-                            "validation_loss": {f"{k:g}": v for k, v in val.items()},
-                            "test_loss": {first: tuned[tuning[(alloc, best)][0]].test["loss"]}}
-        chosen_factors = tuple({table[a]["lr"] / bench.lr(unit, rank) for a in ALLOCATIONS})
+        rank = allocation_rank(summaries[name]["needed_rank"], bench.plan.allocation_min_rank)
+        ranks = allocations(found[name]["layers"], rank * len(found[name]["layers"]))
+        table = tune_allocations(bench, unit, ranks, rank, first)
         for seed in others:
-            every = allocation_jobs(bench, unit, layers, rank, seed, chosen_factors)
-            jobs = {alloc: every[(alloc, table[alloc]["lr"])] for alloc in ALLOCATIONS}
+            jobs = {a: allocation_job(bench, unit, a, ranks[a], rank, seed, table[a]["lr"]) for a in ALLOCATIONS}
             done = bench.run(list(jobs.values()), f"{name}: allocations, seed {seed}")
-            for alloc, (job_name, _) in jobs.items():
-                table[alloc]["test_loss"][seed] = done[job_name].test["loss"]
-        for alloc in ALLOCATIONS[1:]:
-            table[alloc]["minus_uniform"] = stats.paired(table[alloc]["test_loss"], table["uniform"]["test_loss"])
-        out[name] = {"rank": rank, "budget": rank * len(layers), "allocations": table}
+            for a, (job_name, _) in jobs.items():
+                table[a]["test_loss"][seed] = done[job_name].test["loss"]
+        for a in ALLOCATIONS[1:]:
+            diff = stats.paired(table[a]["test_loss"], table["uniform"]["test_loss"])
+            table[a]["minus_uniform"] = {**diff, "power": {**stats.what_decides(diff, 0.0), "unit": "seeds"}}
+        out[name] = {"rank": rank, "budget": rank * len(found[name]["layers"]), "ranks": ranks, "allocations": table}
     return out
 
 

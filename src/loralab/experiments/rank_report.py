@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from loralab.experiments import stats
 from loralab.plotting import pyplot, save
 
 
@@ -65,14 +66,28 @@ def sensitivity_table(report: dict) -> list[str]:
 
 
 def allocation_table(report: dict) -> list[str]:
-    lines = ["| unit | rank budget | uniform | predicted − uniform | EVA − uniform | random − uniform |",
+    """Per unit: the budget, uniform's mean test loss, each allocation's paired difference to uniform [95%
+    t-interval] and its learning rate (× the unit's lr; "edge" when the tuned value still sat at its grid's edge),
+    then what the intervals could detect at their n."""
+    lines = ["| unit | rank budget | uniform (lr) | predicted − uniform (lr) | EVA − uniform (lr) | random − uniform (lr) |",
              "|---|---:|---:|---|---|---|"]
+    detects = []
     for unit, row in report["allocation"].items():
         a = row["allocations"]
         uniform = sum(a["uniform"]["test_loss"].values()) / len(a["uniform"]["test_loss"])
+
+        def lr(k):
+            return f"{a[k]['lr']:g}" + (", edge" if a[k].get("at_edge") else "")
+
         cells = [f"{a[k]['minus_uniform']['mean']:+.4f} [{a[k]['minus_uniform']['low']:+.4f}, "
-                 f"{a[k]['minus_uniform']['high']:+.4f}]" for k in ("predicted", "eva", "random")]
-        lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} | " + " | ".join(cells) + " |")
+                 f"{a[k]['minus_uniform']['high']:+.4f}] ({lr(k)})" for k in ("predicted", "eva", "random")]
+        lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} ({lr('uniform')}) | " + " | ".join(cells) + " |")
+        power = a["predicted"]["minus_uniform"].get("power")
+        if power:
+            detects.append(unit + stats.decides_text(power))
+    if detects:
+        lines += ["", "What the predicted − uniform interval can detect with 80% power (paired t-test): "
+                  + "; ".join(detects) + "."]
     return lines
 
 
