@@ -415,10 +415,11 @@ def allocation_job(bench: Bench, unit: rank_units.RankUnit, name: str, ranks: di
 
 
 def allocation_lr(lr: float, factor: float) -> float:
+    """lr × factor to 3 significant digits (so 1e-3 / 3 is 3.33e-4 in run names and configs)."""
     return float(f"{lr * factor:.3g}")
 
 
-def tune_allocations(bench: Bench, unit: rank_units.RankUnit, ranks: dict[str, dict], rank: int, seed: int,
+def tune_allocations(bench: Bench, unit: rank_units.RankUnit, ranks: dict[str, dict[str, int]], rank: int, seed: int,
                      extensions: int = 2) -> dict[str, dict]:
     """{allocation: {"lr", "at_edge", "validation_loss", "test_loss": {seed: loss}}} — each allocation's learning rate
     chosen on ``seed``'s validation loss among the unit's LoRA lr × `ALLOCATION_FACTORS`, the grid extended by ×3

@@ -65,23 +65,23 @@ def sensitivity_table(report: dict) -> list[str]:
     return [*lines, "", f"The primary predictor ({report['primary']}) against each: " + "; ".join(tests) + ".", ""]
 
 
+def tuned_lr(arm: dict) -> str:
+    """An allocation's chosen learning rate, marked "edge" when it still sat at its grid's edge after extension."""
+    return f"{arm['lr']:g}" + (", edge" if arm.get("at_edge") else "")
+
+
 def allocation_table(report: dict) -> list[str]:
     """Per unit: the budget, uniform's mean test loss, each allocation's paired difference to uniform [95%
-    t-interval] and its learning rate (× the unit's lr; "edge" when the tuned value still sat at its grid's edge),
-    then what the intervals could detect at their n."""
+    t-interval] and its tuned learning rate, then what the intervals could detect at their n."""
     lines = ["| unit | rank budget | uniform (lr) | predicted − uniform (lr) | EVA − uniform (lr) | random − uniform (lr) |",
              "|---|---:|---:|---|---|---|"]
     detects = []
     for unit, row in report["allocation"].items():
         a = row["allocations"]
         uniform = sum(a["uniform"]["test_loss"].values()) / len(a["uniform"]["test_loss"])
-
-        def lr(k):
-            return f"{a[k]['lr']:g}" + (", edge" if a[k].get("at_edge") else "")
-
         cells = [f"{a[k]['minus_uniform']['mean']:+.4f} [{a[k]['minus_uniform']['low']:+.4f}, "
-                 f"{a[k]['minus_uniform']['high']:+.4f}] ({lr(k)})" for k in ("predicted", "eva", "random")]
-        lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} ({lr('uniform')}) | " + " | ".join(cells) + " |")
+                 f"{a[k]['minus_uniform']['high']:+.4f}] ({tuned_lr(a[k])})" for k in ("predicted", "eva", "random")]
+        lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} ({tuned_lr(a['uniform'])}) | " + " | ".join(cells) + " |")
         power = a["predicted"]["minus_uniform"].get("power")
         if power:
             detects.append(unit + stats.decides_text(power))
