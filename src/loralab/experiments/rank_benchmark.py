@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from loralab.adapters.config import exact_pattern
 from loralab.experiments import rank_units, stats
 from loralab.experiments.launcher import (
     Archive,
@@ -408,8 +409,6 @@ def allocation_rank(needed_rank: float, minimum: int) -> int:
 def allocation_job(bench: Bench, unit: rank_units.RankUnit, name: str, ranks: dict[str, int], rank: int, seed: int,
                    lr: float) -> tuple[str, TrainConfig]:
     """One allocation's run: LoRA with per-layer ``ranks`` (each layer s = α/its r)."""
-    from loralab.adapters.config import exact_pattern
-
     return (unit_name(unit, rank, seed, lr, f"-alloc-{name}"),
             config(bench.plan, unit, bench.data(unit), rank, seed, lr, exact_pattern(ranks)))
 
