@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loralab.experiments.claims_geometry import shared_directions_verdict
-from loralab.experiments.claims_training import claim_2
+from loralab.experiments.claims_geometry import below, composition, shared_directions_verdict
+from loralab.experiments.claims_training import claim_2, d90_verdict, low_rank_advantage
 from loralab.experiments.context import Context
 from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
 
@@ -58,3 +58,61 @@ def test_claim_2_wide_overlapping_intervals_are_inconclusive_with_the_seeds_that
 ])
 def test_claim_7_verdict_is_read_from_the_intervals_not_the_means(intervals, trains, verdict):
     assert shared_directions_verdict(intervals, trains) == verdict
+
+
+def dora_minus_lora(values: dict[str, list[float]]) -> dict:
+    """{task: `stats.paired` form} for seeds 0, 1, … (what claim 3 holds per rank)."""
+    return {t: {"values": v, "seeds": list(range(len(v)))} for t, v in values.items()}
+
+
+def test_claim_3_low_rank_advantage_is_paired_per_task_and_seed():
+    """Per (task, seed): mean(r1, r2) − r8 = (0.03, 0.02, 0.04, 0.03) → mean 0.03, sd 0.00816, t(3) = 3.182:
+    0.03 ± 0.01299, above 0: holds. With one pair's r = 8 gain large, the interval straddles 0: inconclusive."""
+    per_rank = {1: dora_minus_lora({"movie": [0.04, 0.03], "trec": [0.05, 0.04]}),
+                2: dora_minus_lora({"movie": [0.02, 0.01], "trec": [0.03, 0.02]}),
+                8: dora_minus_lora({"movie": [0.0, 0.0], "trec": [0.0, 0.0]})}
+    got = low_rank_advantage(per_rank)
+    assert got["values"] == pytest.approx([0.03, 0.02, 0.04, 0.03])
+    assert (got["low"], got["high"], got["verdict"]) == (pytest.approx(0.017007, abs=1e-5),
+                                                         pytest.approx(0.042993, abs=1e-5), HOLDS)
+    per_rank[8] = dora_minus_lora({"movie": [0.0, 0.0], "trec": [0.1, 0.0]})
+    assert low_rank_advantage(per_rank)["verdict"] == INCONCLUSIVE
+
+
+def said_points(accuracies: dict[int, float], examples: int = 400) -> dict:
+    return {d: {"validation": {"mean": a}, "examples": examples} for d, a in accuracies.items()}
+
+
+def test_claim_5_d90_is_small_only_when_an_interval_clears_the_threshold_within_the_limit():
+    """Threshold 0.80, limit 1000, 400 examples: 0.86 at d = 1000 has the interval 0.86 ± 0.034 ≥ 0.80 → holds there.
+    0.81 at d = 1000 (± 0.038) straddles → inconclusive; 0.70 at d = 1000 (high 0.745) → does not hold. A d above the
+    limit never counts, and without d = limit measured nothing fails."""
+    assert d90_verdict(said_points({250: 0.75, 1000: 0.86, 4000: 0.9}), 0.80, 1000) == (HOLDS, 1000)
+    assert d90_verdict(said_points({250: 0.75, 1000: 0.81, 4000: 0.9}), 0.80, 1000) == (INCONCLUSIVE, 1000)
+    assert d90_verdict(said_points({250: 0.60, 1000: 0.70, 4000: 0.9}), 0.80, 1000) == (FAILS, 1000)
+    assert d90_verdict(said_points({250: 0.60, 4000: 0.9}), 0.80, 1000) == (INCONCLUSIVE, 250)
+
+
+def test_claim_6_low_rank_and_beyond_noise_are_read_from_intervals():
+    assert below((0.2, 0.45), 0.5) == HOLDS
+    assert below((0.4, 0.6), 0.5) == INCONCLUSIVE
+    assert below((0.5, 0.7), 0.5) == FAILS
+
+
+def interference_table(own: float, summed: float, chance: float = 0.5) -> dict:
+    return {"own": own, "all_w1": summed, "chance": chance}
+
+
+def test_claim_10_composes_and_interferes_over_replicates():
+    """Two tasks, three replicates (chance 0.5). movie's sum 0.755 ± 0.01 keeps 0.755 − (0.5 + ½·0.3) = 0.105 above
+    half its gain, sms's 0.905 − 0.725 = 0.18: composes. Accuracy lost to the sum per replicate 0.045, 0.055, 0.035
+    → interval above 0: interferes."""
+    tables = [{"movie": interference_table(0.80, 0.78 + d), "sms": interference_table(0.95, 0.93 + d)}
+              for d in (-0.025, -0.035, -0.015)]
+    found = composition(tables)
+    assert found["loss"]["mean"] == pytest.approx(0.045)
+    assert found["kept_over_half"]["movie"]["mean"] == pytest.approx(0.105)
+    assert (found["composes"], found["interferes"]) == (HOLDS, HOLDS)
+    assert composition(tables[:1])["composes"] == INCONCLUSIVE  # one replicate decides nothing
+    lost = [{"movie": interference_table(0.80, 0.55 + d), "sms": interference_table(0.95, 0.93)} for d in (0, .01, -.01)]
+    assert composition(lost)["composes"] == FAILS  # movie's sum keeps under half of its gain: 0.55 < 0.65

@@ -18,6 +18,7 @@ from loralab.experiments.stats import (
     interval_decides,
     mean_ci,
     pearson,
+    verdict,
     what_decides,
 )
 
@@ -30,12 +31,22 @@ def random_k90(shape: tuple[int, int], seed: int = 0) -> int:
     return energy_rank(torch.linalg.svdvals(torch.randn(*shape, generator=gen, dtype=torch.float64)), 0.9)
 
 
+LOW_RANK = 0.5  # claim 6: k@90 of ΔW under half a Gaussian matrix's
+
+
+def below(interval: tuple[float, float], bound: float) -> str:
+    """Holds when the whole interval lies below ``bound``, does not hold when it lies at or above it."""
+    low, high = interval
+    return HOLDS if high < bound else (FAILS if low >= bound else INCONCLUSIVE)
+
+
 @claim(6, "Full fine-tuning updates are effectively low-rank")
 def claim_6(ctx: Context) -> dict:
     """k@90 of each layer's full-FT ΔW against two nulls: a Gaussian matrix of the same shape, and ΔW of a full-FT
     run of the same length (the real run's best step) and lr on shuffled labels (the optimizer's own noise: much of
-    ΔW's energy may be that). Low-rank means ≤ half the Gaussian's k@90; task signal concentrated beyond noise means
-    k@90 below the shuffled run's, decided by a bootstrap interval (over layers) of the median ratio."""
+    ΔW's energy may be that). Low-rank means under half the Gaussian's k@90; task signal concentrated beyond noise
+    means k@90 below the shuffled run's; each decided by a bootstrap interval (over layers) of the median ratio
+    (`below`)."""
     from loralab.analysis.spectra import summarize
     from loralab.analysis.updates import load_updates
 
@@ -55,14 +66,17 @@ def claim_6(ctx: Context) -> dict:
             layers[path] = {"k90": s["k90"], "noise_rank": s["noise_rank"], "shape": s["shape"],
                             "random_k90": random_k90(tuple(s["shape"])), "effective_rank": s["effective_rank"],
                             "shuffled_k90": shuffled["k90"] if shuffled else None}
-        ratio = statistics.median(v["k90"] / v["random_k90"] for v in layers.values())
+        versus_random = [v["k90"] / v["random_k90"] for v in layers.values()]
+        ratio, random_interval = statistics.median(versus_random), bootstrap_interval(versus_random, statistics.median)
         versus_null = [v["k90"] / v["shuffled_k90"] for v in layers.values() if v["shuffled_k90"]]
         low, high = bootstrap_interval(versus_null, statistics.median)
-        low_rank = ratio <= 0.5
-        beyond_noise = HOLDS if high < 1 else (FAILS if low > 1 else INCONCLUSIVE)
-        verdicts.append(FAILS if not low_rank else beyond_noise)
+        low_rank = below(random_interval, LOW_RANK)
+        beyond_noise = below((low, high), 1.0)
+        verdicts.append(combine_verdicts([low_rank, beyond_noise]))
         rows.append({"task": task, "layers": layers, "median_k90": statistics.median(v["k90"] for v in layers.values()),
-                     "median_k90_over_random": ratio, "median_k90_over_shuffled": statistics.median(versus_null),
+                     "median_k90_over_random": ratio, "over_random_interval": list(random_interval),
+                     "low_rank": low_rank, "beyond_noise": beyond_noise,
+                     "median_k90_over_shuffled": statistics.median(versus_null),
                      "over_shuffled_interval": [low, high], "steps": trained[real[task].name].best_step,
                      "verdict": verdicts[-1],
                      "power": interval_decides(statistics.median(versus_null), low, high, len(versus_null), 1.0,
@@ -70,9 +84,10 @@ def claim_6(ctx: Context) -> dict:
     return {"verdict": combine_verdicts(verdicts), "rows": rows, "power": {r["task"]: r["power"] for r in rows},
             "summary": "median over layers of k@90(ΔW_full) / k@90(Gaussian matrix of the same shape), and / k@90 of a "
                        "shuffled-label full-FT run's ΔW [bootstrap 95% over layers]: " + ", ".join(
-                f"{r['task']} {r['median_k90_over_random']:.2f} and {r['median_k90_over_shuffled']:.2f} "
+                f"{r['task']} {r['median_k90_over_random']:.2f} [{r['over_random_interval'][0]:.2f}, "
+                f"{r['over_random_interval'][1]:.2f}] and {r['median_k90_over_shuffled']:.2f} "
                 f"[{r['over_shuffled_interval'][0]:.2f}, {r['over_shuffled_interval'][1]:.2f}]" for r in rows)
-            + "; low-rank means ≤ 0.5 of the random matrix's, and the task's signal concentrated beyond the "
+            + f"; low-rank means below {LOW_RANK} of the random matrix's, and the task's signal concentrated beyond the "
               "optimizer's noise means below the shuffled run's."}
 
 
@@ -195,11 +210,30 @@ def claim_9(ctx: Context) -> dict:
                        f"{'n/a' if power is None else format(power, '.2f')}; details in rank/report.md."}
 
 
+def composition(tables: list[dict[str, dict]]) -> dict:
+    """Claim 10's two tests over replicates (``tables``: one {task: {"own", "all_w1", "chance", ...}} per replicate).
+    composes: per task, all_w1 − (chance + ½(own − chance)) — the sum keeps over half of the task's own gain over
+    chance — with a t-interval above 0 on every task; interferes: the mean over tasks of own − all_w1, its t-interval
+    above 0. One replicate decides neither (inconclusive)."""
+
+    def above_zero(interval: dict) -> str:
+        return verdict(interval, 0.0) if interval["n"] > 1 else INCONCLUSIVE
+
+    kept = {t: mean_ci([table[t]["all_w1"] - table[t]["chance"] - 0.5 * (table[t]["own"] - table[t]["chance"])
+                        for table in tables]) for t in tables[0]}
+    loss = mean_ci([statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) for table in tables])
+    return {"kept_over_half": kept, "composes": combine_verdicts([above_zero(k) for k in kept.values()]),
+            "loss": loss, "interferes": above_zero(loss)}
+
+
 @claim(10, "Adapters compose but interfere")
 def claim_10(ctx: Context) -> dict:
     """Task vectors summed: one replicate per seed of the study, each with every task's adapter from its own
     seed (seeds rotate over the tasks: adapters of one seed start from the same A, and their input subspaces would
-    then agree by construction, `compose.geometry`); every cell is a mean over replicates with its t-interval."""
+    then agree by construction, `compose.geometry`); every cell is a mean over replicates with its t-interval.
+    Composes: on every task, the sum keeps more than half of the task's own gain over chance (a t-interval above 0);
+    interferes: the accuracy the sum loses against each task's own adapter, mean over tasks, has its t-interval above
+    0. Both hold → holds; either fails → does not hold."""
     from loralab.experiments.interference import run_interference
 
     tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
@@ -212,18 +246,15 @@ def claim_10(ctx: Context) -> dict:
     tables = [r["table"] for r in replicates]
     cells = {t: {key: mean_ci([table[t][key] for table in tables]) for key in ("own", "all_w1", "negated", "chance")}
              for t in tables[0]}
-    composes = all(c["all_w1"]["mean"] > c["chance"]["mean"] + 0.5 * (c["own"]["mean"] - c["chance"]["mean"])
-                   for c in cells.values())
-    loss = mean_ci([statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) for table in tables])
+    found = composition(tables)
+    composes, kept, loss, interferes = found["composes"], found["kept_over_half"], found["loss"], found["interferes"]
     negation = all(c["negated"]["high"] < c["own"]["low"] for c in cells.values())
-    if not composes or loss["high"] < 0:
-        final = FAILS
-    else:
-        final = HOLDS if loss["low"] > 0 else INCONCLUSIVE
+    final = combine_verdicts([composes, interferes])
     first = ctx.out / "interference" / "replicate0" / "interference.png"
     if first.exists():  # the report shows the first replicate's figure
         (ctx.out / "interference" / "interference.png").write_bytes(first.read_bytes())
-    return {"verdict": final, "composes": composes, "interference_loss": loss, "power": what_decides(loss, 0.0),
+    return {"verdict": final, "composes": composes, "kept_over_half": kept, "interferes": interferes,
+            "interference_loss": loss, "power": what_decides(loss, 0.0),
             "cells": cells,
             "replicates": len(replicates), "negation_moves_toward_chance": negation,
             "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
@@ -232,6 +263,7 @@ def claim_10(ctx: Context) -> dict:
                        "[95% t-interval]: " + ", ".join(
                 f"{t} {c['all_w1']['mean']:.3f} [{c['all_w1']['low']:.3f}, {c['all_w1']['high']:.3f}] vs "
                 f"{c['own']['mean']:.3f} [{c['own']['low']:.3f}, {c['own']['high']:.3f}]" for t, c in cells.items())
+            + f"; composes (the sum keeps over half of each task's gain over chance): {composes}"
             + f"; accuracy lost to the sum, mean over tasks {loss['mean']:.3f} [{loss['low']:.3f}, {loss['high']:.3f}]"
             + f"; negation below own on every task (intervals apart): {negation}."}
 

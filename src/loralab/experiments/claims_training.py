@@ -14,6 +14,7 @@ from loralab.experiments.stats import (
     HOLDS,
     INCONCLUSIVE,
     binomial_decides,
+    binomial_interval,
     combine_verdicts,
     decides_text,
     interval_decides,
@@ -149,28 +150,46 @@ def claim_2(ctx: Context) -> dict:
                          f"{width:.1f}× at {seeds} seeds per rung."}
 
 
+def low_rank_advantage(per_rank: dict[int, dict[str, dict]], low: tuple = (1, 2), high: int = 8) -> dict:
+    """DoRA's gain at low rank minus its gain at r = ``high``, paired per (task, seed): mean over ``low`` ranks of
+    DoRA − LoRA, minus DoRA − LoRA at ``high``; a `mean_ci` over the pairs every rank has, with its `verdict`
+    against 0 ("most at low rank" holds when the interval lies above 0)."""
+    pairs = set.intersection(*({(t, s) for t, d in per_rank[r].items() for s in d["seeds"]} for r in (*low, high)))
+
+    def gain(r: int, task: str, seed: int) -> float:
+        d = per_rank[r][task]
+        return d["values"][d["seeds"].index(seed)]
+
+    values = [statistics.fmean(gain(r, t, s) for r in low) - gain(high, t, s) for t, s in sorted(pairs)]
+    interval = {**mean_ci(values), "values": values}
+    return {**interval, "verdict": verdict(interval, 0.0) if len(values) > 1 else INCONCLUSIVE}
+
+
 @claim(3, "DoRA ≥ LoRA at equal rank, most at low rank")
 def claim_3(ctx: Context) -> dict:
+    """DoRA − LoRA test accuracy, paired per (task, seed) at each rank of `plan.DORA_RANKS`; "DoRA ≥ LoRA": the
+    pooled interval lies above 0; "most at low rank": the gain at r ∈ {1, 2} minus the gain at r = 8, paired per
+    (task, seed), lies above 0 (`low_rank_advantage`). Both hold → holds; either fails → does not hold."""
     ctx = ctx.only(plan.DORA_TASKS)
     ctx.run([plan.lora_unit(t, ctx.sizes, s, ctx.lr("dora"), "dora", r)  # every rank at once: both workers stay busy
              for r in plan.DORA_RANKS for t in ctx.tasks for s in ctx.seeds])
-    diffs, rows = {}, []
+    per_rank, rows = {}, []
     for r in plan.DORA_RANKS:
         dora, lora = lora_accuracy(ctx, r, "dora"), lora_accuracy(ctx, r)
-        per_task = {t: paired(dora[t], lora[t]) for t in ctx.tasks}
-        diffs[r] = [v for t in ctx.tasks for v in per_task[t]["values"]]
-        rows.append({"rank": r, "per_task": per_task, "pooled": mean_ci(diffs[r])})
-    pooled = mean_ci([v for r in plan.DORA_RANKS for v in diffs[r]])
+        per_rank[r] = {t: paired(dora[t], lora[t]) for t in ctx.tasks}
+        rows.append({"rank": r, "per_task": per_rank[r],
+                     "pooled": mean_ci([v for t in ctx.tasks for v in per_rank[r][t]["values"]])})
+    pooled = mean_ci([v for r in plan.DORA_RANKS for t in ctx.tasks for v in per_rank[r][t]["values"]])
     overall = verdict(pooled, 0.0)
-    low = statistics.fmean(diffs[1] + diffs[2]) - statistics.fmean(diffs[8])
-    most_at_low = HOLDS if low > 0 else FAILS
-    final = overall if overall != HOLDS else (HOLDS if most_at_low == HOLDS else INCONCLUSIVE)
+    low = low_rank_advantage(per_rank)
     power = what_decides(pooled, 0.0)
-    return {"verdict": final, "pooled": pooled, "power": power, "low_minus_r8": low, "most_at_low_rank": most_at_low,
+    return {"verdict": combine_verdicts([overall, low["verdict"]]), "pooled": pooled, "power": power,
+            "low_minus_r8": low, "power_low_minus_r8": what_decides(low, 0.0), "most_at_low_rank": low["verdict"],
             "rows": rows,
             "summary": f"DoRA − LoRA test accuracy, paired over tasks × seeds and pooled over r ∈ {plan.DORA_RANKS}: "
                        f"{pooled['mean']:+.4f} [{pooled['low']:+.4f}, {pooled['high']:+.4f}]{decides_text(power)}; "
-                       f"the gain at r ∈ {{1, 2}} minus the gain at r = 8: {low:+.4f}."}
+                       f"the gain at r ∈ {{1, 2}} minus the gain at r = 8, paired: {low['mean']:+.4f} "
+                       f"[{low['low']:+.4f}, {low['high']:+.4f}] ({low['verdict']})."}
 
 
 @claim(4, "Placement matters more than rank at a fixed budget")
@@ -202,8 +221,32 @@ def claim_4(ctx: Context) -> dict:
                 f"{r['difference']['high']:+.4f}]{decides_text(r['power'])}" for r in rows) + "."}
 
 
+SMALL_D90 = 1e-3  # claim 5's "small": d90 at most this fraction of the D weights the subspace moves
+
+
+def d90_verdict(points: dict[int, dict], threshold: float, limit: int) -> tuple[str, int]:
+    """(verdict, the d it rests on) for "d90 ≤ ``limit``" from mean validation accuracy at each measured d
+    (``points``: {d: {"validation": mean_ci, "examples": n}}), counting held-out examples (binomial 95% interval):
+    holds when some d ≤ limit has its interval at or above ``threshold``; does not hold when the accuracy at d = limit
+    lies below it (accuracy grows with d, so no smaller d reaches it); otherwise inconclusive. Without d = limit
+    measured nothing can fail."""
+    within = {d: p for d, p in points.items() if d <= limit}
+    if not within:
+        return INCONCLUSIVE, limit
+    bounds = {d: binomial_interval(p["validation"]["mean"], p["examples"]) for d, p in within.items()}
+    passing = [d for d, (low, _) in bounds.items() if low >= threshold]
+    if passing:
+        return HOLDS, min(passing)
+    if limit in bounds and bounds[limit][1] < threshold:
+        return FAILS, limit
+    return INCONCLUSIVE, max(within)
+
+
 @claim(5, "Intrinsic dimension is small: d90 (SAID)")
 def claim_5(ctx: Context) -> dict:
+    """d90 (the smallest d of the grid, bisected once, whose mean validation accuracy reaches 90% of full FT's) per
+    task, and the verdict on "d90 ≤ 0.1% of D" by `d90_verdict`: when the grid does not decide it, SAID also trains at
+    d = 0.1% of D itself."""
     from loralab.subspace.d90 import find_d90
 
     full = full_accuracy(ctx)
@@ -226,15 +269,20 @@ def claim_5(ctx: Context) -> dict:
 
         d90, below = find_d90(measure, list(plan.D90_DIMS), threshold, refine=1)
         full_dim = next(iter(points.values()))["full_dim"]
-        small = HOLDS if d90 is not None and d90 <= 1e-3 * full_dim else FAILS
+        limit = max(1, round(SMALL_D90 * full_dim))
+        small, at = d90_verdict(points, threshold, limit)
+        if small == INCONCLUSIVE and limit not in points:  # the grid did not decide it: measure at the limit itself
+            measure(limit)
+            small, at = d90_verdict(points, threshold, limit)
         verdicts.append(small)
-        at = points[d90] if d90 in points else points[max(points)]  # the crossing, or the largest d tried
-        power = binomial_decides(at["validation"]["mean"], at["examples"], threshold)
+        power = binomial_decides(points[at]["validation"]["mean"], points[at]["examples"], threshold) if at in points \
+            else None
         rows.append({"task": task, "threshold": threshold, "full_test": mean_ci(full[task].values()), "d90": d90,
-                     "d90_below": below, "full_dim": full_dim, "points": dict(sorted(points.items())), "verdict": small,
-                     "power": power})
+                     "d90_below": below, "full_dim": full_dim, "limit": limit, "decided_at": at,
+                     "points": dict(sorted(points.items())), "verdict": small, "power": power})
     found = ", ".join(f"{r['task']} {r['d90'] or '> ' + str(max(plan.D90_DIMS))} ({(r['d90'] or 0) / r['full_dim']:.1e} "
-                      f"of D; its validation accuracy against the 90% threshold{decides_text(r['power'])})" for r in rows)
+                      f"of D; {r['verdict']} at d = {r['decided_at']}, its validation accuracy against the 90% "
+                      f"threshold{decides_text(r['power']) if r['power'] else ''})" for r in rows)
     scale = f"; small means d90 ≤ 0.1% of the D = {rows[0]['full_dim'] / 1e6:.1f}M weights." if rows else ""
     return {"verdict": combine_verdicts(verdicts), "rows": rows, "power": {r["task"]: r["power"] for r in rows},
             "seeds": len(plan.D90_SEEDS),

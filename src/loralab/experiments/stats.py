@@ -275,12 +275,16 @@ def interval_decides(estimate: float, low: float, high: float, n: int, threshold
     return {"detectable_difference": (Z_95 + Z_POWER) * se, "n": n, "n_needed": needed, "unit": unit}
 
 
+def binomial_interval(accuracy: float, examples: int) -> tuple[float, float]:
+    """The normal 95% interval of one run's accuracy on ``examples`` held-out examples: p ± 1.96·√(p(1 − p)/n)."""
+    se = math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / examples)
+    return accuracy - Z_95 * se, accuracy + Z_95 * se
+
+
 def binomial_decides(accuracy: float, examples: int, threshold: float) -> dict:
     """What one run's accuracy on ``examples`` held-out examples can decide against ``threshold`` when only the
-    examples vary (seed noise unmeasured): se = √(p(1 − p)/n); `interval_decides` of the normal interval."""
-    se = math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / examples)
-    return interval_decides(accuracy, accuracy - Z_95 * se, accuracy + Z_95 * se, examples, threshold,
-                            "held-out examples")
+    examples vary (seed noise unmeasured): `interval_decides` of `binomial_interval`."""
+    return interval_decides(accuracy, *binomial_interval(accuracy, examples), examples, threshold, "held-out examples")
 
 
 def decides_text(power: dict) -> str:
