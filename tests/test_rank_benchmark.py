@@ -66,6 +66,31 @@ def test_sensitivity_tests_score_the_primary_against_each_alternative_response()
     assert tested["r90_monotone"] == {"n": 0, "rho": None, "p_value": None}
 
 
+def test_seed_agreement_bounds_what_a_predictor_can_reach():
+    """Five units whose seed-1 r90 orders as seed 0's except one swap: ρ = 0.9, at 2 seeds R₂ = 2·0.9/1.9 = 0.947,
+    ceiling √0.947 = 0.973. Reversed orders (ρ = −1): reliability 0, ceiling 0. A dropped unit does not count."""
+    from loralab.experiments import rank_report
+
+    def units(second: list[float]) -> dict:
+        found = {f"u{i}": {"kept": True, "seeds": 2, "needed_rank_per_seed": {0: 2.0 ** i, 1: v}}
+                 for i, v in enumerate(second)}
+        found["dropped"] = {"kept": False, "seeds": 2, "needed_rank_per_seed": {0: 64.0, 1: 0.5}}
+        return found
+
+    agree = rb.seed_agreement(units([1.0, 4.0, 2.0, 8.0, 16.0]))
+    assert agree["n"] == 5 and agree["rho"] == pytest.approx(0.9)
+    assert agree["reliability_of_mean"] == pytest.approx(1.8 / 1.9) and agree["ceiling"] == pytest.approx(0.97333, abs=1e-5)
+    reversed_ = rb.seed_agreement(units([16.0, 8.0, 4.0, 2.0, 1.0]))
+    assert (reversed_["rho"], reversed_["ceiling"]) == (pytest.approx(-1.0), 0.0)
+    assert rank_report.agreement_line({"seed_agreement": reversed_}) == (
+        "Does the needed rank repeat across seeds? Spearman ρ of r90 from seed 0's ladder alone against seed 1's, over "
+        "the 5 kept units: -1.00 (one-sided p = 1). At 2 seeds per unit that makes the measured r90 a reliability of "
+        "0.00 (Spearman–Brown), so a predictor of the true needed rank could reach ρ ≤ 0.00 against it. (A diagnostic "
+        "added after the ladders finished, beside the registered test.)")
+    assert rb.per_seed_needed_rank({0: {0: 2.0, 1: 2.0}, 1: {0: 1.0, 1: 2.0}, 4: {0: 1.0, 1: 1.0}}) == {
+        0: pytest.approx(2 ** -0.1), 1: pytest.approx(2 ** 1.8)}
+
+
 def test_bootstrap_interval_brackets_the_estimate_and_is_seeded():
     per_seed = {0: {0: 2.0, 1: 2.1}, 1: {0: 1.6, 1: 1.4}, 4: {0: 1.0, 1: 1.1}, 16: {0: 1.0, 1: 0.95}}
     low, high = rb.bootstrap_needed_rank(per_seed, resamples=2000)

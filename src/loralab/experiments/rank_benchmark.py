@@ -246,6 +246,12 @@ def bootstrap_needed_rank(per_seed: dict[int, dict[int, float]], resamples: int 
     return float(2 ** np.quantile(draws, 0.025)), float(2 ** np.quantile(draws, 0.975))
 
 
+def per_seed_needed_rank(per_seed: dict[int, dict[int, float]]) -> dict[int, Optional[float]]:
+    """{seed: r90 of that seed's ladder alone} for the seeds every rung has ({rung: {seed: test loss}})."""
+    seeds = set.intersection(*(set(v) for v in per_seed.values()))
+    return {seed: needed_rank({rung: v[seed] for rung, v in per_seed.items()}) for seed in sorted(seeds)}
+
+
 def monotone_losses(losses: dict[int, float]) -> dict[int, float]:
     """The loss curve forced non-increasing in rank (isotonic regression, pool-adjacent-violators): a rung that
     dips below its larger neighbours by seed noise is pooled with them. Sensitivity only (added after two seed-0
@@ -275,6 +281,7 @@ def unit_summary(results: dict[int, dict[int, object]]) -> dict:
             "best_rung": min(means, key=means.get), "relative_gain": gain, "needed_rank": needed_rank(means),
             "sensitivity": {**{f"r{round(100 * level)}": needed_rank(means, level) for level in (0.8, 0.95)},
                             "r90_monotone": needed_rank(monotone_losses(means))},
+            "needed_rank_per_seed": per_seed_needed_rank(per_seed),
             "interval": [low, high], "kept": gain >= MIN_GAIN, "seeds": len(next(iter(per_seed.values()))),
             "steps": {str(k): statistics.fmean(r.steps for r in v.values()) for k, v in results.items()},
             "runs": sum(len(v) for v in results.values()),
@@ -324,6 +331,25 @@ def sensitivity_tests(summaries: dict[str, dict], found: dict[str, dict], primar
         else:
             out[key] = {"n": len(units), **stats.spearman_test(values, needed)}
     return out
+
+
+def seed_agreement(summaries: dict[str, dict], first: int = 0, second: int = 1) -> dict:
+    """Does a unit's needed rank repeat across seeds? Spearman ρ, over the kept units, of r90 from seed ``first``'s
+    ladder alone against seed ``second``'s (one-sided permutation p). Its test–retest reliability R bounds what any
+    predictor can reach: the mean of k seeds has reliability R_k = kR/(1 + (k − 1)R) (Spearman–Brown), and a predictor
+    of the true needed rank correlates with the measured one by at most √R_k (0 when R ≤ 0). A diagnostic added after
+    the ladders finished (docs/study/rank/README.md, Status), beside the registered test, never instead of it."""
+    units = [u for u, s in summaries.items() if s["kept"]
+             and all(s["needed_rank_per_seed"].get(k) is not None for k in (first, second))]
+    if len(units) < 3:
+        return {"n": len(units), "rho": None, "p_value": None, "ceiling": None}
+    found = stats.spearman_test([summaries[u]["needed_rank_per_seed"][first] for u in units],
+                                [summaries[u]["needed_rank_per_seed"][second] for u in units])
+    seeds = statistics.median(summaries[u]["seeds"] for u in units)
+    rho = found["rho"]
+    reliability = seeds * rho / (1 + (seeds - 1) * rho) if rho > 0 else 0.0
+    return {**found, "seeds": [first, second], "median_seeds": seeds, "reliability_of_mean": reliability,
+            "ceiling": math.sqrt(reliability)}
 
 
 def test_predictors(summaries: dict[str, dict], found: dict[str, dict]) -> dict:
@@ -577,6 +603,7 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
               "units": [{"name": u, **summaries[u], "predicted": found[u]["task"]} for u in summaries],
               "primary": found[plan.units[0].name]["primary"], "test": tested, "spread": needed_rank_spread(summaries),
               "sensitivity": sensitivity_tests(summaries, found, found[plan.units[0].name]["primary"]),
+              "seed_agreement": seed_agreement(summaries),
               "allocation": allocated,
               "planted": planted_truth(bench, found),
               "seconds": time.time() - started,

@@ -138,6 +138,21 @@ def spread_line(spread: dict | None) -> str:
             f"the target of {spread['target']:g}×.")
 
 
+def agreement_line(report: dict) -> str:
+    """Whether the needed rank repeats across seeds (`rank_benchmark.seed_agreement`), and the ceiling it puts on any
+    predictor's ρ."""
+    found = report.get("seed_agreement")
+    if not found or found.get("rho") is None:
+        return "Seed agreement of the needed rank: too few units with two whole ladders."
+    first, second = found["seeds"]
+    return (f"Does the needed rank repeat across seeds? Spearman ρ of r90 from seed {first}'s ladder alone against seed "
+            f"{second}'s, over the {found['n']} kept units: {found['rho']:.2f} (one-sided p = {found['p_value']:.2g}). "
+            f"At {found['median_seeds']:g} seeds per unit that makes the measured r90 a reliability of "
+            f"{found['reliability_of_mean']:.2f} (Spearman–Brown), so a predictor of the true needed rank could reach "
+            f"ρ ≤ {found['ceiling']:.2f} against it. (A diagnostic added after the ladders finished, beside the "
+            "registered test.)")
+
+
 def convergence_line(report: dict) -> str:
     """How many ladder runs were still improving when the step cap stopped them (`rank_benchmark.at_step_cap`), by
     unit: their losses may be high, and a capped head (r = 0) or low rung moves its unit's r90."""
@@ -222,7 +237,7 @@ def write_report(report: dict, out: Path) -> None:
              f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
              f"{report['test']['n']} kept; seeds {report['plan']['seeds']} (and seed {report['plan']['third_seed']} where the "
              f"r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs {report['plan']['rungs']}.", "",
-             spread_line(report.get("spread")), "", convergence_line(report), "",
+             spread_line(report.get("spread")), "", agreement_line(report), "", convergence_line(report), "",
              "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
              f"Power of the test for a population ρ = 0.8: α = 0.01: {fmt(report['power'].get('alpha_0.01'), '.2f')}, "
