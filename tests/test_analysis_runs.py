@@ -81,11 +81,47 @@ def test_probe_predicts_ranks_per_layer(tiny):
         assert 1 <= ranks["gradient"] <= 32 and 1 <= ranks["activation"] <= 32
         assert 1.0 <= ranks["gradient_effective_rank"] <= 32.0
     assert set(result["predicted_rank"]) == {"gradient_effective_rank", "gradient", "gradient_covariance", "activation"}
-    advice = result["recommendation"]  # the power of two nearest the primary's median over layers, unvalidated yet
     median = sorted(r["gradient_effective_rank"] for r in result["layers"].values())
     median = (median[1] + median[2]) / 2
-    assert advice["rank"] == 2 ** round(math.log2(median)) and advice["try"][0] <= advice["rank"] <= advice["try"][1]
-    assert advice["predictor"] == "gradient_effective_rank" and advice["benchmark"]["status"].startswith("not yet scored")
+    own = result["recommendation"]["from_predictor"]  # the power of two nearest the primary's median over layers
+    assert own["rank"] == 2 ** round(math.log2(median)) and own["try"][0] <= own["rank"] <= own["try"][1]
+    assert result["recommendation"]["predictor"] == "gradient_effective_rank"
+
+
+def benchmark_scored(validated: bool) -> dict:
+    return {"predictor": "gradient_effective_rank", "rho": 0.9 if validated else -0.26, "n": 13,
+            "p_value": 0.001 if validated else 0.81, "power_rho_0.8": 0.82, "validated": validated,
+            "needed_rank": {"units": 13, "median": 2.5, "lowest": ["amazon", 0.99], "highest": ["trec-c2", 7.2]},
+            "allocation_vs_uniform": {"units": 4, "lower": 1, "interval_below_0": 0, "interval_above_0": 2},
+            "source": "docs/study/rank/rank.json"}
+
+
+def test_probe_recommends_from_the_predictor_until_the_benchmark_finds_it_does_not_predict(monkeypatch):
+    """Per-layer values with median 5.5 (quartiles 3.25 and 8.5): unscored or validated → r = 4 (try 2–16) from the
+    predictor; scored and not validated → the power of two covering the benchmark's highest r90 (7.2 → 8), trying
+    from its median (2.5 → 2), with the predictor's own value kept beside it and said so in probe.md's words."""
+    from loralab.analysis import rank_predictors
+    from loralab.commands.probe import allocation_text, recommend, scored_text
+
+    values = [2.0, 4.0, 5.0, 6.0, 9.0, 12.0]
+    monkeypatch.setattr(rank_predictors, "BENCHMARK_SCORE", None)
+    unscored = recommend(values)
+    assert (unscored["rank"], unscored["try"], unscored["basis"]) == (4, [2, 16], "predictor")
+    assert scored_text(unscored).endswith("has not finished, so this rank is a guess to try, not a validated prediction")
+    monkeypatch.setattr(rank_predictors, "BENCHMARK_SCORE", benchmark_scored(True))
+    assert (recommend(values)["rank"], recommend(values)["basis"]) == (4, "predictor")
+    monkeypatch.setattr(rank_predictors, "BENCHMARK_SCORE", benchmark_scored(False))
+    advice = recommend(values)
+    assert (advice["rank"], advice["try"], advice["basis"], advice["from_predictor"]) == (
+        8, [2, 8], "benchmark", {"rank": 4, "try": [2, 16]})
+    assert scored_text(advice) == (
+        "from what the rank benchmark measured, not from this task: its 13 tasks needed r90 0.99–7.2 (median 2.5; r90 "
+        "on held-out loss, MiniLM-L6 classification), and gradient_effective_rank, the pre-registered predictor, did "
+        "not predict them (Spearman ρ = -0.26 against measured needed ranks (n = 13 tasks, one-sided p = 0.81)). Its "
+        "value for this task would give r = 4 (2–16)")
+    assert allocation_text(advice["benchmark"]).startswith(
+        "On the rank benchmark this allocation had lower test loss than uniform at equal rank units on 1 of 4 tasks "
+        "(paired 95% interval below 0 on 0, above 0 on 2;")
 
 
 def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):

@@ -215,10 +215,23 @@ def test_benchmark_score_quoted_by_probe_matches_the_committed_report():
 
 
 def test_benchmark_score_reads_the_primary_predictors_test():
+    """ρ 0.83 at p 0.004 validates (p < 0.01); the needed ranks of the kept units only; the predicted allocation
+    against uniform counted by mean and by interval (one seed has no interval)."""
+    def against(mean, low, high, n=3):
+        return {"allocations": {"predicted": {"minus_uniform": {"mean": mean, "low": low, "high": high, "n": n}}}}
+
     report = {"primary": "gradient_effective_rank", "spearman": 0.83, "p_value": 0.004, "n": 11,
-              "power": {"alpha_0.01": 0.71, "alpha_0.05": 0.9}}
-    assert rp.benchmark_score(report) == {"predictor": "gradient_effective_rank", "rho": 0.83, "p_value": 0.004,
-                                          "n": 11, "power_rho_0.8": 0.71, "source": "docs/study/rank/rank.json"}
+              "power": {"alpha_0.01": 0.71, "alpha_0.05": 0.9},
+              "units": [{"name": "a", "kept": True, "needed_rank": 1.5}, {"name": "b", "kept": True, "needed_rank": 6.0},
+                        {"name": "c", "kept": True, "needed_rank": 2.0}, {"name": "d", "kept": False, "needed_rank": 64.0}],
+              "allocation": {"a": against(-0.02, -0.03, -0.01), "b": against(0.01, 0.002, 0.02),
+                             "c": against(-0.01, -0.02, 0.0), "d": against(-0.05, -0.05, -0.05, n=1)}}
+    assert rp.benchmark_score(report) == {
+        "predictor": "gradient_effective_rank", "rho": 0.83, "p_value": 0.004, "n": 11, "power_rho_0.8": 0.71,
+        "validated": True, "needed_rank": {"units": 3, "median": 2.0, "lowest": ["a", 1.5], "highest": ["b", 6.0]},
+        "allocation_vs_uniform": {"units": 4, "lower": 3, "interval_below_0": 1, "interval_above_0": 1},
+        "source": "docs/study/rank/rank.json"}
+    assert not rp.benchmark_score({**report, "spearman": 0.83, "p_value": 0.011})["validated"]
 
 
 def test_report_counts_allocations_against_uniform_and_states_compute():

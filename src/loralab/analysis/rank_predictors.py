@@ -45,12 +45,30 @@ BENCHMARK_SCORE: Optional[dict] = None
 PRIMARY = "gradient_effective_rank"  # pre-registered before the benchmark's ladders ran (docs/study/rank/README.md)
 
 
+VALIDATED_AT = 0.01  # the registered test's level (docs/study/rank/README.md): p below it and ρ > 0 validate
+
+
 def benchmark_score(report: dict) -> dict:
     """What `BENCHMARK_SCORE` must say, read from the benchmark's rank.json: the primary predictor's Spearman ρ
-    against the measured needed rank r90, its one-sided permutation p, the number of units n, and the test's power
-    to detect ρ = 0.8 at α = 0.01 with that n."""
-    return {"predictor": report["primary"], "rho": report["spearman"], "p_value": report["p_value"], "n": report["n"],
+    against the measured needed rank r90, its one-sided permutation p, the number of units n, the test's power to
+    detect ρ = 0.8 at α = 0.01 with that n, whether that validates it (ρ > 0, p < 0.01); the measured needed ranks
+    (median, lowest, highest unit); and how the predictor's per-layer allocation did against uniform (units with lower
+    mean test loss; with the paired 95% interval below / above 0)."""
+    units = [u for u in report["units"] if u["kept"] and u["needed_rank"] is not None]
+    lowest = min(units, key=lambda u: u["needed_rank"], default=None)
+    highest = max(units, key=lambda u: u["needed_rank"], default=None)
+    against = [row["allocations"]["predicted"]["minus_uniform"] for row in (report.get("allocation") or {}).values()]
+    rho, p = report["spearman"], report["p_value"]
+    return {"predictor": report["primary"], "rho": rho, "p_value": p, "n": report["n"],
             "power_rho_0.8": report["power"]["alpha_0.01"],
+            "validated": rho is not None and p is not None and rho > 0 and p < VALIDATED_AT,
+            "needed_rank": {"units": len(units),
+                            "median": statistics.median(u["needed_rank"] for u in units) if units else None,
+                            "lowest": [lowest["name"], lowest["needed_rank"]] if lowest else None,
+                            "highest": [highest["name"], highest["needed_rank"]] if highest else None},
+            "allocation_vs_uniform": {"units": len(against), "lower": sum(d["mean"] < 0 for d in against),
+                                      "interval_below_0": sum(d["n"] > 1 and d["high"] < 0 for d in against),
+                                      "interval_above_0": sum(d["n"] > 1 and d["low"] > 0 for d in against)},
             "source": "docs/study/rank/rank.json"}
 
 

@@ -119,21 +119,62 @@ def run_probe(cfg: ProbeConfig) -> dict:
             "seconds": time.time() - started}
 
 
+def power_of_two(x: float, round_with=round) -> int:
+    """The power of two nearest ``x`` on the log scale (``round_with`` math.floor / math.ceil: at or below / above),
+    at least 1."""
+    return 2 ** max(0, int(round_with(math.log2(max(x, 1.0)))))
+
+
 def recommend(values: list[float]) -> dict:
-    """A rank from the pre-registered predictor's per-layer values: the power of two nearest their median, with the
-    powers of two around their quartiles as the range to try, and how the predictor scored on the rank benchmark."""
+    """A rank to train with. From the pre-registered predictor's per-layer values (the power of two nearest their
+    median; the powers of two around their quartiles as the range to try) while the rank benchmark has not scored it
+    or has validated it; once the benchmark has found that it does not predict the needed rank, from what the
+    benchmark measured instead (the power of two covering the highest needed rank r90 of its tasks; the range from
+    their median up), not specific to this task. Either way with how the predictor scored (`BENCHMARK_SCORE`)."""
     from loralab.analysis.rank_predictors import BENCHMARK_SCORE, PRIMARY
 
-    def power(x: float, round_with=round) -> int:
-        return 2 ** max(0, int(round_with(math.log2(max(x, 1.0)))))
-
     q1, median, q3 = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+    predicted = {"rank": power_of_two(statistics.median(values)),
+                 "try": [power_of_two(q1, math.floor), power_of_two(q3, math.ceil)]}
     score = BENCHMARK_SCORE or {"status": "not yet scored: the rank benchmark (docs/study/rank/README.md, "
                                           "pre-registered) has not finished, so this rank is a guess to try, not a "
                                           "validated prediction"}
-    return {"predictor": PRIMARY, "rank": power(statistics.median(values)), "try": [power(q1, math.floor),
-                                                                                     power(q3, math.ceil)],
-            "benchmark": score}
+    if "validated" not in score or score["validated"] or score["needed_rank"]["highest"] is None:
+        return {"predictor": PRIMARY, **predicted, "basis": "predictor", "from_predictor": predicted, "benchmark": score}
+    needed = score["needed_rank"]
+    covering = power_of_two(needed["highest"][1], math.ceil)
+    return {"predictor": PRIMARY, "rank": covering, "try": [power_of_two(needed["median"], math.floor), covering],
+            "basis": "benchmark", "from_predictor": predicted, "benchmark": score}
+
+
+def scored_text(advice: dict) -> str:
+    """How the recommendation was made and how the predictor scored on the rank benchmark, in one sentence."""
+    benchmark = advice["benchmark"]
+    if "rho" not in benchmark:
+        return f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); " \
+               f"{benchmark['status']}"
+    scored = (f"Spearman ρ = {benchmark['rho']:.2f} against measured needed ranks (n = {benchmark['n']} tasks, "
+              f"one-sided p = {benchmark['p_value']:.2g})")
+    if advice["basis"] == "predictor":
+        return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); on the "
+                f"rank benchmark it scored {scored}")
+    needed, own = benchmark["needed_rank"], advice["from_predictor"]
+    return (f"from what the rank benchmark measured, not from this task: its {needed['units']} tasks needed r90 "
+            f"{needed['lowest'][1]:.2g}–{needed['highest'][1]:.2g} (median {needed['median']:.2g}; r90 on held-out "
+            f"loss, MiniLM-L6 classification), and {advice['predictor']}, the pre-registered predictor, did not predict "
+            f"them ({scored}). Its value for this task would give r = {own['rank']} ({own['try'][0]}–{own['try'][1]})")
+
+
+def allocation_text(benchmark: dict) -> str:
+    """How the predictor's per-layer allocation did against uniform on the benchmark, or that it is untested."""
+    against = benchmark.get("allocation_vs_uniform")
+    if not against or not against["units"]:
+        return ("The rank benchmark (docs/study/rank) tests this allocation against uniform, EVA-style and random "
+                "ones at equal rank units; until it has scored it, train both this and a uniform r and compare.")
+    return (f"On the rank benchmark this allocation had lower test loss than uniform at equal rank units on "
+            f"{against['lower']} of {against['units']} tasks (paired 95% interval below 0 on "
+            f"{against['interval_below_0']}, above 0 on {against['interval_above_0']}; docs/study/rank); train both "
+            "this and a uniform r and compare.")
 
 
 def write_probe(cfg: ProbeConfig) -> dict:
@@ -154,20 +195,15 @@ def write_probe(cfg: ProbeConfig) -> dict:
 
 def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
     allocated, advice = result["allocated_rank"], result["recommendation"]
-    benchmark = advice["benchmark"]
-    scored = (f"on the rank benchmark it scored Spearman ρ = {benchmark['rho']:.2f} against measured needed ranks "
-              f"(n = {benchmark['n']} tasks, p = {benchmark['p_value']:.2g})" if "rho" in benchmark else benchmark["status"])
     lines = [f"# Rank probe: {cfg.model} on {cfg.data}", "",
-             f"**Recommended rank: {advice['rank']}** (try {advice['try'][0]}–{advice['try'][1]}), from "
-             f"{advice['predictor']} (the median over layers of the task gradient's effective rank); {scored}.", "",
+             f"**Recommended rank: {advice['rank']}** (try {advice['try'][0]}–{advice['try'][1]}), "
+             f"{scored_text(advice)}.", "",
              f"{result['examples']} examples in {cfg.batches} batches, rank at {cfg.energy:.0%} energy, "
              f"{result['seconds']:.1f} s. Predicted rank (median over layers): "
              + ", ".join(f"{k} {v:g}" for k, v in result["predicted_rank"].items()) + ".", "",
              f"Allocated: {cfg.r} × {len(allocated)} layers = {sum(allocated.values())} rank units, in proportion to "
              f"each layer's {PRIMARY} (≥ 1 each); {PATTERN_FILE} holds them. With --alpha fixed, a layer of rank "
-             "r_l is scaled by alpha/r_l. The rank benchmark (docs/study/rank) "
-             "tests this allocation against uniform, EVA-style and random ones at equal rank units; until it has "
-             "scored it, train both this and a uniform r and compare. With the allocation:", "",
+             f"r_l is scaled by alpha/r_l. {allocation_text(advice['benchmark'])} With the allocation:", "",
              f"    {train_command(cfg)}", "",
              "![ranks per layer](probe.png)", "",
              "| layer | gradient | gradient covariance | activation | allocated |", "|---|---:|---:|---:|---:|"]
