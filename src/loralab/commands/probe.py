@@ -151,8 +151,8 @@ def scored_text(advice: dict) -> str:
     """How the recommendation was made and how the predictor scored on the rank benchmark, in one sentence."""
     benchmark = advice["benchmark"]
     if "rho" not in benchmark:
-        return f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); " \
-               f"{benchmark['status']}"
+        return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); "
+                f"{benchmark['status']}")
     scored = (f"Spearman ρ = {benchmark['rho']:.2f} against measured needed ranks (n = {benchmark['n']} tasks, "
               f"one-sided p = {benchmark['p_value']:.2g})")
     if advice["basis"] == "predictor":
