@@ -12,23 +12,37 @@ from loralab.experiments.context import Context
 from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
 
 
-def with_benchmark(units: list[tuple[str, float, list]]) -> Context:
-    """A study whose claim 9 (the rank benchmark) has already given these (name, r90, interval) units, 2 seeds each."""
-    found = [{"name": n, "needed_rank": r, "interval": i, "kept": True, "seeds": 2, "predicted": {}} for n, r, i in units]
+def with_benchmark(units: list[tuple]) -> Context:
+    """A study whose claim 9 (the rank benchmark) has already given these (name, r90, interval[, per-seed r90]) units,
+    2 seeds each unless per-seed values are given."""
+    found = [{"name": n, "needed_rank": r, "interval": i, "kept": True, "seeds": len(rest[0]) if rest else 2,
+              "needed_rank_per_seed": dict(enumerate(rest[0])) if rest else {0: r, 1: r}, "predicted": {}}
+             for n, r, i, *rest in units]
     found.append({"name": "dropped", "needed_rank": 64.0, "interval": [40.0, 64.0], "kept": False, "seeds": 2,
-                  "predicted": {}})
+                  "needed_rank_per_seed": {0: 64.0, 1: 64.0}, "predicted": {}})
     return Context(tasks=("movie",), seeds=(0, 1), root=Path("unused"), out=Path("unused"), executor=None,
                    outcomes={9: {"units": found}})
 
 
-def test_claim_2_needs_two_intervals_apart_and_names_the_seeds_for_an_interval_across_8():
-    """c2 [0.8, 1.2] and c4 [6, 12] are apart: task-dependent holds. c4 straddles 8 at r90 = 9: small is undecided;
-    its log half-width ln(2)/2 = 0.347 must shrink below ln(9/8) = 0.118, so 2·(0.347/0.118)² = 17.3 → 18 seeds.
-    The unit the benchmark dropped (r90 64) counts for nothing."""
-    c = claim_2(with_benchmark([("c2", 1.0, [0.8, 1.2]), ("c4", 9.0, [6.0, 12.0]), ("c8", 2.5, [2.0, 3.0])]))
+def test_claim_2_task_dependence_is_a_test_of_the_seeds_and_names_the_seeds_for_an_interval_across_8():
+    """Three units whose three seeds each separate completely: Kruskal–Wallis permutation p = 6/1680 ≈ 0.004 < 0.05,
+    task-dependent holds. c4 straddles 8 at r90 = 9: small is undecided; its log half-width ln(2)/2 = 0.347 must
+    shrink below ln(9/8) = 0.118, so 3·(0.347/0.118)² = 26.0 → 26 seeds. The unit the benchmark dropped counts for
+    nothing."""
+    c = claim_2(with_benchmark([("c2", 1.0, [0.8, 1.2], [0.9, 1.0, 1.1]), ("c4", 9.0, [6.0, 12.0], [8.0, 9.0, 10.0]),
+                                ("c8", 2.5, [2.0, 3.0], [2.4, 2.5, 2.6])]))
     assert (c["task_dependent"], c["small"], c["verdict"]) == (HOLDS, INCONCLUSIVE, INCONCLUSIVE)
-    assert c["power"]["n_needed_small"] == 18 and c["power"]["n_needed_task_dependent"] is None
+    assert c["across_units"]["p_value"] == pytest.approx(6 / 1680, abs=1e-3)
+    assert c["power"]["n_needed_small"] == 26 and c["power"]["n_needed_task_dependent"] is None
     assert [r["unit"] for r in c["rows"]] == ["c2", "c8", "c4"] and c["spread"] == pytest.approx(9.0)
+
+
+def test_claim_2_intervals_apart_do_not_make_task_dependence_when_the_seeds_overlap():
+    """The same intervals, but each unit's seeds spread over the others' (one seed 20× another, as the benchmark saw):
+    Kruskal–Wallis p far above 0.05, so intervals apart are not enough — inconclusive."""
+    c = claim_2(with_benchmark([("c2", 1.0, [0.8, 1.2], [0.9, 9.5, 2.4]), ("c4", 9.0, [6.0, 12.0], [8.0, 1.0, 2.6]),
+                                ("c8", 2.5, [2.0, 3.0], [2.5, 10.0, 1.1])]))
+    assert c["task_dependent"] == INCONCLUSIVE and c["across_units"]["p_value"] > 0.5
 
 
 def test_claim_2_fails_task_dependence_when_narrow_intervals_share_a_rank():
@@ -42,10 +56,11 @@ def test_claim_2_fails_task_dependence_when_narrow_intervals_share_a_rank():
 def test_claim_2_wide_overlapping_intervals_are_inconclusive_with_the_seeds_that_would_decide():
     """[1, 8] and [2, 16] overlap and are 8× wide: undecided. The extremes' half-widths ln 8/2 + ln 8/2 = ln 8 must
     fall below ln(8/2.8) (the observed spread): 2·(ln 8 / ln 2.857)² = 7.86 → 8 seeds. An open interval ([9, None])
-    starting above 8 makes small fail."""
+    starting above 8 makes small fail; four seeds a unit that separate completely (p = 2/70) make it task-dependent."""
     c = claim_2(with_benchmark([("low", 2.8, [1.0, 8.0]), ("high", 8.0, [2.0, 16.0])]))
     assert c["task_dependent"] == INCONCLUSIVE and c["power"]["n_needed_task_dependent"] == 8
-    c = claim_2(with_benchmark([("low", 2.8, [1.0, 4.0]), ("open", 20.0, [9.0, None])]))
+    c = claim_2(with_benchmark([("low", 2.8, [1.0, 4.0], [2.5, 2.7, 2.9, 3.1]), ("open", 20.0, [9.0, None],
+                                                                              [18.0, 19.0, 21.0, 22.0])]))
     assert (c["small"], c["task_dependent"]) == (FAILS, HOLDS)
     assert "open 20 [9, ?]" in c["summary"]
 

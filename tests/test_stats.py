@@ -54,3 +54,16 @@ def test_what_decides_an_interval():
     assert decided["n_needed"] == stats.n_needed(0.01, 0.005) and 30 < decided["n_needed"] < 40
     clear = stats.what_decides(stats.mean_ci([0.90, 0.91, 0.92]), 0.98)
     assert clear["n_needed"] is None
+
+
+def test_kruskal_test_statistic_and_exact_permutation_p():
+    """Three groups of three that separate completely: H = 7.2 (as scipy's, no ties) and p = 3!/(9!/(3!)³) = 6/1680
+    (each of the 3! orderings of the groups is as extreme). Groups that interleave: H = 0.286, p near 1."""
+    from scipy.stats import kruskal
+
+    apart = {"a": [1.0, 2.0, 3.0], "b": [4.0, 5.0, 6.0], "c": [7.0, 8.0, 9.0]}
+    found = stats.kruskal_test(apart, permutations=50_000)
+    assert found["statistic"] == pytest.approx(kruskal(*apart.values()).statistic) == pytest.approx(7.2)
+    assert found["p_value"] == pytest.approx(6 / 1680, abs=1e-3) and (found["n"], found["groups"]) == (9, 3)
+    mixed = stats.kruskal_test({"a": [1.0, 5.0], "b": [2.0, 6.0], "c": [3.0, 4.0]}, permutations=20_000)
+    assert mixed["statistic"] == pytest.approx(2 / 7) and mixed["p_value"] > 0.9

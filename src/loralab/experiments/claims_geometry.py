@@ -200,7 +200,7 @@ def claim_9(ctx: Context) -> dict:
         final = FAILS if power is not None and power >= 0.8 else INCONCLUSIVE
     allocation = {unit: {k: row["allocations"][k].get("minus_uniform") for k in ("predicted", "eva", "random")}
                   for unit, row in report["allocation"].items()}
-    carried = ("name", "needed_rank", "interval", "kept", "seeds", "predicted")
+    carried = ("name", "needed_rank", "interval", "kept", "seeds", "needed_rank_per_seed", "predicted")
     return {"verdict": final, "primary": report["primary"], "spearman": rho, "p_value": p, "n": n, "power": report["power"],
             "units": [{k: u[k] for k in carried} for u in report["units"]],
             "allocation": allocation, "learning_rates": report["learning_rates"], "spread": report["spread"],
