@@ -117,7 +117,7 @@ def test_probe_recommends_from_the_predictor_until_the_benchmark_finds_it_does_n
     assert scored_text(advice) == (
         "from what the rank benchmark measured, not from this task: its 13 tasks needed r90 0.99–7.2 (median 2.5; r90 "
         "on held-out loss, MiniLM-L6 classification), and gradient_effective_rank, the pre-registered predictor, did "
-        "not predict them (Spearman ρ = -0.26 against measured needed ranks (n = 13 tasks, one-sided p = 0.81)). Its "
+        "not predict them (Spearman ρ = -0.26 against the measured needed ranks of 13 tasks, one-sided p = 0.81). Its "
         "value for this task would give r = 4 (2–16)")
     assert allocation_text(advice["benchmark"]).startswith(
         "On the rank benchmark this allocation had lower test loss than uniform at equal rank units on 1 of 4 tasks "
@@ -131,10 +131,11 @@ def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
 
     out = tmp_path / "probe"
     assert main(["probe", "--model", tiny["model"], "--data", tiny["data"], "--batches", "2", "--batch-size", "8",
-                 "--head-steps", "5", "--r", "3", "--out", str(out)]) == 0
+                 "--head-steps", "5", "--r", "3", "--out", str(out), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     result = json.loads((out / "probe.json").read_text())
     assert printed["recommendation"] == result["recommendation"]
+    assert printed["train_uniform"].split()[-2:] == ["--rank", str(result["recommendation"]["rank"])]
     assert f"**Recommended rank: {result['recommendation']['rank']}**" in (out / "probe.md").read_text()
     allocated = result["allocated_rank"]
     assert len(allocated) == 4 and sum(allocated.values()) == 3 * 4 and min(allocated.values()) >= 1
@@ -145,6 +146,22 @@ def test_probe_writes_a_rank_pattern_that_train_takes(tiny, tmp_path, capsys):
     assert {path: f.rank for path, f in factors(tmp_path / "run" / "adapter").items()} == allocated
     kept = json.loads((tmp_path / "run" / "config.json").read_text())["lora"]["rank_pattern"]
     assert kept == json.loads((out / "rank_pattern.json").read_text())
+
+
+def test_probe_prints_its_advice_and_both_train_commands(tiny, tmp_path, capsys):
+    """Without --json the probe prints sentences a person reads: the rank with how it was made, then the uniform and
+    the allocated train command, each on its own indented line."""
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", tiny["model"], "--data", tiny["data"], "--batches", "2", "--batch-size", "8",
+                 "--head-steps", "5", "--r", "3", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    advice = json.loads((out / "probe.json").read_text())["recommendation"]
+    assert lines[0].startswith(f"Recommended rank: {advice['rank']} (try {advice['try'][0]}–{advice['try'][1]}), ")
+    assert lines[1].startswith("Allocated 3 × 4 layers = 12 rank units in proportion to each layer's "
+                               "gradient_effective_rank. ")
+    base = f"    loralab train --model {tiny['model']} --data {tiny['data']}"
+    assert lines[-4:] == ["Train with one rank:", f"{base} --rank {advice['rank']}", "or with the allocated ranks:",
+                          f"{base} --rank-pattern {out / 'rank_pattern.json'}"]
 
 
 def test_a_rank_pattern_file_that_cannot_be_read(tiny, tmp_path, capsys):

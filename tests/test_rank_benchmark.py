@@ -421,6 +421,11 @@ def test_allocation_table_gives_learning_rates_edges_and_what_the_interval_detec
     lines = rank_report.allocation_table({"allocation": {"trec-c4": {"budget": 48, "allocations": table}}})
     assert lines[2] == ("| trec-c4 | 48 | 0.5000 (0.001) | -0.0200 [-0.0448, +0.0048] (0.003) | "
                         "+0.0233 [-0.0392, +0.0858] (0.001) | +0.0000 [-0.0248, +0.0248] (0.000333, edge) |")
+    ranks = {"uniform": {"q": 2, "v": 2}, "predicted": {"q": 3, "v": 1}, "eva": {"q": 2, "v": 2}, "random": {"q": 1, "v": 3}}
+    same = rank_report.allocation_table({"allocation": {"trec-c4": {"budget": 4, "allocations": table, "ranks": ranks}}})
+    assert same[2].split(" | ")[4] == "same ranks as uniform (0.001)"
+    assert "eva lower on 0 of 1 units (interval below 0 on 0, above 0 on 0; the same ranks as uniform on 1)" in (
+        rank_report.allocation_summary({"allocation": {"trec-c4": {"allocations": table, "ranks": ranks}}}))
     sd = table["predicted"]["minus_uniform"]["sd"]
     assert lines[4] == (f"What the predicted − uniform interval can detect with 80% power (paired t-test): trec-c4 "
                         f"(detects ±{stats.detectable_effect(sd, 3):.3f} at n = 3 seeds; n ≈ "

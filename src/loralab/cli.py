@@ -476,16 +476,16 @@ def probe_flags(parser: argparse.ArgumentParser) -> None:
     from loralab.commands.probe_config import ProbeConfig
 
     add_dataclass_flags(parser, ProbeConfig)
+    parser.add_argument("--json", action="store_true",
+                        help="print the recommendation, predicted ranks and train commands as JSON")
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from loralab.commands.probe import PATTERN_FILE, ProbeConfig, train_command, write_probe
+    from loralab.commands.probe import ProbeConfig, probe_summary, probe_text, write_probe
 
     cfg = ProbeConfig(**dataclass_values(ProbeConfig, args))
     result = write_probe(cfg)
-    print(json.dumps({"recommendation": result["recommendation"], "predicted_rank": result["predicted_rank"],
-                      "rank_pattern": str(Path(cfg.out) / PATTERN_FILE),
-                      "train": train_command(cfg), "seconds": round(result["seconds"], 1)}, indent=2, ensure_ascii=False))
+    print(json.dumps(probe_summary(cfg, result), indent=2, ensure_ascii=False) if args.json else probe_text(cfg, result))
     return 0
 
 

@@ -153,8 +153,8 @@ def scored_text(advice: dict) -> str:
     if "rho" not in benchmark:
         return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); "
                 f"{benchmark['status']}")
-    scored = (f"Spearman ρ = {benchmark['rho']:.2f} against measured needed ranks (n = {benchmark['n']} tasks, "
-              f"one-sided p = {benchmark['p_value']:.2g})")
+    scored = (f"Spearman ρ = {benchmark['rho']:.2f} against the measured needed ranks of {benchmark['n']} tasks, "
+              f"one-sided p = {benchmark['p_value']:.2g}")
     if advice["basis"] == "predictor":
         return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); on the "
                 f"rank benchmark it scored {scored}")
@@ -193,6 +193,27 @@ def write_probe(cfg: ProbeConfig) -> dict:
     return result
 
 
+def probe_summary(cfg: ProbeConfig, result: dict) -> dict:
+    """What `loralab probe --json` prints: the recommendation with how its predictor scored on the rank benchmark,
+    the predicted ranks, and the two ways to train (one rank everywhere; the allocated rank pattern)."""
+    return {"recommendation": result["recommendation"], "predicted_rank": result["predicted_rank"],
+            "rank_pattern": str(Path(cfg.out) / PATTERN_FILE),
+            "train": train_command(cfg), "train_uniform": train_command(cfg, result["recommendation"]["rank"]),
+            "seconds": round(result["seconds"], 1)}
+
+
+def probe_text(cfg: ProbeConfig, result: dict) -> str:
+    """What `loralab probe` prints: the recommendation and how it was made, the allocation's record, the commands."""
+    advice = result["recommendation"]
+    return "\n".join([
+        f"Recommended rank: {advice['rank']} (try {advice['try'][0]}–{advice['try'][1]}), {scored_text(advice)}.",
+        f"Allocated {cfg.r} × {len(result['allocated_rank'])} layers = {sum(result['allocated_rank'].values())} rank "
+        f"units in proportion to each layer's {PRIMARY}. {allocation_text(advice['benchmark'])}",
+        f"Per-layer table and plot: {Path(cfg.out) / 'probe.md'} (probe.json, probe.png).",
+        "Train with one rank:", f"    {train_command(cfg, advice['rank'])}",
+        "or with the allocated ranks:", f"    {train_command(cfg)}"])
+
+
 def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
     allocated, advice = result["allocated_rank"], result["recommendation"]
     lines = [f"# Rank probe: {cfg.model} on {cfg.data}", "",
@@ -203,8 +224,9 @@ def probe_markdown(cfg: ProbeConfig, result: dict) -> str:
              + ", ".join(f"{k} {v:g}" for k, v in result["predicted_rank"].items()) + ".", "",
              f"Allocated: {cfg.r} × {len(allocated)} layers = {sum(allocated.values())} rank units, in proportion to "
              f"each layer's {PRIMARY} (≥ 1 each); {PATTERN_FILE} holds them. With --alpha fixed, a layer of rank "
-             f"r_l is scaled by alpha/r_l. {allocation_text(advice['benchmark'])} With the allocation:", "",
-             f"    {train_command(cfg)}", "",
+             f"r_l is scaled by alpha/r_l. {allocation_text(advice['benchmark'])}", "",
+             "With one rank, and with the allocation:", "",
+             f"    {train_command(cfg, advice['rank'])}", f"    {train_command(cfg)}", "",
              "![ranks per layer](probe.png)", "",
              "| layer | gradient | gradient covariance | activation | allocated |", "|---|---:|---:|---:|---:|"]
     lines += [f"| {p} | {r['gradient']} | {r['gradient_covariance']} | {r['activation']} | {allocated[p]} |"

@@ -57,10 +57,11 @@ class ProbeConfig:
 PATTERN_FILE = "rank_pattern.json"
 
 
-def train_command(cfg: ProbeConfig) -> str:
-    """The ``loralab train`` command that trains the probed layers with the allocated ranks."""
+def train_command(cfg: ProbeConfig, rank: Optional[int] = None) -> str:
+    """The ``loralab train`` command that trains the probed layers with the allocated ranks, or with one ``rank``
+    on every layer."""
     targets = ["--targets", cfg.targets] if cfg.targets else []
-    return shlex.join(["loralab", "train", "--model", cfg.model, "--data", cfg.data, *targets,
-                       "--rank-pattern", str(Path(cfg.out) / PATTERN_FILE)])
+    ranks = ["--rank", str(rank)] if rank is not None else ["--rank-pattern", str(Path(cfg.out) / PATTERN_FILE)]
+    return shlex.join(["loralab", "train", "--model", cfg.model, "--data", cfg.data, *targets, *ranks])
 
 

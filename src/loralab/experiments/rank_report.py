@@ -70,6 +70,13 @@ def tuned_lr(arm: dict) -> str:
     return f"{arm['lr']:g}" + (", edge" if arm.get("at_edge") else "")
 
 
+def same_as_uniform(row: dict, name: str) -> bool:
+    """Whether allocation ``name`` gave every layer the rank uniform gave it (an empty comparison: e.g. EVA's
+    explained-variance shares round to the uniform split at a small budget)."""
+    ranks = row.get("ranks") or {}
+    return name in ranks and ranks[name] == ranks.get("uniform")
+
+
 def allocation_table(report: dict) -> list[str]:
     """Per unit: the budget, uniform's mean test loss, each allocation's paired difference to uniform [95%
     t-interval] and its tuned learning rate, then what the intervals could detect at their n."""
@@ -79,7 +86,8 @@ def allocation_table(report: dict) -> list[str]:
     for unit, row in report["allocation"].items():
         a = row["allocations"]
         uniform = sum(a["uniform"]["test_loss"].values()) / len(a["uniform"]["test_loss"])
-        cells = [f"{a[k]['minus_uniform']['mean']:+.4f} [{a[k]['minus_uniform']['low']:+.4f}, "
+        cells = [f"same ranks as uniform ({tuned_lr(a[k])})" if same_as_uniform(row, k) else
+                 f"{a[k]['minus_uniform']['mean']:+.4f} [{a[k]['minus_uniform']['low']:+.4f}, "
                  f"{a[k]['minus_uniform']['high']:+.4f}] ({tuned_lr(a[k])})" for k in ("predicted", "eva", "random")]
         lines.append(f"| {unit} | {row['budget']} | {uniform:.4f} ({tuned_lr(a['uniform'])}) | " + " | ".join(cells) + " |")
         power = a["predicted"]["minus_uniform"].get("power")
@@ -123,8 +131,9 @@ def allocation_summary(report: dict) -> str:
         lower = sum(1 for d in diffs if d["mean"] < 0)
         better = sum(1 for d in diffs if d["n"] > 1 and d["high"] < 0)  # one seed has no interval
         worse = sum(1 for d in diffs if d["n"] > 1 and d["low"] > 0)
+        same = sum(same_as_uniform(row, name) for row in rows.values())
         parts.append(f"{name} lower on {lower} of {len(diffs)} units (interval below 0 on {better}, above 0 on "
-                     f"{worse})")
+                     f"{worse}{f'; the same ranks as uniform on {same}' if same else ''})")
     return "Test loss against uniform: " + "; ".join(parts) + "."
 
 
@@ -191,8 +200,12 @@ def plot_scatter(report: dict, path: Path) -> Path:
     ax.errorbar(x, y, yerr=[[max(v - (u["interval"][0] or v), 0) for v, u in zip(y, kept)],
                             [max((u["interval"][1] or v) - v, 0) for v, u in zip(y, kept)]],
                 fmt="o", capsize=3, color="tab:blue")
-    for xi, yi, u in zip(x, y, kept):
-        ax.annotate(u["name"], (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    span = (max(x) - min(x)) or 1.0 if x else 1.0
+    placed: list[tuple[float, float]] = []
+    for xi, yi, u in zip(x, y, kept):  # a label whose point nearly coincides with an earlier one goes below it
+        crowded = any(abs(xi - px) < 0.06 * span and abs(math.log(yi / py)) < 0.15 for px, py in placed)
+        ax.annotate(u["name"], (xi, yi), textcoords="offset points", xytext=(4, -10 if crowded else 3), fontsize=7)
+        placed.append((xi, yi))
     ax.set(xlabel=f"{report['primary']} (before training)", ylabel="needed rank r90 (log scale)", yscale="log",
            title=f"ρ = {fmt(report.get('spearman'), '.2f')}, p = {fmt(report.get('p_value'), '.2g')}, "
                  f"n = {report.get('n')}")
@@ -202,15 +215,17 @@ def plot_scatter(report: dict, path: Path) -> Path:
 def plot_gain(report: dict, path: Path) -> Path:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
-    for u in report["units"]:
+    colors = plt.get_cmap("tab10").colors
+    for i, u in enumerate(report["units"]):  # ten colours, then the same colours dashed
         means = {int(k): v for k, v in u["mean_test_loss"].items()}
         rungs = sorted(means)
         head, best = means[rungs[0]], min(means.values())
         if head - best <= 0:
             continue
         xs = [math.log2(r) if r else -1 for r in rungs]
-        ax.plot(xs, [(head - means[r]) / (head - best) for r in rungs], marker="o", markersize=3, linewidth=1,
-                label=u["name"], alpha=1.0 if u["kept"] else 0.35)
+        ax.plot(xs, [(head - means[r]) / (head - best) for r in rungs], marker="os"[i // 10 % 2], markersize=3,
+                linewidth=1, linestyle=("-", "--")[i // 10 % 2], color=colors[i % 10], label=u["name"],
+                alpha=1.0 if u["kept"] else 0.35)
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks([-1, 0, 1, 2, 3, 4, 5, 6], ["head", "1", "2", "4", "8", "16", "32", "64"])
     ax.set(xlabel="LoRA rank r (s = α/r, q/v)", ylabel="normalised gain g(r)", title="Test-loss gain over the head alone")
@@ -226,6 +241,11 @@ def lr_lines(lrs: dict) -> list[str]:
     return [line("head (every unit)", lrs["head"]), *(line(f"LoRA, {u}", v) for u, v in lrs["lora"].items())]
 
 
+def listed(values) -> str:
+    """Seeds or rungs as "0, 1, 2" (the same from the run's tuples as from rank.json's lists)."""
+    return ", ".join(str(v) for v in values)
+
+
 def write_report(report: dict, out: Path) -> None:
     figures = out / "figures"
     figures.mkdir(parents=True, exist_ok=True)
@@ -235,8 +255,9 @@ def write_report(report: dict, out: Path) -> None:
     lines = ["# The rank benchmark: is the rank a task needs predictable before training?", "",
              verdict(report), "",
              f"Needed rank: r90 on the held-out loss (see README.md for the definition), {len(report['units'])} units, "
-             f"{report['test']['n']} kept; seeds {report['plan']['seeds']} (and seed {report['plan']['third_seed']} where the "
-             f"r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs {report['plan']['rungs']}.", "",
+             f"{report['test']['n']} kept; seeds {listed(report['plan']['seeds'])} (and seed {report['plan']['third_seed']} "
+             f"where the r90 interval spans more than ×{report['plan']['decisive_ratio']:g}); rungs "
+             f"{listed(report['plan']['rungs'])}.", "",
              spread_line(report.get("spread")), "", agreement_line(report), "", convergence_line(report), "",
              "![needed vs predicted](figures/needed_vs_predicted.png)", "", *units_table(report), "",
              "![gain curves](figures/gain_curves.png)", "", "## Every predictor", "", *tests_table(report), "",
