@@ -87,3 +87,21 @@ def test_per_text_forgetting_adds_up_to_the_totals():
         alone = float(tuned(input_ids=ids, labels=ids).loss - base(input_ids=ids, labels=ids).loss)
     assert per["loss_increase"][2] / 6 == pytest.approx(alone, abs=1e-5)
     assert "per_text" not in lm_forgetting(base, tuned, rows, pad_id=0)
+
+
+def test_a_runs_forgetting_is_computed_once_per_reference_set(tmp_path, monkeypatch):
+    """`cached_forgetting` keeps the result in the run's directory, keyed by the reference texts' token ids: a
+    second read returns it without computing; other reference texts compute again."""
+    computed = []
+
+    def measure(run_dir, base, rows, pad_id):
+        computed.append(len(rows))
+        return {"loss_increase": 0.125 * len(rows), "kl_base_tuned": 0.1, "per_text": {"tokens": [3] * len(rows)}}
+
+    monkeypatch.setattr(fr, "forgetting_of", measure)
+    rows = [{"input_ids": [1, 2, 3], "labels": [1, 2, 3]}, {"input_ids": [4, 5], "labels": [4, 5]}]
+    first = fr.cached_forgetting(tmp_path, None, rows, 0)
+    assert fr.cached_forgetting(tmp_path, None, rows, 0) == first == measure(None, None, rows, 0)
+    assert computed == [2, 2]  # once by the cache, once by the comparison above
+    assert fr.cached_forgetting(tmp_path, None, rows[:1], 0)["loss_increase"] == 0.125 and computed == [2, 2, 1]
+    assert len(list(tmp_path.glob("forgetting-bbc-*.json"))) == 2

@@ -26,6 +26,7 @@ import torch
 
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import Context
+from loralab.progress import progress
 
 REFERENCE, REFERENCE_TEXTS, REFERENCE_TOKENS = "bbc", 200, 128
 CIPHER_SEED = 0
@@ -97,17 +98,36 @@ def smollm2_forgetting(ctx: Context) -> dict:
     results = ctx.run(list(units.values()))
     base, tokenizer, rows, base_loss = base_and_reference(ctx.out / "forgetting", files)
     points = []
+    bar = progress(len(units), "forgetting on the reference texts")
     for (arm, lr, seed), unit in units.items():
         r = results[unit.name]
-        found = forgetting_of(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)
+        found = cached_forgetting(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)
+        bar.update()
         points.append({"arm": arm, "lr": lr, "seed": seed, "name": unit.name, "trainable_params": r.trainable_params,
                        "test_loss": r.test["loss"], "gain": base_loss - r.test["loss"],
                        "forgetting": found["loss_increase"], "kl": found["kl_base_tuned"],
                        "per_text": found["per_text"]})
+    bar.close()
     gain = matched_gain(points)
     compared = {arm: matched_difference(points, "full", arm, gain) for arm in plan.SMOLLM2_ARMS if arm != "full"}
     return {"base_test_loss": base_loss, "matched_gain": gain, "compared": compared, "reference_texts": len(rows),
             "points": [{k: v for k, v in p.items() if k != "per_text"} for p in points]}
+
+
+def cached_forgetting(run_dir: Path, base, rows: list[dict], pad_id: int) -> dict:
+    """`forgetting_of`, kept as JSON in the run's directory (one file per reference set, named by a hash of its
+    token ids), so that a study re-read does not recompute it (≈ 1–2 min per SmolLM2 run on 2 cores)."""
+    import hashlib
+
+    from loralab.io.atomic import atomic_write_json
+
+    digest = hashlib.sha256(json.dumps([r["input_ids"] for r in rows]).encode()).hexdigest()[:12]
+    path = run_dir / f"forgetting-{REFERENCE}-{digest}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    found = forgetting_of(run_dir, base, rows, pad_id)
+    atomic_write_json(path, found)
+    return found
 
 
 @torch.no_grad()
