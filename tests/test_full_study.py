@@ -193,6 +193,7 @@ def test_ray_executor_joins_a_running_cluster_through_ray_address(tiny, tmp_path
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
     try:
         executor = make_executor("ray", workers=2)
+        assert executor.kind == "ray" and make_executor("local", workers=2).kind == "local"  # as reports name them
         assert ray.get_runtime_context().gcs_address.endswith(f":{port}")  # joined the head, not a Ray of its own
         results = run_units(tiny_units(tiny), tmp_path, executor, desc="ray")
     finally:

@@ -172,6 +172,8 @@ def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
 class LocalExecutor:
     """``workers`` units at a time on this machine, each with cores // workers threads."""
 
+    kind = "local"  # the --executor value that makes one
+
     def __init__(self, workers: int = 1, threads: Optional[int] = None):
         if workers < 1:
             raise ConfigError(f"--workers must be ≥ 1, got {workers}.")
@@ -193,6 +195,8 @@ class RayExecutor:
     needs loralab and the data packages installed, and the run root on storage all nodes see
     (docs/training.md, "Ray").
     """
+
+    kind = "ray"
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None, address: Optional[str] = None):
         try:

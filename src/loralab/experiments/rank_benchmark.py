@@ -587,7 +587,7 @@ def run_rank_benchmark(out: str | Path = "docs/study/rank", runs: str | Path = "
     ``<out>/runs.jsonl`` (None) — committed beside the report, so its numbers regenerate without the run root."""
     started = time.time()
     plan = plan or Plan()
-    kind = executor if isinstance(executor, str) else type(executor).__name__
+    kind = executor if isinstance(executor, str) else getattr(executor, "kind", type(executor).__name__)
     if isinstance(executor, str):
         executor = make_executor(executor, workers, threads=plan.threads, address=address)
     bench = Bench(plan, Path(runs), executor, archive=Path(archive or Path(out) / "runs.jsonl"))
