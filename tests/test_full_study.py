@@ -202,3 +202,14 @@ def test_ray_executor_joins_a_running_cluster_through_ray_address(tiny, tmp_path
     assert sorted(results) == ["tiny-s0", "tiny-s1"]
     version = code_version()
     assert all((unit_dir(tmp_path, u, version) / "result.json").exists() for u in tiny_units(tiny))
+
+
+def test_the_report_header_states_the_rank_benchmarks_compute_beside_the_studys():
+    from loralab.experiments.study_report import compute_text
+
+    study = {"meta": {"compute": {"runs": 190, "run_hours": 6.0, "workers": 2}, "wall_time_s": 3600.0},
+             "claims": {"9": {"compute": {"runs": 401, "run_hours": 21.5, "workers": 2}}}}
+    assert compute_text(study) == ("190 runs, 6.0 h of run time (2 at a time ≈ 3.0 h elapsed), plus the rank "
+                                   "benchmark's 401 runs, 21.5 h of run time (≈ 10.8 h elapsed); this invocation 1.00 h")
+    del study["claims"]["9"]
+    assert compute_text(study) == "190 runs, 6.0 h of run time (2 at a time ≈ 3.0 h elapsed); this invocation 1.00 h"

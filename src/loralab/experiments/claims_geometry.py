@@ -185,7 +185,7 @@ def claim_8(ctx: Context) -> dict:
 
 @claim(9, "The needed rank can be predicted before training (the rank benchmark)")
 def claim_9(ctx: Context) -> dict:
-    """`experiments.rank_benchmark` on its 12 units (pre-registered in docs/study/rank/README.md): the primary
+    """`experiments.rank_benchmark` on its 13 units (pre-registered in docs/study/rank/README.md): the primary
     predictor's one-sided Spearman test against the measured r90 at α = 0.01, with its power at ρ = 0.8."""
     from loralab.experiments.rank_benchmark import run_rank_benchmark, study_plan
 
@@ -204,6 +204,7 @@ def claim_9(ctx: Context) -> dict:
     return {"verdict": final, "primary": report["primary"], "spearman": rho, "p_value": p, "n": n, "power": report["power"],
             "units": [{k: u[k] for k in carried} for u in report["units"]],
             "allocation": allocation, "learning_rates": report["learning_rates"], "spread": report["spread"],
+            "compute": report.get("compute"),
             "summary": f"pre-registered predictor {report['primary']} against the measured needed rank r90 over n = {n} "
                        f"units: Spearman ρ = {'n/a' if rho is None else format(rho, '+.2f')}, one-sided permutation "
                        f"p = {'n/a' if p is None else format(p, '.2g')} (α = 0.01), power at ρ = 0.8: "
