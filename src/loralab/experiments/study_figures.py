@@ -30,21 +30,27 @@ def errorbar(ax, x, ci: dict, **kw):
 
 
 def claim_1(c: dict, path: Path):
+    """Test accuracy per task: full FT, LoRA r=8 on q/v (the registered arm, its ratio printed above it) and, when
+    the study ran it, LoRA r=8 on every linear layer."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    arms = [("full", "tab:grey", "full fine-tuning"), ("lora_r8", "tab:blue", "LoRA r=8 (q/v)"),
+            ("all_linear_r8", "tab:cyan", "LoRA r=8 (all linear)")]
+    arms = [a for a in arms if all(a[0] in row for row in c["rows"])]
+    width = 0.8 / len(arms)
     for i, row in enumerate(c["rows"]):
-        for dx, key, color, label in ((-0.15, "full", "tab:grey", "full fine-tuning"),
-                                      (0.15, "lora_r8", "tab:blue", "LoRA r=8 (q/v)")):
+        for a_index, (key, color, label) in enumerate(arms):
             ci = row[key]
-            ax.bar(i + dx, ci["mean"], 0.3, color=color, label=label if i == 0 else None)
-            ax.errorbar(i + dx, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], color="black",
-                        capsize=3)
-        ax.annotate(f"{row['ratio']['mean']:.3f}×", (i, row["lora_r8"]["high"] + 0.01), ha="center", fontsize=8)
+            x = i + (a_index - (len(arms) - 1) / 2) * width
+            ax.bar(x, ci["mean"], width, color=color, label=label if i == 0 else None)
+            errorbar(ax, x, ci, color="black")
+        top = max(row[key]["high"] for key, _, _ in arms)
+        ax.annotate(f"q/v {row['ratio']['mean']:.3f}×", (i, min(top, 1.0) + 0.01), ha="center", fontsize=8)
     ax.set_xticks(range(len(c["rows"])), [r["task"] for r in c["rows"]])
-    low = min(r["lora_r8"]["low"] for r in c["rows"])
-    ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(max(0, low - 0.1), 1.0),
-           title=f"LoRA r=8 / full FT (label: ratio); {c['params_fewer']:.0f}× fewer trainable parameters")
-    ax.legend(fontsize=8, loc="lower right")
+    low = min(r[key]["low"] for r in c["rows"] for key, _, _ in arms)
+    ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(max(0, low - 0.05), 1.06),
+           title=f"LoRA r=8 / full FT (label: ratio); q/v {c['params_fewer']:.0f}× fewer trainable parameters")
+    ax.legend(fontsize=7, loc="lower right")
     return save(fig, path)
 
 
@@ -85,7 +91,7 @@ def claim_2(c: dict, path: Path):
            title=f"small (≤ 8): {c.get('small', 'n/a')}; task-dependent: {c.get('task_dependent', 'n/a')}")
     ax.set_xticks([0.5, 1, 2, 4, 8, 16, 32, 64], ["head", "1", "2", "4", "8", "16", "32", "64"])
     ax.minorticks_off()
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axis: never over an interval
     return save(fig, path)
 
 
@@ -139,17 +145,22 @@ def claim_5(c: dict, path: Path):
 
 
 def claim_6(c: dict, path: Path):
+    """k@90 of every linear layer's full-FT ΔW against its two nulls: a Gaussian matrix of the same shape (left) and
+    ΔW of the shuffled-label run (right: the optimizer's own noise), with y = x and y = x/2."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for row in c["rows"]:
-        layers = list(row["layers"].values())
-        ax.scatter([v["random_k90"] for v in layers], [v["k90"] for v in layers], s=14, label=row["task"])
-    top = max(v["random_k90"] for r in c["rows"] for v in r["layers"].values())
-    ax.plot([0, top], [0, top], color="grey", linewidth=1, label="k@90 of a random matrix")
-    ax.plot([0, top], [0, top / 2], color="grey", linestyle="--", linewidth=1, label="half of it")
-    ax.set(xlabel="k@90 of a Gaussian matrix of the same shape", ylabel="k@90 of full-FT ΔW",
-           title="each point: one linear layer of MiniLM")
-    ax.legend(fontsize=7)
+    nulls = [("random_k90", "k@90 of a Gaussian matrix of the same shape")]
+    if all("shuffled_k90" in v for r in c["rows"] for v in r["layers"].values()):
+        nulls.append(("shuffled_k90", "k@90 of ΔW from full FT on shuffled labels"))
+    fig, axes = plt.subplots(1, len(nulls), figsize=(5.2 * len(nulls), 4), squeeze=False)
+    for ax, (key, xlabel) in zip(axes[0], nulls):
+        for row in c["rows"]:
+            layers = list(row["layers"].values())
+            ax.scatter([v[key] for v in layers], [v["k90"] for v in layers], s=14, label=row["task"])
+        top = max(v[key] for r in c["rows"] for v in r["layers"].values())
+        ax.plot([0, top], [0, top], color="grey", linewidth=1, label="y = x")
+        ax.plot([0, top], [0, top / 2], color="grey", linestyle="--", linewidth=1, label="half of it")
+        ax.set(xlabel=xlabel, ylabel="k@90 of full-FT ΔW", title="each point: one linear layer of MiniLM")
+    axes[0][0].legend(fontsize=7)
     return save(fig, path)
 
 
@@ -231,5 +242,29 @@ def claim_11(c: dict, path: Path):
     return save(fig, path)
 
 
+def claim_10(c: dict, path: Path):
+    """Per task (its own head): its own adapter, every adapter summed at w = 1, and its adapter negated — each the
+    mean over the replicates with its 95% t-interval — and the majority-class accuracy."""
+    plt = pyplot()
+    cells = c["cells"]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    bars = [("own", "tab:green", "own adapter"), ("all_w1", "tab:blue", "all adapters summed (w = 1)"),
+            ("negated", "tab:red", "own adapter negated")]
+    width = 0.8 / len(bars)
+    for t_index, cell in enumerate(cells.values()):
+        for b_index, (key, color, label) in enumerate(bars):
+            x = t_index + (b_index - (len(bars) - 1) / 2) * width
+            ax.bar(x, cell[key]["mean"], width, color=color, label=label if t_index == 0 else None)
+            errorbar(ax, x, cell[key], color="black")
+        chance = cell["chance"]["mean"]
+        ax.plot([t_index - 0.45, t_index + 0.45], [chance, chance], color="black", linestyle="--", linewidth=1,
+                label="majority class" if t_index == 0 else None)
+    ax.set_xticks(range(len(cells)), list(cells))
+    ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(0, 1.06),
+           title=f"mean over {c['replicates']} replicates (seeds rotated over tasks)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return save(fig, path)
+
+
 FIGURES = {1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8,
-           9: claim_9, 11: claim_11}
+           9: claim_9, 10: claim_10, 11: claim_11}
