@@ -131,3 +131,11 @@ def test_claim_10_composes_and_interferes_over_replicates():
     assert composition(tables[:1])["composes"] == INCONCLUSIVE  # one replicate decides nothing
     lost = [{"movie": interference_table(0.80, 0.55 + d), "sms": interference_table(0.95, 0.93)} for d in (0, .01, -.01)]
     assert composition(lost)["composes"] == FAILS  # movie's sum keeps under half of its gain: 0.55 < 0.65
+
+
+def test_d90_says_at_most_when_the_grids_smallest_d_already_reaches_the_threshold():
+    from loralab.experiments.claims_training import d90_text
+
+    assert d90_text({"d90": 250, "d90_below": None}) == "≤ 250"  # nothing below 250 was measured
+    assert d90_text({"d90": 1000, "d90_below": 500}) == "1000"  # 500 missed: bracketed
+    assert d90_text({"d90": None, "d90_below": 16000}) == "> 16000"

@@ -254,6 +254,13 @@ def d90_verdict(points: dict[int, dict], threshold: float, limit: int) -> tuple[
     return INCONCLUSIVE, max(within)
 
 
+def d90_text(row: dict) -> str:
+    """"1000", "≤ 250" when the grid's smallest d already reaches the threshold, "> 16000" when none does."""
+    if row["d90"] is None:
+        return f"> {max(plan.D90_DIMS)}"
+    return f"{row['d90']}" if row["d90_below"] is not None else f"≤ {row['d90']}"
+
+
 @claim(5, "Intrinsic dimension is small: d90 (SAID)")
 def claim_5(ctx: Context) -> dict:
     """d90 (the smallest d of the grid, bisected once, whose mean validation accuracy reaches 90% of full FT's) per
@@ -292,7 +299,7 @@ def claim_5(ctx: Context) -> dict:
         rows.append({"task": task, "threshold": threshold, "full_test": mean_ci(full[task].values()), "d90": d90,
                      "d90_below": below, "full_dim": full_dim, "limit": limit, "decided_at": at,
                      "points": dict(sorted(points.items())), "verdict": small, "power": power})
-    found = ", ".join(f"{r['task']} {r['d90'] or '> ' + str(max(plan.D90_DIMS))} ({(r['d90'] or 0) / r['full_dim']:.1e} "
+    found = ", ".join(f"{r['task']} {d90_text(r)} ({(r['d90'] or 0) / r['full_dim']:.1e} "
                       f"of D; {r['verdict']} at d = {r['decided_at']}, its validation accuracy against the 90% "
                       f"threshold{decides_text(r['power']) if r['power'] else ''})" for r in rows)
     scale = f"; small means d90 ≤ 0.1% of the D = {rows[0]['full_dim'] / 1e6:.1f}M weights." if rows else ""

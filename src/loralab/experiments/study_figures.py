@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from loralab.experiments.claims_training import d90_text
 from loralab.plotting import pyplot, save
 
 
@@ -133,6 +134,11 @@ def claim_4(c: dict, path: Path):
     return save(fig, path)
 
 
+def d90_title(row: dict) -> str:
+    text = d90_text(row)
+    return f"{row['task']}: d90 {text}" if text[0] in "≤>" else f"{row['task']}: d90 = {text}"
+
+
 def claim_5(c: dict, path: Path):
     def series(row):
         ds, points = zip(*by_int_key(row["points"]))
@@ -140,7 +146,7 @@ def claim_5(c: dict, path: Path):
 
     return band_figure(c, path, 3.6, series, lambda row: [(row["threshold"], {"color": "red", "linestyle": "--",
                                                                              "label": "90% of full FT"})],
-                       "d90", lambda row: f"{row['task']}: d90 = {row['d90']}", "subspace dimension d",
+                       "d90", d90_title, "subspace dimension d",
                        "validation accuracy (mean, 95% CI)", "SAID validation")
 
 
