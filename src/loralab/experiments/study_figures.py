@@ -30,6 +30,14 @@ def errorbar(ax, x, ci: dict, **kw):
     ax.errorbar([x], [ci["mean"]], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], capsize=3, **kw)
 
 
+def grouped_bar(ax, group: int, k: int, n: int, ci: dict, color: str, label) -> None:
+    """Bar k of the n bars at x = ``group`` (width 0.8 shared), its height ``ci``'s mean with its 95% CI."""
+    width = 0.8 / n
+    x = group + (k - (n - 1) / 2) * width
+    ax.bar(x, ci["mean"], width, color=color, label=label)
+    errorbar(ax, x, ci, color="black")
+
+
 def claim_1(c: dict, path: Path):
     """Test accuracy per task: full FT, LoRA r=8 on q/v (the registered arm, its ratio printed above it) and, when
     the study ran it, LoRA r=8 on every linear layer."""
@@ -38,13 +46,9 @@ def claim_1(c: dict, path: Path):
     arms = [("full", "tab:grey", "full fine-tuning"), ("lora_r8", "tab:blue", "LoRA r=8 (q/v)"),
             ("all_linear_r8", "tab:cyan", "LoRA r=8 (all linear)")]
     arms = [a for a in arms if all(a[0] in row for row in c["rows"])]
-    width = 0.8 / len(arms)
     for i, row in enumerate(c["rows"]):
         for a_index, (key, color, label) in enumerate(arms):
-            ci = row[key]
-            x = i + (a_index - (len(arms) - 1) / 2) * width
-            ax.bar(x, ci["mean"], width, color=color, label=label if i == 0 else None)
-            errorbar(ax, x, ci, color="black")
+            grouped_bar(ax, i, a_index, len(arms), row[key], color, label if i == 0 else None)
         top = max(row[key]["high"] for key, _, _ in arms)
         ax.annotate(f"q/v {row['ratio']['mean']:.3f}×", (i, min(top, 1.0) + 0.01), ha="center", fontsize=8)
     ax.set_xticks(range(len(c["rows"])), [r["task"] for r in c["rows"]])
@@ -117,15 +121,10 @@ def claim_4(c: dict, path: Path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     names = list(c["rows"][0]["placements"])
-    width = 0.8 / len(names)
     for p_index, name in enumerate(names):
         for t_index, row in enumerate(c["rows"]):
-            ci = row["placements"][name]
-            x = t_index + (p_index - (len(names) - 1) / 2) * width
-            ax.bar(x, ci["mean"], width, color=f"C{p_index}",
-                   label=f"{name} ({c['trainable_params'][name]:,} params)" if t_index == 0 else None)
-            ax.errorbar(x, ci["mean"], yerr=[[ci["mean"] - ci["low"]], [ci["high"] - ci["mean"]]], color="black",
-                        capsize=2)
+            grouped_bar(ax, t_index, p_index, len(names), row["placements"][name], f"C{p_index}",
+                        f"{name} ({c['trainable_params'][name]:,} params)" if t_index == 0 else None)
     ax.set_xticks(range(len(c["rows"])), [r["task"] for r in c["rows"]])
     low = min(ci["low"] for r in c["rows"] for ci in r["placements"].values())
     ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(max(0, low - 0.05), 1.0),
@@ -256,12 +255,9 @@ def claim_10(c: dict, path: Path):
     fig, ax = plt.subplots(figsize=(7, 3.8))
     bars = [("own", "tab:green", "own adapter"), ("all_w1", "tab:blue", "all adapters summed (w = 1)"),
             ("negated", "tab:red", "own adapter negated")]
-    width = 0.8 / len(bars)
     for t_index, cell in enumerate(cells.values()):
         for b_index, (key, color, label) in enumerate(bars):
-            x = t_index + (b_index - (len(bars) - 1) / 2) * width
-            ax.bar(x, cell[key]["mean"], width, color=color, label=label if t_index == 0 else None)
-            errorbar(ax, x, cell[key], color="black")
+            grouped_bar(ax, t_index, b_index, len(bars), cell[key], color, label if t_index == 0 else None)
         chance = cell["chance"]["mean"]
         ax.plot([t_index - 0.45, t_index + 0.45], [chance, chance], color="black", linestyle="--", linewidth=1,
                 label="majority class" if t_index == 0 else None)
