@@ -16,7 +16,7 @@ from loralab.train.config import TrainConfig
 def tiny_plan(tiny, monkeypatch):
     """One learning rate per family and one lr task, so a claim needs only a few 1-epoch runs of 32 examples."""
     monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "lora-all": (2e-2,),
-                                        "said": (0.1,)})
+                                        "lora-r64": (2e-2,), "said": (0.1,)})
     monkeypatch.setattr(plan, "LR_TASKS", ("movie",))
     return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, batch_size=8, max_steps=6,
                       min_steps=4, eval_steps=2, patience=1, said_max_steps=4)
@@ -51,6 +51,28 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     printed = capsys.readouterr().out.split("claim 1:")[-1]
     assert "running" not in printed, printed
     assert third["claims"]["1"]["rows"][0]["ratio"] == row["ratio"]
+
+
+def test_claim_7_pairs_independent_seeds_and_measures_how_far_a_moved(tiny_plan, tmp_path):
+    """Claim 7 on one task, two seeds: pairs (r8 s, r64 s + 1), r = 64 at its own family's lr, and A's movement
+    from the start the trainer built — about 1e-10 for a run at lr 1e-10 (Adam's steps are ≈ lr, so its saved A is
+    its A_0 to that precision), far above it for a trained one."""
+    from dataclasses import replace
+
+    from loralab.experiments.claims_geometry import input_movement
+    from loralab.train.loop import train
+
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), tasks="movie", claims="7",
+                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+    c = study["claims"]["7"]
+    assert [(p["r8_seed"], p["r64_seed"]) for p in c["rows"][0]["pairs"]] == [(0, 1), (1, 2)]
+    assert study["meta"]["learning_rates"]["lora-r64"]["chosen"] == 2e-2 and c["learning_rates"]["r64"] == 2e-2
+    assert c["accuracy_difference"]["n"] == 2 and c["r64_trains"] in ("trains", "trails", "undecided")
+    assert c["a_moved"]["r8"] > 0 and c["a_moved"]["r64"] > 0
+    frozen = replace(plan.lora_unit("movie", tiny_plan, 0, 1e-10).config, out=str(tmp_path / "lr0"), max_steps=2,
+                     min_steps=2)
+    train(frozen, progress=False)
+    assert input_movement(frozen, tmp_path / "lr0") < 1e-8
 
 
 def test_a_claims_missing_runs_train_together(tiny_plan, tmp_path, capsys):

@@ -45,9 +45,34 @@ def lora_accuracy(ctx: Context, r: int, method: str = "lora", placement: str = "
     return accuracy_by_seed(ctx, lambda t, s: plan.lora_unit(t, ctx.sizes, s, ctx.lr(method), method, r, placement))
 
 
+def second_stage_seeds(ctx: Context, ratio: dict, threshold: float) -> tuple[int, ...]:
+    """Claim 1's second stage: the seeds beyond the study's that a task gets when its first-stage interval straddles
+    ``threshold`` and the n that would decide it (`what_decides`, 80% power at stage 1's sd) is at most
+    `plan.MAX_SEEDS` — the task is then run at `plan.MAX_SEEDS` seeds; otherwise none."""
+    needed = what_decides(ratio, threshold)["n_needed"]
+    if verdict(ratio, threshold) != INCONCLUSIVE or needed is None or needed > plan.MAX_SEEDS:
+        return ()
+    return tuple(range(max(ctx.seeds) + 1, max(ctx.seeds) + 1 + plan.MAX_SEEDS - len(ctx.seeds)))
+
+
 @claim(1, "LoRA r=8 reaches ≥ 98% of full fine-tuning with ≥ 100× fewer trainable parameters")
 def claim_1(ctx: Context) -> dict:
+    """Per task, the paired (by seed) ratio of LoRA r=8's test accuracy to full FT's, with its t-interval against
+    98%. Two stages: every task at the study's seeds, then a task whose interval straddles 98% with a deciding n of
+    at most `plan.MAX_SEEDS` is run at that many seeds (`second_stage_seeds`); its interval uses all of them. (The
+    second stage depends on the first, which raises the error rate a little above the nominal 5%.) A second arm,
+    LoRA r=8 on every linear layer, at the study's seeds."""
     full, lora = full_accuracy(ctx), lora_accuracy(ctx, 8)
+    extended = {}
+    for task in ctx.tasks:
+        extra = second_stage_seeds(ctx, paired(lora[task], full[task], op="ratio"), 0.98)
+        if extra:
+            units = {("full", s): plan.full_unit(task, ctx.sizes, s, ctx.lr("full")) for s in extra}
+            units |= {("lora", s): plan.lora_unit(task, ctx.sizes, s, ctx.lr("lora")) for s in extra}
+            more = ctx.run(list(units.values()))
+            for (arm, s), unit in units.items():
+                (full if arm == "full" else lora)[task][s] = more[unit.name].test["accuracy"]
+            extended[task] = list(extra)
     params = ctx.params(plan.full_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("full"))) / ctx.params(
         plan.lora_unit(ctx.tasks[0], ctx.sizes, ctx.seeds[0], ctx.lr("lora")))
     all_linear = accuracy_by_seed(ctx, lambda t, s: plan.all_linear_unit(t, ctx.sizes, s, ctx.lr("lora-all")))
@@ -65,8 +90,10 @@ def claim_1(ctx: Context) -> dict:
     return {"verdict": combine_verdicts(verdicts), "params_fewer": params, "params_fewer_all_linear": params_all,
             "power": {r["task"]: r["power"] for r in rows},
             "verdict_all_linear": combine_verdicts([r["verdict_all_linear"] for r in rows]), "rows": rows,
-            "summary": "LoRA r=8 (q/v) over full FT per task: " + ", ".join(
+            "second_stage": extended,
+            "summary": "LoRA r=8 (q/v) over full FT per task [95% t-interval over seeds]: " + ", ".join(
                 f"{r['task']} {r['ratio']['mean']:.3f} [{r['ratio']['low']:.3f}, {r['ratio']['high']:.3f}]"
+                + (f" ({r['ratio']['n']} seeds: second stage)" if r["task"] in extended else "")
                 + decides_text(r["power"]) for r in rows)
             + f"; {params:.0f}× fewer trainable parameters (head included). Second arm, LoRA r=8 on every linear "
               "layer: " + ", ".join(
