@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from loralab.experiments.claims_geometry import below, composition, shared_directions_verdict
-from loralab.experiments.claims_training import claim_2, d90_verdict, low_rank_advantage
+from loralab.experiments.claims_geometry import below, composition, larger_rank_trains, shared_directions_verdict
+from loralab.experiments.claims_training import claim_2, d90_verdict, low_rank_advantage, second_stage_seeds
 from loralab.experiments.context import Context
 from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
 
@@ -73,6 +73,28 @@ def test_claim_2_wide_overlapping_intervals_are_inconclusive_with_the_seeds_that
 ])
 def test_claim_7_verdict_is_read_from_the_intervals_not_the_means(intervals, trains, verdict):
     assert shared_directions_verdict(intervals, trains) == verdict
+
+
+@pytest.mark.parametrize("difference, gate", [
+    ({"mean": -0.004, "low": -0.030, "high": 0.022}, "trains"),  # within 1 point, however wide the interval
+    ({"mean": -0.010, "low": -0.020, "high": 0.000}, "trains"),  # exactly 1 point behind still counts
+    ({"mean": -0.014, "low": -0.035, "high": 0.007}, "undecided"),  # behind by 1.4, could be within 1
+    ({"mean": -0.030, "low": -0.045, "high": -0.015}, "trails"),  # the whole interval more than 1 point behind
+])
+def test_claim_7_gate_on_the_larger_ranks_accuracy(difference, gate):
+    assert larger_rank_trains(difference) == gate
+
+
+def test_claim_1_second_stage_runs_a_straddling_task_at_six_seeds_only_when_six_decide_it():
+    """Ratios 1.047, 1.063, 1.009 (movie's first stage): mean 1.0397, sd 0.0277, t(2) = 4.303 → [0.971, 1.109]
+    straddles 0.98; n_needed (80% power, sd 0.0277, gap 0.0597) = 4 ≤ 6, so seeds 3, 4, 5 are added. A decided
+    task, or one that would need more than 6 seeds, gets none."""
+    from loralab.experiments.stats import mean_ci
+
+    ctx = Context(tasks=("movie",), seeds=(0, 1, 2), root=Path("unused"), out=Path("unused"), executor=None)
+    assert second_stage_seeds(ctx, mean_ci([1.047, 1.063, 1.009]), 0.98) == (3, 4, 5)
+    assert second_stage_seeds(ctx, mean_ci([1.007, 1.008, 1.006]), 0.98) == ()  # [1.0045, 1.0095]: holds
+    assert second_stage_seeds(ctx, mean_ci([0.99, 0.96, 1.01]), 0.98) == ()  # gap 0.0067, sd 0.025: needs ≫ 6
 
 
 def dora_minus_lora(values: dict[str, list[float]]) -> dict:
