@@ -128,14 +128,19 @@ def train_flags(parser: argparse.ArgumentParser) -> None:
                              "--resume RUN reads the run's own config, so no other flag is needed")
     parser.add_argument("--config", help="a JSON or YAML file of these fields, sections as objects (lora: {r: 8}); "
                                          "flags given here override it")
+    parser.add_argument("--snapshot-steps", metavar="STEPS",
+                        help="keep the trainable parameters after these optimizer steps (e.g. 13,26) in "
+                             "OUT/snapshots/step-N.safetensors, to measure along training (`train.snapshots`)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from loralab.train import train
+    from loralab.train.snapshots import Snapshots, parse_steps
 
     cfg = TrainConfig.from_dict(dataclass_values(TrainConfig, args, train_base(args)))
+    callbacks = [Snapshots(parse_steps(args.snapshot_steps))] if getattr(args, "snapshot_steps", None) else []
     try:
-        result = train(cfg)
+        result = train(cfg, callbacks)
     except KeyboardInterrupt:
         print(interrupted_message(cfg, args.argv), file=sys.stderr)
         return INTERRUPTED

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from typing import Optional
 
 import torch
 
@@ -234,16 +235,24 @@ def claim_8(ctx: Context) -> dict:
     power = {arm: interval_decides(c["difference"], c["low"], c["high"], found["reference_texts"], 0.0,
                                    "reference texts") if c["difference"] is not None else None
              for arm, c in compared.items()}
-    gain = found["matched_gain"]
-    text = ("no gain that every arm reaches (the curves do not overlap)" if gain is None else
-            f"at matched gain {gain:.3f} nats/token on the enciphered chat-qa: " + ", ".join(
-                f"full FT − {arm} forgetting {c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
-                f"{decides_text(power[arm])} "
-                f"(per seed {', '.join(f'{v:+.4f}' for v in c['per_seed'].values())})" for arm, c in compared.items()))
+    along = found["along_training"]
     return {"verdict": combine_verdicts(verdicts), **found, "seeds": len(plan.FORGETTING_SEEDS), "power": power,
             "summary": f"learning–forgetting curves over {len(plan.SMOLLM2_LR_GRID['lora'])} learning rates × "
                        f"{len(plan.FORGETTING_SEEDS)} seeds per arm, forgetting on {found['reference_texts']} BBC "
-                       f"texts × ≤ 128 tokens (95% interval from resampling texts); {text}."}
+                       f"texts × ≤ 128 tokens (95% interval from resampling texts); ends of runs: "
+                       f"{matched_text(found['matched_gain'], compared, power)}. With the checkpoints along training "
+                       f"(after step {', '.join(map(str, along['steps']))} of each run, as well as its end): "
+                       f"{matched_text(along['matched_gain'], along['compared'])}."}
+
+
+def matched_text(gain, compared: dict, power: Optional[dict] = None) -> str:
+    """Claim 8's comparison at matched gain in words: each LoRA arm's full FT − LoRA forgetting with its interval."""
+    if gain is None:
+        return "no gain that every arm reaches (the curves do not overlap)"
+    return f"at matched gain {gain:.3f} nats/token on the enciphered chat-qa, " + ", ".join(
+        f"full FT − {arm} forgetting {c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]"
+        + (decides_text(power[arm]) if power else "")
+        + f" (per seed {', '.join(f'{v:+.4f}' for v in c['per_seed'].values())})" for arm, c in compared.items())
 
 
 @claim(9, "The needed rank can be predicted before training (the rank benchmark)")

@@ -11,6 +11,10 @@ forgetting compared **at matched learning** (Biderman et al. 2024, "LoRA Learns 
 * **Matched learning:** every arm's forgetting is read off its own curve (linear in gain between its points,
   seeds averaged) at one gain all arms reach — the largest gain the weakest arm attains (`matched_gain`) — and
   the difference full FT − LoRA gets a 95% interval by resampling reference texts (`matched_difference`).
+* **Along training:** each run is trained again keeping its parameters after `study_plan.SNAPSHOT_STEPS`
+  (`train.snapshots`; the same seed and config, so the same trajectory — its end is checked against the end-only
+  run). Each snapshot is one more point (gain, forgetting); the comparison is repeated on the curves through every
+  point (learning rates × checkpoints) beside the end-of-run one, which stays the primary test.
 """
 
 from __future__ import annotations
@@ -103,26 +107,85 @@ def smollm2_forgetting(ctx: Context) -> dict:
         r = results[unit.name]
         found = cached_forgetting(ctx.run_dir(unit), base, rows, tokenizer.pad_token_id)
         bar.update()
-        points.append({"arm": arm, "lr": lr, "seed": seed, "name": unit.name, "trainable_params": r.trainable_params,
+        points.append({"arm": arm, "lr": lr, "seed": seed, "name": unit.name, "step": r.steps, "end": True,
+                       "trainable_params": r.trainable_params,
                        "test_loss": r.test["loss"], "gain": base_loss - r.test["loss"],
                        "forgetting": found["loss_increase"], "kl": found["kl_base_tuned"],
                        "per_text": found["per_text"]})
     bar.close()
     gain = matched_gain(points)
     compared = {arm: matched_difference(points, "full", arm, gain) for arm in plan.SMOLLM2_ARMS if arm != "full"}
+    along = snapshot_points(ctx, units, results, files, base, tokenizer, rows, base_loss)
+    every = points + along["points"]
+    gain_along = matched_gain(every)
+    compared_along = {arm: matched_difference(every, "full", arm, gain_along)
+                      for arm in plan.SMOLLM2_ARMS if arm != "full"}
     return {"base_test_loss": base_loss, "matched_gain": gain, "compared": compared, "reference_texts": len(rows),
-            "points": [{k: v for k, v in p.items() if k != "per_text"} for p in points]}
+            "points": [{k: v for k, v in p.items() if k != "per_text"} for p in every],
+            "along_training": {"steps": list(plan.SNAPSHOT_STEPS), "matched_gain": gain_along,
+                               "compared": compared_along, "reproduced": along["reproduced"]}}
+
+
+def snapshot_points(ctx: Context, units: dict, results: dict, files, base, tokenizer, rows: list[dict],
+                    base_loss: float) -> dict:
+    """The checkpoints along each run: every unit trained again keeping `study_plan.SNAPSHOT_STEPS` (cached like any
+    unit), each snapshot's gain and per-text forgetting (`cached_snapshot`). ``reproduced``: the largest difference
+    between a re-trained run's test loss and its end-only twin's (0 when training is deterministic, as on CPU)."""
+    from loralab import data as datasets
+    from loralab.tasks.batching import encode
+
+    again = {key: plan.smollm2_unit(*key, files, snapshots=plan.SNAPSHOT_STEPS) for key in units}
+    dirs = dict(zip(again, ctx.dirs(list(again.values()))))
+    retrained = ctx.run(list(again.values()))
+    test = encode(datasets.load_splits(files[0], 0, None, None, files[1], files[2])["test"], tokenizer,
+                  plan.SMOLLM2_MAX_LENGTH)
+    points = []
+    bar = progress(len(again) * len(plan.SNAPSHOT_STEPS), "forgetting at the checkpoints along training")
+    for (arm, lr, seed), unit in again.items():
+        for step in plan.SNAPSHOT_STEPS:
+            found = cached_snapshot(dirs[(arm, lr, seed)], step, base, rows, test, tokenizer.pad_token_id)
+            bar.update()
+            points.append({"arm": arm, "lr": lr, "seed": seed, "name": unit.name, "step": step, "end": False,
+                           "trainable_params": retrained[unit.name].trainable_params, "test_loss": found["test_loss"],
+                           "gain": base_loss - found["test_loss"], "forgetting": found["loss_increase"],
+                           "kl": found["kl_base_tuned"], "per_text": found["per_text"]})
+    bar.close()
+    reproduced = max(abs(retrained[again[k].name].test["loss"] - results[units[k].name].test["loss"]) for k in units)
+    return {"points": points, "reproduced": reproduced}
+
+
+def cached_snapshot(run_dir: Path, step: int, base, rows: list[dict], test: list[dict], pad_id: int) -> dict:
+    """`lm_forgetting` (per text) and the cipher test loss of a run's parameters after ``step``
+    (`train.snapshots`), kept as JSON in the run's directory like `cached_forgetting`."""
+    from loralab.analysis.forgetting import lm_forgetting
+    from loralab.io.atomic import atomic_write_json
+    from loralab.train.evaluate import evaluate
+    from loralab.train.snapshots import load_snapshot
+
+    path = run_dir / f"snapshot-{step}-{REFERENCE}-{reference_digest(rows)}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    _, tuned, _, _, _ = load_snapshot(run_dir, step)
+    with torch.no_grad():
+        found = lm_forgetting(base, tuned, rows, pad_id, 8, per_text=True)
+        found["test_loss"] = evaluate(tuned, test, "causal_lm", 0, pad_id, 16, progress=False)["loss"]
+    atomic_write_json(path, found)
+    return found
+
+
+def reference_digest(rows: list[dict]) -> str:
+    """12 hex digits of the reference set's token ids: cached forgetting names the texts it was measured on."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps([r["input_ids"] for r in rows]).encode()).hexdigest()[:12]
 
 
 def cached_forgetting(run_dir: Path, base, rows: list[dict], pad_id: int) -> dict:
     """`forgetting_of`, kept as JSON in the run's directory (one file per reference set, named by a hash of its
     token ids), so that a study re-read does not recompute it (≈ 1–2 min per SmolLM2 run on 2 cores)."""
-    import hashlib
-
     from loralab.io.atomic import atomic_write_json
 
-    digest = hashlib.sha256(json.dumps([r["input_ids"] for r in rows]).encode()).hexdigest()[:12]
-    path = run_dir / f"forgetting-{REFERENCE}-{digest}.json"
+    path = run_dir / f"forgetting-{REFERENCE}-{reference_digest(rows)}.json"
     if path.exists():
         return json.loads(path.read_text())
     found = forgetting_of(run_dir, base, rows, pad_id)

@@ -52,6 +52,7 @@ class Unit:
 
     name: str  # readable, unique within the experiment, e.g. "movie-lora-r8-s0"
     config: TrainConfig  # ``out`` is chosen by `run_units`
+    snapshots: tuple[int, ...] = ()  # optimizer steps whose parameters the run keeps (`train.snapshots`)
 
 
 def code_version() -> str:
@@ -138,11 +139,17 @@ def unit_key(cfg: TrainConfig, version: str) -> str:
 
 
 def unit_dir(root: Path, unit: Unit, version: str) -> Path:
-    return root / f"{unit.name}-{unit_key(unit.config, version)}"
+    """``<root>/<name>-<key>``; a unit that keeps snapshots has a key of its own (its directory holds more than the
+    same run's without them)."""
+    key = unit_key(unit.config, version)
+    if unit.snapshots:
+        key = hashlib.sha256(f"{key} snapshots {sorted(unit.snapshots)}".encode()).hexdigest()[:10]
+    return root / f"{unit.name}-{key}"
 
 
-def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
-    """Train one unit in a fresh ``loralab train`` process (resuming a killed one); return its result.json.
+def train_in_subprocess(cfg_dict: dict, log_path: str, snapshots: tuple[int, ...] = ()) -> dict:
+    """Train one unit in a fresh ``loralab train`` process (resuming a killed one), keeping the parameters after
+    the optimizer steps ``snapshots`` (`train.snapshots`); return its result.json.
 
     Runs in whichever process the executor uses (a thread of this one, or a Ray worker).
     """
@@ -158,7 +165,8 @@ def train_in_subprocess(cfg_dict: dict, log_path: str) -> dict:
         json.dump(cfg, handle)
     try:
         with open(log_path, "a") as log:
-            code = subprocess.call([sys.executable, "-m", "loralab", "train", "--config", handle.name],
+            keep = ["--snapshot-steps", ",".join(map(str, snapshots))] if snapshots else []
+            code = subprocess.call([sys.executable, "-m", "loralab", "train", "--config", handle.name, *keep],
                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     finally:
         os.unlink(handle.name)
@@ -180,9 +188,9 @@ class LocalExecutor:
         self.workers = workers
         self.threads = threads or (max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None)
 
-    def submit_all(self, jobs: list[tuple[dict, str]]):
+    def submit_all(self, jobs: list[tuple[dict, str, tuple[int, ...]]]):
         pool = concurrent.futures.ThreadPoolExecutor(self.workers)
-        futures = [pool.submit(train_in_subprocess, cfg, log) for cfg, log in jobs]
+        futures = [pool.submit(train_in_subprocess, *job) for job in jobs]
         pool.shutdown(wait=False)
         return futures, concurrent.futures.as_completed
 
@@ -209,8 +217,8 @@ class RayExecutor:
         self.threads = threads or max(1, (os.cpu_count() or 1) // max(workers, 1))
         self.remote = ray.remote(num_cpus=self.threads)(train_in_subprocess)
 
-    def submit_all(self, jobs: list[tuple[dict, str]]):
-        refs = [self.remote.remote(cfg, log) for cfg, log in jobs]
+    def submit_all(self, jobs: list[tuple[dict, str, tuple[int, ...]]]):
+        refs = [self.remote.remote(*job) for job in jobs]
         futures = [ref.future() for ref in refs]
         return futures, concurrent.futures.as_completed
 
@@ -321,7 +329,7 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
             archive.add(out.name, finished)
             continue
         cfg = replace(unit.config, out=str(out.resolve()), threads=executor.threads, resume=False, overwrite=False)
-        jobs.append((cfg.to_dict(), str((root / "logs" / f"{out.name}.log").resolve())))
+        jobs.append((cfg.to_dict(), str((root / "logs" / f"{out.name}.log").resolve()), unit.snapshots))
         pending.append(unit.name)
     if jobs:
         print(f"{desc}: {len(results)} of {len(units)} already done; running {len(jobs)}", flush=True)

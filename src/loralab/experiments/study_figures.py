@@ -187,19 +187,29 @@ def claim_8(c: dict, path: Path):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     colours = {"full": "tab:red", "lora-r8": "tab:blue", "lora-r64": "tab:green"}
+    ends = [p for p in c["points"] if p.get("end", True)]
     for arm in colours:
-        for seed in sorted({p["seed"] for p in c["points"]}):
-            curve = sorted((p["gain"], p["forgetting"]) for p in c["points"] if p["arm"] == arm and p["seed"] == seed)
+        for seed in sorted({p["seed"] for p in ends}):
+            curve = sorted((p["gain"], p["forgetting"]) for p in ends if p["arm"] == arm and p["seed"] == seed)
             if curve:
                 ax.plot(*zip(*curve), marker="o", color=colours[arm], alpha=0.8, linestyle="-" if seed == 0 else "--",
                         label=f"{arm}, seed {seed}")
+    for p in c["points"]:  # a checkpoint along a run: hollow, joined to where that run ended
+        if not p.get("end", True):
+            end = next(e for e in ends if (e["arm"], e["lr"], e["seed"]) == (p["arm"], p["lr"], p["seed"]))
+            ax.plot([p["gain"], end["gain"]], [p["forgetting"], end["forgetting"]], color=colours[p["arm"]],
+                    linewidth=0.6, alpha=0.5)
+            ax.plot(p["gain"], p["forgetting"], marker="o", markerfacecolor="white", color=colours[p["arm"]])
+    if any(not p.get("end", True) for p in c["points"]):
+        ax.plot([], [], marker="o", markerfacecolor="white", color="grey", linestyle="none",
+                label=f"after step {', '.join(map(str, c['along_training']['steps']))}")
     if c["matched_gain"] is not None:
         ax.axvline(c["matched_gain"], color="grey", linewidth=1, linestyle=":")
         ax.annotate("matched gain", (c["matched_gain"], ax.get_ylim()[1]), xytext=(3, -12), textcoords="offset points",
                     fontsize=8, color="grey")
     ax.set(xlabel="learning: cipher chat-qa test loss, base − tuned (nats/token)",
            ylabel="forgetting: BBC text loss increase (nats/token)", title="learning–forgetting curves (SmolLM2; "
-           "points: learning rates)")
+           "filled: runs' ends over learning rates)")
     ax.legend(fontsize=7, loc="upper left")
     return save(fig, path)
 

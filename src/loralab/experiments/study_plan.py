@@ -165,14 +165,19 @@ SMOLLM2_MAX_LENGTH = 96
 SMOLLM2_ALPHA = 16.0 * math.sqrt(8)  # s = α/r: at r = 8 the scale (5.66) of the rsLoRA α = 16 the cipher check ran at
 
 
-def smollm2_unit(arm: str, lr: float, seed: int, files: tuple[str, str, str]) -> Unit:
+SNAPSHOT_STEPS = (19,)  # claim 8's checkpoints along each run: half of its 38 optimizer steps (and its end)
+
+
+def smollm2_unit(arm: str, lr: float, seed: int, files: tuple[str, str, str], snapshots: tuple[int, ...] = ()) -> Unit:
     """SmolLM2 on the enciphered chat-qa (`forgetting_runs.cipher_files`: train, validation, test; 300 training
     pairs, 1 epoch, batch 8): LoRA r on q/v with s = α/r (α = `SMOLLM2_ALPHA`, s = 5.66 at r = 8: r = 8 and r = 64
-    learn at one lr scale, see `lora_unit`) or full fine-tuning."""
+    learn at one lr scale, see `lora_unit`) or full fine-tuning. ``snapshots``: the same run, keeping its
+    parameters after these steps (`train.snapshots`) — a unit of its own, so the end-only run stays cached."""
     method, r = SMOLLM2_ARMS[arm]
     base = TrainConfig(model="smollm2", data=files[0], val_data=files[1], test_data=files[2], max_train=300,
                        max_length=SMOLLM2_MAX_LENGTH, epochs=1, batch_size=8, eval_batch_size=16, seed=seed, lr=lr,
                        method=method)
     if method == "lora":
         base = replace(base, targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=SMOLLM2_ALPHA))
-    return Unit(f"cipherqa-{arm}-lr{lr:g}-s{seed}", base)
+    tag = "-snapshots" + "_".join(map(str, snapshots)) if snapshots else ""
+    return Unit(f"cipherqa-{arm}-lr{lr:g}-s{seed}{tag}", base, tuple(snapshots))
