@@ -135,3 +135,20 @@ def test_forward_pieces_are_the_same_on_every_process():
     # the second process's long rows need 3 pieces, so the first runs 3 too (its forwards pair with the second's)
     assert forward_pieces([rows(5, 5, 5), rows(30, 30, 30)], 40) == 3
     assert forward_pieces([rows(500, 500)], 40) == 2 and forward_pieces([rows(5, 5)], None) == 1
+
+
+def test_a_full_fine_tuning_snapshot_loads_back_with_tied_embeddings(tiny_chat, tmp_path):
+    """Full FT of a causal LM whose output layer is its embedding (tied): a snapshot holds every trainable tensor
+    once, loads onto the saved model with nothing left over, and the last step's snapshot is the saved model."""
+    from loralab.runs import load_run
+    from loralab.train.snapshots import load_snapshot
+
+    run_cli(["train", "--model", tiny_chat["model"], "--data", tiny_chat["data"], "--method", "full", "--epochs", "1",
+             "--max-steps", "3", "--eval-steps", "3", "--min-steps", "3", "--batch-size", "8", "--lr", "1e-2",
+             "--max-length", "64", "--threads", "1", "--out", str(tmp_path / "full"), "--snapshot-steps", "1,3"])
+    end = dict(load_run(tmp_path / "full")[1].named_parameters())
+    early = load_snapshot(tmp_path / "full", 1)[1]
+    last, first = dict(load_snapshot(tmp_path / "full", 3)[1].named_parameters()), dict(early.named_parameters())
+    assert last.keys() == end.keys() and all(torch.equal(last[n], p) for n, p in end.items())
+    assert not torch.equal(first["model.embed_tokens.weight"], end["model.embed_tokens.weight"])
+    assert early.lm_head.weight is early.model.embed_tokens.weight  # still tied after loading
