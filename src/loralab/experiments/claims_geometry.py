@@ -183,7 +183,6 @@ def claim_7(ctx: Context) -> dict:
             pair["a_moved"] = {"r8": input_movement(r8[(task, s8)].config, ctx.run_dir(r8[(task, s8)])),
                                "r64": input_movement(r64[(task, s64)].config, ctx.run_dir(r64[(task, s64)]))}
             row["pairs"].append(pair)
-        row["r8_vs_r64"] = row["pairs"][0]["input"]["r8_vs_r64"]  # the figure's grid (input side, as in LoRA §7.2)
         rows.append(row)
     every = [p for r in rows for p in r["pairs"]]
     top = {side: statistics.fmean(p[side]["r8_vs_r64"]["mean_top_phi"] for p in every) for side in ("input", "output")}

@@ -175,10 +175,13 @@ def claim_7(c: dict, path: Path):
     from loralab.commands.plots import plot_phi
 
     rows = c["rows"]
-    first = rows[0]["r8_vs_r64"]
-    mean = [[statistics.fmean(r["r8_vs_r64"]["mean_phi"][i][j] for r in rows) for j in range(first["k2"])]
+    grids = [p["input"]["r8_vs_r64"] for r in rows for p in r["pairs"]] if "pairs" in rows[0] else [
+        r["r8_vs_r64"] for r in rows]  # every seed pair's input-side grid (a report before seed pairs: one per task)
+    first = grids[0]
+    mean = [[statistics.fmean(g["mean_phi"][i][j] for g in grids) for j in range(first["k2"])]
             for i in range(first["k1"])]
-    pair = {"mean_phi": mean, "baseline": first["baseline"], "layers": [], "over": f"{len(rows)} tasks × q/v layers",
+    over = f"{len(rows)} tasks × {len(grids) // len(rows)} seed pairs × q/v layers"
+    pair = {"mean_phi": mean, "baseline": first["baseline"], "layers": [], "over": over,
             "first": "LoRA r=8", "second": "LoRA r=64"}
     return plot_phi(pair, path)
 
