@@ -140,8 +140,7 @@ def test_forward_pieces_are_the_same_on_every_process():
 def test_a_full_fine_tuning_snapshot_loads_back_with_tied_embeddings(tiny_chat, tmp_path):
     """Full FT of a causal LM whose output layer is its embedding (tied): a snapshot holds every trainable tensor
     once, loads onto the saved model with nothing left over, and the last step's snapshot is the saved model."""
-    from loralab.runs import load_run
-    from loralab.train.snapshots import load_snapshot
+    from loralab.runs import load_run, load_snapshot
 
     run_cli(["train", "--model", tiny_chat["model"], "--data", tiny_chat["data"], "--method", "full", "--epochs", "1",
              "--max-steps", "3", "--eval-steps", "3", "--min-steps", "3", "--batch-size", "8", "--lr", "1e-2",

@@ -8,7 +8,8 @@ import torch
 
 from loralab.cli import main
 from loralab.errors import ConfigError
-from loralab.train.snapshots import load_snapshot, parse_steps, snapshot_path
+from loralab.runs import load_snapshot
+from loralab.train.snapshots import parse_steps, snapshot_path
 
 
 def trainable(model) -> dict[str, torch.Tensor]:

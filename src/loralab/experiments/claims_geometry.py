@@ -145,6 +145,23 @@ def seed_pairs(seeds: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(s, s + 1) for s in seeds]
 
 
+def compare_pair(svds: dict, accuracy: dict, task: str, seeds: tuple[int, int], next_seed: int) -> dict:
+    """One of claim 7's seed pairs on ``task``: φ of r = 8 (seed s) against r = 64 (seed s + 1) and against r = 8 of
+    ``next_seed`` (the null), on both sides, each layer's φ(1, 1) under ``top_phi``; and r = 64's accuracy minus
+    r = 8's. ``svds``/``accuracy`` are keyed (rank, task, seed)."""
+    from loralab.commands.analyze import compare_sources
+
+    s8, s64 = seeds
+    pair = {"r8_seed": s8, "r64_seed": s64, "accuracy_difference": accuracy[(64, task, s64)] - accuracy[(8, task, s8)]}
+    for side in ("input", "output"):
+        ranks = compare_sources(svds[(8, task, s8)], svds[(64, task, s64)], side=side)
+        null = compare_sources(svds[(8, task, s8)], svds[(8, task, next_seed)], side=side)
+        pair[side] = {"r8_vs_r64": {k: ranks[k] for k in ("mean_phi", "baseline", "mean_top_phi", "k1", "k2")},
+                      "r8_vs_r8_next_seed": {"mean_top_phi": null["mean_top_phi"]},
+                      "top_phi": list(ranks["top_phi"].values())}
+    return pair
+
+
 @claim(7, "Top directions are shared across ranks (φ, LoRA §7.2)")
 def claim_7(ctx: Context) -> dict:
     """φ(1, 1) between r = 8 (seed s) and r = 64 (seed s + 1: independent starts, so a shared A cannot make φ
@@ -155,7 +172,6 @@ def claim_7(ctx: Context) -> dict:
     above 0.5 (the LoRA paper's finding), does not hold when both lie below it. Also reported: how far A moved from
     its start, ‖A_T − A_0‖/‖A_0‖."""
     from loralab.analysis.updates import load_updates
-    from loralab.commands.analyze import compare_sources
 
     lr8, lr64 = ctx.lr("lora"), ctx.lr("lora-r64")
     pairs = seed_pairs(ctx.seeds)
@@ -166,25 +182,19 @@ def claim_7(ctx: Context) -> dict:
             for key, unit in [*(((8, *k), u) for k, u in r8.items()), *(((64, *k), u) for k, u in r64.items())]}
     accuracy = {key: results[unit.name].test["accuracy"] for key, unit in
                 [*(((8, *k), u) for k, u in r8.items()), *(((64, *k), u) for k, u in r64.items())]}
-    rows, layer_top = [], {"input": [], "output": []}  # φ(1, 1) of every (task, seed pair, layer)
+    rows = []
     for task in ctx.tasks:
         row = {"task": task, "pairs": [],
                "accuracy": {"r8": {s: accuracy[(8, task, s)] for s in ctx.seeds},
                             "r64": {s: accuracy[(64, task, s)] for _, s in pairs}}}
         for (s8, s64), s_next in zip(pairs, ctx.seeds[1:] + ctx.seeds[:1]):
-            pair = {"r8_seed": s8, "r64_seed": s64, "accuracy_difference": accuracy[(64, task, s64)] -
-                    accuracy[(8, task, s8)]}
-            for side in ("input", "output"):
-                ranks = compare_sources(svds[(8, task, s8)], svds[(64, task, s64)], side=side)
-                seeds = compare_sources(svds[(8, task, s8)], svds[(8, task, s_next)], side=side)
-                layer_top[side] += list(ranks["top_phi"].values())
-                pair[side] = {"r8_vs_r64": {k: ranks[k] for k in ("mean_phi", "baseline", "mean_top_phi", "k1", "k2")},
-                              "r8_vs_r8_next_seed": {k: seeds[k] for k in ("mean_top_phi",)}}
+            pair = compare_pair(svds, accuracy, task, (s8, s64), s_next)
             pair["a_moved"] = {"r8": input_movement(r8[(task, s8)].config, ctx.run_dir(r8[(task, s8)])),
                                "r64": input_movement(r64[(task, s64)].config, ctx.run_dir(r64[(task, s64)]))}
             row["pairs"].append(pair)
         rows.append(row)
     every = [p for r in rows for p in r["pairs"]]
+    layer_top = {side: [v for p in every for v in p[side]["top_phi"]] for side in ("input", "output")}
     top = {side: statistics.fmean(p[side]["r8_vs_r64"]["mean_top_phi"] for p in every) for side in ("input", "output")}
     null = {side: statistics.fmean(p[side]["r8_vs_r8_next_seed"]["mean_top_phi"] for p in every)
             for side in ("input", "output")}

@@ -159,8 +159,8 @@ def cached_snapshot(run_dir: Path, step: int, base, rows: list[dict], test: list
     (`train.snapshots`), kept as JSON in the run's directory like `cached_forgetting`."""
     from loralab.analysis.forgetting import lm_forgetting
     from loralab.io.atomic import atomic_write_json
+    from loralab.runs import load_snapshot
     from loralab.train.evaluate import evaluate
-    from loralab.train.snapshots import load_snapshot
 
     path = run_dir / f"snapshot-{step}-{REFERENCE}-{reference_digest(rows)}.json"
     if path.exists():

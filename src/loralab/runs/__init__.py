@@ -6,6 +6,7 @@ from loralab.runs.load import (
     evaluate_run,
     evaluate_splits,
     load_run,
+    load_snapshot,
     merge_adapter,
     merge_run,
     model_with_adapter,
@@ -14,5 +15,5 @@ from loralab.runs.load import (
 from loralab.runs.predict import classify, predict
 
 __all__ = ["classify", "compare_runs", "comparison_markdown", "evaluate_adapter", "evaluate_run", "evaluate_splits",
-           "is_run", "load_run", "merge_adapter", "merge_run", "model_with_adapter", "predict", "read_run", "run_row",
-           "sort_rows"]
+           "is_run", "load_run", "load_snapshot", "merge_adapter", "merge_run", "model_with_adapter", "predict",
+           "read_run", "run_row", "sort_rows"]

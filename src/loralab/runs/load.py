@@ -53,6 +53,25 @@ def load_run(run: str | Path):
     return cfg, net, tokenizer, labels, task
 
 
+def load_snapshot(run: str | Path, step: int):
+    """`load_run` with the trainable parameters as they were after optimizer ``step`` (kept by ``loralab train
+    --snapshot-steps``, `train.snapshots`): (config, model, tokenizer, labels, task)."""
+    from safetensors.torch import load_file
+
+    from loralab.train.snapshots import snapshot_path
+
+    path = snapshot_path(run, step)
+    if not path.is_file():
+        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("step-*.safetensors"))
+        raise ConfigError(f"{run} has no snapshot of step {step} (kept: {kept or 'none'}); train with "
+                          f"--snapshot-steps {step} to keep one.")
+    cfg, model, tokenizer, labels, task = load_run(run)
+    found = model.load_state_dict(load_file(str(path)), strict=False)
+    if found.unexpected_keys:
+        raise ConfigError(f"{path}: parameters the run's model does not have: {found.unexpected_keys[:3]}.")
+    return cfg, model, tokenizer, labels, task
+
+
 def evaluate_adapter(model: str, data: str, adapter: Optional[str | Path], seed: int = 0,
                      max_eval: Optional[int] = None, max_length: int = 128, batch_size: int = 64) -> dict:
     """Validation and test metrics of a model (plus a PEFT-format adapter) on a dataset's seeded splits."""

@@ -5,7 +5,7 @@ checkpoints along each run (Biderman et al. 2024, §4), not only its end.
     OUT/snapshots/step-13.safetensors    # {parameter name: tensor} of every trainable parameter after step 13
 
 A run's own checkpoint is overwritten as it goes (it exists to resume); a snapshot is never touched again. A run
-resumed past a step keeps the snapshot it wrote before. `load_snapshot` puts one back onto the run's model.
+resumed past a step keeps the snapshot it wrote before. `runs.load_snapshot` puts one back onto the run's model.
 
 This module is a callback the command line adds; the training loop does not import it, so asking for snapshots
 does not change what a run computes (nor the study's cache key, `experiments.launcher.code_version`).
@@ -56,22 +56,3 @@ class Snapshots(Callback):
             path = snapshot_path(trainer.out, step)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_save_tensors(path, tensors)
-
-
-def load_snapshot(run_dir: str | Path, step: int):
-    """`runs.load_run` of a finished run with its trainable parameters as they were after ``step``: (config,
-    model, tokenizer, labels, task)."""
-    from safetensors.torch import load_file
-
-    from loralab.runs import load_run
-
-    path = snapshot_path(run_dir, step)
-    if not path.is_file():
-        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("step-*.safetensors"))
-        raise ConfigError(f"{run_dir} has no snapshot of step {step} (kept: {kept or 'none'}); train with "
-                          f"--snapshot-steps {step} to keep one.")
-    cfg, model, tokenizer, labels, task = load_run(run_dir)
-    found = model.load_state_dict(load_file(str(path)), strict=False)
-    if found.unexpected_keys:
-        raise ConfigError(f"{path}: parameters the run's model does not have: {found.unexpected_keys[:3]}.")
-    return cfg, model, tokenizer, labels, task
