@@ -151,3 +151,19 @@ def test_a_full_fine_tuning_snapshot_loads_back_with_tied_embeddings(tiny_chat, 
     assert last.keys() == end.keys() and all(torch.equal(last[n], p) for n, p in end.items())
     assert not torch.equal(first["model.embed_tokens.weight"], end["model.embed_tokens.weight"])
     assert early.lm_head.weight is early.model.embed_tokens.weight  # still tied after loading
+    # claim 8's measurement at a checkpoint: at the last step, the snapshot's test loss is the run's own
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from loralab.analysis.forgetting import reference_rows
+    from loralab.experiments import forgetting_runs as fr
+    from loralab.tasks.batching import encode
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_chat["model"])
+    base = AutoModelForCausalLM.from_pretrained(tiny_chat["model"])
+    rows = reference_rows([e["text"] for e in datasets.load("bbc", "test", 0, 4).examples], tokenizer, 32)
+    test = encode(datasets.load_splits(tiny_chat["data"], 0, None, None)["test"], tokenizer, 64)
+    found = fr.cached_snapshot(tmp_path / "full", 3, base, rows, test, tokenizer.pad_token_id)
+    result = json.loads((tmp_path / "full" / "result.json").read_text())
+    assert found["test_loss"] == pytest.approx(result["test"]["loss"], abs=1e-6)
+    assert found["loss_increase"] > 0 and len(found["per_text"]["tokens"]) == 4
+    assert fr.cached_snapshot(tmp_path / "full", 3, None, rows, test, 0) == found  # read back: no model needed
