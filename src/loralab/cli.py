@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from loralab.train.snapshots import Snapshots, parse_steps
 
     cfg = TrainConfig.from_dict(dataclass_values(TrainConfig, args, train_base(args)))
-    callbacks = [Snapshots(parse_steps(args.snapshot_steps))] if getattr(args, "snapshot_steps", None) else []
+    callbacks = [Snapshots(parse_steps(args.snapshot_steps))] if args.snapshot_steps else []
     try:
         result = train(cfg, callbacks)
     except KeyboardInterrupt:

@@ -129,12 +129,11 @@ def adapter_at_start(cfg) -> dict:
     return load_updates(trainer.model, with_base=False)
 
 
-def input_movement(cfg, run_dir) -> float:
-    """Mean over layers of ‖A_T − A_0‖_F / ‖A_0‖_F: how far training moved the input factor from its random start
-    (LoRA §7.2 reads φ on A's row space; an A that barely moved shares little by construction)."""
-    from loralab.analysis.updates import load_updates
-
-    start, end = adapter_at_start(cfg), load_updates(run_dir, with_base=False)
+def input_movement(cfg, end: dict) -> float:
+    """Mean over layers of ‖A_T − A_0‖_F / ‖A_0‖_F between the trained adapter ``end`` ({path: LayerUpdate}, e.g.
+    `load_updates` of the run) and the one ``cfg`` started from: how far training moved the input factor from its
+    random start (LoRA §7.2 reads φ on A's row space; an A that barely moved shares little by construction)."""
+    start = adapter_at_start(cfg)
     return statistics.fmean(float(torch.linalg.norm(end[p].factors.A.double() - a.factors.A.double())
                                   / torch.linalg.norm(a.factors.A.double())) for p, a in start.items())
 
@@ -177,11 +176,11 @@ def claim_7(ctx: Context) -> dict:
     pairs = seed_pairs(ctx.seeds)
     r8 = {(t, s): plan.lora_unit(t, ctx.sizes, s, lr8, r=8) for t in ctx.tasks for s in ctx.seeds}
     r64 = {(t, s): plan.lora_unit(t, ctx.sizes, s, lr64, r=64) for t in ctx.tasks for _, s in pairs}
-    results = ctx.run([*r8.values(), *r64.values()], archive=False)
-    svds = {key: {p: u.svd() for p, u in load_updates(ctx.run_dir(unit), with_base=False).items()}
-            for key, unit in [*(((8, *k), u) for k, u in r8.items()), *(((64, *k), u) for k, u in r64.items())]}
-    accuracy = {key: results[unit.name].test["accuracy"] for key, unit in
-                [*(((8, *k), u) for k, u in r8.items()), *(((64, *k), u) for k, u in r64.items())]}
+    units = {(8, *k): u for k, u in r8.items()} | {(64, *k): u for k, u in r64.items()}  # (rank, task, seed)
+    results = ctx.run(list(units.values()), archive=False)
+    updates = {key: load_updates(ctx.run_dir(unit), with_base=False) for key, unit in units.items()}
+    svds = {key: {p: u.svd() for p, u in found.items()} for key, found in updates.items()}
+    accuracy = {key: results[unit.name].test["accuracy"] for key, unit in units.items()}
     rows = []
     for task in ctx.tasks:
         row = {"task": task, "pairs": [],
@@ -189,8 +188,8 @@ def claim_7(ctx: Context) -> dict:
                             "r64": {s: accuracy[(64, task, s)] for _, s in pairs}}}
         for (s8, s64), s_next in zip(pairs, ctx.seeds[1:] + ctx.seeds[:1]):
             pair = compare_pair(svds, accuracy, task, (s8, s64), s_next)
-            pair["a_moved"] = {"r8": input_movement(r8[(task, s8)].config, ctx.run_dir(r8[(task, s8)])),
-                               "r64": input_movement(r64[(task, s64)].config, ctx.run_dir(r64[(task, s64)]))}
+            pair["a_moved"] = {f"r{r}": input_movement(units[(r, task, s)].config, updates[(r, task, s)])
+                               for r, s in ((8, s8), (64, s64))}
             row["pairs"].append(pair)
         rows.append(row)
     every = [p for r in rows for p in r["pairs"]]

@@ -58,12 +58,11 @@ def load_snapshot(run: str | Path, step: int):
     --snapshot-steps``, `train.snapshots`): (config, model, tokenizer, labels, task)."""
     from safetensors.torch import load_file
 
-    from loralab.train.snapshots import snapshot_path
+    from loralab.train.snapshots import kept_steps, snapshot_path
 
     path = snapshot_path(run, step)
     if not path.is_file():
-        kept = sorted(int(p.stem.split("-")[1]) for p in path.parent.glob("step-*.safetensors"))
-        raise ConfigError(f"{run} has no snapshot of step {step} (kept: {kept or 'none'}); train with "
+        raise ConfigError(f"{run} has no snapshot of step {step} (kept: {kept_steps(run) or 'none'}); train with "
                           f"--snapshot-steps {step} to keep one.")
     cfg, model, tokenizer, labels, task = load_run(run)
     found = model.load_state_dict(load_file(str(path)), strict=False)

@@ -26,6 +26,11 @@ def snapshot_path(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / FOLDER / f"step-{step}.safetensors"
 
 
+def kept_steps(run_dir: str | Path) -> list[int]:
+    """The steps a run kept snapshots of, in order."""
+    return sorted(int(p.stem.split("-")[1]) for p in (Path(run_dir) / FOLDER).glob("step-*.safetensors"))
+
+
 def parse_steps(text: str) -> tuple[int, ...]:
     """``"13,26"`` → (13, 26): positive optimizer steps, sorted, without repeats."""
     try:
