@@ -97,6 +97,27 @@ def test_claim_1_second_stage_runs_a_straddling_task_at_six_seeds_only_when_six_
     assert second_stage_seeds(ctx, mean_ci([0.99, 0.96, 1.01]), 0.98) == ()  # gap 0.0067, sd 0.025: needs ≫ 6
 
 
+def test_the_simulated_two_stage_rule_is_the_rule_claim_1_runs():
+    """`stats.two_stage_error` simulates "extend when the interval straddles and the power at 6 seeds is ≥ 0.8";
+    claim 1 extends when n_needed ≤ 6. On 300 random first stages around the threshold both choose the same."""
+    import random
+
+    from scipy import stats as scipy_stats
+
+    from loralab.experiments.stats import mean_ci, t_quantile
+
+    ctx = Context(tasks=("movie",), seeds=(0, 1, 2), root=Path("unused"), out=Path("unused"), executor=None)
+    rng, agree, extended = random.Random(0), 0, 0
+    for _ in range(300):
+        first = mean_ci([0.98 + rng.gauss(0, 0.02) for _ in range(3)])
+        shift, crit = abs(first["mean"] - 0.98) / (first["sd"] / 6 ** 0.5), t_quantile(5)
+        power = scipy_stats.nct.sf(crit, 5, shift) + scipy_stats.nct.cdf(-crit, 5, shift)
+        simulated = first["low"] < 0.98 < first["high"] and power >= 0.8
+        extended += simulated
+        agree += simulated == bool(second_stage_seeds(ctx, first, 0.98))
+    assert agree == 300 and 10 < extended < 60  # both branches exercised
+
+
 def dora_minus_lora(values: dict[str, list[float]]) -> dict:
     """{task: `stats.paired` form} for seeds 0, 1, … (what claim 3 holds per rank)."""
     return {t: {"values": v, "seeds": list(range(len(v)))} for t, v in values.items()}
@@ -153,6 +174,23 @@ def test_claim_10_composes_and_interferes_over_replicates():
     assert composition(tables[:1])["composes"] == INCONCLUSIVE  # one replicate decides nothing
     lost = [{"movie": interference_table(0.80, 0.55 + d), "sms": interference_table(0.95, 0.93)} for d in (0, .01, -.01)]
     assert composition(lost)["composes"] == FAILS  # movie's sum keeps under half of its gain: 0.55 < 0.65
+    assert (found["undecided"], found["n_needed"]) == ([], None)  # all decided
+    assert (composition(lost)["undecided"], composition(lost)["n_needed"]) == ([], None)  # a failed part decides it
+
+
+def test_claim_10_names_the_replicates_that_would_decide_every_undecided_part():
+    """composes holds on both tasks; the loss per replicate 0.01, 0.05, 0.00 (mean 0.02, sd 0.0265) straddles 0:
+    the verdict waits on interferes alone, so its n is the loss's n_needed (sd 0.0265, effect 0.02: 16)."""
+    from loralab.experiments.claims_geometry import parts_text
+    from loralab.experiments.stats import n_needed
+
+    tables = [{"movie": interference_table(0.80, 0.80 - d), "sms": interference_table(0.95, 0.95 - d)}
+              for d in (0.01, 0.05, 0.00)]
+    found = composition(tables)
+    assert found["composes"] == HOLDS and found["interferes"] == INCONCLUSIVE
+    assert found["undecided"] == ["interferes"] and found["n_needed"] == n_needed(0.0264575, 0.02) == 16
+    assert parts_text(found) == ("Replicates that would decide each undecided part: interferes n ≈ 16; the verdict "
+                                 "needs all of them: n ≈ 16 replicates.")
 
 
 def test_d90_says_at_most_when_the_grids_smallest_d_already_reaches_the_threshold():

@@ -67,3 +67,14 @@ def test_kruskal_test_statistic_and_exact_permutation_p():
     assert found["p_value"] == pytest.approx(6 / 1680, abs=1e-3) and (found["n"], found["groups"]) == (9, 3)
     mixed = stats.kruskal_test({"a": [1.0, 5.0], "b": [2.0, 6.0], "c": [3.0, 4.0]}, permutations=20_000)
     assert mixed["statistic"] == pytest.approx(2 / 7) and mixed["p_value"] > 0.9
+
+
+def test_two_stage_rule_raises_the_one_sided_error_of_holds_from_2_5_to_about_3_2_percent():
+    """Under the null (true mean at the threshold), one stage's 95% t-interval says "holds" 2.5% of the time; claim
+    1's second stage (3 → 6 seeds when that would decide it) adds the runs that hold only at 6 seeds."""
+    never_extends = stats.two_stage_error(3, 6, power=1.1, simulations=100_000)
+    assert never_extends["second_stage_share"] == 0.0
+    assert never_extends["two_stage"] == pytest.approx(0.025, abs=0.0015)  # the t-interval is calibrated
+    found = stats.two_stage_error(3, 6)
+    assert found["two_stage"] == pytest.approx(0.0321, abs=0.0005)
+    assert found["second_stage_share"] == pytest.approx(0.080, abs=0.002)

@@ -295,7 +295,9 @@ def composition(tables: list[dict[str, dict]]) -> dict:
     """Claim 10's two tests over replicates (``tables``: one {task: {"own", "all_w1", "chance", ...}} per replicate).
     composes: per task, all_w1 − (chance + ½(own − chance)) — the sum keeps over half of the task's own gain over
     chance — with a t-interval above 0 on every task; interferes: the mean over tasks of own − all_w1, its t-interval
-    above 0. One replicate decides neither (inconclusive)."""
+    above 0. One replicate decides neither (inconclusive). ``power``: what each part can decide (`what_decides`),
+    and ``n_needed``, the replicates at which every still undecided part would be (the largest of theirs; None when
+    one of them has none, or when a failed part already decides the claim)."""
 
     def above_zero(interval: dict) -> str:
         return verdict(interval, 0.0) if interval["n"] > 1 else INCONCLUSIVE
@@ -303,8 +305,24 @@ def composition(tables: list[dict[str, dict]]) -> dict:
     kept = {t: mean_ci([table[t]["all_w1"] - table[t]["chance"] - 0.5 * (table[t]["own"] - table[t]["chance"])
                         for table in tables]) for t in tables[0]}
     loss = mean_ci([statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) for table in tables])
+    parts = {**{f"composes:{t}": k for t, k in kept.items()}, "interferes": loss}
+    power = {name: {**what_decides(interval, 0.0), "unit": "replicates"} for name, interval in parts.items()}
+    verdicts = {name: above_zero(interval) for name, interval in parts.items()}
+    undecided = [] if FAILS in verdicts.values() else [name for name, v in verdicts.items() if v == INCONCLUSIVE]
+    needed = [power[name]["n_needed"] for name in undecided]
     return {"kept_over_half": kept, "composes": combine_verdicts([above_zero(k) for k in kept.values()]),
-            "loss": loss, "interferes": above_zero(loss)}
+            "loss": loss, "interferes": above_zero(loss), "power": power, "undecided": undecided,
+            "n_needed": max(needed) if needed and None not in needed else None}
+
+
+def parts_text(found: dict) -> str:
+    """What would decide claim 10: each undecided part's n, and the n at which all of them would be decided."""
+    if not found["undecided"]:
+        return ""
+    listed = ", ".join(f"{name.replace('composes:', 'composes on ')} n ≈ {found['power'][name]['n_needed'] or '?'}"
+                       for name in found["undecided"])
+    whole = f"n ≈ {found['n_needed']} replicates" if found["n_needed"] else "an n this spread cannot tell (?)"
+    return f"Replicates that would decide each undecided part: {listed}; the verdict needs all of them: {whole}."
 
 
 @claim(10, "Adapters compose but interfere")
@@ -335,7 +353,8 @@ def claim_10(ctx: Context) -> dict:
     if first.exists():  # the report shows the first replicate's figure
         (ctx.out / "interference" / "interference.png").write_bytes(first.read_bytes())
     return {"verdict": final, "composes": composes, "kept_over_half": kept, "interferes": interferes,
-            "interference_loss": loss, "power": what_decides(loss, 0.0),
+            "interference_loss": loss, "power": {**found["power"]["interferes"], "n_needed": found["n_needed"],
+                                                 "parts": found["power"]},
             "cells": cells,
             "replicates": len(replicates), "negation_moves_toward_chance": negation,
             "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
@@ -346,7 +365,8 @@ def claim_10(ctx: Context) -> dict:
                 f"{c['own']['mean']:.3f} [{c['own']['low']:.3f}, {c['own']['high']:.3f}]" for t, c in cells.items())
             + f"; composes (the sum keeps over half of each task's gain over chance): {composes}"
             + f"; accuracy lost to the sum, mean over tasks {loss['mean']:.3f} [{loss['low']:.3f}, {loss['high']:.3f}]"
-            + f"; negation below own on every task (intervals apart): {negation}."}
+            + f": {interferes}" + decides_text(found["power"]["interferes"])
+            + f"; negation below own on every task (intervals apart): {negation}. " + parts_text(found)}
 
 
 @claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")

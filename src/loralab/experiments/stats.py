@@ -281,6 +281,33 @@ def n_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, 
     return n if n <= limit else None
 
 
+def two_stage_error(first: int, total: int, power: float = 0.8, simulations: int = 200_000, seed: int = 0) -> dict:
+    """The one-sided error rate of "holds" under claim 1's two-stage rule, when the true mean sits exactly at the
+    threshold (the rate is scale-free, so the paired values are simulated as N(0, 1) against 0): stage 1 takes
+    ``first`` values and holds when its 95% t-interval starts at or above 0; a straddling interval whose n_needed
+    (`n_needed`: two-sided paired t-test, 80% power at stage 1's sd and mean) is at most ``total`` — equivalently,
+    whose power at ``total`` is ≥ ``power`` — goes to stage 2, which holds on all ``total`` values' interval.
+    Returns {"nominal": 0.025 (one stage), "two_stage", "second_stage_share" (how often stage 2 runs)}."""
+    import numpy as np
+    from scipy import stats
+
+    draws = np.random.default_rng(seed).standard_normal((simulations, total))
+
+    def interval(values):
+        n = values.shape[1]
+        mean, sd = values.mean(1), values.std(1, ddof=1)
+        half = t_quantile(n - 1) * sd / math.sqrt(n)
+        return mean, sd, mean - half, mean + half
+
+    mean, sd, low, high = interval(draws[:, :first])
+    shift, crit = np.abs(mean) / (sd / math.sqrt(total)), t_quantile(total - 1)
+    reaches = stats.nct.sf(crit, total - 1, shift) + stats.nct.cdf(-crit, total - 1, shift) >= power
+    extended = (low < 0) & (high > 0) & reaches
+    holds = (low >= 0) | (extended & (interval(draws)[2] >= 0))
+    return {"nominal": 0.025, "two_stage": float(holds.mean()), "second_stage_share": float(extended.mean()),
+            "first": first, "total": total, "simulations": simulations}
+
+
 def what_decides(interval: dict, threshold: float) -> dict:
     """What a t-interval (`mean_ci`) over n paired values can decide against ``threshold``: the smallest
     difference from it the test detects with 80% power at this n, and — when the interval straddles the threshold —
