@@ -430,3 +430,34 @@ def test_allocation_table_gives_learning_rates_edges_and_what_the_interval_detec
     assert lines[4] == (f"What the predicted − uniform interval can detect with 80% power (paired t-test): trec-c4 "
                         f"(detects ±{stats.detectable_effect(sd, 3):.3f} at n = 3 seeds; n ≈ "
                         f"{stats.n_needed(sd, -0.02)} would decide it).")
+
+
+def test_subspace_readout_reads_only_the_k_directions_the_update_moved():
+    """Features that changed along 3 directions (plus nothing else): the readout's rows lie in those 3 directions,
+    so its rank is 3 and it is blind to the orthogonal complement."""
+    generator = torch.Generator().manual_seed(0)
+    moved = torch.linalg.qr(torch.randn(20, 3, generator=generator, dtype=torch.float64))[0]  # hidden × 3
+    change = torch.randn(500, 3, generator=generator, dtype=torch.float64) @ moved.T
+    readout = rank_units.subspace_readout(change, 3, 8, torch.Generator().manual_seed(1))
+    assert readout.shape == (8, 20) and torch.linalg.matrix_rank(readout) == 3
+    outside = torch.eye(20, dtype=torch.float64) - moved @ moved.T
+    assert (readout @ outside).abs().max() < 1e-10
+
+
+def test_planted_subspace_unit_plants_in_the_last_value_layer_only(tiny, tmp_path):
+    unit = rank_units.RankUnit("planted2-k2", "planted2-k2.csv", 48, "planted", 4, 24, planted=2, design="last-value")
+    texts = rank_units.pooled_texts(("sms",))[:300]
+    rank_units.build_planted_subspace(unit, tmp_path / unit.data, tiny["model"], texts=texts)
+    with open(tmp_path / unit.data, encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["text"] for r in rows] == texts and len({r["label"] for r in rows}) >= 3
+    truth = json.loads((tmp_path / "planted2-k2.planted.json").read_text())
+    assert truth["design"] == "last-value" and truth["per_layer_rank"] == {
+        "bert.encoder.layer.0.attention.self.query": 0, "bert.encoder.layer.0.attention.self.value": 0,
+        "bert.encoder.layer.1.attention.self.query": 0, "bert.encoder.layer.1.attention.self.value": 2}
+
+
+def test_pooled_texts_are_distinct_and_seeded():
+    texts = rank_units.pooled_texts(("sms", "tweets"))
+    assert len(texts) == len(set(texts)) and texts == rank_units.pooled_texts(("sms", "tweets"))
+    assert texts != rank_units.pooled_texts(("sms", "tweets"), seed=1)

@@ -42,6 +42,8 @@ class RankUnit:
     max_length: int = 64
     group: Optional[int] = None  # for a granularity unit: how many classes the 50 fine labels are grouped into
     planted: Optional[int] = None  # for a planted-rank unit: the rank k of the teacher's update (`build_planted`)
+    design: str = "every-value"  # a planted unit's construction: "every-value" (`build_planted`) or "last-value"
+    # (`build_planted_subspace`)
 
     def dataset(self, root: Path) -> str:
         return str(root / self.data) if self.data.endswith(".csv") else self.data
@@ -149,13 +151,67 @@ def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) ->
     write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
 
 
+SHORT_TEXTS = ("trec-fine", "movie", "tweets", "amazon", "sms", "nyt")  # 33,538 texts together
+
+
+def pooled_texts(names: tuple = SHORT_TEXTS, seed: int = 0) -> list[str]:
+    """Every distinct text of the packaged short-text datasets ``names``, in a seeded random order."""
+    texts = sorted({r["text"] for name in names for r in datasets.read_all(name)[2]})
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def subspace_readout(change: torch.Tensor, k: int, classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A readout (classes × hidden) of the directions a rank-k update moved the features along: R = G·Q_kᵀ with Q_k
+    (hidden × k) the top-k principal directions of ``change`` (N × hidden: teacher minus base features) and G
+    (classes × k) Gaussian. The scores R·h then depend on the teacher only through k directions, and — unlike a
+    random readout of C < k scores — every one of the k planted directions carries label information."""
+    centred = change.double() - change.double().mean(0)
+    directions = torch.linalg.svd(centred, full_matrices=False).Vh[:k]  # k × hidden
+    return torch.randn(classes, k, generator=generator, dtype=torch.float64) @ directions
+
+
+def build_planted_subspace(unit: RankUnit, path: Path, model_name: str, seed: int = 0,
+                           texts: Optional[list[str]] = None) -> None:
+    """A planted-rank task whose needed rank can reach k (design "last-value"; the session-15 note in
+    docs/study/rank/README.md says why `build_planted`'s could not pass C): the teacher is ``model_name`` with a
+    rank-k update (`planted_update`, σ = ‖W‖₂) in the value projection of the last layer only; the labels are the
+    argmax of `subspace_readout`'s C median-shifted scores of the teacher's pooled features, over ``texts`` (default
+    `pooled_texts`). Per-layer truth: k on that layer, 0 on every other query/value projection."""
+    from loralab import models
+
+    texts = pooled_texts() if texts is None else texts
+    torch.manual_seed(seed)
+    model, tokenizer = models.load(model_name, "classification", num_labels=unit.classes)
+    model.eval()
+    base = pooled_outputs(model, tokenizer, texts, unit.max_length)
+    targets = [n for n, _ in model.named_modules() if n.endswith(("attention.self.query", "attention.self.value"))]
+    planted = [n for n in targets if n.endswith("attention.self.value")][-1:]
+    if not planted:
+        raise ConfigError(f"{model_name} has no attention.self.value layers to plant a rank-{unit.planted} update "
+                          f"in; planted-rank units need a BERT-style encoder (e.g. minilm).")
+    generator = torch.Generator().manual_seed(2000 + unit.planted)
+    module = model.get_submodule(planted[0])  # the freshly loaded teacher is this function's own
+    with torch.no_grad():
+        module.weight.add_(planted_update(module.weight, unit.planted, PLANTED_STRENGTH, generator))
+    teacher = pooled_outputs(model, tokenizer, texts, unit.max_length)
+    readout = subspace_readout(teacher - base, unit.planted, unit.classes, generator)
+    scores = (teacher.double() - teacher.double().mean(0)) @ readout.T
+    labels = (scores - scores.median(0).values).argmax(1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path.parent / f"{unit.name}.planted.json", {
+        "rank": unit.planted, "strength": PLANTED_STRENGTH, "model": model_name, "design": unit.design,
+        "per_layer_rank": {n: unit.planted if n in planted else 0 for n in targets}})
+    write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
+
+
 def build(unit: RankUnit, root: Path, model_name: str = "minilm") -> str:
     """The unit's dataset: its CSV written under ``root`` (once) for a granularity or planted-rank unit; the packaged
     name otherwise."""
     if unit.planted is not None:
         path = root / unit.data
         if not path.exists():
-            build_planted(unit, path, model_name)
+            (build_planted_subspace if unit.design == "last-value" else build_planted)(unit, path, model_name)
         return str(path)
     if unit.group is None:
         return unit.data
