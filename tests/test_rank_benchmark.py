@@ -461,3 +461,18 @@ def test_pooled_texts_are_distinct_and_seeded():
     texts = rank_units.pooled_texts(("sms", "tweets"))
     assert len(texts) == len(set(texts)) and texts == rank_units.pooled_texts(("sms", "tweets"))
     assert texts != rank_units.pooled_texts(("sms", "tweets"), seed=1)
+
+
+def test_planted_pilot_verdict_reads_the_prediction_fixed_before_its_runs():
+    """k = 16: head 2.0, r = 1 1.9, r = 16 1.5 → r = 16 gains 25% of the head's loss, r = 1 reaches 0.2 of it;
+    k = 1: head 2.0, r = 1 1.54, r = 16 1.5 → r = 1 reaches 0.92: rank-sensitive. Were r = 1 on k = 16 as good as
+    r = 16, it would not be."""
+    from loralab.experiments import planted_pilot as pp
+
+    high, low = pp.gain_share({0: 2.0, 1: 1.9, 16: 1.5}), pp.gain_share({0: 2.0, 1: 1.54, 16: 1.5})
+    assert high == {"g_r1": pytest.approx(0.2), "gain_r16": pytest.approx(0.25)}
+    assert low["g_r1"] == pytest.approx(0.92)
+    assert pp.verdict({1: low, 16: high}) == "rank-sensitive"
+    assert pp.verdict({1: low, 16: pp.gain_share({0: 2.0, 1: 1.52, 16: 1.5})}) == "not rank-sensitive"
+    assert pp.verdict({1: low, 16: pp.gain_share({0: 2.0, 1: 1.99, 16: 1.98})}) == "not rank-sensitive"  # 1% gain
+    assert [u.name for u in pp.pilot_units()] == ["planted2-k1", "planted2-k16"]
