@@ -102,17 +102,13 @@ def test_the_simulated_two_stage_rule_is_the_rule_claim_1_runs():
     claim 1 extends when n_needed ≤ 6. On 300 random first stages around the threshold both choose the same."""
     import random
 
-    from scipy import stats as scipy_stats
-
-    from loralab.experiments.stats import mean_ci, t_quantile
+    from loralab.experiments.stats import mean_ci, paired_power
 
     ctx = Context(tasks=("movie",), seeds=(0, 1, 2), root=Path("unused"), out=Path("unused"), executor=None)
     rng, agree, extended = random.Random(0), 0, 0
     for _ in range(300):
         first = mean_ci([0.98 + rng.gauss(0, 0.02) for _ in range(3)])
-        shift, crit = abs(first["mean"] - 0.98) / (first["sd"] / 6 ** 0.5), t_quantile(5)
-        power = scipy_stats.nct.sf(crit, 5, shift) + scipy_stats.nct.cdf(-crit, 5, shift)
-        simulated = first["low"] < 0.98 < first["high"] and power >= 0.8
+        simulated = first["low"] < 0.98 < first["high"] and paired_power(first["sd"], 6, first["mean"] - 0.98) >= 0.8
         extended += simulated
         agree += simulated == bool(second_stage_seeds(ctx, first, 0.98))
     assert agree == 300 and 10 < extended < 60  # both branches exercised

@@ -115,8 +115,28 @@ def planted_labels(teacher_features: torch.Tensor, classes: int, generator: torc
     each class's score shifted by its median so the classes are about equally common. The readout is linear in the
     teacher's features, so the base model plus the planted update plus a head reproduces every label."""
     readout = torch.randn(classes, teacher_features.shape[1], generator=generator, dtype=torch.float64)
-    scores = (teacher_features.double() - teacher_features.double().mean(0)) @ readout.T
+    return readout_labels(teacher_features, readout)
+
+
+def readout_labels(features: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    """argmax over classes of the scores R·(h − mean h) (``readout`` R: classes × hidden, ``features``: N × hidden),
+    each class's score shifted by its median over the N texts."""
+    scores = (features.double() - features.double().mean(0)) @ readout.T
     return (scores - scores.median(0).values).argmax(1)
+
+
+def no_value_layers(model_name: str, k: int) -> ConfigError:
+    return ConfigError(f"{model_name} has no attention.self.value layers to plant a rank-{k} update in; planted-rank "
+                       f"units need a BERT-style encoder (e.g. minilm).")
+
+
+def write_planted(unit: RankUnit, path: Path, texts: list[str], labels: torch.Tensor, truth: dict, **about) -> None:
+    """A planted unit's CSV at ``path`` and, beside it, ``<name>.planted.json``: the planted rank and strength,
+    ``about`` (model, design) and the per-layer truth."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path.parent / f"{unit.name}.planted.json", {"rank": unit.planted, "strength": PLANTED_STRENGTH,
+                                                                  **about, "per_layer_rank": truth})
+    write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
 
 
 def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) -> None:
@@ -142,13 +162,9 @@ def build_planted(unit: RankUnit, path: Path, model_name: str, seed: int = 0) ->
         elif name.endswith("attention.self.query"):
             truth[name] = 0
     if not any(truth.values()):
-        raise ConfigError(f"{model_name} has no attention.self.value layers to plant a rank-{unit.planted} update "
-                          f"in; planted-rank units need a BERT-style encoder (e.g. minilm).")
+        raise no_value_layers(model_name, unit.planted)
     labels = planted_labels(pooled_outputs(model, tokenizer, texts, unit.max_length), unit.classes, generator)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path.parent / f"{unit.name}.planted.json", {"rank": unit.planted, "strength": PLANTED_STRENGTH,
-                                                                  "model": model_name, "per_layer_rank": truth})
-    write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
+    write_planted(unit, path, texts, labels, truth, model=model_name)
 
 
 SHORT_TEXTS = ("trec-fine", "movie", "tweets", "amazon", "sms", "nyt")  # 33,538 texts together
@@ -188,21 +204,15 @@ def build_planted_subspace(unit: RankUnit, path: Path, model_name: str, seed: in
     targets = [n for n, _ in model.named_modules() if n.endswith(("attention.self.query", "attention.self.value"))]
     planted = [n for n in targets if n.endswith("attention.self.value")][-1:]
     if not planted:
-        raise ConfigError(f"{model_name} has no attention.self.value layers to plant a rank-{unit.planted} update "
-                          f"in; planted-rank units need a BERT-style encoder (e.g. minilm).")
+        raise no_value_layers(model_name, unit.planted)
     generator = torch.Generator().manual_seed(2000 + unit.planted)
     module = model.get_submodule(planted[0])  # the freshly loaded teacher is this function's own
     with torch.no_grad():
         module.weight.add_(planted_update(module.weight, unit.planted, PLANTED_STRENGTH, generator))
     teacher = pooled_outputs(model, tokenizer, texts, unit.max_length)
-    readout = subspace_readout(teacher - base, unit.planted, unit.classes, generator)
-    scores = (teacher.double() - teacher.double().mean(0)) @ readout.T
-    labels = (scores - scores.median(0).values).argmax(1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path.parent / f"{unit.name}.planted.json", {
-        "rank": unit.planted, "strength": PLANTED_STRENGTH, "model": model_name, "design": unit.design,
-        "per_layer_rank": {n: unit.planted if n in planted else 0 for n in targets}})
-    write_labels(path, ({"text": t, "label": f"c{int(y)}"} for t, y in zip(texts, labels)))
+    labels = readout_labels(teacher, subspace_readout(teacher - base, unit.planted, unit.classes, generator))
+    write_planted(unit, path, texts, labels, {n: unit.planted if n in planted else 0 for n in targets},
+                  model=model_name, design=unit.design)
 
 
 def build(unit: RankUnit, root: Path, model_name: str = "minilm") -> str:
