@@ -9,6 +9,8 @@ and stops at the end-of-turn token.
 from __future__ import annotations
 
 import json
+import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -167,3 +169,54 @@ def test_a_full_fine_tuning_snapshot_loads_back_with_tied_embeddings(tiny_chat, 
     assert found["test_loss"] == pytest.approx(result["test"]["loss"], abs=1e-6)
     assert found["loss_increase"] > 0 and len(found["per_text"]["tokens"]) == 4
     assert fr.cached_snapshot(tmp_path / "full", 3, None, rows, test, 0) == found  # read back: no model needed
+
+
+def test_causal_lm_rank_units_split_by_article_and_train_on_the_tiny_model(tiny_chat, tmp_path):
+    """`lm_units`: bbc-copy answers with the passage, bbc-cipher with its letter substitution; the splits share no
+    article; a pilot config trains and tests on them, and L_0 is the untrained model's loss on the same test rows."""
+    from loralab.experiments import lm_pilot, lm_units
+    from loralab.experiments.forgetting_runs import cipher
+    from loralab.train.loop import train as train_run
+
+    assert lm_units.windows("a b c d e f g", words=3, count=4) == ["a b c", "d e f"]
+    assert lm_units.response("copy", "Ab, c.") == "Ab, c."
+    table = cipher()
+    assert lm_units.response("cipher", "Ab, c.") == f"{table['A']}{table['b']}, {table['c']}."
+    with pytest.raises(ValueError, match="unknown causal-LM unit kind 'reverse'; use one of \\('copy', 'cipher'\\)"):
+        lm_units.response("reverse", "x")
+    splits = lm_units.article_splits(2225)
+    assert [len(splits[s]) for s in datasets.SPLITS] == [1780, 222, 223]
+    assert sorted(sum(splits.values(), [])) == list(range(2225))
+
+    copy, enciphered = (lm_units.build(lm_units.LmUnit(kind), tmp_path / "data") for kind in lm_units.KINDS)
+    rows = {path: [json.loads(line) for line in open(path)] for path in (*copy, *enciphered)}
+    assert all(r["prompt"] == r["response"] for r in rows[copy[0]])
+    assert [r["prompt"] for r in rows[copy[2]]] == [r["prompt"] for r in rows[enciphered[2]]]  # identical prompts
+    assert all(r["response"] == lm_units.response("cipher", r["prompt"]) for r in rows[enciphered[1]])
+    prompts = [{r["prompt"] for r in rows[path]} for path in copy]
+    assert not (prompts[0] & prompts[2] or prompts[0] & prompts[1] or prompts[1] & prompts[2])  # in one split only
+    assert len(rows[copy[0]]) == 6704 and all(len(r["prompt"].split()) == lm_units.WORDS for r in rows[copy[0]])
+
+    unit = lm_units.LmUnit("cipher", max_train=16, max_length=64)
+    cfg = replace(lm_pilot.config(unit, enciphered, 2, 1e-2, steps=4, max_eval=8, model=tiny_chat["model"]),
+                  out=str(tmp_path / "run"), threads=1)
+    result = train_run(cfg, progress=False)
+    assert (result.steps, result.test["n"], result.config["precision"]) == (4, 8, "bf16")
+    base = lm_pilot.base_loss(enciphered, unit, max_eval=8, model_name=tiny_chat["model"])
+    assert math.isfinite(base) and base != pytest.approx(result.test["loss"], abs=1e-6)
+
+
+def test_lm_pilot_verdict_reads_the_prediction_fixed_before_its_runs():
+    """cipher: untrained 4.0, r = 1 3.5, r = 8 3.0, r = 64 2.0 → g(8) = 0.5, r90 between 8 and 64 (2^5.4 ≈ 42);
+    copy: 2.0, 1.0, 0.95, 0.9 → g(1) ≈ 0.91, r90 < 1: rank-sensitive. A copy unit needing r = 8 is not."""
+    from loralab.experiments import lm_pilot
+
+    cipher = lm_pilot.summary({0: 4.0, 1: 3.5, 8: 3.0, 64: 2.0})
+    copy = lm_pilot.summary({0: 2.0, 1: 1.0, 8: 0.95, 64: 0.9})
+    assert cipher["g"][8] == pytest.approx(0.5) and cipher["r90"] == pytest.approx(2 ** (3 + 0.8 * 3))
+    assert cipher["gain_share"] == pytest.approx(0.5) and copy["r90"] < 1
+    assert lm_pilot.verdict({"bbc-cipher": cipher, "bbc-copy": copy}) == "rank-sensitive"
+    slow_copy = lm_pilot.summary({0: 2.0, 1: 1.9, 8: 0.95, 64: 0.9})
+    assert lm_pilot.verdict({"bbc-cipher": cipher, "bbc-copy": slow_copy}) == "not rank-sensitive"
+    flat = lm_pilot.summary({0: 4.0, 1: 3.99, 8: 3.98, 64: 3.97})  # < 5% gain: nothing to rank
+    assert lm_pilot.verdict({"bbc-cipher": flat, "bbc-copy": copy}) == "not rank-sensitive"

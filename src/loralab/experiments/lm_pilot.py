@@ -33,24 +33,25 @@ def pilot_units() -> list[lm_units.LmUnit]:
 
 
 def config(unit: lm_units.LmUnit, files: tuple[str, str, str], r: int, lr: float, seed: int = 0,
-           steps: int = STEPS, max_eval: int = EVAL) -> TrainConfig:
+           steps: int = STEPS, max_eval: int = EVAL, model: str = "smollm2") -> TrainConfig:
     """LoRA r on SmolLM2's query and value projections, s = α/r (`rank_benchmark.ALPHA`), evaluated every 100 steps,
     the best validation loss kept."""
-    return TrainConfig(model="smollm2", data=files[0], val_data=files[1], test_data=files[2], method="lora",
+    return TrainConfig(model=model, data=files[0], val_data=files[1], test_data=files[2], method="lora",
                        targets="q_proj,v_proj", lora=LoraSettings(r=r, alpha=rb.ALPHA), lr=lr, epochs=100,
                        max_steps=steps, eval_steps=100, metric_for_best="loss", batch_size=BATCH,
                        eval_batch_size=16, max_train=unit.max_train, max_eval=max_eval, max_length=unit.max_length,
                        precision="bf16", seed=seed)
 
 
-def base_loss(files: tuple[str, str, str], unit: lm_units.LmUnit, max_eval: int = EVAL) -> float:
+def base_loss(files: tuple[str, str, str], unit: lm_units.LmUnit, max_eval: int = EVAL,
+              model_name: str = "smollm2") -> float:
     """L_0: the untrained model's test loss on the rows a run is tested on."""
     from loralab import data as datasets
     from loralab import models
     from loralab.tasks.batching import encode
     from loralab.train.evaluate import evaluate
 
-    model, tokenizer = models.load("smollm2", "causal_lm")
+    model, tokenizer = models.load(model_name, "causal_lm")
     test = datasets.load_splits(files[0], 0, unit.max_train, max_eval, files[1], files[2])["test"]
     rows = encode(test, tokenizer, unit.max_length)
     return evaluate(model, rows, "causal_lm", 0, tokenizer.pad_token_id, 16, progress=False, precision="bf16")["loss"]

@@ -7,9 +7,10 @@ whose information content differs while the inputs stay identical.
   (`forgetting_runs.cipher`): every output token is new to the model, and the mapping from each plain token to
   its enciphered tokens must be stored in the adapter — a task whose need should grow with rank.
 
-Passages are ``WORDS`` consecutive words of an article (up to ``PER_ARTICLE`` windows of each of BBC's 2,225
-articles); train/validation/test are split **by article** (80/10/10, seeded), so no test passage shares an article
-with a training one. Each pair is a chat turn (`tasks.batching.encode`): the loss is on the response tokens.
+Passages are ``WORDS`` consecutive words of an article (up to ``PER_ARTICLE`` windows of each of BBC's distinct
+articles — it holds some twice); train/validation/test are split **by article** (80/10/10, seeded), and a passage
+that recurs is kept only in the first split it occurs in, so no test passage was seen in training. Each pair is a
+chat turn (`tasks.batching.encode`): the loss is on the response tokens.
 """
 
 from __future__ import annotations
@@ -67,11 +68,15 @@ def build(unit: LmUnit, root: Path, seed: int = 0) -> tuple[str, str, str]:
     paths = tuple(root / f"{unit.name}-{split}.jsonl" for split in datasets.SPLITS)
     if all(p.exists() for p in paths):
         return tuple(map(str, paths))
-    _, _, rows = datasets.read_all("bbc")
+    articles = sorted({r["text"] for r in datasets.read_all("bbc")[2]})  # BBC holds some articles twice
+    splits = article_splits(len(articles), seed)
     root.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
     for split, path in zip(datasets.SPLITS, paths):
-        articles = article_splits(len(rows), seed)[split]
-        pairs = [{"prompt": w, "response": response(unit.kind, w)} for a in articles for w in windows(rows[a]["text"])]
+        passages = [w for a in splits[split] for w in windows(articles[a]) if w not in seen]
+        passages = list(dict.fromkeys(passages))  # a passage once per split, and in no later split
+        seen.update(passages)
+        pairs = [{"prompt": w, "response": response(unit.kind, w)} for w in passages]
 
         def write(tmp: str, pairs=pairs) -> None:
             Path(tmp).write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
