@@ -28,6 +28,10 @@ RANKS, LRS, GRID_RANK = (1, 8, 64), (1e-3, 3e-3, 1e-2), 8
 STEPS, TRAIN, EVAL, BATCH = 300, 2400, 256, 8
 
 
+def run_name(unit_name: str, r: int, lr: float) -> str:
+    return f"{unit_name}-r{r}-lr{lr:g}"
+
+
 def pilot_units() -> list[lm_units.LmUnit]:
     return [lm_units.LmUnit(kind, TRAIN) for kind in lm_units.KINDS]
 
@@ -79,21 +83,21 @@ def run(root: str = "runs/lm_pilot", out: str = "docs/study/rank/lm_pilot.json",
     for unit in pilot_units():
         files[unit.name] = lm_units.build(unit, Path(root) / "data")
         grid.update({(unit.name, GRID_RANK, lr): config(unit, files[unit.name], GRID_RANK, lr) for lr in LRS})
-    done = run_units([Unit(f"{n}-r{r}-lr{lr:g}", c) for (n, r, lr), c in grid.items()], Path(root) / "runs", executor,
+    done = run_units([Unit(run_name(n, r, lr), c) for (n, r, lr), c in grid.items()], Path(root) / "runs", executor,
                      desc="lm pilot: lr grid")
-    chosen = {unit.name: min(LRS, key=lambda lr: done[f"{unit.name}-r{GRID_RANK}-lr{lr:g}"].validation["loss"])
+    chosen = {unit.name: min(LRS, key=lambda lr: done[run_name(unit.name, GRID_RANK, lr)].validation["loss"])
               for unit in pilot_units()}
     ladder = {(unit.name, r): config(unit, files[unit.name], r, chosen[unit.name]) for unit in pilot_units()
               for r in RANKS if r != GRID_RANK}
-    done.update(run_units([Unit(f"{n}-r{r}-lr{chosen[n]:g}", c) for (n, r), c in ladder.items()],
+    done.update(run_units([Unit(run_name(n, r, chosen[n]), c) for (n, r), c in ladder.items()],
                           Path(root) / "runs", executor, desc="lm pilot: ladder"))
     for unit in pilot_units():
         lr = chosen[unit.name]
-        runs = {r: done[f"{unit.name}-r{r}-lr{lr:g}"] for r in RANKS}
+        runs = {r: done[run_name(unit.name, r, lr)] for r in RANKS}
         losses = {0: base_loss(files[unit.name], unit), **{r: runs[r].test["loss"] for r in RANKS}}
         report["units"][unit.name] = {
             "lr": lr, "lr_at_edge": lr in (LRS[0], LRS[-1]),
-            "grid": {f"{x:g}": done[f"{unit.name}-r{GRID_RANK}-lr{x:g}"].validation["loss"] for x in LRS},
+            "grid": {f"{x:g}": done[run_name(unit.name, GRID_RANK, x)].validation["loss"] for x in LRS},
             "test_loss": losses, "best_step": {r: runs[r].best_step for r in RANKS},
             "seconds": sum(run.wall_time_s for run in runs.values()), **summary(losses)}
     report["verdict"] = verdict(report["units"])

@@ -19,6 +19,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from loralab import data as datasets
 from loralab.experiments.forgetting_runs import cipher, encipher
@@ -47,11 +48,12 @@ def windows(text: str, words: int = WORDS, count: int = PER_ARTICLE) -> list[str
     return [" ".join(tokens[i : i + words]) for i in range(0, len(tokens) - words + 1, words)][:count]
 
 
-def response(kind: str, passage: str) -> str:
+def response(kind: str, passage: str, table: Optional[dict[str, str]] = None) -> str:
+    """The unit's answer to ``passage``; ``table``: the cipher's letter map (default `forgetting_runs.cipher()`)."""
     if kind == "copy":
         return passage
     if kind == "cipher":
-        return encipher(passage, cipher())
+        return encipher(passage, table or cipher())
     raise ValueError(f"unknown causal-LM unit kind {kind!r}; use one of {KINDS}")
 
 
@@ -72,11 +74,12 @@ def build(unit: LmUnit, root: Path, seed: int = 0) -> tuple[str, str, str]:
     splits = article_splits(len(articles), seed)
     root.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
+    table = cipher()
     for split, path in zip(datasets.SPLITS, paths):
         passages = [w for a in splits[split] for w in windows(articles[a]) if w not in seen]
         passages = list(dict.fromkeys(passages))  # a passage once per split, and in no later split
         seen.update(passages)
-        pairs = [{"prompt": w, "response": response(unit.kind, w)} for w in passages]
+        pairs = [{"prompt": w, "response": response(unit.kind, w, table)} for w in passages]
 
         def write(tmp: str, pairs=pairs) -> None:
             Path(tmp).write_text("".join(json.dumps(p) + "\n" for p in pairs), encoding="utf-8")
