@@ -220,3 +220,21 @@ def test_lm_pilot_verdict_reads_the_prediction_fixed_before_its_runs():
     assert lm_pilot.verdict({"bbc-cipher": cipher, "bbc-copy": slow_copy}) == "not rank-sensitive"
     flat = lm_pilot.summary({0: 4.0, 1: 3.99, 8: 3.98, 64: 3.97})  # < 5% gain: nothing to rank
     assert lm_pilot.verdict({"bbc-cipher": flat, "bbc-copy": copy}) == "not rank-sensitive"
+
+
+def test_lm_converge_brackets_the_lr_and_stops_on_validation_loss():
+    """Pilot 2: pilot 1's grid (best 1e-2, its upper edge) plus 3e-2 and 1e-1; a best at 3e-2 is interior, at 1e-1 an
+    edge; the ladder runs on every training pair, 300–900 steps, patience 2; r90 ≥ 16 with ≥ 5% gain is the verdict."""
+    from loralab.experiments import lm_converge, lm_pilot
+
+    pilot1 = lm_converge.pilot1_grid()
+    assert pilot1 == pytest.approx({1e-3: 4.0550, 3e-3: 3.3404, 1e-2: 2.9384}, abs=1e-4)
+    assert lm_converge.chosen_lr(pilot1) == (1e-2, True)
+    assert lm_converge.chosen_lr({**pilot1, 3e-2: 2.5, 1e-1: 2.7}) == (3e-2, False)
+    assert lm_converge.chosen_lr({**pilot1, 3e-2: 2.5, 1e-1: 2.4}) == (1e-1, True)
+    files = ("train.jsonl", "validation.jsonl", "test.jsonl")
+    cfg = lm_converge.ladder_config(files, 64, 3e-2)
+    assert (cfg.max_steps, cfg.min_steps, cfg.patience, cfg.eval_steps) == (900, 300, 2, 100)
+    assert (cfg.lora.r, cfg.lr, cfg.targets, cfg.max_train) == (64, 3e-2, "q_proj,v_proj", 100_000)
+    assert lm_converge.verdict(lm_pilot.summary({0: 4.0, 1: 3.5, 8: 3.0, 64: 2.0})) == "rank-sensitive"
+    assert lm_converge.verdict(lm_pilot.summary({0: 7.1, 1: 3.58, 8: 2.91, 64: 2.87})) == "not rank-sensitive"

@@ -48,6 +48,12 @@ def chosen_lr(grid: dict[float, float]) -> tuple[float, bool]:
     return best, best in (min(grid), max(grid))
 
 
+def verdict(found: dict) -> str:
+    """The prediction: rank-sensitive when r90 ≥ 16 and the best rung lowers the untrained loss by ≥ 5%."""
+    sensitive = found["gain_share"] >= rb.MIN_GAIN and (found["r90"] or 0) >= 16
+    return "rank-sensitive" if sensitive else "not rank-sensitive"
+
+
 def pilot1_grid(path: str = "docs/study/rank/lm_pilot.json") -> dict[float, float]:
     """Pilot 1's r = 8 validation losses of bbc-cipher, lr → loss."""
     grid = json.loads(Path(path).read_text())["units"]["bbc-cipher"]["grid"]
@@ -75,9 +81,7 @@ def run(root: str = "runs/lm_converge", out: str = "docs/study/rank/lm_converge.
         "grid": {f"{x:g}": grid[x] for x in sorted(grid)}, "test_loss": losses,
         "best_step": {r: runs[r].best_step for r in RANKS}, "steps": {r: runs[r].steps for r in RANKS},
         "converged": {r: runs[r].steps < MAX_STEPS for r in RANKS},
-        "seconds": sum(run.wall_time_s for run in runs.values()), **found,
-        "verdict": "rank-sensitive" if found["gain_share"] >= rb.MIN_GAIN and (found["r90"] or 0) >= 16
-        else "not rank-sensitive"}
+        "seconds": sum(run.wall_time_s for run in runs.values()), **found, "verdict": verdict(found)}
     atomic_write_json(Path(out), report)
     print(json.dumps({k: report[k] for k in ("lr", "test_loss", "r90", "steps", "verdict")}))
     return report
