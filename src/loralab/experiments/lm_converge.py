@@ -19,7 +19,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from loralab.experiments import lm_pilot, lm_units
-from loralab.experiments import rank_benchmark as rb
 from loralab.experiments.launcher import Unit, make_executor, run_units
 from loralab.io.atomic import atomic_write_json
 
@@ -50,8 +49,7 @@ def chosen_lr(grid: dict[float, float]) -> tuple[float, bool]:
 
 def verdict(found: dict) -> str:
     """The prediction: rank-sensitive when r90 ≥ 16 and the best rung lowers the untrained loss by ≥ 5%."""
-    sensitive = found["gain_share"] >= rb.MIN_GAIN and (found["r90"] or 0) >= 16
-    return "rank-sensitive" if sensitive else "not rank-sensitive"
+    return "rank-sensitive" if lm_pilot.needs_high_rank(found) else "not rank-sensitive"
 
 
 def pilot1_grid(path: str = "docs/study/rank/lm_pilot.json") -> dict[float, float]:

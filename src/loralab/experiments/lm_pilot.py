@@ -68,11 +68,15 @@ def summary(losses: dict[int, float]) -> dict:
     return {"g": gains, "r90": rb.needed_rank(losses), "gain_share": (head - best) / head}
 
 
+def needs_high_rank(found: dict) -> bool:
+    """A unit's `summary` shows a rank to need (best rung ≥ 5% below L_0) and that rank is high (r90 ≥ 16)."""
+    return found["gain_share"] >= rb.MIN_GAIN and (found["r90"] or 0) >= 16
+
+
 def verdict(found: dict[str, dict]) -> str:
     cipher, copy = found["bbc-cipher"], found["bbc-copy"]
-    gains = all(u["gain_share"] >= rb.MIN_GAIN for u in (cipher, copy))
-    sensitive = gains and (cipher["r90"] or 0) >= 16 and copy["r90"] is not None and copy["r90"] <= 4
-    return "rank-sensitive" if sensitive else "not rank-sensitive"
+    low_copy = copy["gain_share"] >= rb.MIN_GAIN and copy["r90"] is not None and copy["r90"] <= 4
+    return "rank-sensitive" if needs_high_rank(cipher) and low_copy else "not rank-sensitive"
 
 
 def run(root: str = "runs/lm_pilot", out: str = "docs/study/rank/lm_pilot.json", workers: int = 2) -> dict:
