@@ -1,0 +1,98 @@
+"""The dense-target planted pilot (`experiments.dense_pilot`): the teacher is reachable at rank k, a run learns and
+keeps its best checkpoint, batches cover the epoch, the lr grid is extended past an edge, the verdict."""
+
+import random
+
+import pytest
+import torch
+
+from loralab.experiments import dense_pilot as dp
+from loralab.experiments import lm_pilot
+
+
+@pytest.fixture
+def tiny_pilot(tiny, tmp_path, monkeypatch):
+    """The pilot on the tiny BERT and 96 / 32 / 32 real movie texts, 40–60 steps, validation every 20."""
+    from loralab import data as datasets
+
+    texts = [r["text"] for r in datasets.load("movie", "train", seed=0, limit=160).examples]
+    monkeypatch.setattr(dp, "MODEL", tiny["model"])
+    monkeypatch.setattr(dp, "splits", lambda: {"train": texts[:96], "validation": texts[96:128], "test": texts[128:]})
+    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
+        monkeypatch.setattr(dp, name, value)
+    return tmp_path
+
+
+def test_the_rank_k_teacher_is_a_rank_k_lora_of_the_student(tiny_pilot):
+    """LoRA r = k on the planted layer with B·A·s = ΔW (from ΔW's SVD) reproduces the teacher's features (atol 1e-5):
+    the target is reachable at rank k, as the design needs; the base model is not: its MSE is ≥ 10⁴ times larger."""
+    import loralab as ll
+    from loralab import models
+
+    k = 2
+    found = dp.targets(k, tiny_pilot)
+    assert set(found) == {"train", "validation", "test", "base_train", "base_validation", "base_test"}
+    base = dp.base_losses(k, tiny_pilot)["test"]
+    assert base > 1e-8
+    torch.manual_seed(0)
+    model, tokenizer = models.load(dp.MODEL, "classification", num_labels=2)
+    layer = dp.planted_layer(model)
+    delta = (model.get_submodule(layer).weight.detach().clone(), torch.Generator().manual_seed(3000 + k))
+    update = dp.rank_units.planted_update(delta[0], k, dp.rank_units.PLANTED_STRENGTH, delta[1])
+    u, s, vh = torch.linalg.svd(update.double())
+    encoder = getattr(model, model.base_model_prefix)
+    ll.inject(encoder, ll.LoraConfig(r=k, alpha=float(k), targets=[layer.split(".", 1)[1]]))  # s = 1
+    lora = encoder.get_submodule(layer.split(".", 1)[1])
+    with torch.no_grad():  # the test's own freshly injected adapter
+        lora.lora_A["default"].copy_(vh[:k].float())
+        lora.lora_B["default"].copy_((u[:, :k] * s[:k]).float())
+    model.eval()
+    assert dp.mse(encoder, tokenizer, dp.splits()["test"], found["test"]) < 1e-4 * base
+    assert torch.allclose(dp.features_of(encoder, tokenizer, dp.splits()["test"]), found["test"], atol=1e-6)
+
+
+def test_a_run_learns_the_teacher_and_keeps_its_best_checkpoint(tiny_pilot):
+    result = dp.train_rung(2, 4, 1e-2, str(tiny_pilot))
+    assert result["test_loss"] < 0.5 * dp.base_losses(2, tiny_pilot)["test"]
+    assert [step for step, _ in result["curve"]] == [20, 40, 60]
+    assert result["validation_loss"] == min(loss for _, loss in result["curve"])
+    assert (result["steps"], result["stopped"]) in {(60, "step cap"), (60, "patience")}
+
+
+def test_length_batches_cover_the_epoch_once_sorted_within_windows():
+    lengths = [random.Random(1).randint(3, 40) for _ in range(1000)]
+    batches = dp.length_batches(lengths, random.Random(0))
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    assert sorted(map(len, batches)) == [8] + [dp.BATCH] * 62  # windows of 800 and 200: one batch of 8
+    assert all([lengths[i] for i in b] == sorted(lengths[i] for i in b) for b in batches)
+
+
+class FakeRuns:
+    """Validation MSE = (log10 lr − log10 best)², the best lr per unit given; every requested job recorded."""
+
+    def __init__(self, best: dict[int, float]):
+        self.best, self.asked = best, []
+
+    def get(self, jobs, desc):
+        import math
+
+        self.asked.append(sorted(jobs))
+        return {job: {"validation_loss": (math.log10(job[2]) - math.log10(self.best[job[0]])) ** 2} for job in jobs}
+
+
+def test_the_lr_grid_is_extended_past_an_edge_at_most_twice():
+    runs = FakeRuns({4: 1e-3, 32: 1e-2})
+    chosen = dp.choose_lrs(runs)
+    assert chosen[4][0] == 1e-3 and set(chosen[4][1]) == {3e-4, 1e-3, 3e-3}
+    assert chosen[32][0] == 9e-3 and set(chosen[32][1]) == {3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2}
+    assert len(runs.asked) == 3 and runs.asked[1] == [(32, 8, lr) for lr in (3e-4, 1e-3, 3e-3, 9e-3)]  # k = 4 done
+    far = dp.choose_lrs(FakeRuns({4: 1.0, 32: 1e-6}))
+    assert far[4][0] == 2.7e-2 and far[32][0] == pytest.approx(3.33e-5)  # an edge still, after two extensions
+
+
+def test_the_verdict_needs_high_rank_on_k32_and_low_rank_on_k4():
+    k4 = lm_pilot.summary({0: 1.0, 1: 0.5, 2: 0.2, 4: 0.1, 8: 0.1, 64: 0.1})
+    k32 = lm_pilot.summary({0: 1.0, 1: 0.9, 8: 0.6, 16: 0.4, 32: 0.1, 64: 0.1})
+    assert dp.verdict({4: k4, 32: k32}) == "rank-sensitive"
+    assert dp.verdict({4: k32, 32: k32}) == "not rank-sensitive"
+    assert dp.verdict({4: k4, 32: k4}) == "not rank-sensitive"
