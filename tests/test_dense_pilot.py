@@ -96,3 +96,32 @@ def test_the_verdict_needs_high_rank_on_k32_and_low_rank_on_k4():
     assert dp.verdict({4: k4, 32: k32}) == "rank-sensitive"
     assert dp.verdict({4: k32, 32: k32}) == "not rank-sensitive"
     assert dp.verdict({4: k4, 32: k4}) == "not rank-sensitive"
+
+
+def test_the_probe_scores_every_query_and_value_layer_against_the_planted_truth(tiny_pilot, monkeypatch):
+    """On 32 texts of the tiny BERT (rank 2 planted in layer 1's value): 4 layers probed, the truth 2 on the planted
+    one, every predictor computed there."""
+    from loralab.experiments import dense_probe
+
+    monkeypatch.setattr(dense_probe, "EXAMPLES", 32)
+    found = dense_probe.probe(2, tiny_pilot)
+    assert found["planted"] == "bert.encoder.layer.1.attention.self.value"
+    assert found["truth"] == {f"bert.encoder.layer.{i}.attention.self.{kind}": 2 if (i, kind) == (1, "value") else 0
+                              for i in (0, 1) for kind in ("query", "value")}
+    planted = found["layers"][found["planted"]]
+    assert planted["gradient_null_rank"] >= 0 and 1 <= planted["gradient_effective_rank"] <= 32
+    assert set(found["task"]) == {"gradient_effective_rank", "gradient_null_rank", "activation_rank", "twonn_dimension",
+                                  "gradient_importance"}
+
+
+def test_the_null_moves_each_text_by_another_texts_planted_change():
+    """t'(x) = f₀(x) + (t − f₀)(x′): base outputs kept in place, the changes permuted across batches (none lost)."""
+    from loralab.experiments import dense_probe
+
+    base, change = torch.randn(10, 3), torch.randn(10, 3)
+    batches = [{"labels": (base + change)[:4]}, {"labels": (base + change)[4:]}]
+    null = torch.cat([b["labels"] for b in dense_probe.shuffled_changes(batches, base, seed=1)])
+    moved = null - base
+    order = [min(range(10), key=lambda j: float((moved[i] - change[j]).abs().max())) for i in range(10)]
+    assert sorted(order) == list(range(10)) and torch.allclose(moved, change[order], atol=1e-6)
+    assert not torch.allclose(moved, change)
