@@ -110,6 +110,8 @@ def test_the_probe_scores_every_query_and_value_layer_against_the_planted_truth(
                               for i in (0, 1) for kind in ("query", "value")}
     planted = found["layers"][found["planted"]]
     assert planted["gradient_null_rank"] >= 0 and 1 <= planted["gradient_effective_rank"] <= 32
+    energy = found["energy"]["planted_layer"]  # ΔW·Σ_h·ΔWᵀ of a rank-2 ΔW: two eigenvalues, then zeros
+    assert energy["r90"] <= 2 and energy["top"][2] < 1e-9 * energy["top"][0] and 1 <= energy["effective_rank"] <= 2
     assert set(found["task"]) == {"gradient_effective_rank", "gradient_null_rank", "activation_rank", "twonn_dimension",
                                   "gradient_importance"}
 
@@ -125,3 +127,11 @@ def test_the_null_moves_each_text_by_another_texts_planted_change():
     order = [min(range(10), key=lambda j: float((moved[i] - change[j]).abs().max())) for i in range(10)]
     assert sorted(order) == list(range(10)) and torch.allclose(moved, change[order], atol=1e-6)
     assert not torch.allclose(moved, change)
+
+
+def test_energy_ranks_of_a_known_spectrum():
+    from loralab.experiments import dense_probe
+
+    found = dense_probe.energy_ranks(torch.tensor([1.0, 4.0, 0.0, 5.0]))  # 5, 4, 1: 50% at 1, 90% at 2
+    assert (found["r50"], found["r90"]) == (1, 2) and found["top"] == [5.0, 4.0, 1.0, 0.0]
+    assert dense_probe.energy_ranks(torch.ones(6))["effective_rank"] == pytest.approx(6.0)

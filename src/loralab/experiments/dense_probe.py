@@ -10,10 +10,18 @@ real ones, unrelated to the input. (Shuffling the targets themselves would put e
 texts' features, a far larger gradient than the real one's: no signal would ever clear it.)
 
     python -c "from loralab.experiments.dense_probe import run; run()"
+
+`planted_energy` says how many directions the planted change really occupies on these texts: the eigenvalues of
+ΔW·Σ_h·ΔWᵀ (Σ_h the planted layer's uncentred input second moment over the probe's tokens) — k equal values only if
+the k random input directions V carried equal energy — and of the pooled outputs' change, E[(t − f₀)(t − f₀)ᵀ].
+
+`figure` draws the pilot's gain curves g(r) beside the registered benchmark's (docs/study/rank/figures/dense_gain.png).
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,8 +95,33 @@ def probe(k: int, root: Path, seed: int = 0) -> dict:
         rec.remove()
     nulls = [rp.gradient_moment(loss, modules, shuffled_changes(batches, base, seed + 1 + i))[0] for i in range(SHUFFLES)]
     layers = rp.layer_predictors(recorders, moments, nulls, sums)
+    second_moment = recorders[planted].second_moment / recorders[planted].tokens
     return {"layers": layers, "task": rp.task_predictors(layers), "primary": rp.PRIMARY, "planted": planted,
-            "truth": {p: k if p == planted else 0 for p in modules}, "seconds": time.time() - started}
+            "truth": {p: k if p == planted else 0 for p in modules},
+            "energy": planted_energy(k, modules[planted].weight.detach(), second_moment, wanted - base),
+            "seconds": time.time() - started}
+
+
+def energy_ranks(eigenvalues: torch.Tensor) -> dict:
+    """Of a spectrum (any order): the fewest directions holding 50% / 90% of its sum, and its effective rank."""
+    from loralab.analysis.rank_predictors import effective_rank
+
+    values = eigenvalues.double().clamp_min(0).sort(descending=True).values
+    share = values.cumsum(0) / values.sum()
+    return {"r50": int((share < 0.5).sum()) + 1, "r90": int((share < 0.9).sum()) + 1,
+            "effective_rank": effective_rank(torch.diag(values.sqrt())), "top": [float(v) for v in values[:8]]}
+
+
+def planted_energy(k: int, weight: torch.Tensor, second_moment: torch.Tensor, change: torch.Tensor) -> dict:
+    """`energy_ranks` of the planted layer's output change ΔW·Σ_h·ΔWᵀ and of the pooled change's second moment
+    (``change``: t − f₀, texts × hidden). ΔW is redrawn as `dense_pilot.targets` draws it (generator 3000 + k)."""
+    from loralab.experiments import rank_units
+
+    delta = rank_units.planted_update(weight, k, rank_units.PLANTED_STRENGTH,
+                                      torch.Generator().manual_seed(3000 + k)).double()
+    pooled = change.double().T @ change.double() / len(change)
+    return {"planted_layer": energy_ranks(torch.linalg.eigvalsh(delta @ second_moment @ delta.T)),
+            "pooled_output": energy_ranks(torch.linalg.eigvalsh(pooled))}
 
 
 def run(root: str = "runs/dense_pilot", out: str = "docs/study/rank/dense_probe.json") -> dict:
@@ -100,3 +133,34 @@ def run(root: str = "runs/dense_pilot", out: str = "docs/study/rank/dense_probe.
         print(name, found["task"][found["primary"]], {key: at[key] for key in ("gradient_effective_rank",
                                                                                 "gradient_null_rank")})
     return report
+
+
+def gain(losses: dict[int, float]) -> dict[int, float]:
+    """g(r) = (L_0 − L_r)/(L_0 − L_best) per rung (``losses``: rung → test loss; 0 = the head alone or untrained)."""
+    head, best = losses[0], min(losses.values())
+    return {r: (head - loss) / (head - best) for r, loss in sorted(losses.items())}
+
+
+def figure(pilot: str = "docs/study/rank/dense_pilot.json", rank: str = "docs/study/rank/rank.json",
+           out: str = "docs/study/rank/figures/dense_gain.png") -> Path:
+    """g(r) of the dense units (colour, the planted k dotted) over the registered units' (grey, seed means)."""
+    from loralab.plotting import pyplot, save
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    x = {r: math.log2(r) if r else -1 for r in (0, 1, 2, 4, 8, 16, 32, 64)}
+    for i, unit in enumerate(json.loads(Path(rank).read_text())["units"]):
+        curve = gain({int(r): v for r, v in unit["mean_test_loss"].items()})
+        ax.plot([x[r] for r in curve], list(curve.values()), color="0.75", linewidth=0.8,
+                label="registered units (13, seed means)" if i == 0 else None)
+    for (name, unit), color in zip(json.loads(Path(pilot).read_text())["units"].items(), ("tab:blue", "tab:red")):
+        curve = gain({int(r): v for r, v in unit["test_loss"].items()})
+        ax.plot([x[r] for r in curve], list(curve.values()), marker="o", markersize=3, color=color,
+                label=f"{name} (r90 {unit['r90']:.1f})")
+        ax.axvline(math.log2(unit["k"]), color=color, linestyle=":", linewidth=1)
+    ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(list(x.values()), ["0", "1", "2", "4", "8", "16", "32", "64"])
+    ax.set(xlabel="LoRA rank r (q/v, s = α/r); 0 = head alone (registered) or untrained (dense)",
+           ylabel="normalised gain g(r)", title="Test-loss gain: dense planted units vs the registered benchmark")
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, Path(out))
