@@ -135,3 +135,31 @@ def test_energy_ranks_of_a_known_spectrum():
     found = dense_probe.energy_ranks(torch.tensor([1.0, 4.0, 0.0, 5.0]))  # 5, 4, 1: 50% at 1, 90% at 2
     assert (found["r50"], found["r90"]) == (1, 2) and found["top"] == [5.0, 4.0, 1.0, 0.0]
     assert dense_probe.energy_ranks(torch.ones(6))["effective_rank"] == pytest.approx(6.0)
+
+
+def test_the_centred_reading_measures_gain_from_the_shifted_base(tiny_pilot):
+    """L_0' is the test change's MSE after removing the training texts' mean change; a rung at L_0' has g = 0."""
+    from loralab.experiments import dense_probe
+
+    found = dp.targets(2, tiny_pilot)
+    shift = (found["train"] - found["base_train"]).double().mean(0)
+    centred = float((((found["test"] - found["base_test"]).double() - shift) ** 2).mean())
+    reading = dense_probe.centred_gain(2, tiny_pilot, {"0": 9.0, "1": centred, "2": centred / 2, "4": centred / 4})
+    assert reading["centred_l0"] == pytest.approx(centred)
+    assert reading["g"][1] == pytest.approx(0.0) and reading["g"][2] == pytest.approx(2 / 3) and reading["g"][4] == 1
+    assert 0 < reading["shift_share"] < 1
+
+
+def test_pilot3_bias_alone_learns_the_shift_and_the_lr_decays_to_zero(tiny_pilot, monkeypatch):
+    """r = 0 trains only the output bias and lowers the untrained MSE; the schedule warms up, then reaches 0 at the
+    cap."""
+    from loralab.experiments import dense_pilot3 as p3
+
+    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
+        monkeypatch.setattr(p3, name, value)
+    assert [p3.lr_factor(s) for s in (0, 4, 32, 59, 60)] == pytest.approx([0.2, 1.0, 28 / 55, 1 / 55, 0.0])
+    result = p3.train_rung(2, 0, str(tiny_pilot))
+    assert result["test_loss"] < dp.base_losses(2, tiny_pilot)["test"]
+    assert [step for step, _ in result["curve"]] == [20, 40, 60]
+    lora = p3.train_rung(2, 2, str(tiny_pilot))
+    assert lora["validation_loss"] == min(loss for _, loss in lora["curve"])

@@ -15,6 +15,9 @@ texts' features, a far larger gradient than the real one's: no signal would ever
 ΔW·Σ_h·ΔWᵀ (Σ_h the planted layer's uncentred input second moment over the probe's tokens) — k equal values only if
 the k random input directions V carried equal energy — and of the pooled outputs' change, E[(t − f₀)(t − f₀)ᵀ].
 
+`centred_gain` is a post-hoc reading of the pilot (exploratory, added after its result): g(r) measured from the base
+model shifted by the training texts' mean change, as if r = 0 had a trained output bias — the rung the pilot lacked.
+
 `figure` draws the pilot's gain curves g(r) beside the registered benchmark's (docs/study/rank/figures/dense_gain.png).
 """
 
@@ -124,9 +127,28 @@ def planted_energy(k: int, weight: torch.Tensor, second_moment: torch.Tensor, ch
             "pooled_output": energy_ranks(torch.linalg.eigvalsh(pooled))}
 
 
-def run(root: str = "runs/dense_pilot", out: str = "docs/study/rank/dense_probe.json") -> dict:
-    """Probe every pilot unit, write ``out`` and return it."""
+def centred_gain(k: int, root: Path, test_loss: dict) -> dict:
+    """The pilot's rungs (``test_loss``: rung → test MSE, as in dense_pilot.json) against L_0' = E‖t − f₀ − m‖²/384,
+    m the mean change t − f₀ over the training texts: the untrained model plus the best constant shift. Assumes every
+    rung r ≥ 1 learned that shift (a rung below L_0' did not: its g is negative)."""
+    from loralab.experiments import lm_pilot
+
+    found = dp.targets(k, root)
+    shift = (found["train"] - found["base_train"]).double().mean(0)
+    change = (found["test"] - found["base_test"]).double()
+    centred = float(((change - shift) ** 2).mean())
+    losses = {0: centred, **{int(r): v for r, v in test_loss.items() if int(r) > 0}}
+    return {"shift_share": float((shift ** 2).mean()) / float((change ** 2).mean()), "centred_l0": centred,
+            **lm_pilot.summary(losses)}
+
+
+def run(root: str = "runs/dense_pilot", out: str = "docs/study/rank/dense_probe.json",
+        pilot: str = "docs/study/rank/dense_pilot.json") -> dict:
+    """Probe every pilot unit (and, when the pilot's report exists, read it with `centred_gain`); write ``out``."""
     report = {"design": __doc__.split("\n\n")[1], "units": {f"dense-k{k}": probe(k, Path(root)) for k in dp.KS}}
+    if Path(pilot).exists():
+        for name, unit in json.loads(Path(pilot).read_text())["units"].items():
+            report["units"][name]["post_hoc_centred"] = centred_gain(unit["k"], Path(root), unit["test_loss"])
     atomic_write_json(Path(out), report)
     for name, found in report["units"].items():
         at = found["layers"][found["planted"]]
@@ -156,7 +178,7 @@ def figure(pilot: str = "docs/study/rank/dense_pilot.json", rank: str = "docs/st
     for (name, unit), color in zip(json.loads(Path(pilot).read_text())["units"].items(), ("tab:blue", "tab:red")):
         curve = gain({int(r): v for r, v in unit["test_loss"].items()})
         ax.plot([x[r] for r in curve], list(curve.values()), marker="o", markersize=3, color=color,
-                label=f"{name} (r90 {unit['r90']:.1f})")
+                label=f"{name} (r90 {unit['r90']:.1f}; planted k dotted)")
         ax.axvline(math.log2(unit["k"]), color=color, linestyle=":", linewidth=1)
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(list(x.values()), ["0", "1", "2", "4", "8", "16", "32", "64"])
