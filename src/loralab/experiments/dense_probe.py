@@ -164,8 +164,10 @@ def gain(losses: dict[int, float]) -> dict[int, float]:
 
 
 def figure(pilot: str = "docs/study/rank/dense_pilot.json", rank: str = "docs/study/rank/rank.json",
-           out: str = "docs/study/rank/figures/dense_gain.png") -> Path:
-    """g(r) of the dense units (colour, the planted k dotted) over the registered units' (grey, seed means)."""
+           out: str = "docs/study/rank/figures/dense_gain.png",
+           pilot3: str = "docs/study/rank/dense_pilot3.json") -> Path:
+    """g(r) of the dense units (colour, the planted k dotted; pilot 3's dashed when its report exists) over the
+    registered units' (grey, seed means)."""
     from loralab.plotting import pyplot, save
 
     plt = pyplot()
@@ -180,9 +182,17 @@ def figure(pilot: str = "docs/study/rank/dense_pilot.json", rank: str = "docs/st
         ax.plot([x[r] for r in curve], list(curve.values()), marker="o", markersize=3, color=color,
                 label=f"{name} (r90 {unit['r90']:.1f}; planted k dotted)")
         ax.axvline(math.log2(unit["k"]), color=color, linestyle=":", linewidth=1)
+    if Path(pilot3).exists():
+        for name, unit in json.loads(Path(pilot3).read_text())["units"].items():
+            curve = gain({int(r): v for r, v in unit["test_loss"].items()})
+            ax.plot([x[r] for r in curve], list(curve.values()), marker="s", markersize=3, linestyle="--",
+                    color={4: "tab:blue", 32: "tab:red"}.get(unit["k"], "black"),
+                    label=f"{name}, pilot 3: r = 0 a trained bias (r90 {unit['r90']:.1f})"
+                    + "".join(f"; g({r}) = {g:.1f} below" for r, g in curve.items() if g < -0.3))
     ax.axhline(0.9, color="grey", linestyle="--", linewidth=1)
     ax.set_xticks(list(x.values()), ["0", "1", "2", "4", "8", "16", "32", "64"])
-    ax.set(xlabel="LoRA rank r (q/v, s = α/r); 0 = head alone (registered) or untrained (dense)",
+    ax.set_ylim(-0.3, 1.05)  # pilot 3's dense-k4 at r = 1 lies below (−1.3): off the chart
+    ax.set(xlabel="LoRA rank r (q/v, s = α/r); 0 = head alone (registered), untrained (pilot 1) or a bias (pilot 3)",
            ylabel="normalised gain g(r)", title="Test-loss gain: dense planted units vs the registered benchmark")
     ax.legend(fontsize=7, loc="lower right")
     return save(fig, Path(out))
