@@ -130,7 +130,7 @@ def planted_energy(k: int, weight: torch.Tensor, second_moment: torch.Tensor, ch
 def centred_gain(k: int, root: Path, test_loss: dict) -> dict:
     """The pilot's rungs (``test_loss``: rung → test MSE, as in dense_pilot.json) against L_0' = E‖t − f₀ − m‖²/384,
     m the mean change t − f₀ over the training texts: the untrained model plus the best constant shift. Assumes every
-    rung r ≥ 1 learned that shift (a rung below L_0' did not: its g is negative)."""
+    rung r ≥ 1 learned that shift (a rung that ends above L_0' did not: its g is negative)."""
     from loralab.experiments import lm_pilot
 
     found = dp.targets(k, root)
