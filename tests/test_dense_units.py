@@ -1,0 +1,121 @@
+"""Benchmark v2's dense units (`experiments.dense_units`): the exact bias-alone rung, a run that learns with dropout
+off and keeps its best checkpoint, the lr grid extended past an edge, the unit summary and third-seed rule, the
+archive read back instead of retrained."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from loralab.experiments import dense_pilot as dp
+from loralab.experiments import dense_units as du
+
+
+@pytest.fixture
+def tiny_units(tiny, tmp_path, monkeypatch):
+    """The units on the tiny BERT and 96 / 32 / 32 real movie texts, 40–60 steps, validation every 20."""
+    from loralab import data as datasets
+
+    texts = [r["text"] for r in datasets.load("movie", "train", seed=0, limit=160).examples]
+    monkeypatch.setattr(dp, "MODEL", tiny["model"])
+    monkeypatch.setattr(dp, "splits", lambda: {"train": texts[:96], "validation": texts[96:128], "test": texts[128:]})
+    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
+        monkeypatch.setattr(du, name, value)
+    return tmp_path
+
+
+def test_the_bias_alone_rung_is_the_mean_shift_and_no_constant_does_better_on_training_texts(tiny_units):
+    found = dp.targets(2, tiny_units)
+    change = found["train"] - found["base_train"]
+    shift = change.mean(0)
+    alone = du.bias_alone(2, tiny_units)
+    assert alone["test_loss"] == pytest.approx(float(((found["base_test"] + shift - found["test"]) ** 2).mean()))
+    assert alone["test_loss"] < dp.base_losses(2, tiny_units)["test"]
+    train_mse = lambda b: float(((change - b) ** 2).mean())  # noqa: E731
+    nudge = 0.01 * change.std() * torch.randn(change.shape[1], generator=torch.Generator().manual_seed(0))
+    assert train_mse(shift) < train_mse(shift + nudge) and train_mse(shift) < train_mse(shift - nudge)
+
+
+def test_a_run_learns_below_the_bias_alone_keeps_its_best_checkpoint_and_repeats_exactly(tiny_units):
+    """Dropout off: the same seed gives the same run to the last digit; another seed another run."""
+    first = du.train_rung(2, 4, 0, 1e-4, str(tiny_units))
+    assert first["test_loss"] < du.bias_alone(2, tiny_units)["test_loss"]
+    assert [step for step, _ in first["curve"]] == [20, 40, 60]
+    assert first["validation_loss"] == min(loss for _, loss in first["curve"])
+    assert first["best_step"] == min(first["curve"], key=lambda c: c[1])[0]
+    again, other = du.train_rung(2, 4, 0, 1e-4, str(tiny_units)), du.train_rung(2, 4, 1, 1e-4, str(tiny_units))
+    assert again["curve"] == first["curve"] and again["test_loss"] == first["test_loss"]
+    assert other["test_loss"] != first["test_loss"]
+
+
+def test_the_student_trains_in_eval_mode_from_the_exact_bias_with_only_bias_and_lora_trainable(tiny_units):
+    start = torch.linspace(-1, 1, 32)
+    model, _ = du.student(4, start)
+    assert not any(m.training for m in model.modules())
+    assert torch.equal(model.bias.detach(), start) and model.bias.data_ptr() != start.data_ptr()
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert "bias" in names and all(n == "bias" or "lora_" in n for n in names)
+    head, _ = du.student(0, torch.zeros(32))
+    assert {n for n, p in head.named_parameters() if p.requires_grad} == {"bias"}
+
+
+def test_the_schedule_warms_up_then_reaches_zero_at_the_cap(tiny_units):
+    assert [du.lr_factor(s) for s in (0, 4, 32, 59, 60)] == pytest.approx([0.2, 1.0, 28 / 55, 1 / 55, 0.0])
+
+
+class FakeRuns:
+    """Validation MSE = (log10 lr − log10 best)², the best lr per unit given; every requested job recorded."""
+
+    def __init__(self, best: dict[int, float]):
+        self.best, self.asked = best, []
+
+    def get(self, jobs, desc):
+        self.asked.append(sorted(jobs))
+        return {job: {"validation_loss": (math.log10(job[3]) - math.log10(self.best[job[0]])) ** 2} for job in jobs}
+
+
+def test_the_lr_grid_is_extended_past_an_edge_at_most_twice_at_rank_4_seed_0():
+    runs = FakeRuns({4: 1e-3, 64: 1e-2, 16: 1e-6})
+    chosen = du.choose_lrs(runs, ks=(64, 16, 4))
+    assert chosen[4] == {"lr": 1e-3, "grid": pytest.approx({3e-4: 0.27, 1e-3: 0.0, 3e-3: 0.23}, abs=0.01),
+                         "at_edge": False}
+    assert chosen[64]["lr"] == 9e-3 and set(chosen[64]["grid"]) == {3e-4, 1e-3, 3e-3, 9e-3, 2.7e-2}
+    assert chosen[16]["lr"] == pytest.approx(3.33e-5) and chosen[16]["at_edge"]  # still an edge after two extensions
+    assert len(runs.asked) == 3 and all(job[1:3] == (du.GRID_RANK, 0) for asked in runs.asked for job in asked)
+    assert [job[0] for job in runs.asked[1]] == [16] * 4 + [64] * 4  # k = 4 settled after the first grid
+
+
+def fake_ladder(k: int, lr: float, losses: dict[int, dict[int, float]]) -> dict:
+    return {(k, r, s, lr): {"k": k, "r": r, "seed": s, "test_loss": v, "best_step": 500, "seconds": 10.0}
+            for r, by_seed in losses.items() for s, v in by_seed.items()}
+
+
+def test_a_unit_summary_reads_r90_from_seed_means_with_the_exact_bias_as_r0(tiny_units, monkeypatch):
+    monkeypatch.setattr(du, "bias_alone", lambda k, root: {"validation_loss": 1.0, "test_loss": 1.0})
+    found = fake_ladder(4, 1e-3, {1: {0: 0.6, 1: 0.6}, 4: {0: 0.2, 1: 0.2}, 16: {0: 0.1, 1: 0.1}, 64: {0: 0.1, 1: 0.1}})
+    unit = du.summary(4, tiny_units, found, 1e-3, (0, 1))
+    # g = 0, 4/9, 8/9, 1, 1 at r = 0, 1, 4, 16, 64: 0.9 crossed 1/9 of the way from log2 4 to log2 16
+    assert unit["needed_rank"] == pytest.approx(2 ** (2 + 2 * (0.9 - 8 / 9) / (1 / 9)))
+    assert unit["interval"] == [pytest.approx(unit["needed_rank"])] * 2  # two identical seeds: no spread
+    assert unit["kept"] and unit["relative_gain"] == pytest.approx(0.9) and unit["seconds"] == 80.0
+    assert not du.needs_third_seed(unit)
+    wide = fake_ladder(4, 1e-3, {1: {0: 0.12, 1: 0.9}, 4: {0: 0.1, 1: 0.8}, 16: {0: 0.1, 1: 0.5}, 64: {0: 0.1, 1: 0.1}})
+    assert du.needs_third_seed(du.summary(4, tiny_units, wide, 1e-3, (0, 1)))
+
+
+def test_finished_runs_are_read_back_from_the_archive_and_new_ones_appended(tmp_path, monkeypatch):
+    archive = tmp_path / "runs.jsonl"
+    monkeypatch.setattr(dp, "targets", lambda k, root: None)
+    monkeypatch.setattr(du, "version", lambda: "v1")
+    done = {"run": "dense-k4-r1-s0-lr0.001-v1", "machine": "m", "result": {"test_loss": 0.5}}
+    archive.write_text(json.dumps(done) + "\n")
+    runs = du.Runs(archive, tmp_path, workers=1, train=fake_train)
+    found = runs.get([(4, 1, 0, 1e-3), (4, 4, 0, 1e-3)], "test")
+    assert found[(4, 1, 0, 1e-3)] == {"test_loss": 0.5} and found[(4, 4, 0, 1e-3)] == {"test_loss": 4.0}
+    lines = [json.loads(line) for line in archive.read_text().splitlines()]
+    assert [line["run"] for line in lines] == ["dense-k4-r1-s0-lr0.001-v1", "dense-k4-r4-s0-lr0.001-v1"]
+
+
+def fake_train(k, r, seed, lr, root):
+    return {"test_loss": float(r)}
