@@ -119,3 +119,28 @@ def test_finished_runs_are_read_back_from_the_archive_and_new_ones_appended(tmp_
 
 def fake_train(k, r, seed, lr, root):
     return {"test_loss": float(r)}
+
+
+def test_the_centred_probe_sees_targets_with_the_probe_texts_mean_change_removed(tiny_units, monkeypatch):
+    """Benchmark v2's predictors: the loss the probe differentiates has the bias fitted — over the probe's texts the
+    targets' mean change from the base model is 0 (it is not, uncentred), the per-text changes otherwise kept."""
+    from loralab.analysis import rank_predictors as rp
+    from loralab.experiments import dense_probe
+
+    monkeypatch.setattr(dense_probe, "EXAMPLES", 32)
+    seen, real = [], rp.gradient_moment
+
+    def recording(loss, modules, batches, *rest):
+        seen.append(torch.cat([b["labels"] for b in batches]))
+        return real(loss, modules, batches, *rest)
+
+    monkeypatch.setattr(rp, "gradient_moment", recording)
+    found = dp.targets(2, tiny_units)
+    base, wanted = found["base_train"][:32], found["train"][:32]
+    dense_probe.probe(2, tiny_units, centred=True)
+    centred = seen[0]
+    assert (centred - base).mean(0).abs().max() < 1e-4 * (wanted - base).mean(0).abs().max()
+    assert (wanted - base).mean(0).abs().max() > 0
+    assert torch.allclose((centred - base) - (wanted - base), -(wanted - base).mean(0).expand(32, -1), atol=1e-7)
+    cached = dense_probe.unit_predictors(2, tiny_units, home=tiny_units / "predictors")
+    assert (tiny_units / "predictors" / "dense-k2.json").exists() and cached["planted"].endswith("layer.1.attention.self.value")

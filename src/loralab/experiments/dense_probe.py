@@ -73,9 +73,11 @@ def shuffled_changes(batches: list[dict], base: torch.Tensor, seed: int) -> list
     return out
 
 
-def probe(k: int, root: Path, seed: int = 0) -> dict:
+def probe(k: int, root: Path, seed: int = 0, centred: bool = False) -> dict:
     """{"layers": every predictor per query/value projection, "task": their task-level values, "planted": the
-    planted layer's name, "truth": {layer: planted rank}}."""
+    planted layer's name, "truth": {layer: planted rank}}. ``centred``: with the output bias first fitted (benchmark
+    v2) — each target moved by the mean change t − f₀ over the probe's texts, the loss an adapter faces once r = 0
+    (the bias) has taken the shared shift."""
     from loralab import models
     from loralab.analysis import rank_predictors as rp
 
@@ -83,6 +85,8 @@ def probe(k: int, root: Path, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     found = dp.targets(k, root)
     texts, wanted, base = dp.splits()["train"][:EXAMPLES], found["train"][:EXAMPLES], found["base_train"][:EXAMPLES]
+    if centred:
+        wanted = wanted - (wanted - base).mean(0)
     model, tokenizer = models.load(dp.MODEL, "classification", num_labels=2)
     model.eval()
     planted = dp.planted_layer(model)
@@ -103,6 +107,16 @@ def probe(k: int, root: Path, seed: int = 0) -> dict:
             "truth": {p: k if p == planted else 0 for p in modules},
             "energy": planted_energy(k, modules[planted].weight.detach(), second_moment, wanted - base),
             "seconds": time.time() - started}
+
+
+def unit_predictors(k: int, root: Path, home: Path = Path("docs/study/rank/predictors")) -> dict:
+    """Benchmark v2's predictors of unit dense-k (`probe`, centred), computed once and kept as
+    ``<home>/dense-k<k>.json`` beside the registered units' (the shape `rank_benchmark.test_predictors` reads)."""
+    cache = home / f"dense-k{k}.json"
+    if not cache.exists():
+        home.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cache, probe(k, root, centred=True))
+    return json.loads(cache.read_text())
 
 
 def energy_ranks(eigenvalues: torch.Tensor) -> dict:
