@@ -1,0 +1,64 @@
+"""Rank benchmark v2's reading (`experiments.rank_v2`): the registered and dense units tested together on the
+scale-free predictors, the spread, the dense units against k, the planted layer's place, the report files."""
+
+import json
+import math
+
+import pytest
+
+from loralab.experiments import rank_v2
+
+LAYERS = [f"layer.{i}.{kind}" for i in range(6) for kind in ("query", "value")]
+
+
+def write_benchmarks(tmp_path, registered: dict[str, float], dense: dict[int, float], primary) -> dict:
+    """rank.json with ``registered`` {unit: r90}, dense_units.json with ``dense`` {k: r90}, and predictors whose
+    primary is ``primary(r90)`` (the planted layer's value the highest for dense units)."""
+    home = tmp_path / "predictors"
+    home.mkdir()
+    rank = {"units": [{"name": u, "needed_rank": r, "interval": [r / 2, r * 2], "kept": True, "seeds": 2}
+                      for u, r in registered.items()]}
+    units = {f"dense-k{k}": {"k": k, "needed_rank": r, "interval": [r / 1.5, r * 1.5], "kept": True, "seeds": 2}
+             for k, r in dense.items()}
+    for name, r in {**registered, **{f"dense-k{k}": r for k, r in dense.items()}}.items():
+        task = {"gradient_effective_rank": primary(r), "gradient_null_rank": 1.0, "activation_rank": 100.0 + r,
+                "twonn_dimension": 20.0, "gradient_importance": 1e3 if name in registered else 0.1}
+        layers = {p: {"gradient_effective_rank": 1.0 + i, "gradient_null_rank": 0} for i, p in enumerate(LAYERS)}
+        layers["layer.5.value"]["gradient_effective_rank"] = 99.0  # the planted one, highest
+        (home / f"{name}.json").write_text(json.dumps({"task": task, "layers": layers, "planted": "layer.5.value"}))
+    (tmp_path / "rank.json").write_text(json.dumps(rank))
+    (tmp_path / "dense.json").write_text(json.dumps({"units": units}))
+    return {"rank": str(tmp_path / "rank.json"), "dense": str(tmp_path / "dense.json"), "home": str(home),
+            "out": str(tmp_path / "v2.json"), "figure": str(tmp_path / "v2.png")}
+
+
+def test_a_predictor_that_orders_every_unit_is_supported_across_both_kinds(tmp_path):
+    registered = {f"u{i}": 1.0 + 0.5 * i for i in range(13)}
+    paths = write_benchmarks(tmp_path, registered, {4: 6.0, 16: 12.0, 32: 20.0, 64: 30.0}, primary=math.log)
+    report = rank_v2.run(**paths)
+    test = report["test"]
+    assert test["n"] == 17 and test["spearman"] == pytest.approx(1.0) and test["p_value"] < 1e-4 and test["supported"]
+    assert test["power_rho_0.8"]["alpha_0.01"] > 0.8
+    assert "gradient_importance" not in test["predictors"]  # its size depends on the loss: not compared across kinds
+    assert all("partial_rho_given_log2_classes" not in row for row in test["predictors"].values())
+    assert report["spread"]["ratio"] == pytest.approx(30.0) and report["spread"]["meets_target"]
+    assert report["spread"]["lowest"] == ["u0", 1.0] and report["spread"]["highest"] == ["dense-k64", 30.0]
+    assert report["within_dense"]["n"] == 4 and report["within_dense"]["needed_rank"]["rho"] == pytest.approx(1.0)
+    assert report["within_dense"]["needed_rank"]["p_value"] == pytest.approx(1 / 24, abs=0.01)
+    assert report["planted_position"]["dense-k4"]["gradient_effective_rank"] == 1
+    assert json.loads((tmp_path / "v2.json").read_text())["test"]["n"] == 17 and (tmp_path / "v2.png").stat().st_size > 0
+    text = (tmp_path / "v2.md").read_text()
+    assert "H1-v2 is **supported**" in text and "n = 17" in text and "**30.0×**" in text
+
+
+def test_a_predictor_that_runs_against_the_needed_rank_is_not_supported_and_dropped_units_do_not_count(tmp_path):
+    registered = {f"u{i}": 1.0 + 0.5 * i for i in range(13)}
+    paths = write_benchmarks(tmp_path, registered, {4: 3.0, 16: 9.0, 32: 25.0, 64: 30.0}, primary=lambda r: -r)
+    rank = json.loads((tmp_path / "rank.json").read_text())
+    rank["units"][0]["kept"] = False
+    (tmp_path / "rank.json").write_text(json.dumps(rank))
+    report = rank_v2.run(**paths)
+    assert report["test"]["n"] == 16 and report["test"]["spearman"] == pytest.approx(-1.0)
+    assert not report["test"]["supported"] and report["test"]["p_value"] > 0.99
+    assert report["spread"]["lowest"][0] == "u1"
+    assert "H1-v2 is **not supported**" in (tmp_path / "v2.md").read_text()
