@@ -62,3 +62,19 @@ def test_a_predictor_that_runs_against_the_needed_rank_is_not_supported_and_drop
     assert not report["test"]["supported"] and report["test"]["p_value"] > 0.99
     assert report["spread"]["lowest"][0] == "u1"
     assert "H1-v2 is **not supported**" in (tmp_path / "v2.md").read_text()
+
+
+def test_claim_9_holds_fails_or_stays_inconclusive_by_the_test_and_its_power():
+    from loralab.experiments.claims_geometry import rank_verdict, test_line
+    from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
+
+    v2 = {"primary": "g", "spearman": 0.85, "p_value": 0.001, "n": 17, "power_rho_0.8": {"alpha_0.01": 0.93}}
+    assert rank_verdict(v2) == HOLDS
+    assert rank_verdict({**v2, "spearman": -0.26, "p_value": 0.81}) == FAILS
+    assert rank_verdict({**v2, "spearman": 0.5, "p_value": 0.03, "power_rho_0.8": {"alpha_0.01": 0.6}}) == INCONCLUSIVE
+    assert rank_verdict({"spearman": None, "p_value": None}) == INCONCLUSIVE
+    v1 = {"primary": "g", "spearman": -0.26, "p_value": 0.81, "n": 13, "power": {"alpha_0.01": 0.82}}
+    assert rank_verdict(v1) == FAILS
+    assert test_line(v1, "predictor", "units") == ("predictor g against the measured needed rank r90 over n = 13 units: "
+                                                  "Spearman ρ = -0.26, one-sided permutation p = 0.81 (α = 0.01), "
+                                                  "power at ρ = 0.8: 0.82")
