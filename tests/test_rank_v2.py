@@ -78,3 +78,24 @@ def test_claim_9_holds_fails_or_stays_inconclusive_by_the_test_and_its_power():
     assert test_line(v1, "predictor", "units") == ("predictor g against the measured needed rank r90 over n = 13 units: "
                                                   "Spearman ρ = -0.26, one-sided permutation p = 0.81 (α = 0.01), "
                                                   "power at ρ = 0.8: 0.82")
+
+
+def test_the_dense_status_reads_grid_choice_and_whole_ladders_from_the_archive(tmp_path, monkeypatch):
+    from loralab.experiments import dense_units as du
+
+    monkeypatch.setattr(du, "version", lambda: "v9")
+    monkeypatch.setattr(du, "bias_alone", lambda k, root: {"test_loss": 1.0})
+    rows = [(4, 4, 0, lr, v) for lr, v in ((3e-4, 0.5), (1e-3, 0.3), (3e-3, 0.4))]
+    rows += [(4, r, 0, 1e-3, v) for r, v in ((1, 0.5), (16, 0.1), (64, 0.1))] + [(4, 1, 1, 1e-3, 0.6)]
+    rows += [(16, 4, 0, 3e-4, 0.9), (16, 4, 0, 1e-3, 0.8)]  # an unfinished grid, its best at the open edge
+    lines = [{"run": "x-v9", "result": {"k": k, "r": r, "seed": s, "lr": lr, "validation_loss": v, "test_loss": v}}
+             for k, r, s, lr, v in rows] + [{"run": "old-v1", "result": {"k": 4, "r": 64, "seed": 0, "lr": 1e-3,
+                                                                        "validation_loss": 0.0, "test_loss": 0.0}}]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    status = rank_v2.dense_status(str(tmp_path / "a.jsonl"), str(tmp_path))
+    k4 = status["dense-k4"]
+    assert k4["lr"] == 1e-3 and k4["grid"] == {"0.0003": 0.5, "0.001": 0.3, "0.003": 0.4}
+    # seed 0: g = 0, 5/9, 7/9, 1, 1 at r = 0, 1, 4, 16, 64; 0.9 crossed 0.45 of the way from log2 4 to log2 16
+    assert k4["seeds"][0] == {"rungs": [1, 4, 16, 64], "r90": pytest.approx(2 ** (2 + 2 * (0.9 - 7 / 9) / (2 / 9)))}
+    assert k4["seeds"][1] == {"rungs": [1], "r90": None}
+    assert status["dense-k16"]["lr"] is None and status["dense-k64"] == {"grid": {}, "lr": None, "seeds": {}}

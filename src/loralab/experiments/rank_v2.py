@@ -164,3 +164,28 @@ def draw(report: dict, found: dict[str, dict], path: Path) -> Path:
     right.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)
+
+
+def dense_status(archive: str = "docs/study/rank/dense_runs.jsonl", root: str = "runs/dense_pilot") -> dict:
+    """Where the dense units stand from their archive (nothing trained): per unit the lr grid at r = 4, seed 0
+    (validation MSE; the chosen lr once no edge is left to extend), and per seed the rungs finished and, for a
+    whole ladder, that seed's r90 against the exact bias-alone rung."""
+    from loralab.experiments import dense_units as du
+
+    version = du.version()
+    records = [json.loads(line) for line in Path(archive).read_text().splitlines()] if Path(archive).exists() else []
+    results = [r["result"] for r in records if r["run"].endswith(version)]
+    out = {}
+    for k in du.KS:
+        mine = [r for r in results if r["k"] == k]
+        grid = {r["lr"]: r["validation_loss"] for r in mine if r["r"] == du.GRID_RANK and r["seed"] == 0}
+        best = min(grid, key=grid.get) if grid else None
+        settled = best is not None and du.widened(sorted(grid), best) is None
+        row = {"grid": {f"{lr:g}": v for lr, v in sorted(grid.items())}, "lr": best if settled else None, "seeds": {}}
+        for seed in sorted({r["seed"] for r in mine}):
+            rungs = {r["r"]: r["test_loss"] for r in mine if r["seed"] == seed and r["lr"] == row["lr"]}
+            whole = set(rungs) == set(du.RANKS)
+            head = du.bias_alone(k, Path(root))["test_loss"] if whole else None
+            row["seeds"][seed] = {"rungs": sorted(rungs), "r90": rb.needed_rank({0: head, **rungs}) if whole else None}
+        out[f"dense-k{k}"] = row
+    return out
