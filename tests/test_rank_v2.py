@@ -99,3 +99,15 @@ def test_the_dense_status_reads_grid_choice_and_whole_ladders_from_the_archive(t
     assert k4["seeds"][0] == {"rungs": [1, 4, 16, 64], "r90": pytest.approx(2 ** (2 + 2 * (0.9 - 7 / 9) / (2 / 9)))}
     assert k4["seeds"][1] == {"rungs": [1], "r90": None}
     assert status["dense-k16"]["lr"] is None and status["dense-k64"] == {"grid": {}, "lr": None, "seeds": {}}
+
+
+def test_claim_9s_figure_shows_the_v2_units_when_the_study_has_them(tmp_path):
+    from loralab.experiments.study_figures import claim_9
+
+    registered = {f"u{i}": 1.0 + 0.5 * i for i in range(13)}
+    v2 = rank_v2.run(**write_benchmarks(tmp_path, registered, {4: 6.0, 16: 12.0, 32: 20.0, 64: 30.0}, primary=math.log))
+    c = {"primary": "gradient_effective_rank", "spearman": -0.26, "n": 13, "units": [], "allocation": {}, "v2": v2}
+    assert claim_9(c, tmp_path / "claim9.png").stat().st_size > 10_000
+    v1 = {**c, "v2": None, "units": [{"name": "u", "kept": True, "needed_rank": 2.0, "interval": [1.0, 3.0],
+                                      "predicted": {"gradient_effective_rank": 3.0}}]}
+    assert claim_9(v1, tmp_path / "claim9_v1.png").stat().st_size > 10_000

@@ -154,13 +154,20 @@ def draw(report: dict, found: dict[str, dict], path: Path) -> Path:
             right.errorbar([u["k"]], [u["needed_rank"]], yerr=[[u["needed_rank"] - low], [high - u["needed_rank"]]],
                            fmt="s", color="tab:red", capsize=3)
     test = report["test"]
+    left.minorticks_off()
     left.set(yscale="log", xlabel=f"{PRIMARY} (task level, before training)", ylabel="needed rank r90 (test loss)",
              title=f"H1-v2: ρ = {fmt(test['spearman'], '.2f')}, p = {fmt(test['p_value'], '.2g')}, n = {test['n']}")
     ks = [4, 16, 32, 64]
     right.plot(ks, ks, linestyle=":", color="grey", label="r90 = k")
-    right.set(xscale="log", yscale="log", xlabel="planted rank k", ylabel="needed rank r90",
+    right.set(xscale="log", yscale="log", ylim=(0.7, 90), xlabel="planted rank k", ylabel="needed rank r90",
               title="Dense units: needed rank against the planted rank")
+    right.minorticks_off()
     right.set_xticks(ks, [str(k) for k in ks])
+    right.set_yticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
+    left.set_yticks([1, 2, 4, 8, 16, 32, 64], ["1", "2", "4", "8", "16", "32", "64"])
+    left.plot([], [], "o", color="0.55", label="registered units (v1)")
+    left.plot([], [], "s", color="tab:red", label="dense planted units")
+    left.legend(fontsize=7, loc="upper left")
     right.legend(fontsize=8)
     fig.tight_layout()
     return save(fig, path)

@@ -220,15 +220,23 @@ def claim_8(c: dict, path: Path):
 def claim_9(c: dict, path: Path):
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
-    kept = [u for u in c["units"] if u["kept"] and u["needed_rank"]]
-    xs, ys = [u["predicted"].get(c["primary"]) for u in kept], [u["needed_rank"] for u in kept]
-    left.errorbar(xs, ys, yerr=[[max(y - (u["interval"][0] or y), 0) for y, u in zip(ys, kept)],
-                                [max((u["interval"][1] or y) - y, 0) for y, u in zip(ys, kept)]], fmt="o", capsize=3)
-    for x, y, u in zip(xs, ys, kept):
-        left.annotate(u["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
-    rho = "n/a" if c["spearman"] is None else format(c["spearman"], "+.2f")
+    v2 = c.get("v2")
+    units = [{"name": n, **u} for n, u in v2["units"].items()] if v2 else c["units"]  # v2: registered + dense units
+    kept = [u for u in units if u["kept"] and u["needed_rank"]]
+    for kind, marker, color in (("registered", "o", "tab:blue"), ("dense", "s", "tab:red")):
+        mine = [u for u in kept if u.get("kind", "registered") == kind]
+        xs, ys = [u["predicted"].get(c["primary"]) for u in mine], [u["needed_rank"] for u in mine]
+        left.errorbar(xs, ys, yerr=[[max(y - (u["interval"][0] or y), 0) for y, u in zip(ys, mine)],
+                                    [max((u["interval"][1] or y) - y, 0) for y, u in zip(ys, mine)]],
+                      fmt=marker, color=color, capsize=3, label=f"{kind} units" if v2 and mine else None)
+        for x, y, u in zip(xs, ys, mine):
+            left.annotate(u["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+    test = v2["test"] if v2 else c
+    rho = "n/a" if test["spearman"] is None else format(test["spearman"], "+.2f")
     left.set(yscale="log", xlabel=f"{c['primary']} (before training)", ylabel="needed rank r90 (measured)",
-             title=f"ρ = {rho}, n = {c['n']} units")
+             title=f"{'benchmark v2: ' if v2 else ''}ρ = {rho}, n = {test['n']} units")
+    if v2:
+        left.legend(fontsize=7)
     for i, diffs in enumerate(c["allocation"].values()):
         for j, (name, ci) in enumerate(diffs.items()):
             if ci:

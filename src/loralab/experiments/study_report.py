@@ -57,7 +57,10 @@ METHODS = {
        "from a held-out-loss rank ladder r ∈ {0, 1, 2, 4, 8, 16, 32, 64} (s = α/r, each unit's own learning rate, "
        "two seeds, a third where the interval was wide, runs stopped on validation loss); the primary predictor, "
        "computed before training on 256 examples, tested by a one-sided Spearman permutation test at α = 0.01 with "
-       "its power at ρ = 0.8; per-layer allocation against uniform, EVA-style and random at equal rank units.",
+       "its power at ρ = 0.8; per-layer allocation against uniform, EVA-style and random at equal rank units. "
+       "On the study's default sizes also benchmark v2 (docs/study/rank/README.md, registered before its runs): the "
+       "13 units and four dense planted units (a rank-k update, k ∈ {4, 16, 32, 64}, in MiniLM's last value "
+       "projection; the student distils the teacher's pooled output), tested the same way; its test gives the verdict.",
     10: "The query/value LoRA r=8 adapters of movie, tweets and sms, one replicate per seed with the seeds rotated over "
         "the tasks (adapters of one seed start from the same A, which would make their input subspaces agree by "
         "construction); every cell a mean over replicates with its t-interval; each task with its own head: own "
