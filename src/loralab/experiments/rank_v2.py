@@ -169,7 +169,7 @@ def draw(report: dict, found: dict[str, dict], path: Path) -> Path:
     left.plot([], [], "s", color="tab:red", label="dense planted units")
     left.legend(fontsize=7, loc="upper left")
     right.legend(fontsize=8)
-    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     return save(fig, path)
 
 
