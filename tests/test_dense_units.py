@@ -144,3 +144,46 @@ def test_the_centred_probe_sees_targets_with_the_probe_texts_mean_change_removed
     assert torch.allclose((centred - base) - (wanted - base), -(wanted - base).mean(0).expand(32, -1), atol=1e-7)
     cached = dense_probe.unit_predictors(2, tiny_units, home=tiny_units / "predictors")
     assert (tiny_units / "predictors" / "dense-k2.json").exists() and cached["planted"].endswith("layer.1.attention.self.value")
+
+
+def test_claim_9s_benchmark_v2_trains_the_dense_units_and_reads_them_with_the_registered_ones(tiny_units, monkeypatch):
+    """The wiring on the tiny BERT (planted k ∈ {2, 3}, rungs 1 and 2, one seed): predictors before ladders, the
+    ladders archived, v2's report over the registered units (a stand-in rank.json) and the dense ones."""
+    from types import SimpleNamespace
+
+    from loralab.experiments import dense_probe
+    from loralab.experiments.claims_geometry import benchmark_v2
+
+    for name, value in {"KS": (2, 3), "RANKS": (1, 2), "SEEDS": (0,), "GRID_RANK": 1, "EXTENSIONS": 0}.items():
+        monkeypatch.setattr(du, name, value)
+    choose = du.choose_lrs
+    monkeypatch.setattr(du, "choose_lrs", lambda runs: choose(runs, ks=du.KS))  # its default ks is bound at import
+    monkeypatch.setattr(dense_probe, "EXAMPLES", 32)
+    out = tiny_units / "study"
+    (out / "rank" / "predictors").mkdir(parents=True)
+    (out / "rank" / "rank.json").write_text(json.dumps({"units": [
+        {"name": f"u{i}", "needed_rank": 1.0 + i, "interval": [1.0, 2.0 + i], "kept": True, "seeds": 2} for i in range(3)]}))
+    for i in range(3):
+        task = {"gradient_effective_rank": 1.0 + i, "gradient_null_rank": 0.0, "activation_rank": 9.0, "twonn_dimension": 3.0}
+        (out / "rank" / "predictors" / f"u{i}.json").write_text(json.dumps({"task": task, "layers": {}}))
+    ladders, predicted_first = du.run, []
+
+    def run_after_predictors(*args):
+        predicted_first.append(all((out / "rank" / "predictors" / f"dense-k{k}.json").exists() for k in (2, 3)))
+        return ladders(*args)
+
+    monkeypatch.setattr(du, "run", run_after_predictors)
+    report = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs"))
+    assert predicted_first == [True]  # the predictors are fixed before any ladder trains
+    assert set(report["units"]) == {"u0", "u1", "u2", "dense-k2", "dense-k3"}
+    records = [json.loads(line) for line in (out / "rank" / "dense_runs.jsonl").read_text().splitlines()]
+    dense = json.loads((out / "rank" / "dense_units.json").read_text())["units"]
+    third = [u for u in dense.values() if u["seeds"] == 2]  # seed 2 where seed 0's r90 had no finite interval
+    assert all(u["needed_rank"] is None or u["interval"][0] is None for u in third) or not third
+    # per unit: the grid at r = 1 (3 lrs), then r = 2 at the chosen lr; a third seed's two rungs where needed
+    assert len(records) == 2 * (3 + 1) + 2 * len(third)
+    assert dense["dense-k2"]["mean_test_loss"]["0"] == pytest.approx(du.bias_alone(2, tiny_units / "runs")["test_loss"])
+    assert (out / "rank" / "v2.md").exists() and (out / "rank" / "figures" / "v2.png").exists()
+    again = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs"))  # read back: nothing trained again
+    assert len((out / "rank" / "dense_runs.jsonl").read_text().splitlines()) == len(records)
+    assert again["test"] == report["test"]

@@ -84,6 +84,7 @@ def run(rank: str = "docs/study/rank/rank.json", dense: str = "docs/study/rank/d
               "test": primary_test(units, found), "spread": rb.needed_rank_spread(units),
               "within_dense": within_dense(units, found)}
     report["planted_position"] = planted_position(found, report["within_dense"]["units"])
+    report["layers_probed"] = max((len(found[u]["layers"]) for u in report["within_dense"]["units"]), default=None)
     atomic_write_json(Path(out), report)
     draw(report, found, Path(figure))
     atomic_write_text(Path(out).with_suffix(".md"), markdown(report))
@@ -118,8 +119,9 @@ def markdown(report: dict) -> str:
         if dense.get(name):
             lines.append(f"- Dense units, {name} against k: Spearman ρ = {dense[name]['rho']:.2f}, exact one-sided "
                          f"p = {dense[name]['p_value']:.2g} (n = {dense['n']}; descriptive).")
+    layers = report.get("layers_probed")
     for unit, places in report["planted_position"].items():
-        lines.append(f"- {unit}: the planted layer's place among 12 layers — "
+        lines.append(f"- {unit}: the planted layer's place among the {layers} query/value layers (1 = highest) — "
                      + ", ".join(f"{k} {v}" for k, v in places.items()) + ".")
     lines += ["", "| unit | kind | seeds | r90 [95% seed bootstrap] | kept | " + " | ".join(SCALE_FREE) + " |",
               "|---|---|---:|---|---|" + "---:|" * len(SCALE_FREE)]
