@@ -105,3 +105,24 @@ def tiny(tmp_path_factory) -> dict:
         writer.writeheader()
         writer.writerows({"text": r["text"], "label": ["negative", "positive"][r["label"]]} for r in rows)
     return {"model": str(root / "model"), "data": str(root / "movie.csv"), "root": root}
+
+
+def short_dense_schedule(monkeypatch, module) -> None:
+    """A dense-unit module's training schedule cut to 40–60 steps, validated every 20 (`dense_pilot`, `dense_pilot3`,
+    `dense_units` each keep their own constants)."""
+    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
+        monkeypatch.setattr(module, name, value)
+
+
+@pytest.fixture
+def tiny_dense(tiny, tmp_path, monkeypatch):
+    """The dense planted units' teacher, student and texts on the tiny BERT and 96 / 32 / 32 real movie texts; the
+    teachers' targets kept under the returned directory."""
+    from loralab import data as datasets
+    from loralab.experiments import dense_pilot
+
+    texts = [r["text"] for r in datasets.load("movie", "train", seed=0, limit=160).examples]
+    monkeypatch.setattr(dense_pilot, "MODEL", tiny["model"])
+    monkeypatch.setattr(dense_pilot, "splits",
+                        lambda: {"train": texts[:96], "validation": texts[96:128], "test": texts[128:]})
+    return tmp_path

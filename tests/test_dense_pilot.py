@@ -6,21 +6,16 @@ import random
 import pytest
 import torch
 
+from conftest import short_dense_schedule
 from loralab.experiments import dense_pilot as dp
 from loralab.experiments import lm_pilot
 
 
 @pytest.fixture
-def tiny_pilot(tiny, tmp_path, monkeypatch):
-    """The pilot on the tiny BERT and 96 / 32 / 32 real movie texts, 40–60 steps, validation every 20."""
-    from loralab import data as datasets
-
-    texts = [r["text"] for r in datasets.load("movie", "train", seed=0, limit=160).examples]
-    monkeypatch.setattr(dp, "MODEL", tiny["model"])
-    monkeypatch.setattr(dp, "splits", lambda: {"train": texts[:96], "validation": texts[96:128], "test": texts[128:]})
-    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
-        monkeypatch.setattr(dp, name, value)
-    return tmp_path
+def tiny_pilot(tiny_dense, monkeypatch):
+    """The pilot on the tiny BERT (`conftest.tiny_dense`), 40–60 steps, validation every 20."""
+    short_dense_schedule(monkeypatch, dp)
+    return tiny_dense
 
 
 def test_the_rank_k_teacher_is_a_rank_k_lora_of_the_student(tiny_pilot):
@@ -155,8 +150,7 @@ def test_pilot3_bias_alone_learns_the_shift_and_the_lr_decays_to_zero(tiny_pilot
     cap."""
     from loralab.experiments import dense_pilot3 as p3
 
-    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
-        monkeypatch.setattr(p3, name, value)
+    short_dense_schedule(monkeypatch, p3)
     assert [p3.lr_factor(s) for s in (0, 4, 32, 59, 60)] == pytest.approx([0.2, 1.0, 28 / 55, 1 / 55, 0.0])
     result = p3.train_rung(2, 0, str(tiny_pilot))
     assert result["test_loss"] < dp.base_losses(2, tiny_pilot)["test"]

@@ -8,21 +8,16 @@ import math
 import pytest
 import torch
 
+from conftest import short_dense_schedule
 from loralab.experiments import dense_pilot as dp
 from loralab.experiments import dense_units as du
 
 
 @pytest.fixture
-def tiny_units(tiny, tmp_path, monkeypatch):
-    """The units on the tiny BERT and 96 / 32 / 32 real movie texts, 40–60 steps, validation every 20."""
-    from loralab import data as datasets
-
-    texts = [r["text"] for r in datasets.load("movie", "train", seed=0, limit=160).examples]
-    monkeypatch.setattr(dp, "MODEL", tiny["model"])
-    monkeypatch.setattr(dp, "splits", lambda: {"train": texts[:96], "validation": texts[96:128], "test": texts[128:]})
-    for name, value in {"MIN_STEPS": 40, "MAX_STEPS": 60, "EVAL_STEPS": 20, "PATIENCE": 1, "WARMUP": 5}.items():
-        monkeypatch.setattr(du, name, value)
-    return tmp_path
+def tiny_units(tiny_dense, monkeypatch):
+    """The units on the tiny BERT (`conftest.tiny_dense`), 40–60 steps, validation every 20."""
+    short_dense_schedule(monkeypatch, du)
+    return tiny_dense
 
 
 def test_the_bias_alone_rung_is_the_mean_shift_and_no_constant_does_better_on_training_texts(tiny_units):
