@@ -236,3 +236,41 @@ def test_the_report_header_states_the_rank_benchmarks_compute_beside_the_studys(
                                    "benchmark's 401 runs, 21.5 h of run time (≈ 10.8 h elapsed); this invocation 1.00 h")
     del study["claims"]["9"]
     assert compute_text(study) == "190 runs, 6.0 h of run time (2 at a time ≈ 3.0 h elapsed); this invocation 1.00 h"
+
+
+def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_path, monkeypatch):
+    """`--claims 2` after a study of claims 1 and 2 replaces claim 2 and keeps claim 1 (said so in meta and in the
+    compute line); a study of other seeds replaces the file; a damaged study.json stops before any claim runs."""
+    from loralab.errors import ConfigError
+    from loralab.experiments import study_report
+    from loralab.experiments.context import Context
+
+    calls = []
+
+    def outcome(self, number):
+        calls.append(number)
+        return {"claim": number, "title": f"claim {number}", "verdict": "holds", "summary": f"call {len(calls)}"}
+
+    monkeypatch.setattr(Context, "outcome", outcome)
+    monkeypatch.setattr(study_report, "write_report", lambda study, out: None)
+    out = str(tmp_path / "report")
+
+    def study(claims, seeds=(0, 1)):
+        return run_full_study(out=out, runs=str(tmp_path / "runs"), tasks="movie", claims=claims, sizes=tiny_plan,
+                              seeds=seeds)
+
+    study("1,2")
+    later = study("2")
+    assert {n: c["summary"] for n, c in later["claims"].items()} == {"1": "call 1", "2": "call 3"}
+    assert later["meta"]["claims"] == [1, 2] and later["meta"]["carried_over"]["claims"] == [1]
+    assert json.loads((tmp_path / "report" / "study.json").read_text())["claims"]["1"]["summary"] == "call 1"
+    assert "; claims 1 carried over from an earlier invocation of the same study (0 runs, 0.0 h of run time)" in \
+        study_report.compute_text(later)
+    other = study("2", seeds=(0,))
+    assert list(other["claims"]) == ["2"] and "carried_over" not in other["meta"]
+    (tmp_path / "report" / "study.json").write_text("{not json")
+    with pytest.raises(ConfigError) as raised:
+        study("1")
+    assert str(raised.value) == (f"{tmp_path / 'report' / 'study.json'} is not a study.json this version reads; move "
+                                 "it away (or choose another --out) and run again.")
+    assert calls == [1, 2, 2, 2]

@@ -391,7 +391,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true",
                         help="run every claim on four tasks with seeds (hours); default: the quick study (claim 1)")
-    parser.add_argument("--claims", help="with --full: comma-separated claim numbers 1-11 (default: all)")
+    parser.add_argument("--claims", help="with --full: comma-separated claim numbers 1-11 (default: all); the other "
+                        "claims of an earlier study.json in --out (same tasks, seeds, sizes) are kept")
     parser.add_argument("--tasks", help="with --full: comma-separated subset of movie,tweets,trec,sms (default: all)")
     parser.add_argument("--workers", type=positive, default=None,
                         help="runs at a time, cores split between them (default: 2 with --full, else 1)")

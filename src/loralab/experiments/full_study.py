@@ -19,6 +19,7 @@ from loralab.experiments import claims_geometry, claims_training  # noqa: F401 -
 from loralab.experiments import study_plan as plan
 from loralab.experiments.context import CLAIMS, Context
 from loralab.experiments.launcher import code_version, compute_used, make_executor
+from loralab.io.atomic import atomic_write_text
 
 
 def parse_list(text: Optional[str], kind, allowed: Sequence, flag: str) -> Optional[list]:
@@ -59,6 +60,26 @@ def evaluate_claims(ctx: Context, claims: list[int]) -> dict[int, dict]:
     return outcomes
 
 
+def carried_over(path: Path, ctx: Context, claims: list[int]) -> dict:
+    """The claims an earlier study.json at ``path`` holds that this invocation does not redo, when it studied the
+    same tasks, seeds and sizes — so ``--claims 9`` updates one claim of a full report rather than dropping the
+    others — with that invocation's compute: {"claims": {number: outcome}, "compute": …}; else no claims."""
+    if not path.exists():
+        return {"claims": {}}
+    try:
+        earlier = json.loads(path.read_text())
+        studied = {"tasks": list(ctx.tasks), "seeds": list(ctx.seeds), "sizes": vars(ctx.sizes)}
+        same = all(earlier["meta"][key] == json.loads(json.dumps(value, default=str)) for key, value in studied.items())
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a study.json this version reads; move it away (or choose another --out) "
+                          "and run again.") from None
+    if not same:
+        print(f"{path}: an earlier study of other tasks, seeds or sizes; this one replaces it", flush=True)
+        return {"claims": {}}
+    kept = {n: c for n, c in earlier["claims"].items() if int(n) not in claims}
+    return {"claims": kept, "compute": earlier["meta"].get("carried_over", {}).get("compute") or earlier["meta"].get("compute")}
+
+
 def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tasks: Optional[str] = None,
                    claims: Optional[str] = None, workers: int = 2, executor: str = "local",
                    address: Optional[str] = None, sizes: Optional[plan.Sizes] = None,
@@ -73,9 +94,15 @@ def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tas
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(tuple(task_list), tuple(seeds), Path(runs), out_dir, make_executor(executor, workers, address=address),
                   sizes or plan.Sizes(), archive=out_dir / "runs.jsonl")
+    earlier = carried_over(out_dir / "study.json", ctx, claim_list)  # read first: a bad file stops before any run
     outcomes = evaluate_claims(ctx, claim_list)
-    study = {"meta": meta(ctx, claim_list, started), "claims": {str(n): outcomes[n] for n in claim_list}}
-    (out_dir / "study.json").write_text(json.dumps(study, indent=1, default=str) + "\n")
+    now = meta(ctx, claim_list, started)
+    claims = {**earlier["claims"], **{str(n): outcomes[n] for n in claim_list}}
+    if earlier["claims"]:
+        now["carried_over"] = {"claims": sorted(map(int, earlier["claims"])), "compute": earlier["compute"]}
+        now["claims"] = sorted(map(int, claims))
+    study = {"meta": now, "claims": {n: claims[n] for n in sorted(claims, key=int)}}
+    atomic_write_text(out_dir / "study.json", json.dumps(study, indent=1, default=str) + "\n")
     from loralab.experiments.study_report import write_report
 
     write_report(study, out_dir)

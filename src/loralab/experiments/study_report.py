@@ -116,6 +116,11 @@ def compute_text(study: dict) -> str:
         bench_workers = bench.get("workers") or 1
         text += (f", plus the rank benchmark's {bench['runs']} runs, {bench['run_hours']:.1f} h of run time "
                  f"(≈ {bench['run_hours'] / bench_workers:.1f} h elapsed)")
+    earlier = m.get("carried_over")
+    if earlier:
+        runs = earlier.get("compute") or {}
+        text += (f"; claims {', '.join(map(str, earlier['claims']))} carried over from an earlier invocation of the "
+                 f"same study" + (f" ({runs['runs']} runs, {runs['run_hours']:.1f} h of run time)" if runs else ""))
     return f"{text}; this invocation {m['wall_time_s'] / 3600:.2f} h"
 
 
