@@ -119,6 +119,9 @@ def test_probe_recommends_from_the_predictor_until_the_benchmark_finds_it_does_n
         "on held-out loss, MiniLM-L6 classification), and gradient_effective_rank, the pre-registered predictor, did "
         "not predict them (Spearman ρ = -0.26 against the measured needed ranks of 13 tasks, one-sided p = 0.81). Its "
         "value for this task would give r = 4 (2–16)")
+    v2 = {**advice, "benchmark": {**advice["benchmark"], "test": "H1-v2", "n": 17, "rho": -0.2, "p_value": 0.78}}
+    assert "(Spearman ρ = -0.20 against the measured needed ranks of 17 units: these tasks and benchmark v2's " \
+           "planted-rank ones, one-sided p = 0.78)" in scored_text(v2)
     assert allocation_text(advice["benchmark"]).startswith(
         "On the rank benchmark this allocation had lower test loss than uniform at equal rank units on 1 of 4 tasks "
         "(paired 95% interval below 0 on 0, above 0 on 2;")

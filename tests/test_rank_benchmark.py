@@ -203,13 +203,16 @@ def test_the_benchmark_end_to_end_on_the_tiny_model(tiny, tmp_path, keep_threads
 
 
 def test_benchmark_score_quoted_by_probe_matches_the_committed_report():
-    """`loralab probe` quotes BENCHMARK_SCORE; it must be exactly what docs/study/rank/rank.json says, and None
-    while no report is committed (a score without its report, or a stale one, fails here)."""
+    """`loralab probe` quotes BENCHMARK_SCORE; it must be exactly what docs/study/rank/rank.json (and v2.json, once
+    benchmark v2 is read) says, and None while no report is committed (a score without its report, or a stale one,
+    fails here)."""
     from loralab.analysis.rank_predictors import BENCHMARK_SCORE, benchmark_score
 
     committed = Path(__file__).resolve().parents[1] / "docs" / "study" / "rank" / "rank.json"
+    v2 = committed.with_name("v2.json")
     if committed.exists():
-        assert BENCHMARK_SCORE == benchmark_score(json.loads(committed.read_text()))
+        assert BENCHMARK_SCORE == benchmark_score(json.loads(committed.read_text()),
+                                                  json.loads(v2.read_text()) if v2.exists() else None)
     else:
         assert BENCHMARK_SCORE is None
 
@@ -230,8 +233,15 @@ def test_benchmark_score_reads_the_primary_predictors_test():
         "predictor": "gradient_effective_rank", "rho": 0.83, "p_value": 0.004, "n": 11, "power_rho_0.8": 0.71,
         "validated": True, "needed_rank": {"units": 3, "median": 2.0, "lowest": ["a", 1.5], "highest": ["b", 6.0]},
         "allocation_vs_uniform": {"units": 4, "lower": 3, "interval_below_0": 1, "interval_above_0": 1},
-        "source": "docs/study/rank/rank.json"}
+        "test": "H1", "source": "docs/study/rank/rank.json"}
     assert not rp.benchmark_score({**report, "spearman": 0.83, "p_value": 0.011})["validated"]
+    v2 = {"test": {"primary": "gradient_effective_rank", "spearman": -0.2, "p_value": 0.78, "n": 15,
+                   "power_rho_0.8": {"alpha_0.01": 0.93, "alpha_0.05": 0.99}}}
+    with_v2 = rp.benchmark_score(report, v2)  # H1-v2's test; the registered units' needed ranks and allocation
+    assert {key: with_v2[key] for key in ("rho", "p_value", "n", "power_rho_0.8", "validated", "test", "source")} == {
+        "rho": -0.2, "p_value": 0.78, "n": 15, "power_rho_0.8": 0.93, "validated": False, "test": "H1-v2",
+        "source": "docs/study/rank/v2.json, rank.json"}
+    assert with_v2["needed_rank"]["highest"] == ["b", 6.0] and with_v2["allocation_vs_uniform"]["lower"] == 3
 
 
 def test_report_counts_allocations_against_uniform_and_states_compute():

@@ -153,7 +153,8 @@ def scored_text(advice: dict) -> str:
     if "rho" not in benchmark:
         return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); "
                 f"{benchmark['status']}")
-    scored = (f"Spearman ρ = {benchmark['rho']:.2f} against the measured needed ranks of {benchmark['n']} tasks, "
+    units = "tasks" if benchmark.get("test", "H1") == "H1" else "units: these tasks and benchmark v2's planted-rank ones"
+    scored = (f"Spearman ρ = {benchmark['rho']:.2f} against the measured needed ranks of {benchmark['n']} {units}, "
               f"one-sided p = {benchmark['p_value']:.2g}")
     if advice["basis"] == "predictor":
         return (f"from {advice['predictor']} (the median over layers of the task gradient's effective rank); on the "
