@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from conftest import short_dense_schedule
+from loralab.errors import ConfigError
 from loralab.experiments import dense_pilot as dp
 from loralab.experiments import dense_units as du
+from loralab.experiments.launcher import LocalExecutor, RayExecutor
 
 
 @pytest.fixture
@@ -105,11 +107,41 @@ def test_finished_runs_are_read_back_from_the_archive_and_new_ones_appended(tmp_
     monkeypatch.setattr(du, "version", lambda: "v1")
     done = {"run": "dense-k4-r1-s0-lr0.001-v1", "machine": "m", "result": {"test_loss": 0.5}}
     archive.write_text(json.dumps(done) + "\n")
-    runs = du.Runs(archive, tmp_path, workers=1, train=fake_train)
+    runs = du.Runs(archive, tmp_path, LocalExecutor(workers=1), train=fake_train)
     found = runs.get([(4, 1, 0, 1e-3), (4, 4, 0, 1e-3)], "test")
     assert found[(4, 1, 0, 1e-3)] == {"test_loss": 0.5} and found[(4, 4, 0, 1e-3)] == {"test_loss": 4.0}
     lines = [json.loads(line) for line in archive.read_text().splitlines()]
     assert [line["run"] for line in lines] == ["dense-k4-r1-s0-lr0.001-v1", "dense-k4-r4-s0-lr0.001-v1"]
+
+
+def test_a_damaged_archive_line_is_named_with_the_fix(tmp_path):
+    archive = tmp_path / "runs.jsonl"
+    archive.write_text(json.dumps({"run": "a", "result": {}}) + "\n" + '{"run": "dense-k4-r1' + "\n")
+    with pytest.raises(ConfigError) as raised:
+        du.Runs(archive, tmp_path, LocalExecutor(workers=1))
+    assert str(raised.value) == (f"{archive}, line 2: not a run record ('{{\"run\": \"dense-k4-r1'); remove the line "
+                                 "(its run will be trained again).")
+
+
+def test_runs_train_as_ray_tasks_on_a_local_cluster(tmp_path, monkeypatch):
+    """``--executor ray`` reaches the dense units: each missing run is a Ray task, its result archived as locally."""
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(dp, "targets", lambda k, root: None)
+    monkeypatch.setattr(du, "version", lambda: "v1")
+
+    def on_a_worker(k, r, seed, lr, root):  # defined here, so Ray ships it by value (the tests are not installed)
+        import ray
+
+        return {"test_loss": float(r), "task": ray.get_runtime_context().get_task_id()}  # None outside a Ray task
+
+    try:
+        runs = du.Runs(tmp_path / "runs.jsonl", tmp_path, RayExecutor(workers=2), train=on_a_worker)
+        found = runs.get([(4, 1, 0, 1e-3), (16, 4, 1, 3e-3)], "ray")
+    finally:
+        ray.shutdown()
+    assert [found[job]["test_loss"] for job in [(4, 1, 0, 1e-3), (16, 4, 1, 3e-3)]] == [1.0, 4.0]
+    assert all(result["task"] for result in found.values())  # each trained as a Ray task
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 2
 
 
 def fake_train(k, r, seed, lr, root):
@@ -147,7 +179,7 @@ def test_claim_9s_benchmark_v2_trains_the_dense_units_and_reads_them_with_the_re
     from types import SimpleNamespace
 
     from loralab.experiments import dense_probe
-    from loralab.experiments.claims_geometry import benchmark_v2
+    from loralab.experiments.claims_geometry import benchmark_compute, benchmark_v2
 
     for name, value in {"KS": (2, 3), "RANKS": (1, 2), "SEEDS": (0,), "GRID_RANK": 1, "EXTENSIONS": 0}.items():
         monkeypatch.setattr(du, name, value)
@@ -163,12 +195,12 @@ def test_claim_9s_benchmark_v2_trains_the_dense_units_and_reads_them_with_the_re
         (out / "rank" / "predictors" / f"u{i}.json").write_text(json.dumps({"task": task, "layers": {}}))
     ladders, predicted_first = du.run, []
 
-    def run_after_predictors(*args):
+    def run_after_predictors(*args, **kwargs):
         predicted_first.append(all((out / "rank" / "predictors" / f"dense-k{k}.json").exists() for k in (2, 3)))
-        return ladders(*args)
+        return ladders(*args, **kwargs)
 
     monkeypatch.setattr(du, "run", run_after_predictors)
-    report = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs"))
+    report = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs", executor=LocalExecutor(workers=2)))
     assert predicted_first == [True]  # the predictors are fixed before any ladder trains
     assert set(report["units"]) == {"u0", "u1", "u2", "dense-k2", "dense-k3"}
     records = [json.loads(line) for line in (out / "rank" / "dense_runs.jsonl").read_text().splitlines()]
@@ -179,6 +211,10 @@ def test_claim_9s_benchmark_v2_trains_the_dense_units_and_reads_them_with_the_re
     assert len(records) == 2 * (3 + 1) + 2 * len(third)
     assert dense["dense-k2"]["mean_test_loss"]["0"] == pytest.approx(du.bias_alone(2, tiny_units / "runs")["test_loss"])
     assert (out / "rank" / "v2.md").exists() and (out / "rank" / "figures" / "v2.png").exists()
-    again = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs"))  # read back: nothing trained again
+    again = benchmark_v2(SimpleNamespace(out=out, root=tiny_units / "runs", executor=None))  # read back, none trained
     assert len((out / "rank" / "dense_runs.jsonl").read_text().splitlines()) == len(records)
     assert again["test"] == report["test"]
+    assert report["compute"]["runs"] == len(records) and report["compute"]["run_hours"] == pytest.approx(
+        sum(r["result"]["seconds"] for r in records) / 3600)
+    v1 = {"runs": 10, "run_hours": 1.5, "workers": 2}
+    assert benchmark_compute(v1, report)["runs"] == 10 + len(records) and benchmark_compute(v1, None) == v1

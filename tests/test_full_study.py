@@ -274,3 +274,15 @@ def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_
     assert str(raised.value) == (f"{tmp_path / 'report' / 'study.json'} is not a study.json this version reads; move "
                                  "it away (or choose another --out) and run again.")
     assert calls == [1, 2, 2, 2]
+
+
+def test_rekey_archive_renames_only_the_old_keys_runs_and_keeps_every_byte_else(tmp_path):
+    from loralab.experiments.launcher import rekey_archive
+
+    lines = [{"run": "dense-k4-r1-s0-lr0.003-aaa", "machine": "m", "result": {"test_loss": 0.1 + 0.2}},
+             {"key": "aaa", "machine": "m", "result": {"x": 1}, "run": "movie-lora-aaa"},
+             {"run": "dense-k4-r4-s0-lr0.003-bbb", "result": {}}]
+    archive = tmp_path / "runs.jsonl"
+    archive.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert rekey_archive(archive, "aaa", "ccc") == 2
+    assert archive.read_text() == "".join(json.dumps(line) + "\n" for line in lines).replace("aaa", "ccc")

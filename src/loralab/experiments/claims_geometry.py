@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import json
 import statistics
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -286,7 +289,7 @@ def claim_9(ctx: Context) -> dict:
                    f"(target 16×); benchmark v1: {summary} v2 in rank/v2.md.")
     return {"verdict": rank_verdict(decided), **v1, "v2": v2, "units": [{k: u[k] for k in carried} for u in report["units"]],
             "allocation": allocation, "learning_rates": report["learning_rates"], "spread": report["spread"],
-            "compute": report.get("compute"), "summary": summary}
+            "compute": benchmark_compute(report.get("compute"), v2), "summary": summary}
 
 
 def rank_verdict(test: dict) -> str:
@@ -317,9 +320,27 @@ def benchmark_v2(ctx: Context) -> dict:
     out, root = ctx.out / "rank", ctx.root / "dense_units"
     for k in dense_units.KS:
         dense_probe.unit_predictors(k, root, home=out / "predictors")
-    dense_units.run(str(root), str(out / "dense_units.json"), str(out / "dense_runs.jsonl"))
-    return rank_v2.run(str(out / "rank.json"), str(out / "dense_units.json"), str(out / "predictors"),
-                       str(out / "v2.json"), str(out / "figures" / "v2.png"))
+    dense_units.run(str(root), str(out / "dense_units.json"), str(out / "dense_runs.jsonl"), executor=ctx.executor)
+    report = rank_v2.run(str(out / "rank.json"), str(out / "dense_units.json"), str(out / "predictors"),
+                         str(out / "v2.json"), str(out / "figures" / "v2.png"))
+    return {**report, "compute": dense_compute(out / "dense_runs.jsonl", dense_units.version())}
+
+
+def dense_compute(archive: Path, version: str) -> dict:
+    """The dense units' runs of this code ``version`` in their archive: how many, the sum of their wall clocks in
+    hours, and the machines they trained on."""
+    records = [json.loads(line) for line in archive.read_text().splitlines()]
+    current = [r for r in records if r["run"].endswith(f"-{version}")]
+    return {"runs": len(current), "run_hours": sum(r["result"]["seconds"] for r in current) / 3600,
+            "machines": dict(collections.Counter(r["machine"] for r in current))}
+
+
+def benchmark_compute(v1: Optional[dict], v2: Optional[dict]) -> Optional[dict]:
+    """Claim 9's compute: benchmark v1's runs plus, when it ran, the dense units' (run at v1's workers)."""
+    if not v1 or not v2:
+        return v1
+    return {**v1, "runs": v1["runs"] + v2["compute"]["runs"], "run_hours": v1["run_hours"] + v2["compute"]["run_hours"],
+            "parts": {"v1": {"runs": v1["runs"], "run_hours": v1["run_hours"]}, "dense units": v2["compute"]}}
 
 
 def composition(tables: list[dict[str, dict]]) -> dict:

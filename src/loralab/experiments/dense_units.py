@@ -24,7 +24,6 @@ it, so the benchmark resumes from git.
 from __future__ import annotations
 
 import ast
-import concurrent.futures
 import hashlib
 import json
 import math
@@ -35,9 +34,10 @@ from typing import Callable
 
 import torch
 
+from loralab.errors import ConfigError
 from loralab.experiments import dense_pilot as dp
 from loralab.experiments import rank_benchmark as rb
-from loralab.experiments.launcher import code_version, machine_kind, without_docstrings
+from loralab.experiments.launcher import LocalExecutor, code_version, machine_kind, without_docstrings
 from loralab.io.atomic import atomic_write_json
 from loralab.progress import progress
 
@@ -153,12 +153,20 @@ def run_name(job: Job) -> str:
 
 class Runs:
     """Finished runs, read from and appended to a JSONL archive (``{"run", "machine", "result"}`` a line, the run
-    named with `version`); the rest trained ``workers`` at a time by ``train`` (a `train_rung`)."""
+    named with `version`); the rest trained by ``train`` (a `train_rung`) on ``executor`` (a `launcher` executor:
+    worker processes here, or Ray tasks)."""
 
-    def __init__(self, archive: Path, root: Path, workers: int, train: Callable[..., dict] = train_rung):
-        self.archive, self.root, self.workers, self.train, self.version = archive, root, workers, train, version()
+    def __init__(self, archive: Path, root: Path, executor, train: Callable[..., dict] = train_rung):
+        self.archive, self.root, self.executor, self.train, self.version = archive, root, executor, train, version()
+        self.done = {}
         lines = archive.read_text().splitlines() if archive.exists() else []
-        self.done = {record["run"]: record["result"] for record in map(json.loads, lines)}
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                self.done[record["run"]] = record["result"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{archive}, line {number}: not a run record ({line[:80]!r}); remove the line "
+                                  "(its run will be trained again).") from None
 
     def key(self, job: Job) -> str:
         return f"{run_name(job)}-{self.version}"
@@ -168,16 +176,16 @@ class Runs:
         for k in sorted({job[0] for job in todo}):
             dp.targets(k, self.root)  # once, before the workers read it
         bar = progress(total=len(todo), desc=desc)
-        with concurrent.futures.ProcessPoolExecutor(self.workers) as pool:
-            futures = {pool.submit(self.train, *job, str(self.root)): job for job in todo}
-            for future in concurrent.futures.as_completed(futures):
-                job = futures[future]
-                self.done[self.key(job)] = future.result()
-                self.archive.parent.mkdir(parents=True, exist_ok=True)
-                with open(self.archive, "a") as handle:
-                    handle.write(json.dumps({"run": self.key(job), "machine": machine_kind(),
-                                             "result": self.done[self.key(job)]}) + "\n")
-                bar.update(1)
+        futures, as_completed = self.executor.submit_calls(self.train, [(*job, str(self.root)) for job in todo])
+        job_of = {id(future): job for future, job in zip(futures, todo)}
+        for future in as_completed(futures):
+            job = job_of[id(future)]
+            self.done[self.key(job)] = future.result()
+            self.archive.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.archive, "a") as handle:
+                handle.write(json.dumps({"run": self.key(job), "machine": machine_kind(),
+                                         "result": self.done[self.key(job)]}) + "\n")
+            bar.update(1)
         bar.close()
         return {job: self.done[self.key(job)] for job in jobs}
 
@@ -232,9 +240,10 @@ def needs_third_seed(found: dict) -> bool:
 
 
 def run(root: str = "runs/dense_pilot", out: str = "docs/study/rank/dense_units.json",
-        archive: str = "docs/study/rank/dense_runs.jsonl", workers: int = 2) -> dict:
-    """Tune, train the ladders (seeds 0 and 1, then seed 2 where needed), write ``out`` and return it."""
-    runs, root_path = Runs(Path(archive), Path(root), workers), Path(root)
+        archive: str = "docs/study/rank/dense_runs.jsonl", workers: int = 2, executor=None) -> dict:
+    """Tune, train the ladders (seeds 0 and 1, then seed 2 where needed), write ``out`` and return it. The runs
+    train on ``executor`` (`launcher.make_executor`), else ``workers`` processes here."""
+    runs, root_path = Runs(Path(archive), Path(root), executor or LocalExecutor(workers)), Path(root)
     chosen = choose_lrs(runs)
     jobs = [(k, r, s, chosen[k]["lr"]) for s in SEEDS for k in KS for r in RANKS]
     found = runs.get(jobs, "dense units: ladders")

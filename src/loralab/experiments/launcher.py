@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 from loralab.errors import ConfigError, TrainingError
+from loralab.io.atomic import atomic_write_text
 from loralab.progress import progress
 from loralab.rundir import RunDir, RunResult
 from loralab.train.config import RESUME_MAY_CHANGE, TrainConfig
@@ -194,6 +195,14 @@ class LocalExecutor:
         pool.shutdown(wait=False)
         return futures, concurrent.futures.as_completed
 
+    def submit_calls(self, fn, jobs: list[tuple]):
+        """``fn(*job)`` for each job in ``workers`` processes of this machine (``fn`` importable, e.g. a module's
+        function; it sets its own thread count); returns (futures, as_completed) as `submit_all` does."""
+        pool = concurrent.futures.ProcessPoolExecutor(self.workers)
+        futures = [pool.submit(fn, *job) for job in jobs]
+        pool.shutdown(wait=False)
+        return futures, concurrent.futures.as_completed
+
 
 class RayExecutor:
     """Each unit is a Ray task needing ``threads`` CPUs; Ray schedules them over the cluster.
@@ -220,6 +229,12 @@ class RayExecutor:
     def submit_all(self, jobs: list[tuple[dict, str, tuple[int, ...]]]):
         refs = [self.remote.remote(*job) for job in jobs]
         futures = [ref.future() for ref in refs]
+        return futures, concurrent.futures.as_completed
+
+    def submit_calls(self, fn, jobs: list[tuple]):
+        """``fn(*job)`` for each job as a Ray task needing ``threads`` CPUs (``fn`` importable on every node)."""
+        remote = self.ray.remote(num_cpus=self.threads)(fn)
+        futures = [remote.remote(*job).future() for job in jobs]
         return futures, concurrent.futures.as_completed
 
 
@@ -296,6 +311,22 @@ class Archive:
         with open(self.path, "a") as handle:
             handle.write(json.dumps({"run": run, "key": run.rsplit("-", 1)[-1], "machine": self.machine,
                                      "result": self.results[run]}, sort_keys=True) + "\n")
+
+
+def rekey_archive(path: Path, old: str, new: str) -> int:
+    """Rename every run of a JSONL archive keyed ``old`` (a name ending ``-<old>``, and its ``key``) to ``new``,
+    atomically; return how many. For a change to code that names runs but not what they compute — and only after
+    one archived run, trained again under ``new``, has given the same result (docs/study/rank/README.md, session 20)."""
+    lines, renamed = [], 0
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["run"].endswith(f"-{old}"):
+            record["run"] = record["run"][: -len(old)] + new
+            record.update({"key": new} if "key" in record else {})
+            renamed += 1
+        lines.append(json.dumps(record))  # the fields in the line's own order
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return renamed
 
 
 def finished_result(out: Path, archive: Archive) -> Optional[RunResult]:
