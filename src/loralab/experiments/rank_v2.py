@@ -85,6 +85,7 @@ def run(rank: str = "docs/study/rank/rank.json", dense: str = "docs/study/rank/d
               "within_dense": within_dense(units, found)}
     report["planted_position"] = planted_position(found, report["within_dense"]["units"])
     report["layers_probed"] = max((len(found[u]["layers"]) for u in report["within_dense"]["units"]), default=None)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(Path(out), report)
     draw(report, found, Path(figure))
     atomic_write_text(Path(out).with_suffix(".md"), markdown(report))
