@@ -216,5 +216,7 @@ def test_claim_9s_benchmark_v2_trains_the_dense_units_and_reads_them_with_the_re
     assert again["test"] == report["test"]
     assert report["compute"]["runs"] == len(records) and report["compute"]["run_hours"] == pytest.approx(
         sum(r["result"]["seconds"] for r in records) / 3600)
-    v1 = {"runs": 10, "run_hours": 1.5, "workers": 2}
-    assert benchmark_compute(v1, report)["runs"] == 10 + len(records) and benchmark_compute(v1, None) == v1
+    v1 = {"runs": 10, "run_hours": 1.5, "workers": 2, "machines": {"Xeon": 10}}
+    both = benchmark_compute(v1, report)
+    assert both["runs"] == 10 + len(records) and benchmark_compute(v1, None) == v1
+    assert both["machines"] == {"Xeon": 10, **{machine: len(records) for machine in {r["machine"] for r in records}}}

@@ -249,6 +249,7 @@ def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_
 
     def outcome(self, number):
         calls.append(number)
+        self.lr_table[f"family{number}"] = {"grid": {"0.001": 0.8}, "chosen": 0.001}  # as a claim's tuning fills it
         return {"claim": number, "title": f"claim {number}", "verdict": "holds", "summary": f"call {len(calls)}"}
 
     monkeypatch.setattr(Context, "outcome", outcome)
@@ -263,9 +264,10 @@ def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_
     later = study("2")
     assert {n: c["summary"] for n, c in later["claims"].items()} == {"1": "call 1", "2": "call 3"}
     assert later["meta"]["claims"] == [1, 2] and later["meta"]["carried_over"]["claims"] == [1]
+    assert set(later["meta"]["learning_rates"]) == {"family1", "family2"}  # claim 1's grid came with it
     assert json.loads((tmp_path / "report" / "study.json").read_text())["claims"]["1"]["summary"] == "call 1"
-    assert "; claims 1 carried over from an earlier invocation of the same study (0 runs, 0.0 h of run time)" in \
-        study_report.compute_text(later)
+    assert study_report.compute_text(later).startswith(  # this invocation trained nothing: no "0 runs" said
+        "claims 1 carried over from an earlier invocation of the same study (0 runs, 0.0 h of run time); this")
     other = study("2", seeds=(0,))
     assert list(other["claims"]) == ["2"] and "carried_over" not in other["meta"]
     (tmp_path / "report" / "study.json").write_text("{not json")

@@ -339,7 +339,9 @@ def benchmark_compute(v1: Optional[dict], v2: Optional[dict]) -> Optional[dict]:
     """Claim 9's compute: benchmark v1's runs plus, when it ran, the dense units' (run at v1's workers)."""
     if not v1 or not v2:
         return v1
+    machines = collections.Counter(v1.get("machines") or {}) + collections.Counter(v2["compute"]["machines"])
     return {**v1, "runs": v1["runs"] + v2["compute"]["runs"], "run_hours": v1["run_hours"] + v2["compute"]["run_hours"],
+            "machines": dict(machines),
             "parts": {"v1": {"runs": v1["runs"], "run_hours": v1["run_hours"]}, "dense units": v2["compute"]}}
 
 

@@ -63,7 +63,8 @@ def evaluate_claims(ctx: Context, claims: list[int]) -> dict[int, dict]:
 def carried_over(path: Path, ctx: Context, claims: list[int]) -> dict:
     """The claims an earlier study.json at ``path`` holds that this invocation does not redo, when it studied the
     same tasks, seeds and sizes — so ``--claims 9`` updates one claim of a full report rather than dropping the
-    others — with that invocation's compute: {"claims": {number: outcome}, "compute": …}; else no claims."""
+    others — with that invocation's learning-rate grids and compute: {"claims": {number: outcome}, "learning_rates",
+    "compute"}; else no claims."""
     if not path.exists():
         return {"claims": {}}
     try:
@@ -77,7 +78,8 @@ def carried_over(path: Path, ctx: Context, claims: list[int]) -> dict:
         print(f"{path}: an earlier study of other tasks, seeds or sizes; this one replaces it", flush=True)
         return {"claims": {}}
     kept = {n: c for n, c in earlier["claims"].items() if int(n) not in claims}
-    return {"claims": kept, "compute": earlier["meta"].get("carried_over", {}).get("compute") or earlier["meta"].get("compute")}
+    return {"claims": kept, "learning_rates": earlier["meta"].get("learning_rates") or {},
+            "compute": earlier["meta"].get("carried_over", {}).get("compute") or earlier["meta"].get("compute")}
 
 
 def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tasks: Optional[str] = None,
@@ -101,6 +103,7 @@ def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tas
     if earlier["claims"]:
         now["carried_over"] = {"claims": sorted(map(int, earlier["claims"])), "compute": earlier["compute"]}
         now["claims"] = sorted(map(int, claims))
+        now["learning_rates"] = {**earlier["learning_rates"], **now["learning_rates"]}  # the carried claims' grids
     study = {"meta": now, "claims": {n: claims[n] for n in sorted(claims, key=int)}}
     atomic_write_text(out_dir / "study.json", json.dumps(study, indent=1, default=str) + "\n")
     from loralab.experiments.study_report import write_report

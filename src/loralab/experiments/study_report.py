@@ -108,19 +108,19 @@ def compute_text(study: dict) -> str:
     c = m.get("compute")
     if not c:  # a study.json written before compute was recorded
         return f"{m['runs_trained_or_read']} runs; wall time {m['wall_time_s'] / 3600:.2f} h"
-    workers = c.get("workers") or 1
-    text = (f"{c['runs']} runs, {c['run_hours']:.1f} h of run time ({workers} at a time ≈ "
-            f"{c['run_hours'] / workers:.1f} h elapsed)")
+    workers, earlier = c.get("workers") or 1, m.get("carried_over")
+    parts = [] if earlier and not c["runs"] else [
+        f"{c['runs']} runs, {c['run_hours']:.1f} h of run time ({workers} at a time ≈ {c['run_hours'] / workers:.1f} h elapsed)"]
+    if earlier:
+        runs = earlier.get("compute") or {}
+        parts.append(f"claims {', '.join(map(str, earlier['claims']))} carried over from an earlier invocation of the "
+                     f"same study" + (f" ({runs['runs']} runs, {runs['run_hours']:.1f} h of run time)" if runs else ""))
+    text = "; ".join(parts)
     bench = study["claims"].get("9", {}).get("compute")
     if bench:
         bench_workers = bench.get("workers") or 1
         text += (f", plus the rank benchmark's {bench['runs']} runs, {bench['run_hours']:.1f} h of run time "
                  f"(≈ {bench['run_hours'] / bench_workers:.1f} h elapsed)")
-    earlier = m.get("carried_over")
-    if earlier:
-        runs = earlier.get("compute") or {}
-        text += (f"; claims {', '.join(map(str, earlier['claims']))} carried over from an earlier invocation of the "
-                 f"same study" + (f" ({runs['runs']} runs, {runs['run_hours']:.1f} h of run time)" if runs else ""))
     return f"{text}; this invocation {m['wall_time_s'] / 3600:.2f} h"
 
 
