@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -329,8 +328,9 @@ def benchmark_v2(ctx: Context) -> dict:
 def dense_compute(archive: Path, version: str) -> dict:
     """The dense units' runs of this code ``version`` in their archive: how many, the sum of their wall clocks in
     hours, and the machines they trained on."""
-    records = [json.loads(line) for line in archive.read_text().splitlines()]
-    current = [r for r in records if r["run"].endswith(f"-{version}")]
+    from loralab.experiments.launcher import run_records
+
+    current = [r for r in run_records(archive) if r["run"].endswith(f"-{version}")]
     return {"runs": len(current), "run_hours": sum(r["result"]["seconds"] for r in current) / 3600,
             "machines": dict(collections.Counter(r["machine"] for r in current))}
 

@@ -280,6 +280,22 @@ def machine_kind() -> str:
     return f"{model}, {'native bf16' if native_bf16() else 'no native bf16'}"
 
 
+def run_records(path: Path) -> list[dict]:
+    """The records of a JSONL run archive, each with its "run" and "result"; a line that is not one is named, with
+    the fix."""
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict) or not {"run", "result"} <= record.keys():
+            raise ConfigError(f"{path}, line {number}: not a run record ({line[:80]!r}); "
+                              "remove the line or the file (its runs will be trained again).")
+        records.append(record)
+    return records
+
+
 class Archive:
     """A JSONL file of finished units, one line each, appended as each unit ends: ``{"run": <directory name>,
     "key": …, "machine": `machine_kind` of this process, "result": <result.json>}``. ``None`` as the path: none."""
@@ -289,15 +305,9 @@ class Archive:
         self.machine = machine_kind()  # recorded with the runs this process adds (read-back ones keep theirs)
         self.results: dict[str, dict] = {}
         self.machines: dict[str, str] = {}  # run → the machine it trained on, as recorded
-        if self.path and self.path.exists():
-            for number, line in enumerate(self.path.read_text().splitlines(), 1):
-                try:
-                    record = json.loads(line)
-                    self.results[record["run"]] = record["result"]
-                    self.machines[record["run"]] = record.get("machine", "not recorded")
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise ConfigError(f"{self.path}, line {number}: not a run record ({line[:80]!r}); "
-                                      "remove the line or the file (its runs will be trained again).") from None
+        for record in run_records(self.path) if self.path and self.path.exists() else []:
+            self.results[record["run"]] = record["result"]
+            self.machines[record["run"]] = record.get("machine", "not recorded")
 
     def get(self, run: str) -> Optional[RunResult]:
         found = self.results.get(run)
@@ -318,8 +328,7 @@ def rekey_archive(path: Path, old: str, new: str) -> int:
     atomically; return how many. For a change to code that names runs but not what they compute — and only after
     one archived run, trained again under ``new``, has given the same result (docs/study/rank/README.md, session 20)."""
     lines, renamed = [], 0
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
+    for record in run_records(path):
         if record["run"].endswith(f"-{old}"):
             record["run"] = record["run"][: -len(old)] + new
             record.update({"key": new} if "key" in record else {})
