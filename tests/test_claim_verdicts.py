@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from loralab.experiments.claims_geometry import below, composition, larger_rank_trains, shared_directions_verdict
+from loralab.experiments import study_plan as plan
+from loralab.experiments.claims_geometry import (
+    below,
+    composition,
+    decoupling_verdict,
+    larger_rank_trains,
+    shared_directions_verdict,
+)
 from loralab.experiments.claims_training import claim_2, d90_verdict, low_rank_advantage, second_stage_seeds
 from loralab.experiments.context import Context
 from loralab.experiments.stats import FAILS, HOLDS, INCONCLUSIVE
@@ -95,6 +102,33 @@ def test_claim_1_second_stage_runs_a_straddling_task_at_six_seeds_only_when_six_
     assert second_stage_seeds(ctx, mean_ci([1.047, 1.063, 1.009]), 0.98) == (3, 4, 5)
     assert second_stage_seeds(ctx, mean_ci([1.007, 1.008, 1.006]), 0.98) == ()  # [1.0045, 1.0095]: holds
     assert second_stage_seeds(ctx, mean_ci([0.99, 0.96, 1.01]), 0.98) == ()  # gap 0.0067, sd 0.025: needs ≫ 6
+
+
+def test_claim_11_second_stage_runs_dora_at_24_seeds_when_24_decide_it():
+    """DoRA's first-stage medians −0.601, −0.109, +0.046 (the committed study, Xeon): mean −0.221, sd 0.338,
+    t(2) = 4.303 → [−1.06, +0.62] straddles 0; n_needed (80% power, gap 0.221) = 21 ≤ 24, so seeds 3–23 are added.
+    LoRA's +0.933, +0.959, +0.958 lie above 0 (decided): none."""
+    from loralab.experiments.stats import mean_ci
+
+    ctx = Context(tasks=("movie",), seeds=(0, 1, 2), root=Path("unused"), out=Path("unused"), executor=None)
+    dora = mean_ci([-0.601, -0.109, 0.046])
+    assert second_stage_seeds(ctx, dora, 0.0, plan.TRAJECTORY_SEEDS) == tuple(range(3, 24))
+    assert second_stage_seeds(ctx, dora, 0.0) == ()  # claim 1's cap of 6 would not decide it
+    assert second_stage_seeds(ctx, mean_ci([0.933, 0.959, 0.958]), 0.0, plan.TRAJECTORY_SEEDS) == ()
+
+
+@pytest.mark.parametrize("lora, dora, expected", [
+    ((0.9, 0.95), (-0.5, -0.1), HOLDS),  # LoRA above 0, DoRA below: the DoRA paper's picture
+    ((0.9, 0.95), (0.1, 0.5), FAILS),  # DoRA couples them too
+    ((-0.3, -0.1), (-0.5, -0.1), FAILS),  # LoRA's own coupling is absent
+    ((0.9, 0.95), (-1.06, 0.62), INCONCLUSIVE),
+])
+def test_claim_11_verdict_from_the_two_intervals(lora, dora, expected):
+    def interval(bounds):
+        return {"mean": sum(bounds) / 2, "low": bounds[0], "high": bounds[1], "n": 3}
+
+    assert decoupling_verdict(interval(lora), interval(dora)) == expected
+    assert decoupling_verdict(interval(lora), {**interval(dora), "n": 1}) == INCONCLUSIVE
 
 
 def test_the_simulated_two_stage_rule_is_the_rule_claim_1_runs():

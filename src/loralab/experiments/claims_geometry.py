@@ -423,53 +423,81 @@ def claim_10(ctx: Context) -> dict:
             + f"; negation below own on every task (intervals apart): {negation}. " + parts_text(found)}
 
 
+def trajectory_medians(ctx: Context, make, seeds) -> tuple[dict, list, dict]:
+    """Per seed of ``seeds`` (their runs trained already, `Context.dirs`): the median over the run's logged steps of
+    the Pearson r across the q/v layers of ΔD and ΔM, with a bootstrap interval over its steps. Also the first seed's
+    (ΔD, ΔM, step) points and {step: r} for the figure."""
+    from loralab.commands.analyze import trajectory
+
+    per_seed, points, first_steps = {}, [], {}
+    for seed in seeds:
+        per_step = {}
+        for record in trajectory(ctx.run_dir(make(seed))):
+            layers = [(layer["delta_d"], layer["delta_m"]) for path, layer in record["layers"].items()
+                      if path.endswith(("query", "value"))]
+            if seed == seeds[0]:
+                points += [(d, m, record["step"]) for d, m in layers]
+            per_step[record["step"]] = pearson([d for d, _ in layers], [m for _, m in layers])
+        values = [v for v in per_step.values() if v is not None]
+        if values:
+            low, high = bootstrap_interval(values, statistics.median) if len(values) > 1 else (values[0],) * 2
+            per_seed[seed] = {"median": statistics.median(values), "low": low, "high": high, "steps": len(values)}
+        if seed == seeds[0]:
+            first_steps = per_step
+    return per_seed, points, first_steps
+
+
+def decoupling_verdict(lora: Optional[dict], dora: Optional[dict]) -> str:
+    """Claim 11: holds when LoRA's t-interval lies above 0 and DoRA's below; fails when DoRA's lies above 0 or
+    LoRA's below; otherwise (or with fewer than 2 seeds in either) inconclusive."""
+    if lora is None or dora is None or lora["n"] < 2 or dora["n"] < 2:
+        return INCONCLUSIVE
+    if lora["low"] > 0 and dora["high"] < 0:
+        return HOLDS
+    return FAILS if dora["low"] > 0 or lora["high"] < 0 else INCONCLUSIVE
+
+
 @claim(11, "DoRA changes magnitude and direction independently (DoRA §3)")
 def claim_11(ctx: Context) -> dict:
     """DoRA §3's measure: at each logged step, the correlation across the q/v layers of ΔD (direction change) and
-    ΔM (magnitude change); each run's per-step values summarised by their median, and the medians of the study's
-    seeds by a t-interval (the runs are the replicates; a bootstrap over one run's steps is shown beside it).
-    (Pooling layers × steps instead lets a shared time trend — both grow as training goes on — make every
-    method's correlation positive.)"""
-    from loralab.commands.analyze import trajectory
+    ΔM (magnitude change); each run's per-step values summarised by their median, and the medians of the seeds by a
+    t-interval (the runs are the replicates; a bootstrap over one run's steps is shown beside it). (Pooling layers ×
+    steps instead lets a shared time trend — both grow as training goes on — make every method's correlation
+    positive.) Two stages: the study's seeds, then LoRA or DoRA — the arms the verdict rests on — whose interval
+    straddles 0 with a deciding n of at most `plan.TRAJECTORY_SEEDS` is run at that many seeds
+    (`claims_training.second_stage_seeds`); the one-sided error of either side's call rises from 2.5% to
+    ``second_stage_error["two_stage"]`` (`stats.two_stage_error`)."""
+    from loralab.experiments.claims_training import second_stage_seeds
+    from loralab.experiments.stats import two_stage_error
 
     makers = {"full": lambda s: plan.full_unit("movie", ctx.sizes, s, ctx.lr("full")),
               "lora": lambda s: plan.lora_unit("movie", ctx.sizes, s, ctx.lr("lora")),
               "dora": lambda s: plan.lora_unit("movie", ctx.sizes, s, ctx.lr("dora"), "dora")}
-    ctx.run([make(s) for make in makers.values() for s in ctx.seeds])
+    ctx.dirs([make(s) for make in makers.values() for s in ctx.seeds])  # stage 1's runs train together
+    found = {name: trajectory_medians(ctx, make, ctx.seeds) for name, make in makers.items()}
+    extra = {name: second_stage_seeds(ctx, mean_ci([v["median"] for v in found[name][0].values()]), 0.0,
+                                      plan.TRAJECTORY_SEEDS)
+             for name in ("lora", "dora") if len(found[name][0]) > 1}
+    extra = {name: seeds for name, seeds in extra.items() if seeds}
+    ctx.dirs([makers[name](s) for name, seeds in extra.items() for s in seeds])  # stage 2's runs train together
+    for name, seeds in extra.items():
+        found[name][0].update(trajectory_medians(ctx, makers[name], seeds)[0])
     rows = {}
-    for name, make in makers.items():
-        per_seed, points, per_step0 = {}, [], {}
-        for seed in ctx.seeds:
-            per_step = {}
-            for record in trajectory(ctx.run_dir(make(seed))):
-                layers = [(layer["delta_d"], layer["delta_m"]) for path, layer in record["layers"].items()
-                          if path.endswith(("query", "value"))]
-                if seed == ctx.seeds[0]:
-                    points += [(d, m, record["step"]) for d, m in layers]
-                per_step[record["step"]] = pearson([d for d, _ in layers], [m for _, m in layers])
-            values = [v for v in per_step.values() if v is not None]
-            if values:
-                low, high = bootstrap_interval(values, statistics.median) if len(values) > 1 else (values[0],) * 2
-                per_seed[seed] = {"median": statistics.median(values), "low": low, "high": high, "steps": len(values)}
-            if seed == ctx.seeds[0]:
-                per_step0 = per_step
+    for name, (per_seed, points, per_step0) in found.items():
         across = mean_ci([v["median"] for v in per_seed.values()]) if per_seed else None
         rows[name] = {"points": points, "per_step": per_step0, "per_seed": per_seed, "across_seeds": across,
                       "power": what_decides(across, 0.0) if across else None,
                       "pearson": across["mean"] if across else None}
-    lora, dora = rows["lora"]["across_seeds"], rows["dora"]["across_seeds"]
-    if lora is None or dora is None or lora["n"] < 2 or dora["n"] < 2:
-        final = INCONCLUSIVE
-    elif lora["low"] > 0 and dora["high"] < 0:
-        final = HOLDS
-    elif dora["low"] > 0 or lora["high"] < 0:
-        final = FAILS
-    else:
-        final = INCONCLUSIVE
+    final = decoupling_verdict(rows["lora"]["across_seeds"], rows["dora"]["across_seeds"])
+    error = two_stage_error(len(ctx.seeds), plan.TRAJECTORY_SEEDS) if extra else None
     return {"verdict": final, "rows": rows, "seeds": len(ctx.seeds), "power": {k: v["power"] for k, v in rows.items()},
+            "second_stage": {name: list(seeds) for name, seeds in extra.items()}, "second_stage_error": error,
             "summary": "per logged step, Pearson r of ΔD and ΔM across the q/v layers (movie), each run's median "
-                       f"over its steps, mean over {len(ctx.seeds)} seeds [95% t-interval]: " + ", ".join(
+                       "over its steps, mean over the seeds [95% t-interval]: " + ", ".join(
                 f"{k} {v['across_seeds']['mean']:+.2f} [{v['across_seeds']['low']:+.2f}, "
-                f"{v['across_seeds']['high']:+.2f}]" + decides_text(v["power"])
+                f"{v['across_seeds']['high']:+.2f}] ({v['across_seeds']['n']} seeds"
+                + (": second stage)" if k in extra else ")") + decides_text(v["power"])
                 for k, v in rows.items() if v["across_seeds"])
-            + "; the DoRA paper finds LoRA positive, full FT and DoRA negative."}
+            + "; the DoRA paper finds LoRA positive, full FT and DoRA negative."
+            + (" The two-stage rule's one-sided error is {:.1%} (one stage: 2.5%; `stats.two_stage_error`)."
+               .format(error["two_stage"]) if extra else "")}

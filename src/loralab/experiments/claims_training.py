@@ -46,14 +46,15 @@ def lora_accuracy(ctx: Context, r: int, method: str = "lora", placement: str = "
     return accuracy_by_seed(ctx, lambda t, s: plan.lora_unit(t, ctx.sizes, s, ctx.lr(method), method, r, placement))
 
 
-def second_stage_seeds(ctx: Context, ratio: dict, threshold: float) -> tuple[int, ...]:
-    """Claim 1's second stage: the seeds beyond the study's that a task gets when its first-stage interval straddles
-    ``threshold`` and the n that would decide it (`what_decides`, 80% power at stage 1's sd) is at most
-    `plan.MAX_SEEDS` — the task is then run at `plan.MAX_SEEDS` seeds; otherwise none."""
+def second_stage_seeds(ctx: Context, ratio: dict, threshold: float, most: int = plan.MAX_SEEDS) -> tuple[int, ...]:
+    """A two-stage claim's second stage (claim 1: ``most`` = `plan.MAX_SEEDS`; claim 11: `plan.TRAJECTORY_SEEDS`):
+    the seeds beyond the study's that an arm gets when its first-stage interval straddles ``threshold`` and the n
+    that would decide it (`what_decides`, 80% power at stage 1's sd) is at most ``most`` — the arm is then run at
+    ``most`` seeds; otherwise none."""
     needed = what_decides(ratio, threshold)["n_needed"]
-    if verdict(ratio, threshold) != INCONCLUSIVE or needed is None or needed > plan.MAX_SEEDS:
+    if verdict(ratio, threshold) != INCONCLUSIVE or needed is None or needed > most:
         return ()
-    return tuple(range(max(ctx.seeds) + 1, max(ctx.seeds) + 1 + plan.MAX_SEEDS - len(ctx.seeds)))
+    return tuple(range(max(ctx.seeds) + 1, max(ctx.seeds) + 1 + most - len(ctx.seeds)))
 
 
 @claim(1, "LoRA r=8 reaches ≥ 98% of full fine-tuning with ≥ 100× fewer trainable parameters")
