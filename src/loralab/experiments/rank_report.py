@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from loralab.experiments import stats
-from loralab.plotting import pyplot, save
+from loralab.plotting import label_points, pyplot, save
 
 
 def fmt(value, spec: str = ".3g") -> str:
@@ -200,12 +200,7 @@ def plot_scatter(report: dict, path: Path) -> Path:
     ax.errorbar(x, y, yerr=[[max(v - (u["interval"][0] or v), 0) for v, u in zip(y, kept)],
                             [max((u["interval"][1] or v) - v, 0) for v, u in zip(y, kept)]],
                 fmt="o", capsize=3, color="tab:blue")
-    span = (max(x) - min(x)) or 1.0 if x else 1.0
-    placed: list[tuple[float, float]] = []
-    for xi, yi, u in zip(x, y, kept):  # a label whose point nearly coincides with an earlier one goes below it
-        crowded = any(abs(xi - px) < 0.06 * span and abs(math.log(yi / py)) < 0.15 for px, py in placed)
-        ax.annotate(u["name"], (xi, yi), textcoords="offset points", xytext=(4, -10 if crowded else 3), fontsize=7)
-        placed.append((xi, yi))
+    label_points(ax, [(xi, yi, u["name"]) for xi, yi, u in zip(x, y, kept)], fontsize=7)
     ax.set(xlabel=f"{report['primary']} (before training)", ylabel="needed rank r90 (log scale)", yscale="log",
            title=f"ρ = {fmt(report.get('spearman'), '.2f')}, p = {fmt(report.get('p_value'), '.2g')}, "
                  f"n = {report.get('n')}")

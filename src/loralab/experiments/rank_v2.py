@@ -140,10 +140,11 @@ def interval(unit: dict) -> str:
 def draw(report: dict, found: dict[str, dict], path: Path) -> Path:
     """Left: log r90 (95% interval) against the primary, registered units grey, dense units coloured. Right: the
     dense units' r90 against the planted k, the line r90 = k dotted."""
-    from loralab.plotting import pyplot, save
+    from loralab.plotting import label_points, pyplot, save
 
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10.0, 4.2))
+    labels = []
     for name, u in report["units"].items():
         if u["needed_rank"] is None:
             continue
@@ -152,10 +153,11 @@ def draw(report: dict, found: dict[str, dict], path: Path) -> Path:
         x = u["predicted"][PRIMARY]
         left.errorbar([x], [u["needed_rank"]], yerr=[[u["needed_rank"] - low], [high - u["needed_rank"]]],
                       fmt="s" if dense else "o", color="tab:red" if dense else "0.55", capsize=2, markersize=5)
-        left.annotate(name, (x, u["needed_rank"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        labels.append((x, u["needed_rank"], name))
         if dense:
             right.errorbar([u["k"]], [u["needed_rank"]], yerr=[[u["needed_rank"] - low], [high - u["needed_rank"]]],
                            fmt="s", color="tab:red", capsize=3)
+    label_points(left, labels)
     test = report["test"]
     left.minorticks_off()
     left.set(yscale="log", xlabel=f"{PRIMARY} (task level, before training)", ylabel="needed rank r90 (test loss)",

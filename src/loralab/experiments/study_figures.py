@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from loralab.experiments.claims_training import d90_text
-from loralab.plotting import pyplot, save
+from loralab.plotting import label_points, pyplot, save
 
 
 def by_int_key(mapping: dict) -> list[tuple[int, dict]]:
@@ -222,15 +222,15 @@ def claim_9(c: dict, path: Path):
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     v2 = c.get("v2")
     units = [{"name": n, **u} for n, u in v2["units"].items()] if v2 else c["units"]  # v2: registered + dense units
-    kept = [u for u in units if u["kept"] and u["needed_rank"]]
+    kept, labels = [u for u in units if u["kept"] and u["needed_rank"]], []
     for kind, marker, color in (("registered", "o", "tab:blue"), ("dense", "s", "tab:red")):
         mine = [u for u in kept if u.get("kind", "registered") == kind]
         xs, ys = [u["predicted"].get(c["primary"]) for u in mine], [u["needed_rank"] for u in mine]
         left.errorbar(xs, ys, yerr=[[max(y - (u["interval"][0] or y), 0) for y, u in zip(ys, mine)],
                                     [max((u["interval"][1] or y) - y, 0) for y, u in zip(ys, mine)]],
                       fmt=marker, color=color, capsize=3, label=f"{kind} units" if v2 and mine else None)
-        for x, y, u in zip(xs, ys, mine):
-            left.annotate(u["name"], (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        labels += [(x, y, u["name"]) for x, y, u in zip(xs, ys, mine)]
+    label_points(left, labels)
     test = v2["test"] if v2 else c
     rho = "n/a" if test["spearman"] is None else format(test["spearman"], "+.2f")
     left.set(yscale="log", xlabel=f"{c['primary']} (before training)", ylabel="needed rank r90 (measured)",
