@@ -38,11 +38,16 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     assert "| 1. LoRA r=8 reaches" in (tmp_path / "report" / "report.md").read_text()
     trained = study["meta"]["runs_trained_or_read"]
     assert study["meta"]["compute"]["runs"] == trained == len(list((tmp_path / "runs").glob("*/result.json")))
+    assert study["meta"]["compute"]["trained"]["runs"] == trained  # a first invocation trains every run it uses
     assert f"{trained} runs, " in (tmp_path / "report" / "report.md").read_text()
     again = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
                            workers=2, sizes=tiny_plan, seeds=(0, 1))
     assert "running" not in capsys.readouterr().out.split("claim 1:")[-1]  # nothing retrained: every unit cached
     assert again["claims"]["1"]["rows"][0]["ratio"] == row["ratio"] and again["meta"]["runs_trained_or_read"] == trained
+    assert again["meta"]["compute"]["trained"] == {"runs": 0, "run_hours": 0.0, "resumed": 0}
+    assert f"{trained} runs, " in (tmp_path / "report2" / "report.md").read_text()
+    assert "— 0 of them trained by this invocation (0.0 h), the rest read back" in (
+        tmp_path / "report2" / "report.md").read_text()
     import shutil
 
     shutil.rmtree(tmp_path / "runs")  # the run root is lost; claim 1 reads results only, recorded in runs.jsonl
@@ -260,6 +265,9 @@ def test_the_report_header_states_the_rank_benchmarks_compute_beside_the_studys(
                                    "benchmark's 401 runs, 21.5 h of run time (≈ 10.8 h elapsed); this invocation 1.00 h")
     del study["claims"]["9"]
     assert compute_text(study) == "190 runs, 6.0 h of run time (2 at a time ≈ 3.0 h elapsed); this invocation 1.00 h"
+    study["meta"]["compute"]["trained"] = {"runs": 30, "run_hours": 1.41}
+    assert compute_text(study) == ("190 runs, 6.0 h of run time (2 at a time ≈ 3.0 h elapsed) — 30 of them trained by "
+                                   "this invocation (1.4 h), the rest read back; this invocation 1.00 h")
 
 
 def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ def synthetic_study() -> dict:
     rows = [{"task": t, "full": ci(0.85), "lora_r8": ci(0.84), "ratio": {**ci(0.99, 0.005), "seeds": [0, 1, 2]},
              "verdict": "holds"} for t in ("movie", "trec")]
     points = [(0.001 * i, 0.01 * i, 10 * i, "q") for i in range(1, 6)]
-    return {"meta": {"tasks": ["movie", "trec"], "seeds": [0, 1, 2], "claims": [1, 11], "model": "minilm",
+    study = {"meta": {"tasks": ["movie", "trec"], "seeds": [0, 1, 2], "claims": [1, 11], "model": "minilm",
                      "sizes": {"max_train": 1000, "epochs": 3, "max_eval": 500}, "runs_trained_or_read": 12,
                      "wall_time_s": 3600, "code_version": "abc", "learning_rates": {"lora": {"grid": {"0.002": 0.8},
                                                                                             "chosen": 0.002}}},
@@ -41,6 +41,9 @@ def synthetic_study() -> dict:
                        "11": {"claim": 11, "title": "DoRA decouples", "verdict": "inconclusive at this n",
                               "summary": "r", "rows": {m: {"points": points, "pearson": 0.5, "spearman": 0.5}
                                                        for m in ("full", "lora", "dora")}}}}
+    seeds = {str(s): {"median": m} for s, m in enumerate((-0.4, -0.1, 0.2, -0.2))}  # claim 11 since session 21
+    study["claims"]["11"]["rows"]["dora"].update(per_seed=seeds, across_seeds=ci(-0.125, 0.05))
+    return study
 
 
 # The checker polls on a timer (which headless Chromium's virtual time advances) until the framed report

@@ -36,6 +36,7 @@ class Context:
     lr_table: dict[str, dict] = field(default_factory=dict)
     outcomes: dict[int, dict] = field(default_factory=dict)
     archive: Optional[Path] = None  # a JSONL of finished runs (`launcher.Archive`): results survive a lost run root
+    trained: set[str] = field(default_factory=set)  # units this invocation trained (the rest were read back)
     _moving: Optional[int] = None
 
     def only(self, tasks: tuple[str, ...]) -> "Context":
@@ -53,7 +54,7 @@ class Context:
                    or not archive and not (unit_dir(self.root, u, version) / "result.json").exists()]
         if missing:
             self.results.update(run_units(missing, self.root, self.executor, desc=f"{len(missing)} runs",
-                                          archive=self.archive if archive else None))
+                                          archive=self.archive if archive else None, trained=self.trained))
             self.run_dirs.update({u.name: unit_dir(self.root, u, version) for u in missing})
         return {u.name: self.results[u.name] for u in units}
 

@@ -40,7 +40,8 @@ def meta(ctx: Context, claims: list[int], started: float) -> dict:
     return {"tasks": list(ctx.tasks), "seeds": list(ctx.seeds), "claims": claims, "sizes": vars(ctx.sizes),
             "model": "minilm (all-MiniLM-L6-v2)", "learning_rates": ctx.lr_table, "code_version": code_version(),
             "runs_trained_or_read": len(ctx.results), "wall_time_s": time.time() - started, "torch": torch.__version__,
-            "compute": {**compute_used(ctx.results.values()), "workers": getattr(ctx.executor, "workers", None)},
+            "compute": {**compute_used(ctx.results.values()), "workers": getattr(ctx.executor, "workers", None),
+                        "trained": compute_used(ctx.results[n] for n in ctx.trained if n in ctx.results)},
             "test_examples": {t: len(datasets.load(t, "test", 0, ctx.sizes.max_eval)) for t in ctx.tasks}}
 
 

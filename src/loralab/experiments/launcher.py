@@ -344,12 +344,13 @@ def finished_result(out: Path, archive: Archive) -> Optional[RunResult]:
 
 
 def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str = "runs",
-              archive: "Optional[str | Path | Archive]" = None) -> dict[str, RunResult]:
+              archive: "Optional[str | Path | Archive]" = None, trained: Optional[set] = None) -> dict[str, RunResult]:
     """Train every unit not yet finished under ``root`` (or recorded in ``archive``, see `Archive`); return
     {unit name: its `RunResult`}.
 
-    Finished units are read back, not run; every result, trained or read, is added to the archive. A failed unit
-    does not stop the others; the first failure is raised once every unit has ended.
+    Finished units are read back, not run; every result, trained or read, is added to the archive. The names of the
+    units this call trains are added to ``trained`` (what a report counts as compute spent now, not read back). A
+    failed unit does not stop the others; the first failure is raised once every unit has ended.
     """
     units = list(units)
     names = [u.name for u in units]
@@ -373,6 +374,8 @@ def run_units(units: Iterable[Unit], root: str | Path, executor=None, desc: str 
         pending.append(unit.name)
     if jobs:
         print(f"{desc}: {len(results)} of {len(units)} already done; running {len(jobs)}", flush=True)
+        if trained is not None:
+            trained.update(pending)
         results.update(_collect(executor, jobs, pending, desc, lambda name, result: archive.add(dirs[name].name, result)))
     return {name: results[name] for name in names}
 

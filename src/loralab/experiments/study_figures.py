@@ -251,9 +251,14 @@ def claim_9(c: dict, path: Path):
 
 
 def claim_11(c: dict, path: Path):
+    """One panel per arm: the first seed's (ΔD, ΔM) per layer and logged step. Last panel: every seed's median over
+    its steps of r(ΔD, ΔM) across layers, per arm, with the mean and its 95% t-interval — what the verdict tests."""
     plt = pyplot()
     names = list(c["rows"])
-    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    per_seed = any(row.get("per_seed") for row in c["rows"].values())  # an older study.json has none
+    fig, axes = plt.subplots(1, len(names) + per_seed, figsize=(3.6 * (len(names) + per_seed), 3.4), squeeze=False)
+    if per_seed:
+        seeds_panel(axes[0][-1], c["rows"])
     for ax, name in zip(axes[0], names):
         points = c["rows"][name]["points"]
         if points:
@@ -266,6 +271,19 @@ def claim_11(c: dict, path: Path):
                if pearson is not None else name)
         ax.ticklabel_format(style="sci", scilimits=(-2, 3))
     return save(fig, path)
+
+
+def seeds_panel(ax, rows: dict) -> None:
+    """Claim 11's replicates: each seed's median r (dots, jittered), the mean over seeds with its t-interval."""
+    for i, row in enumerate(rows.values()):
+        medians = [v["median"] for v in row.get("per_seed", {}).values()]
+        ax.scatter([i + 0.25 * ((k % 5) / 4 - 0.5) for k in range(len(medians))], medians, s=10, color="0.6")
+        if row.get("across_seeds"):
+            errorbar(ax, i + 0.3, row["across_seeds"], color="black", marker="s", markersize=4)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks(range(len(rows)), [f"{n}\n({len(r.get('per_seed', {}))} seeds)" for n, r in rows.items()])
+    ax.set(ylabel="median over steps of r(ΔD, ΔM)", ylim=(-1.05, 1.05),
+           title="per seed (dots); mean, 95% t-interval")
 
 
 def claim_10(c: dict, path: Path):
