@@ -69,8 +69,8 @@ METHODS = {
     11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, every seed) "
         "for full fine-tuning, LoRA r=8 and DoRA r=8: per step, their correlation across layers; each run's median "
         "over steps, and a t-interval over the seeds' medians. Two stages: LoRA or DoRA (the arms the verdict rests "
-        "on) whose 3-seed interval straddles 0 with a deciding n of at most 24 is run at 24 seeds (one-sided error "
-        "3.6% instead of 2.5%, simulated).",
+        f"on) whose interval at the study's seeds straddles 0 with a deciding n of at most {plan.TRAJECTORY_SEEDS} is "
+        f"run at {plan.TRAJECTORY_SEEDS} seeds (the summary states the rule's simulated one-sided error).",
 }
 
 
