@@ -270,6 +270,22 @@ def test_the_report_header_states_the_rank_benchmarks_compute_beside_the_studys(
                                    "this invocation (1.4 h), the rest read back; this invocation 1.00 h")
 
 
+def test_carried_compute_adds_what_each_invocation_trained():
+    """Study.json of session 21: claims 1–10 carried (230 runs, 7.4 h) and claim 11 trained 27 runs (1.13 h) of the
+    45 it used; a later `--claims 9` carries 257 runs, 8.53 h. A file without `trained` keeps what it carried; one
+    that carried nothing counts all its runs."""
+    from loralab.experiments.full_study import compute_behind
+
+    carried = {"runs": 230, "run_hours": 7.4, "resumed": 2, "workers": 2}
+    own = {"runs": 45, "run_hours": 1.78, "resumed": 0, "workers": 2,
+           "trained": {"runs": 27, "run_hours": 1.13, "resumed": 0}}
+    assert compute_behind({"carried_over": {"compute": carried}, "compute": own}) == {
+        "runs": 257, "run_hours": pytest.approx(8.53), "resumed": 2, "workers": 2}
+    del own["trained"]
+    assert compute_behind({"carried_over": {"compute": carried}, "compute": own}) == carried
+    assert compute_behind({"compute": own}) == own
+
+
 def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_path, monkeypatch):
     """`--claims 2` after a study of claims 1 and 2 replaces claim 2 and keeps claim 1 (said so in meta and in the
     compute line); a study of other seeds replaces the file; a damaged study.json stops before any claim runs."""

@@ -80,7 +80,17 @@ def carried_over(path: Path, ctx: Context, claims: list[int]) -> dict:
         return {"claims": {}}
     kept = {n: c for n, c in earlier["claims"].items() if int(n) not in claims}
     return {"claims": kept, "learning_rates": earlier["meta"].get("learning_rates") or {},
-            "compute": earlier["meta"].get("carried_over", {}).get("compute") or earlier["meta"].get("compute")}
+            "compute": compute_behind(earlier["meta"])}
+
+
+def compute_behind(meta: dict) -> Optional[dict]:
+    """The compute behind an earlier study.json's claims: what it carried over plus the runs it trained itself
+    (``compute.trained``); a file that carried none over counts all of its runs, one that does not say which runs
+    it trained counts only what it carried."""
+    carried, own = (meta.get("carried_over") or {}).get("compute"), meta.get("compute")
+    if not carried or not own or "trained" not in own:
+        return carried or own
+    return {**carried, **{key: carried.get(key, 0) + own["trained"].get(key, 0) for key in ("runs", "run_hours", "resumed")}}
 
 
 def run_full_study(out: str = "reports/full", runs: str = "runs/full_study", tasks: Optional[str] = None,
