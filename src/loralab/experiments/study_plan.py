@@ -31,6 +31,9 @@ MAX_SEEDS = 6  # claim 1's second stage: a task whose interval straddles 98% get
 # Claim 11's second stage (fixed in session 21, before its runs, after stage 1 gave DoRA n ≈ 21): an arm the verdict
 # rests on (LoRA, DoRA) whose 3-seed interval straddles 0 gets seeds up to this when that decides it.
 TRAJECTORY_SEEDS = 24
+# Claim 10's second stage (fixed in session 22, before its runs, after stage 1 gave n ≈ 34): when the 3-replicate
+# verdict is inconclusive and the replicates that would decide it are at most this many, it is run at this many.
+COMPOSITION_REPLICATES = 36
 
 # Learning-rate grids per family (the lr stage picks, per family, the best mean validation accuracy).
 LR_GRID = {"full": (5e-5, 1e-4, 2e-4), "lora": (1e-3, 2e-3, 4e-3), "dora": (1e-3, 2e-3, 4e-3),
