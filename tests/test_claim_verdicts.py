@@ -229,3 +229,30 @@ def test_d90_says_at_most_when_the_grids_smallest_d_already_reaches_the_threshol
     assert d90_text({"d90": 250, "d90_below": None}) == "≤ 250"  # nothing below 250 was measured
     assert d90_text({"d90": 1000, "d90_below": 500}) == "1000"  # 500 missed: bracketed
     assert d90_text({"d90": None, "d90_below": 16000}) == "> 16000"
+
+
+def test_claim_10_replicates_rotate_seeds_within_each_stage():
+    """Session 22's registration: stage 1 is seeds 0–2 rotated ((i + k) mod 3), stage 2's replicates 3–35 take
+    seeds 3 + (i + k − 3) mod 33; every run in one replicate, no seed twice in a replicate, stage 1 unchanged."""
+    from loralab.experiments.claims_geometry import replicate_seeds
+
+    rows = replicate_seeds(3, 36, 3)
+    assert rows[:3] == replicate_seeds(3, 3, 3) == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+    assert rows[3] == [3, 4, 5] and rows[35] == [35, 3, 4]
+    for i in range(3):
+        assert sorted(row[i] for row in rows) == list(range(36))  # each task's seeds 0–35, once each
+    assert all(len(set(row)) == 3 for row in rows)
+    assert replicate_seeds(2, 3, 3) == [[0, 1, 2], [1, 2, 0], [3, 4, 5]]  # fewer replicates than tasks: 3 seeds a pool
+
+
+def test_claim_10_goes_to_its_second_stage_only_when_that_decides_it():
+    """Stage 1 of session 15 (n_needed 34): inconclusive → 36 replicates; a decided stage 1, or one needing more
+    than the cap, stays at 3."""
+    from loralab.experiments.claims_geometry import composition_second_stage
+
+    stage_1 = {"composes": INCONCLUSIVE, "interferes": INCONCLUSIVE, "n_needed": 34}
+    assert composition_second_stage(stage_1, 3, 36) == 36
+    assert composition_second_stage({**stage_1, "n_needed": 37}, 3, 36) == 3
+    assert composition_second_stage({**stage_1, "n_needed": None}, 3, 36) == 3
+    assert composition_second_stage({**stage_1, "composes": FAILS}, 3, 36) == 3  # a failed part decides the claim
+    assert composition_second_stage({"composes": HOLDS, "interferes": HOLDS, "n_needed": None}, 3, 36) == 3

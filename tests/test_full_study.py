@@ -18,6 +18,8 @@ def tiny_plan(tiny, monkeypatch):
     monkeypatch.setattr(plan, "LR_GRID", {"full": (2e-3,), "lora": (2e-2,), "dora": (2e-2,), "lora-all": (2e-2,),
                                         "lora-r64": (2e-2,), "said": (0.1,)})
     monkeypatch.setattr(plan, "LR_TASKS", ("movie",))
+    monkeypatch.setattr(plan, "COMPOSITION_REPLICATES", 2)  # second stages only where a test forces one
+    monkeypatch.setattr(plan, "TRAJECTORY_SEEDS", 2)
     return plan.Sizes(model=tiny["model"], max_train=32, max_eval=24, max_length=32, batch_size=8, max_steps=6,
                       min_steps=4, eval_steps=2, patience=1, said_max_steps=4)
 
@@ -93,6 +95,33 @@ def test_a_claims_missing_runs_train_together(tiny_plan, tmp_path, capsys):
     assert [r["runs"] for r in c["interference"]][1] != [r["runs"] for r in c["interference"]][0]
     for cell in c["cells"].values():
         assert cell["all_w1"]["n"] == 2 and cell["all_w1"]["low"] <= cell["all_w1"]["mean"] <= cell["all_w1"]["high"]
+
+
+def test_claim_10_second_stage_trains_together_and_its_tables_are_read_back(tiny_plan, tmp_path, capsys, monkeypatch):
+    """Claim 10 sent to a second stage of 3 replicates (forced: tiny runs decide nothing): stage 1's replicates
+    (seeds 0, 1, 2 and 1, 2, 0) train as one batch after the lr sweep, stage 2's (seeds 3, 4, 5) as another; every
+    cell is over 3 replicates. Run again, every interference table is read back, not evaluated."""
+    from loralab.experiments import claims_geometry, interference
+
+    monkeypatch.setattr(plan, "COMPOSITION_REPLICATES", 3)
+    monkeypatch.setattr(claims_geometry, "composition_second_stage", lambda found, first, most: most)
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
+                           sizes=tiny_plan, seeds=(0, 1))
+    batches = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "already done" in line]
+    assert batches == ["1 runs", "5 runs", "3 runs"], batches
+    c = study["claims"]["10"]
+    assert c["replicates"] == 3 and c["second_stage"] and c["second_stage_error"]["total"] == 3
+    assert [r.rsplit("-s", 1)[1].split("-")[0] for r in c["interference"][2]["runs"]] == ["3", "4", "5"]
+    assert "geometry" in c["interference"][0] and set(c["interference"][2]) == {"runs", "table", "negation", "seconds"}
+    assert all(cell["all_w1"]["n"] == 3 for cell in c["cells"].values()) and "(second stage)" in c["summary"]
+
+    def evaluated(*args, **kwargs):
+        raise AssertionError("an interference table of the same runs and code was evaluated again")
+
+    monkeypatch.setattr(interference, "run_interference", evaluated)
+    again = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
+                           sizes=tiny_plan, seeds=(0, 1))
+    assert again["claims"]["10"]["cells"] == c["cells"]
 
 
 def test_claim_11_second_stage_trains_its_seeds_together_and_joins_them(tiny_plan, tmp_path, capsys, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import statistics
 from pathlib import Path
 from typing import Optional
@@ -379,48 +380,100 @@ def parts_text(found: dict) -> str:
     return f"Replicates that would decide each undecided part: {listed}; the verdict needs all of them: {whole}."
 
 
+def replicate_seeds(first: int, total: int, tasks: int) -> list[list[int]]:
+    """Claim 10's replicates as seeds, one list per replicate: task i's adapter in replicate k. Stage 1's ``first``
+    replicates rotate seeds 0 … p − 1 (p = max(first, tasks)): (i + k) mod p. A second stage's replicates first …
+    total − 1 rotate the next q = max(total − first, tasks) seeds among themselves: p + (i + k − first) mod q. So
+    every run sits in one replicate, no replicate holds two adapters of one seed (they would start from the same A,
+    `compose.geometry`), and stage 1's replicates are the same whether or not a second stage follows."""
+    pool, later = max(first, tasks), max(total - first, tasks)
+    return ([[(i + k) % pool for i in range(tasks)] for k in range(first)]
+            + [[pool + (i + k - first) % later for i in range(tasks)] for k in range(first, total)])
+
+
+def interference_table(runs: list[str], out: Path) -> dict:
+    """One replicate's `run_interference` result, read back when ``out`` holds one of the same ``runs`` made by
+    the same code (the interference module and everything it imports, `launcher.code_version`)."""
+    from loralab.experiments.interference import run_interference
+    from loralab.experiments.launcher import code_version
+    from loralab.io.atomic import atomic_write_text
+
+    version, done = code_version(("loralab.experiments.interference",)), out / "interference.json"
+    if done.exists():
+        found = json.loads(done.read_text())
+        if found.get("runs") == runs and found.get("code_version") == version:
+            return found
+    result = {**run_interference(runs, out), "code_version": version}
+    atomic_write_text(done, json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def composition_replicates(ctx: Context, tasks: list[str], rows: list[list[int]], start: int = 0) -> list[dict]:
+    """The interference tables of replicates ``start`` … (``rows``: `replicate_seeds`), their missing runs
+    trained together first."""
+    units = [plan.lora_unit(t, ctx.sizes, seed, ctx.lr("lora")) for row in rows for t, seed in zip(tasks, row)]
+    dirs, n = [str(d) for d in ctx.dirs(units)], len(tasks)
+    return [interference_table(dirs[k * n:(k + 1) * n], ctx.out / "interference" / f"replicate{start + k}")
+            for k in range(len(rows))]
+
+
+def composition_second_stage(found: dict, first: int, most: int) -> int:
+    """How many replicates claim 10 is run at: ``most`` when stage 1's ``first`` leave it inconclusive and the n
+    that would decide every undecided part (`composition`) is at most ``most``; otherwise ``first``."""
+    undecided = combine_verdicts([found["composes"], found["interferes"]]) == INCONCLUSIVE
+    return most if undecided and found["n_needed"] is not None and found["n_needed"] <= most else first
+
+
 @claim(10, "Adapters compose but interfere")
 def claim_10(ctx: Context) -> dict:
     """Task vectors summed: one replicate per seed of the study, each with every task's adapter from its own
-    seed (seeds rotate over the tasks: adapters of one seed start from the same A, and their input subspaces would
-    then agree by construction, `compose.geometry`); every cell is a mean over replicates with its t-interval.
-    Composes: on every task, the sum keeps more than half of the task's own gain over chance (a t-interval above 0);
-    interferes: the accuracy the sum loses against each task's own adapter, mean over tasks, has its t-interval above
-    0. Both hold → holds; either fails → does not hold."""
-    from loralab.experiments.interference import run_interference
+    seed (`replicate_seeds`); every cell is a mean over replicates with its t-interval. Composes: on every task, the
+    sum keeps more than half of the task's own gain over chance (a t-interval above 0); interferes: the accuracy the
+    sum loses against each task's own adapter, mean over tasks, has its t-interval above 0. Both hold → holds;
+    either fails → does not hold. Two stages: an inconclusive first stage whose deciding n is at most
+    `plan.COMPOSITION_REPLICATES` is run at that many replicates (`composition_second_stage`); the second stage's
+    replicates keep their tables and negation checks here (their geometry stays in their interference.json)."""
+    from loralab.experiments.stats import two_stage_error
 
-    tasks = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks]
-    pool = max(len(ctx.seeds), len(tasks))
-    units = [plan.lora_unit(t, ctx.sizes, (i + k) % pool, ctx.lr("lora")) for k in range(len(ctx.seeds))
-             for i, t in enumerate(tasks)]
-    dirs = [str(d) for d in ctx.dirs(units)]  # every replicate's missing runs train together
-    replicates = [run_interference(dirs[k * len(tasks):(k + 1) * len(tasks)], ctx.out / "interference" / f"replicate{k}")
-                  for k in range(len(ctx.seeds))]
+    tasks, first = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks], len(ctx.seeds)
+    replicates = composition_replicates(ctx, tasks, replicate_seeds(first, first, len(tasks)))
+    total = composition_second_stage(composition([r["table"] for r in replicates]), first, plan.COMPOSITION_REPLICATES)
+    if total > first:
+        later = composition_replicates(ctx, tasks, replicate_seeds(first, total, len(tasks))[first:], start=first)
+        replicates += [{key: r[key] for key in ("runs", "table", "negation", "seconds")} for r in later]
     tables = [r["table"] for r in replicates]
     cells = {t: {key: mean_ci([table[t][key] for table in tables]) for key in ("own", "all_w1", "negated", "chance")}
              for t in tables[0]}
     found = composition(tables)
-    composes, kept, loss, interferes = found["composes"], found["kept_over_half"], found["loss"], found["interferes"]
     negation = all(c["negated"]["high"] < c["own"]["low"] for c in cells.values())
-    final = combine_verdicts([composes, interferes])
-    first = ctx.out / "interference" / "replicate0" / "interference.png"
-    if first.exists():  # the report shows the first replicate's figure
-        (ctx.out / "interference" / "interference.png").write_bytes(first.read_bytes())
-    return {"verdict": final, "composes": composes, "kept_over_half": kept, "interferes": interferes,
-            "interference_loss": loss, "power": {**found["power"]["interferes"], "n_needed": found["n_needed"],
-                                                 "parts": found["power"]},
-            "cells": cells,
-            "replicates": len(replicates), "negation_moves_toward_chance": negation,
+    first_figure = ctx.out / "interference" / "replicate0" / "interference.png"
+    if first_figure.exists():  # the report shows the first replicate's figure
+        (ctx.out / "interference" / "interference.png").write_bytes(first_figure.read_bytes())
+    error = two_stage_error(first, total) if total > first else None
+    return {"verdict": combine_verdicts([found["composes"], found["interferes"]]), "composes": found["composes"],
+            "kept_over_half": found["kept_over_half"], "interferes": found["interferes"],
+            "interference_loss": found["loss"],
+            "power": {**found["power"]["interferes"], "n_needed": found["n_needed"], "parts": found["power"]},
+            "cells": cells, "replicates": len(replicates), "second_stage": total > first,
+            "second_stage_error": error, "negation_moves_toward_chance": negation,
             "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
-            "interference": replicates,
-            "summary": "all adapters summed (w=1) vs own, per task, mean over " + f"{len(replicates)} replicates "
-                       "[95% t-interval]: " + ", ".join(
+            "interference": replicates, "summary": composition_summary(cells, found, negation, total > first, error)}
+
+
+def composition_summary(cells: dict, found: dict, negation: bool, extended: bool, error: Optional[dict]) -> str:
+    """Claim 10's summary line: every task's sum against its own adapter, both parts' verdicts and what would
+    decide what is undecided."""
+    n, loss = found["loss"]["n"], found["loss"]
+    return ("all adapters summed (w=1) vs own, per task, mean over " + f"{n} replicates"
+            + (" (second stage)" if extended else "") + " [95% t-interval]: " + ", ".join(
                 f"{t} {c['all_w1']['mean']:.3f} [{c['all_w1']['low']:.3f}, {c['all_w1']['high']:.3f}] vs "
                 f"{c['own']['mean']:.3f} [{c['own']['low']:.3f}, {c['own']['high']:.3f}]" for t, c in cells.items())
-            + f"; composes (the sum keeps over half of each task's gain over chance): {composes}"
+            + f"; composes (the sum keeps over half of each task's gain over chance): {found['composes']}"
             + f"; accuracy lost to the sum, mean over tasks {loss['mean']:.3f} [{loss['low']:.3f}, {loss['high']:.3f}]"
-            + f": {interferes}" + decides_text(found["power"]["interferes"])
-            + f"; negation below own on every task (intervals apart): {negation}. " + parts_text(found)}
+            + f": {found['interferes']}" + decides_text(found["power"]["interferes"])
+            + f"; negation below own on every task (intervals apart): {negation}. " + parts_text(found)
+            + (" The two-stage rule's one-sided error per part is {:.1%} (one stage: 2.5%; `stats.two_stage_error`)."
+               .format(error["two_stage"]) if error else ""))
 
 
 def trajectory_medians(ctx: Context, make, seeds) -> tuple[dict, list, dict]:

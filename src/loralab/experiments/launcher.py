@@ -56,13 +56,14 @@ class Unit:
     snapshots: tuple[int, ...] = ()  # optimizer steps whose parameters the run keeps (`train.snapshots`)
 
 
-def code_version() -> str:
-    """12 hex digits fixed by the code of every module on the training path (`training_modules`) — its syntax
-    tree, so docstrings, comments and formatting do not count — and the torch and transformers versions."""
+def code_version(entries: tuple[str, ...] = TRAINING_ENTRY) -> str:
+    """12 hex digits fixed by the code of every module on the training path (`training_modules`; or on the path
+    from other ``entries``) — its syntax tree, so docstrings, comments and formatting do not count — and the torch
+    and transformers versions."""
     from importlib.metadata import PackageNotFoundError, version
 
     digest = hashlib.sha256()
-    for name, path in training_modules():
+    for name, path in training_modules(entries):
         digest.update(name.encode())
         digest.update(ast.dump(without_docstrings(ast.parse(path.read_text()))).encode())
     for package in ("torch", "transformers"):
@@ -73,9 +74,9 @@ def code_version() -> str:
     return digest.hexdigest()[:12]
 
 
-def training_modules() -> list[tuple[str, Path]]:
-    """(module name, source file) of every loralab module `TRAINING_ENTRY` imports, directly or not (imports
-    inside functions included), sorted by name."""
+def training_modules(entries: tuple[str, ...] = TRAINING_ENTRY) -> list[tuple[str, Path]]:
+    """(module name, source file) of every loralab module ``entries`` (by default `TRAINING_ENTRY`) are or import,
+    directly or not (imports inside functions included), sorted by name."""
     root = Path(__file__).resolve().parents[1]  # src/loralab
 
     def source(name: str) -> Optional[Path]:
@@ -86,7 +87,7 @@ def training_modules() -> list[tuple[str, Path]]:
         return None
 
     found: dict[str, Path] = {}
-    todo = list(TRAINING_ENTRY) + ["loralab"]
+    todo = list(entries) + ["loralab"]
     while todo:
         name = todo.pop()
         path = source(name)

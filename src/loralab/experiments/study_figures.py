@@ -286,12 +286,30 @@ def seeds_panel(ax, rows: dict) -> None:
            title="per seed (dots); mean, 95% t-interval")
 
 
+def tested_panel(ax, c: dict) -> None:
+    """Claim 10's tested quantities per replicate (dots, jittered): each task's accuracy kept over half its gain
+    (all_w1 − chance − ½(own − chance)) and the accuracy lost to the sum (own − all_w1, mean over tasks); each
+    mean with the t-interval its verdict reads."""
+    tables = [r["table"] for r in c.get("interference", [])]
+    columns = [(f"kept\n{t}", [tb[t]["all_w1"] - tb[t]["chance"] - 0.5 * (tb[t]["own"] - tb[t]["chance"])
+                               for tb in tables], c["kept_over_half"][t]) for t in c["kept_over_half"]]
+    columns.append(("lost to\nthe sum", [sum(r["own"] - r["all_w1"] for r in tb.values()) / len(tb) for tb in tables],
+                    c["interference_loss"]))
+    for i, (_, values, interval) in enumerate(columns):
+        ax.scatter([i + 0.25 * ((k % 5) / 4 - 0.5) for k in range(len(values))], values, s=10, color="0.6")
+        errorbar(ax, i + 0.3, interval, color="black", marker="s", markersize=4)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set_xticks(range(len(columns)), [name for name, _, _ in columns])
+    ax.set(ylabel="test accuracy", title="tested: above 0? (dots: replicates; mean, 95% t-interval)")
+
+
 def claim_10(c: dict, path: Path):
     """Per task (its own head): its own adapter, every adapter summed at w = 1, and its adapter negated — each the
-    mean over the replicates with its 95% t-interval — and the majority-class accuracy."""
+    mean over the replicates with its 95% t-interval — and the majority-class accuracy; beside it the quantities
+    the verdict tests, per replicate (`tested_panel`)."""
     plt = pyplot()
     cells = c["cells"]
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, (ax, tested) = plt.subplots(1, 2, figsize=(12, 3.8), gridspec_kw={"width_ratios": [1.15, 1]})
     bars = [("own", "tab:green", "own adapter"), ("all_w1", "tab:blue", "all adapters summed (w = 1)"),
             ("negated", "tab:red", "own adapter negated")]
     for t_index, cell in enumerate(cells.values()):
@@ -303,7 +321,8 @@ def claim_10(c: dict, path: Path):
     ax.set_xticks(range(len(cells)), list(cells))
     ax.set(ylabel="test accuracy (mean, 95% CI)", ylim=(0, 1.06),
            title=f"mean over {c['replicates']} replicates (seeds rotated over tasks)")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.legend(fontsize=7, loc="lower left")
+    tested_panel(tested, c)
     return save(fig, path)
 
 

@@ -65,7 +65,9 @@ METHODS = {
         "the tasks (adapters of one seed start from the same A, which would make their input subspaces agree by "
         "construction); every cell a mean over replicates with its t-interval; each task with its own head: own "
         "adapter, base, other adapters alone, exact sums (`compose --method cat`) at w=1 and w=1/n, and negation; "
-        "the geometry of each pair (docs/compose.md).",
+        "the geometry of each pair (docs/compose.md). Two stages (session 22, docs/study/README.md): a first stage "
+        "at the study's seeds that is inconclusive, with a deciding n of at most `plan.COMPOSITION_REPLICATES`, is "
+        "run at that many replicates, the new ones rotating new seeds among themselves.",
     11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, every seed) "
         "for full fine-tuning, LoRA r=8 and DoRA r=8: per step, their correlation across layers; each run's median "
         "over steps, and a t-interval over the seeds' medians. Two stages: LoRA or DoRA (the arms the verdict rests "
