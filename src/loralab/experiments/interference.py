@@ -53,10 +53,16 @@ class Task:
         self.model, tokenizer = models.load(self.cfg.model, task, num_labels=len(self.labels))
         split = datasets.load(self.cfg.data, "test", self.cfg.seed, max_eval or self.cfg.max_eval)
         self.rows, self.pad = encode(split, tokenizer, self.cfg.max_length), tokenizer.pad_token_id
+        self.measured: dict[tuple[float, ...], float] = {}  # weights → accuracy, for the one set of sources
 
     def accuracy(self, sources: list[tuple], weights: list[float]) -> float:
         """Test accuracy with Σ w_i·ΔW_i on the encoder and this task's own head (composed in memory from the
-        adapters `read_source` read)."""
+        adapters `read_source` read). Measured once per ``weights`` (a task meets one set of sources)."""
+        if tuple(weights) not in self.measured:
+            self.measured[tuple(weights)] = self.evaluate(sources, weights)
+        return self.measured[tuple(weights)]
+
+    def evaluate(self, sources: list[tuple], weights: list[float]) -> float:
         config, tensors, _ = composed(sources, weights, method="cat", head=f"keep:{self.index}")
         attach_adapter(self.model, config_from_peft(config, "the composed adapter"), tensors, name="probe")
         try:
