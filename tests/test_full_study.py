@@ -111,6 +111,7 @@ def test_claim_10_second_stage_trains_together_and_its_tables_are_read_back(tiny
     assert batches == ["1 runs", "5 runs", "3 runs"], batches
     c = study["claims"]["10"]
     assert c["replicates"] == 3 and c["second_stage"] and c["second_stage_error"]["total"] == 3
+    assert c["stage_1"]["replicates"] == 2
     assert [r.rsplit("-s", 1)[1].split("-")[0] for r in c["interference"][2]["runs"]] == ["3", "4", "5"]
     assert "geometry" in c["interference"][0] and set(c["interference"][2]) == {"runs", "table", "negation", "seconds"}
     assert all(cell["all_w1"]["n"] == 3 for cell in c["cells"].values()) and "(second stage)" in c["summary"]

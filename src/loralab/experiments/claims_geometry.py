@@ -437,7 +437,8 @@ def claim_10(ctx: Context) -> dict:
 
     tasks, first = [t for t in plan.INTERFERENCE_TASKS if t in ctx.tasks], len(ctx.seeds)
     replicates = composition_replicates(ctx, tasks, replicate_seeds(first, first, len(tasks)))
-    total = composition_second_stage(composition([r["table"] for r in replicates]), first, plan.COMPOSITION_REPLICATES)
+    stage_1 = composition([r["table"] for r in replicates])
+    total = composition_second_stage(stage_1, first, plan.COMPOSITION_REPLICATES)
     if total > first:
         later = composition_replicates(ctx, tasks, replicate_seeds(first, total, len(tasks))[first:], start=first)
         replicates += [{key: r[key] for key in ("runs", "table", "negation", "seconds")} for r in later]
@@ -455,6 +456,7 @@ def claim_10(ctx: Context) -> dict:
             "interference_loss": found["loss"],
             "power": {**found["power"]["interferes"], "n_needed": found["n_needed"], "parts": found["power"]},
             "cells": cells, "replicates": len(replicates), "second_stage": total > first,
+            "stage_1": {"replicates": first, "n_needed": stage_1["n_needed"], "undecided": stage_1["undecided"]},
             "second_stage_error": error, "negation_moves_toward_chance": negation,
             "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
             "interference": replicates, "summary": composition_summary(cells, found, negation, total > first, error)}
