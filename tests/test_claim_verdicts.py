@@ -256,3 +256,23 @@ def test_claim_10_goes_to_its_second_stage_only_when_that_decides_it():
     assert composition_second_stage({**stage_1, "n_needed": None}, 3, 36) == 3
     assert composition_second_stage({**stage_1, "composes": FAILS}, 3, 36) == 3  # a failed part decides the claim
     assert composition_second_stage({"composes": HOLDS, "interferes": HOLDS, "n_needed": None}, 3, 36) == 3
+
+
+def test_an_interference_table_is_read_back_only_for_the_same_runs_and_code(tmp_path, monkeypatch):
+    """`interference_table` evaluates when the stored table was made by other code or of other runs, and reads
+    back (no evaluation) one of the same runs made by the same code."""
+    import json
+
+    from loralab.experiments import claims_geometry, interference
+    from loralab.experiments.launcher import code_version
+
+    calls = []
+    monkeypatch.setattr(interference, "run_interference",
+                        lambda runs, out: calls.append(list(runs)) or {"runs": list(runs), "table": {"n": len(calls)}})
+    version = code_version(("loralab.experiments.interference",))
+    (tmp_path / "interference.json").write_text(json.dumps({"runs": ["a", "b"], "code_version": "000000000000"}))
+    assert claims_geometry.interference_table(["a", "b"], tmp_path)["table"] == {"n": 1}  # other code: evaluated
+    assert claims_geometry.interference_table(["a", "b"], tmp_path) == {"runs": ["a", "b"], "table": {"n": 1},
+                                                                         "code_version": version}  # read back
+    assert claims_geometry.interference_table(["a", "c"], tmp_path)["table"] == {"n": 2}  # other runs: evaluated
+    assert calls == [["a", "b"], ["a", "c"]]
