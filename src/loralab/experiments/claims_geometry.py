@@ -346,6 +346,17 @@ def benchmark_compute(v1: Optional[dict], v2: Optional[dict]) -> Optional[dict]:
             "parts": {"v1": {"runs": v1["runs"], "run_hours": v1["run_hours"]}, "dense units": v2["compute"]}}
 
 
+def kept_over_half(row: dict) -> float:
+    """One task's row of an interference table: all_w1 − (chance + ½(own − chance)), above 0 when the sum keeps
+    more than half of the task's own gain over chance."""
+    return row["all_w1"] - row["chance"] - 0.5 * (row["own"] - row["chance"])
+
+
+def lost_to_sum(table: dict) -> float:
+    """One replicate's interference table: own − all_w1, mean over its tasks (the accuracy the sum loses)."""
+    return statistics.fmean(row["own"] - row["all_w1"] for row in table.values())
+
+
 def composition(tables: list[dict[str, dict]]) -> dict:
     """Claim 10's two tests over replicates (``tables``: one {task: {"own", "all_w1", "chance", ...}} per replicate).
     composes: per task, all_w1 − (chance + ½(own − chance)) — the sum keeps over half of the task's own gain over
@@ -357,9 +368,8 @@ def composition(tables: list[dict[str, dict]]) -> dict:
     def above_zero(interval: dict) -> str:
         return verdict(interval, 0.0) if interval["n"] > 1 else INCONCLUSIVE
 
-    kept = {t: mean_ci([table[t]["all_w1"] - table[t]["chance"] - 0.5 * (table[t]["own"] - table[t]["chance"])
-                        for table in tables]) for t in tables[0]}
-    loss = mean_ci([statistics.fmean(r["own"] - r["all_w1"] for r in table.values()) for table in tables])
+    kept = {t: mean_ci([kept_over_half(table[t]) for table in tables]) for t in tables[0]}
+    loss = mean_ci([lost_to_sum(table) for table in tables])
     parts = {**{f"composes:{t}": k for t, k in kept.items()}, "interferes": loss}
     power = {name: {**what_decides(interval, 0.0), "unit": "replicates"} for name, interval in parts.items()}
     verdicts = {name: above_zero(interval) for name, interval in parts.items()}
@@ -445,7 +455,7 @@ def claim_10(ctx: Context) -> dict:
     tables = [r["table"] for r in replicates]
     cells = {t: {key: mean_ci([table[t][key] for table in tables]) for key in ("own", "all_w1", "negated", "chance")}
              for t in tables[0]}
-    found = composition(tables)
+    found = composition(tables) if total > first else stage_1
     negation = all(c["negated"]["high"] < c["own"]["low"] for c in cells.values())
     first_figure = ctx.out / "interference" / "replicate0" / "interference.png"
     if first_figure.exists():  # the report shows the first replicate's figure

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from loralab.experiments.claims_geometry import kept_over_half, lost_to_sum
 from loralab.experiments.claims_training import d90_text
 from loralab.plotting import label_points, pyplot, save
 
@@ -291,10 +292,9 @@ def tested_panel(ax, c: dict) -> None:
     (all_w1 − chance − ½(own − chance)) and the accuracy lost to the sum (own − all_w1, mean over tasks); each
     mean with the t-interval its verdict reads."""
     tables = [r["table"] for r in c.get("interference", [])]
-    columns = [(f"kept\n{t}", [tb[t]["all_w1"] - tb[t]["chance"] - 0.5 * (tb[t]["own"] - tb[t]["chance"])
-                               for tb in tables], c["kept_over_half"][t]) for t in c["kept_over_half"]]
-    columns.append(("lost to\nthe sum", [sum(r["own"] - r["all_w1"] for r in tb.values()) / len(tb) for tb in tables],
-                    c["interference_loss"]))
+    columns = [(f"kept\n{t}", [kept_over_half(tb[t]) for tb in tables], c["kept_over_half"][t])
+               for t in c["kept_over_half"]]
+    columns.append(("lost to\nthe sum", [lost_to_sum(tb) for tb in tables], c["interference_loss"]))
     for i, (_, values, interval) in enumerate(columns):
         ax.scatter([i + 0.25 * ((k % 5) / 4 - 0.5) for k in range(len(values))], values, s=10, color="0.6")
         errorbar(ax, i + 0.3, interval, color="black", marker="s", markersize=4)
