@@ -211,16 +211,21 @@ def test_claim_10_composes_and_interferes_over_replicates():
 def test_claim_10_names_the_replicates_that_would_decide_every_undecided_part():
     """composes holds on both tasks; the loss per replicate 0.01, 0.05, 0.00 (mean 0.02, sd 0.0265) straddles 0:
     the verdict waits on interferes alone, so its n is the loss's n_needed (sd 0.0265, effect 0.02: 16)."""
-    from loralab.experiments.claims_geometry import parts_text
-    from loralab.experiments.stats import n_needed
+    from loralab.experiments.claims_geometry import composition_summary, parts_text
+    from loralab.experiments.stats import mean_ci, n_needed
 
     tables = [{"movie": interference_table(0.80, 0.80 - d), "sms": interference_table(0.95, 0.95 - d)}
               for d in (0.01, 0.05, 0.00)]
     found = composition(tables)
     assert found["composes"] == HOLDS and found["interferes"] == INCONCLUSIVE
     assert found["undecided"] == ["interferes"] and found["n_needed"] == n_needed(0.0264575, 0.02) == 16
-    assert parts_text(found) == ("Replicates that would decide each undecided part: interferes n ≈ 16; the verdict "
+    assert parts_text(found) == (" Replicates that would decide each undecided part: interferes n ≈ 16; the verdict "
                                  "needs all of them: n ≈ 16 replicates.")
+    # what composes tested, per task (kept over half: movie 0.15 − d, sms 0.225 − d; sd 0.0265, ± t(2)·sd/√3 = 0.0657)
+    cells = {t: {cell: mean_ci([table[t][cell] for table in tables]) for cell in ("own", "all_w1")} for t in tables[0]}
+    summary = composition_summary(cells, found, True, False, None)
+    assert "per task: movie +0.130 [+0.064, +0.196], sms +0.205 [+0.139, +0.271]): holds;" in summary
+    assert summary.endswith("(intervals apart): True. " + parts_text(found)[1:])
 
 
 def test_d90_says_at_most_when_the_grids_smallest_d_already_reaches_the_threshold():

@@ -123,6 +123,9 @@ def test_claim_10_second_stage_trains_together_and_its_tables_are_read_back(tiny
     again = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
                            sizes=tiny_plan, seeds=(0, 1))
     assert again["claims"]["10"]["cells"] == c["cells"]
+    hours = sum(r["seconds"] for r in c["interference"]) / 3600  # the evaluation's cost, kept when read back
+    assert again["claims"]["10"]["evaluation_hours"] == c["evaluation_hours"] == hours > 0
+    assert again["claims"]["10"]["summary"].endswith(f" Evaluation: 3 interference tables, {hours:.2f} h.")
 
 
 def test_claim_11_second_stage_trains_its_seeds_together_and_joins_them(tiny_plan, tmp_path, capsys, monkeypatch):

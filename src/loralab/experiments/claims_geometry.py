@@ -387,7 +387,7 @@ def parts_text(found: dict) -> str:
     listed = ", ".join(f"{name.replace('composes:', 'composes on ')} n ≈ {found['power'][name]['n_needed'] or '?'}"
                        for name in found["undecided"])
     whole = f"n ≈ {found['n_needed']} replicates" if found["n_needed"] else "an n this spread cannot tell (?)"
-    return f"Replicates that would decide each undecided part: {listed}; the verdict needs all of them: {whole}."
+    return f" Replicates that would decide each undecided part: {listed}; the verdict needs all of them: {whole}."
 
 
 def replicate_seeds(first: int, total: int, tasks: int) -> list[list[int]]:
@@ -461,6 +461,7 @@ def claim_10(ctx: Context) -> dict:
     if first_figure.exists():  # the report shows the first replicate's figure
         (ctx.out / "interference" / "interference.png").write_bytes(first_figure.read_bytes())
     error = two_stage_error(first, total) if total > first else None
+    hours = sum(r["seconds"] for r in replicates) / 3600  # each table's own evaluation, also when read back
     return {"verdict": combine_verdicts([found["composes"], found["interferes"]]), "composes": found["composes"],
             "kept_over_half": found["kept_over_half"], "interferes": found["interferes"],
             "interference_loss": found["loss"],
@@ -469,7 +470,9 @@ def claim_10(ctx: Context) -> dict:
             "stage_1": {"replicates": first, "n_needed": stage_1["n_needed"], "undecided": stage_1["undecided"]},
             "second_stage_error": error, "negation_moves_toward_chance": negation,
             "controls_stay": [[n["stays"] for n in r["negation"]] for r in replicates],
-            "interference": replicates, "summary": composition_summary(cells, found, negation, total > first, error)}
+            "interference": replicates, "evaluation_hours": hours,
+            "summary": composition_summary(cells, found, negation, total > first, error)
+            + f" Evaluation: {len(replicates)} interference tables, {hours:.2f} h."}
 
 
 def composition_summary(cells: dict, found: dict, negation: bool, extended: bool, error: Optional[dict]) -> str:
@@ -480,10 +483,13 @@ def composition_summary(cells: dict, found: dict, negation: bool, extended: bool
             + (" (second stage)" if extended else "") + " [95% t-interval]: " + ", ".join(
                 f"{t} {c['all_w1']['mean']:.3f} [{c['all_w1']['low']:.3f}, {c['all_w1']['high']:.3f}] vs "
                 f"{c['own']['mean']:.3f} [{c['own']['low']:.3f}, {c['own']['high']:.3f}]" for t, c in cells.items())
-            + f"; composes (the sum keeps over half of each task's gain over chance): {found['composes']}"
+            + "; composes (the sum keeps over half of each task's gain over chance; all_w1 − chance − ½(own − chance)"
+            + " per task: " + ", ".join(f"{t} {k['mean']:+.3f} [{k['low']:+.3f}, {k['high']:+.3f}]"
+                                        for t, k in found["kept_over_half"].items())
+            + f"): {found['composes']}"
             + f"; accuracy lost to the sum, mean over tasks {loss['mean']:.3f} [{loss['low']:.3f}, {loss['high']:.3f}]"
             + f": {found['interferes']}" + decides_text(found["power"]["interferes"])
-            + f"; negation below own on every task (intervals apart): {negation}. " + parts_text(found)
+            + f"; negation below own on every task (intervals apart): {negation}." + parts_text(found)
             + (" The two-stage rule's one-sided error per part is {:.1%} (one stage: 2.5%; `stats.two_stage_error`)."
                .format(error["two_stage"]) if error else ""))
 
