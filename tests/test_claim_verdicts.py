@@ -107,7 +107,8 @@ def test_claim_1_second_stage_runs_a_straddling_task_at_six_seeds_only_when_six_
 def test_claim_11_second_stage_runs_dora_at_24_seeds_when_24_decide_it():
     """DoRA's first-stage medians −0.601, −0.109, +0.046 (the committed study, Xeon): mean −0.221, sd 0.338,
     t(2) = 4.303 → [−1.06, +0.62] straddles 0; n_needed (80% power, gap 0.221) = 21 ≤ 24, so seeds 3–23 are added.
-    LoRA's +0.933, +0.959, +0.958 lie above 0 (decided): none."""
+    LoRA's +0.933, +0.959, +0.958 lie above 0 (decided): none. Full FT's +0.173, +0.198, +0.381 (descriptive arm):
+    [−0.03, +0.53], n_needed 4 ≤ 24, so seeds 3–23 too (session 24)."""
     from loralab.experiments.stats import mean_ci
 
     ctx = Context(tasks=("movie",), seeds=(0, 1, 2), root=Path("unused"), out=Path("unused"), executor=None)
@@ -115,6 +116,8 @@ def test_claim_11_second_stage_runs_dora_at_24_seeds_when_24_decide_it():
     assert second_stage_seeds(ctx, dora, 0.0, plan.TRAJECTORY_SEEDS) == tuple(range(3, 24))
     assert second_stage_seeds(ctx, dora, 0.0) == ()  # claim 1's cap of 6 would not decide it
     assert second_stage_seeds(ctx, mean_ci([0.933, 0.959, 0.958]), 0.0, plan.TRAJECTORY_SEEDS) == ()
+    full = mean_ci([0.173, 0.198, 0.381])  # full FT's stage 1 (descriptive arm, session 24): [−0.03, +0.53], n ≈ 4
+    assert second_stage_seeds(ctx, full, 0.0, plan.TRAJECTORY_SEEDS) == tuple(range(3, 24))
 
 
 @pytest.mark.parametrize("lora, dora, expected", [

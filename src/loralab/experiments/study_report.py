@@ -70,9 +70,10 @@ METHODS = {
         "run at that many replicates, the new ones rotating new seeds among themselves.",
     11: "ΔM and ΔD (DoRA §3) of the query/value weights, logged every 10 steps during training (movie, every seed) "
         "for full fine-tuning, LoRA r=8 and DoRA r=8: per step, their correlation across layers; each run's median "
-        "over steps, and a t-interval over the seeds' medians. Two stages: LoRA or DoRA (the arms the verdict rests "
-        f"on) whose interval at the study's seeds straddles 0 with a deciding n of at most {plan.TRAJECTORY_SEEDS} is "
-        f"run at {plan.TRAJECTORY_SEEDS} seeds (the summary states the rule's simulated one-sided error).",
+        "over steps, and a t-interval over the seeds' medians. Two stages: an arm whose interval at the study's seeds "
+        f"straddles 0 with a deciding n of at most {plan.TRAJECTORY_SEEDS} is run at {plan.TRAJECTORY_SEEDS} seeds "
+        "(the summary states the rule's simulated one-sided error). The verdict reads LoRA and DoRA; full FT is "
+        "descriptive (its second stage since session 24).",
 }
 
 
