@@ -6,9 +6,10 @@ import json
 
 import pytest
 
+from loralab.errors import TrainingError
 from loralab.experiments import study_plan as plan
 from loralab.experiments.full_study import run_full_study
-from loralab.experiments.launcher import LocalExecutor, Unit, run_units, unit_dir
+from loralab.experiments.launcher import InlineExecutor, LocalExecutor, Unit, code_version, run_units, unit_dir
 from loralab.train.config import TrainConfig
 
 
@@ -26,7 +27,7 @@ def tiny_plan(tiny, monkeypatch):
 
 def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
-                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           executor="inline", sizes=tiny_plan, seeds=(0, 1))
     c = study["claims"]["1"]
     assert c["verdict"] in ("holds", "does not hold", "inconclusive at this n")
     row = c["rows"][0]
@@ -43,7 +44,7 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
     assert study["meta"]["compute"]["trained"]["runs"] == trained  # a first invocation trains every run it uses
     assert f"{trained} runs, " in (tmp_path / "report" / "report.md").read_text()
     again = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
-                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           executor="inline", sizes=tiny_plan, seeds=(0, 1))
     assert "running" not in capsys.readouterr().out.split("claim 1:")[-1]  # nothing retrained: every unit cached
     assert again["claims"]["1"]["rows"][0]["ratio"] == row["ratio"] and again["meta"]["runs_trained_or_read"] == trained
     assert again["meta"]["compute"]["trained"] == {"runs": 0, "run_hours": 0.0, "resumed": 0}
@@ -54,7 +55,7 @@ def test_claim_1_end_to_end_with_report(tiny_plan, tmp_path, capsys):
 
     shutil.rmtree(tmp_path / "runs")  # the run root is lost; claim 1 reads results only, recorded in runs.jsonl
     third = run_full_study(out=str(tmp_path / "report2"), runs=str(tmp_path / "runs"), tasks="movie", claims="1",
-                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           executor="inline", sizes=tiny_plan, seeds=(0, 1))
     printed = capsys.readouterr().out.split("claim 1:")[-1]
     assert "running" not in printed, printed
     assert third["claims"]["1"]["rows"][0]["ratio"] == row["ratio"]
@@ -71,7 +72,7 @@ def test_claim_7_pairs_independent_seeds_and_measures_how_far_a_moved(tiny_plan,
     from loralab.train.loop import train
 
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), tasks="movie", claims="7",
-                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           executor="inline", sizes=tiny_plan, seeds=(0, 1))
     c = study["claims"]["7"]
     assert [(p["r8_seed"], p["r64_seed"]) for p in c["rows"][0]["pairs"]] == [(0, 1), (1, 2)]
     assert study["meta"]["learning_rates"]["lora-r64"]["chosen"] == 2e-2 and c["learning_rates"]["r64"] == 2e-2
@@ -105,7 +106,7 @@ def test_claim_10_second_stage_trains_together_and_its_tables_are_read_back(tiny
 
     monkeypatch.setattr(plan, "COMPOSITION_REPLICATES", 3)
     monkeypatch.setattr(claims_geometry, "composition_second_stage", lambda found, first, most: most)
-    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
+    study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", executor="inline",
                            sizes=tiny_plan, seeds=(0, 1))
     batches = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "already done" in line]
     assert batches == ["1 runs", "5 runs", "3 runs"], batches
@@ -120,7 +121,7 @@ def test_claim_10_second_stage_trains_together_and_its_tables_are_read_back(tiny
         raise AssertionError("an interference table of the same runs and code was evaluated again")
 
     monkeypatch.setattr(interference, "run_interference", evaluated)
-    again = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", workers=2,
+    again = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), claims="10", executor="inline",
                            sizes=tiny_plan, seeds=(0, 1))
     assert again["claims"]["10"]["cells"] == c["cells"]
     hours = sum(r["seconds"] for r in c["interference"]) / 3600  # the evaluation's cost, kept when read back
@@ -141,7 +142,7 @@ def test_claim_11_second_stage_trains_its_seeds_together_and_joins_them(tiny_pla
     monkeypatch.setattr(plan, "TRAJECTORY_SEEDS", 4)
     monkeypatch.setattr(claims_training, "second_stage_seeds", lambda ctx, interval, threshold, most: (2, 3))
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"), tasks="movie", claims="11",
-                           workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           executor="inline", sizes=tiny_plan, seeds=(0, 1))
     c = study["claims"]["11"]
     batches = [line.split(":")[0] for line in capsys.readouterr().out.splitlines() if "already done" in line]
     assert batches[-1] == "6 runs", (batches, c["summary"])
@@ -182,14 +183,54 @@ def test_ray_executor_runs_two_units_on_a_local_cluster(tiny, tmp_path):
         assert results[name].test == local[name].test
 
 
+def test_inline_executor_trains_in_this_process_like_a_worker_process(tiny, tmp_path):
+    """The same unit, one thread: inline and in a worker process give the same result and the same adapter weights
+    (bit for bit); torch's thread count is put back; the trainer's output goes to the unit's log."""
+    import torch
+    from safetensors.torch import load_file
+
+    threads = torch.get_num_threads()
+    units = tiny_units(tiny)[:1]
+    inline = run_units(units, tmp_path / "inline", InlineExecutor(threads=1))
+    assert torch.get_num_threads() == threads
+    local = run_units(units, tmp_path / "local", LocalExecutor(workers=1, threads=1))
+    for unit in units:
+        assert inline[unit.name].test == local[unit.name].test
+        a, b = (load_file(unit_dir(tmp_path / root, unit, code_version()) / "adapter" / "adapter_model.safetensors")
+                for root in ("inline", "local"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    log = next((tmp_path / "inline" / "logs").glob("tiny-s0-*.log")).read_text()
+    assert "validation loss" in log  # the trainer's output went to the unit's log, not to this process's
+
+
+def test_inline_executor_reports_a_failed_unit_after_the_others_and_lets_ctrl_c_through(tiny, tmp_path):
+    from dataclasses import replace
+
+    from loralab.experiments.launcher import make_executor
+
+    good, bad = tiny_units(tiny)
+    bad = Unit(bad.name, replace(bad.config, data=str(tmp_path / "missing.csv")))
+    with pytest.raises(TrainingError, match=r"dataset '.*missing.csv' is neither a known name \('movie',"):
+        run_units([bad, good], tmp_path, make_executor("inline"))
+    assert (unit_dir(tmp_path, good, code_version()) / "result.json").exists()  # the unit after it still trained
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    futures, as_completed = InlineExecutor().submit_calls(interrupted, [(1,), (2,)])
+    with pytest.raises(KeyboardInterrupt):
+        list(as_completed(futures))
+    assert not futures[1].done()  # Ctrl-C stops the batch: the second call never started
+
+
 def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
     from loralab.experiments.launcher import code_version
 
-    units = tiny_units(tiny)
-    first = run_units(units[:1], tmp_path)
+    units, inline = tiny_units(tiny), InlineExecutor()
+    first = run_units(units[:1], tmp_path, inline)
     done = unit_dir(tmp_path, units[0], code_version())
     stamp = (done / "result.json").stat().st_mtime_ns
-    both = run_units(units, tmp_path)
+    both = run_units(units, tmp_path, inline)
     assert (done / "result.json").stat().st_mtime_ns == stamp and both["tiny-s0"] == first["tiny-s0"]
     assert sorted(p.name.split("-")[1] for p in (tmp_path / "logs").iterdir()) == ["s0", "s1"]  # one log per unit
 
@@ -222,9 +263,9 @@ def test_an_archived_unit_is_read_back_when_its_run_directory_is_gone(tiny, tmp_
     from loralab.experiments.launcher import Archive, code_version, machine_kind
 
     units, archive = tiny_units(tiny), tmp_path / "runs.jsonl"
-    first = run_units(units[:1], tmp_path / "a", archive=archive)
+    first = run_units(units[:1], tmp_path / "a", InlineExecutor(), archive=archive)
     shutil.rmtree(tmp_path / "a")  # the run root is lost; the archive (committed beside a report) is not
-    both = run_units(units, tmp_path / "b", archive=archive)
+    both = run_units(units, tmp_path / "b", InlineExecutor(), archive=archive)
     assert both["tiny-s0"] == first["tiny-s0"]
     assert not unit_dir(tmp_path / "b", units[0], code_version()).exists()  # read back, not trained again
     lines = [json.loads(line) for line in archive.read_text().splitlines()]
@@ -242,7 +283,7 @@ def test_every_claim_but_smollm2_runs_on_a_tiny_model(tiny_plan, tmp_path, monke
     power (or the n that would decide it)."""
     monkeypatch.setattr(plan, "D90_DIMS", (250, 1000))
     study = run_full_study(out=str(tmp_path / "report"), runs=str(tmp_path / "runs"),
-                           claims="1,2,3,4,5,6,7,9,10,11", workers=2, sizes=tiny_plan, seeds=(0, 1))
+                           claims="1,2,3,4,5,6,7,9,10,11", executor="inline", sizes=tiny_plan, seeds=(0, 1))
     verdicts = {k: c["verdict"] for k, c in study["claims"].items()}
     assert "not run" not in verdicts.values(), {k: c.get("error") for k, c in study["claims"].items()}
     assert all("power" in c for c in study["claims"].values())  # what each test could decide, stated
@@ -339,7 +380,7 @@ def test_a_claims_subset_updates_its_claims_and_keeps_the_others(tiny_plan, tmp_
 
     def study(claims, seeds=(0, 1)):
         return run_full_study(out=out, runs=str(tmp_path / "runs"), tasks="movie", claims=claims, sizes=tiny_plan,
-                              seeds=seeds)
+                              seeds=seeds, executor="inline")
 
     study("1,2")
     later = study("2")

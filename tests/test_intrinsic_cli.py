@@ -41,7 +41,7 @@ def test_intrinsic_sweep_writes_d90_report_and_plot(tiny, tmp_path):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "loralab", "intrinsic", "--model", tiny["model"], "--data", tiny["data"],
            "--dims", "20,400", "--seeds", "0", "--epochs", "1", "--max-train", "144", "--lr", "5e-2",
-           "--full-lr", "5e-3", "--refine", "1", "--threshold", "0.5", "--out", str(out)]
+           "--full-lr", "5e-3", "--refine", "1", "--threshold", "0.5", "--executor", "inline", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "intrinsic.json").read_text())

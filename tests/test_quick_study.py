@@ -9,12 +9,13 @@ import pytest
 from loralab import data as datasets
 from loralab.cli import main
 from loralab.errors import ConfigError
+from loralab.experiments.launcher import make_executor
 from loralab.experiments.study import claim_verdict, run_study
 
 
 def test_quick_study_on_a_given_model_and_dataset(tiny, tmp_path, capsys):
     kwargs = dict(out=str(tmp_path / "report"), runs_dir=str(tmp_path / "runs"), max_train=32, epochs=1,
-                  model=tiny["model"], data=tiny["data"])
+                  model=tiny["model"], data=tiny["data"], executor=make_executor("inline"))
     rows = {r["run"]: r for r in run_study(**kwargs)}
     assert list(rows) == ["full", "lora-qv-r8", "lora-all-r8", "dora-qv-r8"]
     assert rows["lora-qv-r8"]["targets"] == "attention query/value" and rows["full"]["targets"] == "all"

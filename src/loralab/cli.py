@@ -396,8 +396,9 @@ def study_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", help="with --full: comma-separated subset of movie,tweets,trec,sms (default: all)")
     parser.add_argument("--workers", type=positive, default=None,
                         help="runs at a time, cores split between them (default: 2 with --full, else 1)")
-    parser.add_argument("--executor", default="local", choices=("local", "ray"),
-                        help="local worker processes, or Ray (pip install 'loralab[ray]') (default: local)")
+    parser.add_argument("--executor", default="local", choices=("local", "ray", "inline"),
+                        help="local worker processes, Ray (pip install 'loralab[ray]'), or inline: one run after "
+                             "another in this process, for debugging (default: local)")
     parser.add_argument("--address", help="with --executor ray: the cluster address (default: a local Ray)")
     parser.add_argument("--out", default=None, help="report directory (default: reports, or reports/full)")
     parser.add_argument("--runs", default=None, help="run directories (default: runs/study, or runs/full_study)")

@@ -51,7 +51,8 @@ class SweepConfig:
         refine: Bisection steps between grid points.
         threshold: Fraction of the full-FT metric that defines d90.
         workers: Runs at a time (cores are split between them).
-        executor: local (worker processes here) or ray (a Ray cluster: --address, RAY_ADDRESS, or a local one).
+        executor: local (worker processes here), ray (a Ray cluster: --address, RAY_ADDRESS, or a local one),
+            or inline (one run after another in this process, for debugging).
         address: With --executor ray, the cluster's address (e.g. auto, or ray://head:10001).
     """
 

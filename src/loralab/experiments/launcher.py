@@ -19,7 +19,9 @@ loss of its run root.
 
 Executors: ``local`` runs ``workers`` units at a time on this machine, splitting its cores
 between them; ``ray`` submits each unit as a Ray task (``ray.init(address)`` when an address
-is given, a local Ray otherwise; the run root must be on storage every node sees).
+is given, a local Ray otherwise; the run root must be on storage every node sees); ``inline``
+trains them one after another in this process (same command, same run directories; no process
+start, which costs seconds of imports per unit — for debugging and for tiny models).
 """
 
 from __future__ import annotations
@@ -155,6 +157,41 @@ def train_in_subprocess(cfg_dict: dict, log_path: str, snapshots: tuple[int, ...
 
     Runs in whichever process the executor uses (a thread of this one, or a Ray worker).
     """
+    return _train_unit(cfg_dict, log_path, snapshots, _train_in_a_new_process)
+
+
+def train_in_this_process(cfg_dict: dict, log_path: str, snapshots: tuple[int, ...] = ()) -> dict:
+    """`train_in_subprocess`, but `train.train` runs in this process, its output to the log (it sets torch's
+    thread count; `InlineExecutor` puts it back). A failure raises its own error; Ctrl-C stops the caller too."""
+    return _train_unit(cfg_dict, log_path, snapshots, _train_here)
+
+
+def _train_in_a_new_process(cfg: dict, snapshots: tuple[int, ...], log) -> int:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
+        json.dump(cfg, handle)
+    try:
+        keep = ["--snapshot-steps", ",".join(map(str, snapshots))] if snapshots else []
+        return subprocess.call([sys.executable, "-m", "loralab", "train", "--config", handle.name, *keep], stdout=log,
+                               stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    finally:
+        os.unlink(handle.name)
+
+
+def _train_here(cfg: dict, snapshots: tuple[int, ...], log) -> int:
+    import contextlib
+
+    from loralab.train import train
+    from loralab.train.config import TrainConfig
+    from loralab.train.snapshots import Snapshots
+
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        train(TrainConfig.from_dict(cfg), [Snapshots(snapshots)] if snapshots else [])
+    return 0
+
+
+def _train_unit(cfg_dict: dict, log_path: str, snapshots: tuple[int, ...], launch) -> dict:
+    """Train one unit through ``launch(config, snapshots, log)`` (its exit code), resuming a killed run and starting
+    over a directory left without a checkpoint; return its result.json, or raise with the log's tail."""
     from loralab.train.checkpoint import has_checkpoint
 
     run = RunDir(cfg_dict["out"])
@@ -162,16 +199,8 @@ def train_in_subprocess(cfg_dict: dict, log_path: str, snapshots: tuple[int, ...
     if run.result() is not None:
         return run.result().to_dict()
     resume = has_checkpoint(run.checkpoint)
-    cfg = {**cfg_dict, "resume": resume, "overwrite": out.exists() and not resume}
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
-        json.dump(cfg, handle)
-    try:
-        with open(log_path, "a") as log:
-            keep = ["--snapshot-steps", ",".join(map(str, snapshots))] if snapshots else []
-            code = subprocess.call([sys.executable, "-m", "loralab", "train", "--config", handle.name, *keep],
-                                   stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    finally:
-        os.unlink(handle.name)
+    with open(log_path, "a") as log:
+        code = launch({**cfg_dict, "resume": resume, "overwrite": out.exists() and not resume}, snapshots, log)
     result = run.result()
     if code != 0 or result is None:
         tail = Path(log_path).read_text()[-1500:]
@@ -256,7 +285,43 @@ def connect(ray, address: Optional[str]) -> None:
         ray.init(num_cpus=os.cpu_count(), **quiet)
 
 
-EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
+class InlineExecutor:
+    """Every unit in this process, one after another, each when `as_completed` reaches it (``workers`` is
+    ignored): no process start per unit, and a debugger sees the training. ``threads`` as for ``local``."""
+
+    kind = "inline"
+    workers = 1
+
+    def __init__(self, workers: int = 1, threads: Optional[int] = None):
+        if workers < 1:
+            raise ConfigError(f"--workers must be ≥ 1, got {workers}.")
+        self.threads = threads
+
+    def submit_all(self, jobs: list[tuple[dict, str, tuple[int, ...]]]):
+        return self.submit_calls(train_in_this_process, jobs)
+
+    def submit_calls(self, fn, jobs: list[tuple]):
+        """``fn(*job)`` for each job, run here as the returned `as_completed` iterates (torch's thread count, which
+        ``fn`` may set, is restored after each)."""
+        futures = [concurrent.futures.Future() for _ in jobs]
+
+        def as_completed(_futures):
+            import torch
+
+            for future, job in zip(futures, jobs):
+                threads = torch.get_num_threads()
+                try:
+                    future.set_result(fn(*job))
+                except Exception as err:  # noqa: BLE001 - the caller reads it from the future, as from a worker's
+                    future.set_exception(err)
+                finally:
+                    torch.set_num_threads(threads)
+                yield future
+
+        return futures, as_completed
+
+
+EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor, "inline": InlineExecutor}
 
 
 def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] = None,
@@ -265,7 +330,7 @@ def make_executor(kind: str = "local", workers: int = 1, threads: Optional[int] 
         raise ConfigError(f"--executor must be one of {tuple(EXECUTORS)}, got {kind!r}.")
     if kind == "ray":
         return RayExecutor(workers, threads, address)
-    return LocalExecutor(workers, threads)
+    return EXECUTORS[kind](workers, threads)
 
 
 def machine_kind() -> str:
