@@ -20,14 +20,16 @@ loss of its run root.
 Executors: ``local`` runs ``workers`` units at a time on this machine, splitting its cores
 between them; ``ray`` submits each unit as a Ray task (``ray.init(address)`` when an address
 is given, a local Ray otherwise; the run root must be on storage every node sees); ``inline``
-trains them one after another in this process (same command, same run directories; no process
-start, which costs seconds of imports per unit — for debugging and for tiny models).
+trains them one after another in this process (the same training of the same config into the same
+run directories, without starting a process — seconds of imports per unit; for debugging and
+tiny models).
 """
 
 from __future__ import annotations
 
 import ast
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import os
@@ -178,8 +180,6 @@ def _train_in_a_new_process(cfg: dict, snapshots: tuple[int, ...], log) -> int:
 
 
 def _train_here(cfg: dict, snapshots: tuple[int, ...], log) -> int:
-    import contextlib
-
     from loralab.train import train
     from loralab.train.config import TrainConfig
     from loralab.train.snapshots import Snapshots
