@@ -224,8 +224,6 @@ def test_inline_executor_reports_a_failed_unit_after_the_others_and_lets_ctrl_c_
 
 
 def test_finished_units_are_read_back_not_rerun(tiny, tmp_path):
-    from loralab.experiments.launcher import code_version
-
     units, inline = tiny_units(tiny), InlineExecutor()
     first = run_units(units[:1], tmp_path, inline)
     done = unit_dir(tmp_path, units[0], code_version())
@@ -260,7 +258,7 @@ def test_an_archived_unit_is_read_back_when_its_run_directory_is_gone(tiny, tmp_
     import shutil
 
     from loralab.errors import ConfigError
-    from loralab.experiments.launcher import Archive, code_version, machine_kind
+    from loralab.experiments.launcher import Archive, machine_kind
 
     units, archive = tiny_units(tiny), tmp_path / "runs.jsonl"
     first = run_units(units[:1], tmp_path / "a", InlineExecutor(), archive=archive)
@@ -306,7 +304,7 @@ def test_ray_executor_joins_a_running_cluster_through_ray_address(tiny, tmp_path
     import sys
     from pathlib import Path
 
-    from loralab.experiments.launcher import code_version, make_executor
+    from loralab.experiments.launcher import make_executor
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

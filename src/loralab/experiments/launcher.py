@@ -293,8 +293,6 @@ class InlineExecutor:
     workers = 1
 
     def __init__(self, workers: int = 1, threads: Optional[int] = None):
-        if workers < 1:
-            raise ConfigError(f"--workers must be ≥ 1, got {workers}.")
         self.threads = threads
 
     def submit_all(self, jobs: list[tuple[dict, str, tuple[int, ...]]]):
