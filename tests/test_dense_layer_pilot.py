@@ -43,3 +43,28 @@ def test_the_pilot_trains_v2s_ladder_on_the_planted_targets_and_reads_it_back(ti
     assert dlp.version() != du.version()
     assert dlp.run(layer=0, ks=(2,), **paths)["units"] == report["units"]  # read back, nothing trained again
     assert len((tiny_dense / "a.jsonl").read_text().splitlines()) == 2
+
+
+def test_the_layer_lr_bracket_chooses_as_v2_and_trains_the_ladder_only_at_a_new_lr(tiny_dense, monkeypatch):
+    """Layer 0 on the tiny BERT: v2's grid at r = 4 (3e-3's run read back from the layer's archive, as the real scan's
+    is), the ladder at 3e-3 always and at the chosen lr only when it differs; a second call trains nothing."""
+    from loralab.experiments import dense_layer_lr as dll
+
+    short_dense_schedule(monkeypatch, du)
+    monkeypatch.setattr(du, "RANKS", (1, 4))
+    archives, root = tiny_dense / "archives", tiny_dense / "runs"
+    dlp.run(layer=0, ks=(16,), root=str(root / "dense_layer0"), out=str(tiny_dense / "scan.json"),
+            archive=str(archives / "dense_layer0_runs.jsonl"))  # the scan at 3e-3, as committed
+    scanned = len((archives / "dense_layer0_runs.jsonl").read_text().splitlines())
+    report = dll.run(layers=(0,), root=str(root), out=str(tiny_dense / "lr.json"), archives=str(archives))
+    layer = report["layers"]["0"]
+    grid = [float(lr) for lr in layer["grid"]]
+    assert grid[:3] == list(du.GRID) and layer["chosen"] == min(grid, key=lambda lr: layer["grid"][f"{lr:g}"])
+    assert (layer["chosen"] in (grid[0], grid[-1])) == layer["at_edge"]
+    new_lr = layer["chosen"] != dlp.LR
+    assert set(layer["ladders"]) == {"0.003", f"{layer['chosen']:g}"} and len(layer["ladders"]) == 1 + new_lr
+    lines = [json.loads(line)["run"] for line in (archives / "dense_layer0_runs.jsonl").read_text().splitlines()]
+    assert len(lines) == scanned + len(grid) - 1 + new_lr * (len(du.RANKS) - 1)  # r = 4 at the chosen lr is a grid run
+    assert all(name.endswith(dlp.version()) for name in lines)
+    assert dll.run(layers=(0,), root=str(root), out=str(tiny_dense / "lr.json"), archives=str(archives)) == report
+    assert len((archives / "dense_layer0_runs.jsonl").read_text().splitlines()) == len(lines)  # read back
