@@ -176,7 +176,7 @@ def table(results: dict) -> str:
     for part, p in results["spent"].items():
         lines.append(f"{part} | {p['runs']} | {p['steps']} | {p['run_hours']:.2f} | {p['ms_per_step']:.0f} | "
                      f"{p['hours_above_median_pace']:.2f}")
-    lines += ["", f"step on this machine ({results['machine']['cpu']}, 1 thread):",
+    lines += ["", f"step on this machine ({results['machine']['kind']}, 1 thread):",
               "batch | ms/step | ms per 16 examples | GFLOP/step | GFLOP/s", "---:|---:|---:|---:|---:"]
     for s in results["step"]:
         lines.append(f"{s['batch']} | {s['ms_per_step']:.1f} | {s['ms_per_16_examples']:.1f} | "
@@ -200,6 +200,8 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from run import finish, machine
 
+    from loralab.experiments.launcher import machine_kind
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8, help="timed train steps per batch size (median)")
     parser.add_argument("--out", default=str(Path(__file__).with_name("study_compute_results.json")))
@@ -214,7 +216,8 @@ def main() -> None:
     unconverged = max(json.loads(LM_CONVERGE.read_text())["steps"].values())
     studies = [least_study(spent), least_study(spent, unconverged)]
     results = {
-        "machine": machine(), "spent": spent, "step": steps, "packing_gain": per_16[0] / min(per_16),
+        "machine": {**{k: v for k, v in machine().items() if k not in ("batch", "seq", "rank")}, "kind": machine_kind()},
+        "spent": spent, "step": steps, "packing_gain": per_16[0] / min(per_16),
         "fewest_units": units, "least_rank_benchmark": rank_bounds, "least_study": studies,
         "least_full_study": [{"steps": b["steps"], "smollm2_steps": s["smollm2_steps"],
                               "elapsed_hours": b["elapsed_hours"] + s["elapsed_hours"]}
