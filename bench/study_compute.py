@@ -14,7 +14,7 @@
      at ρ = 0.8 and α = 0.01 (the registered test); the ladder r ∈ {0, 1, …, 64} × 2 seeds; a 3-value lr grid
      per unit (the fewest that can show an interior optimum); allocation on 4 units × 4 allocations × (3 lrs
      + a second seed). Each run at the ladder's mean steps to its early stop, and — a floor no early-stopping
-     rule reaches — at its mean best step (at least the 300-step floor);
+     rule reaches — at its mean best step (at least the run's own step floor, 300 here);
    * issue 33 (the study plus the benchmark, target ≤ 8 h): the benchmark's least compute plus the study's runs
      at the fewest the issue names (`STUDY_MINIMUM`), each at its family's mean steps and median pace in the
      study archive; claim 8's SmolLM2 runs once at the study's 38 steps (far from converged: a floor) and once
@@ -70,22 +70,22 @@ def rank_part(record: dict) -> str:
 
 
 def summarise(records: list[dict], part_of) -> dict:
-    """Per part: runs, steps, run hours, median ms/step, mean steps and best steps, hours above the median pace."""
-    parts = defaultdict(list)
+    """Per part: runs, steps, run hours, median ms/step, mean steps, mean best step (at least the run's own step
+    floor), hours above the median pace, and the machines the runs ran on."""
+    parts, machines = defaultdict(list), defaultdict(set)
     for record in records:
         parts[part_of(record)].append(record["result"])
+        machines[part_of(record)].add(record["machine"])
     out = {}
     for part, results in sorted(parts.items()):
-        paces = [r["wall_time_s"] / r["steps"] for r in results if r["steps"]]
-        pace = statistics.median(paces)
+        pace = statistics.median(r["wall_time_s"] / r["steps"] for r in results if r["steps"])
         seconds = sum(r["wall_time_s"] for r in results)
         steps = sum(r["steps"] for r in results)
+        best = [max(r.get("best_step") or r["steps"], r["config"].get("min_steps") or 0) for r in results]
         out[part] = {
             "runs": len(results), "steps": steps, "run_hours": seconds / 3600, "ms_per_step": 1000 * pace,
-            "mean_steps": steps / len(results),
-            "mean_best_step": statistics.mean(max(r.get("best_step") or r["steps"], 300) for r in results),
-            "hours_above_median_pace": (seconds - steps * pace) / 3600,
-            "machines": sorted({record["machine"] for record in records if part_of(record) == part}),
+            "mean_steps": steps / len(results), "mean_best_step": statistics.mean(best),
+            "hours_above_median_pace": (seconds - steps * pace) / 3600, "machines": sorted(machines[part]),
         }
     return out
 
